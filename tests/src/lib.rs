@@ -1,0 +1,1 @@
+//! Cross-host tests live in `tests/tests/`.
