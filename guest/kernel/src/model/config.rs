@@ -43,6 +43,20 @@ pub struct Config {
     pub norm_eps: f32,
 }
 
+/// The architecture named by `g`, if the kernel supports it.
+pub fn check_arch(g: &GgufFile) -> Result<&str> {
+    let arch = g
+        .get_str("general.architecture")?
+        .ok_or_else(|| Error::InvalidModel("missing general.architecture".into()))?;
+    if !SUPPORTED_ARCHS.contains(&arch) {
+        return Err(Error::Unsupported(format!(
+            "architecture '{arch}' is not supported (supported: {})",
+            SUPPORTED_ARCHS.join(", ")
+        )));
+    }
+    Ok(arch)
+}
+
 impl Config {
     /// Key/value width per token (n_head_kv * head_dim).
     pub fn kv_dim(&self) -> usize {
@@ -56,16 +70,7 @@ impl Config {
 
     /// Read and validate the hyperparameters of `g`.
     pub fn from_gguf(g: &GgufFile, n_vocab: usize) -> Result<Config> {
-        let arch = g
-            .get_str("general.architecture")?
-            .ok_or_else(|| Error::InvalidModel("missing general.architecture".into()))?
-            .to_string();
-        if !SUPPORTED_ARCHS.contains(&arch.as_str()) {
-            return Err(Error::Unsupported(format!(
-                "architecture '{arch}' is not supported (supported: {})",
-                SUPPORTED_ARCHS.join(", ")
-            )));
-        }
+        let arch = check_arch(g)?.to_string();
         let key = |k: &str| format!("{arch}.{k}");
         let req = |k: &str, max: u64| -> Result<usize> {
             let name = key(k);

@@ -154,6 +154,7 @@ impl Model {
             )));
         }
         let g = GgufFile::parse(src.as_ref())?;
+        config::check_arch(&g)?;
         let tokenizer = tokenizer_from_gguf(&g)?;
         let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
         let plans = weights::plan_layers(&g, &cfg)?;

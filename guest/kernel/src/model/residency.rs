@@ -191,3 +191,74 @@ impl LayerCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ByteRange, MemSource};
+
+    /// `n` blocks + head, each 16 bytes with no tensors.
+    fn cache(n: usize, capacity: usize, policy: Policy) -> (LayerCache, MemSource) {
+        let plans = (0..=n)
+            .map(|l| LayerPlan {
+                ranges: vec![ByteRange { offset: 16 * l as u64, len: 16 }],
+                tensors: vec![],
+                bytes: 16,
+            })
+            .collect();
+        let src = MemSource::new((0..16 * (n + 1)).map(|i| (i / 16) as u8).collect());
+        (LayerCache::new(plans, capacity, policy), src)
+    }
+
+    fn passes(c: &mut LayerCache, src: &MemSource, n: usize, passes: usize) {
+        for _ in 0..passes {
+            for l in 0..n {
+                let d = c.layer(src, l).unwrap();
+                assert_eq!(d.plan_index, l);
+                assert!(c.resident_layers() <= c.capacity() + 1);
+            }
+            c.layer(src, n).unwrap();
+        }
+    }
+
+    #[test]
+    fn pinned_hits_k_minus_one_per_pass() {
+        let (mut c, src) = cache(6, 3, Policy::Pinned);
+        passes(&mut c, &src, 6, 1);
+        let first = c.stats();
+        passes(&mut c, &src, 6, 4);
+        let s = c.stats();
+        // Per later pass: 2 pinned blocks + the head hit, 4 streamed blocks miss.
+        assert_eq!(s.hits - first.hits, 4 * 3);
+        assert_eq!(s.misses - first.misses, 4 * 4);
+        assert!(!c.is_resident());
+    }
+
+    #[test]
+    fn lru_thrashes_on_cyclic_access() {
+        let (mut c, src) = cache(6, 3, Policy::Lru);
+        passes(&mut c, &src, 6, 5);
+        let s = c.stats();
+        assert_eq!(s.hits, 4, "only the head hits after the first pass");
+        assert_eq!(s.misses, 5 * 6 + 1);
+    }
+
+    #[test]
+    fn resident_loads_once() {
+        let (mut c, src) = cache(4, 99, Policy::Pinned);
+        assert!(c.is_resident());
+        c.warm(&src).unwrap();
+        assert_eq!(c.stats().misses, 5);
+        passes(&mut c, &src, 4, 3);
+        assert_eq!(c.stats().misses, 5);
+        assert_eq!(c.stats().evictions, 0);
+        assert_eq!(c.resident_bytes(), 5 * 16);
+    }
+
+    #[test]
+    fn store_errors_propagate() {
+        let (mut c, _) = cache(2, 2, Policy::Pinned);
+        let short = MemSource::new(vec![0; 20]);
+        assert!(matches!(c.layer(&short, 1), Err(crate::Error::Store(_))));
+    }
+}
