@@ -178,7 +178,7 @@ impl<'a> QTensor<'a> {
         if !ty.is_supported() {
             return Err(Error::Unsupported(format!("tensor type {ty}")));
         }
-        if cols % ty.block_size() != 0 {
+        if !cols.is_multiple_of(ty.block_size()) {
             return Err(Error::InvalidModel(format!(
                 "{cols} columns is not a whole number of {ty} blocks"
             )));
@@ -259,7 +259,7 @@ impl QActs {
 
     fn quantize_as<A: ActBlock>(&mut self, x: &[f32], n: usize, cols: usize) {
         assert!(
-            cols % A::BLOCK == 0,
+            cols.is_multiple_of(A::BLOCK),
             "{cols} not a multiple of {}",
             A::BLOCK
         );
@@ -348,9 +348,9 @@ fn matmul_kind<K: QuantKind>(
             let r1 = (r0 + ROW_TILE).min(rows);
             for b in v0..v1 {
                 let y = x.vec::<K::Act>(b);
-                let o = &mut out[b * rows..(b + 1) * rows];
-                for r in r0..r1 {
-                    o[r] = dot(row(r), y);
+                let o = &mut out[b * rows + r0..b * rows + r1];
+                for (r, o) in (r0..r1).zip(o) {
+                    *o = dot(row(r), y);
                 }
             }
         }
@@ -388,7 +388,10 @@ pub fn quantize_weights(ty: GgmlType, x: &[f32]) -> Vec<u8> {
 }
 
 fn quantize_kind<K: QuantKind>(x: &[f32]) -> Vec<u8> {
-    assert!(x.len() % K::BLOCK == 0, "not a whole number of blocks");
+    assert!(
+        x.len().is_multiple_of(K::BLOCK),
+        "not a whole number of blocks"
+    );
     let mut blocks = vec![K::Block::zeroed(); x.len() / K::BLOCK];
     K::quantize(x, &mut blocks);
     bytemuck::cast_slice(&blocks).to_vec()

@@ -85,8 +85,8 @@ impl QuantKind for Q5_0 {
         for (bx, by) in x.iter().zip(y) {
             let q = quants(bx);
             let mut sumi = 0i32;
-            for j in 0..QK5_0 {
-                sumi += q[j] * by.qs[j] as i32;
+            for (&a, &b) in q.iter().zip(&by.qs) {
+                sumi += a * b as i32;
             }
             sum += (f16_le(bx.d) * by.d) * sumi as f32;
         }

@@ -409,3 +409,10 @@ fn bench_matmul() {
         }
     }
 }
+
+/// On wasm32 the tests must exercise the simd128 dots.
+#[test]
+fn simd_path_is_compiled_on_wasm() {
+    let simd = cfg!(target_feature = "simd128");
+    assert!(simd || !cfg!(target_arch = "wasm32"));
+}
