@@ -70,7 +70,8 @@ pub struct Golden {
 impl Golden {
     pub fn load(name: &str) -> Golden {
         let path = fixtures().join(name);
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
@@ -83,10 +84,18 @@ impl Golden {
 /// until the first difference; there, ours must be one that llama.cpp's top-5
 /// rates within `near_tie` of its choice (or the step has no top-5). Returns
 /// the index of the first difference, if any.
-pub fn check_greedy(case: &GoldenCase, ours: &[u32], near_tie: f64) -> Result<Option<usize>, String> {
+pub fn check_greedy(
+    case: &GoldenCase,
+    ours: &[u32],
+    near_tie: f64,
+) -> Result<Option<usize>, String> {
     let n = case.greedy_tokens.len();
     if ours.len() < n {
-        return Err(format!("{}: generated {} tokens, expected {n}", case.id, ours.len()));
+        return Err(format!(
+            "{}: generated {} tokens, expected {n}",
+            case.id,
+            ours.len()
+        ));
     }
     for i in 0..n {
         let want = case.greedy_tokens[i];
@@ -97,7 +106,12 @@ pub fn check_greedy(case: &GoldenCase, ours: &[u32], near_tie: f64) -> Result<Op
             return Ok(Some(i)); // parting at a null step passes
         };
         let lp = |t: u32| top5.iter().find(|e| e.0 == t).map(|e| e.1);
-        let chosen = lp(want).ok_or_else(|| format!("{}: step {i}: llama.cpp's token {want} missing from its top-5", case.id))?;
+        let chosen = lp(want).ok_or_else(|| {
+            format!(
+                "{}: step {i}: llama.cpp's token {want} missing from its top-5",
+                case.id
+            )
+        })?;
         return match lp(ours[i]) {
             Some(l) if chosen - l <= near_tie => Ok(Some(i)),
             Some(l) => Err(format!(
@@ -121,7 +135,8 @@ pub fn parse_run_json(stdout: &[u8]) -> (Vec<u32>, String, serde_json::Value) {
     let mut text = String::new();
     let mut stats = serde_json::Value::Null;
     for line in String::from_utf8_lossy(stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line:?}: {e}"));
         if let Some(s) = v.get("stats") {
             stats = s.clone();
         } else {
@@ -135,11 +150,30 @@ pub fn parse_run_json(stdout: &[u8]) -> (Vec<u32>, String, serde_json::Value) {
 /// Assert that a failed command printed one clean error line.
 pub fn assert_clean_error(out: &Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(!out.status.success(), "{what}: expected failure, got success; stderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "{what}: stderr should start with 'error: ': {stderr:?}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{what}: expected one line: {stderr:?}");
-    for bad in ["panicked", "RUST_BACKTRACE", "wasm backtrace", "wasm trap", "stack backtrace"] {
-        assert!(!stderr.contains(bad), "{what}: stderr contains {bad:?}: {stderr}");
+    assert!(
+        !out.status.success(),
+        "{what}: expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        stderr.starts_with("error: "),
+        "{what}: stderr should start with 'error: ': {stderr:?}"
+    );
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{what}: expected one line: {stderr:?}"
+    );
+    for bad in [
+        "panicked",
+        "RUST_BACKTRACE",
+        "wasm backtrace",
+        "wasm trap",
+        "stack backtrace",
+    ] {
+        assert!(
+            !stderr.contains(bad),
+            "{what}: stderr contains {bad:?}: {stderr}"
+        );
     }
     stderr
 }

@@ -8,8 +8,18 @@ fn smollm2_prompt_tokens_match_llama_cpp() {
     let golden = Golden::load("smollm2-135m-instruct-q4_1.golden.json");
     let model = smollm2();
     for case in &golden.cases {
-        let out = run_cli(&["tokenize".as_ref(), "-m".as_ref(), model.as_os_str(), case.prompt.as_ref()]);
-        assert!(out.status.success(), "{}: {}", case.id, String::from_utf8_lossy(&out.stderr));
+        let out = run_cli(&[
+            "tokenize".as_ref(),
+            "-m".as_ref(),
+            model.as_os_str(),
+            case.prompt.as_ref(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            case.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let ids: Vec<u32> = serde_json::from_slice(&out.stdout).expect("JSON array");
         assert_eq!(ids, case.prompt_tokens, "case {}", case.id);
     }
@@ -24,8 +34,13 @@ fn smollm2_greedy_matches_llama_cpp() {
     let mut exact = 0;
     for case in &golden.cases {
         let n = golden.n_predict.to_string();
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["run".into(), "-m".into(), model.clone().into(), "-n".into(), n.into()];
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "-m".into(),
+            model.clone().into(),
+            "-n".into(),
+            n.into(),
+        ];
         args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
         if let Some(messages) = &case.messages {
             let f = dir.join(format!("{}.json", case.id));
@@ -35,19 +50,39 @@ fn smollm2_greedy_matches_llama_cpp() {
             args.extend(["-p".into(), case.prompt.clone().into()]);
         }
         let out = run_cli(&args);
-        assert!(out.status.success(), "{}: {}", case.id, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            case.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let (tokens, text, stats) = parse_run_json(&out.stdout);
-        assert_eq!(stats["prompt_tokens"].as_u64(), Some(case.prompt_tokens.len() as u64), "{}: prompt tokens", case.id);
+        assert_eq!(
+            stats["prompt_tokens"].as_u64(),
+            Some(case.prompt_tokens.len() as u64),
+            "{}: prompt tokens",
+            case.id
+        );
         match check_greedy(case, &tokens, golden.near_tie()) {
             Ok(None) => {
                 exact += 1;
-                assert_eq!(text, case.greedy_text, "{}: same tokens must give the same text", case.id);
+                assert_eq!(
+                    text, case.greedy_text,
+                    "{}: same tokens must give the same text",
+                    case.id
+                );
             }
-            Ok(Some(i)) => eprintln!("{}: parted from llama.cpp at step {i} (a near tie)", case.id),
+            Ok(Some(i)) => eprintln!(
+                "{}: parted from llama.cpp at step {i} (a near tie)",
+                case.id
+            ),
             Err(e) => panic!("{e}\nours: {tokens:?}\ntext: {text:?}"),
         }
     }
-    eprintln!("{exact}/{} cases token-for-token equal to llama.cpp", golden.cases.len());
+    eprintln!(
+        "{exact}/{} cases token-for-token equal to llama.cpp",
+        golden.cases.len()
+    );
 }
 
 #[test]
@@ -55,14 +90,33 @@ fn same_seed_same_tokens() {
     let model = smollm2();
     let run = |seed: &str| {
         let out = run_cli(&[
-            "run", "-m", model.to_str().unwrap(), "-p", "Once upon a time", "-n", "24", "--temp", "0.9",
-            "--seed", seed, "--ignore-eos", "--json",
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "Once upon a time",
+            "-n",
+            "24",
+            "--temp",
+            "0.9",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         parse_run_json(&out.stdout).0
     };
     let a = run("42");
     assert_eq!(a.len(), 24);
     assert_eq!(a, run("42"), "same seed, same tokens");
-    assert_ne!(a, run("7"), "another seed should sample another continuation");
+    assert_ne!(
+        a,
+        run("7"),
+        "another seed should sample another continuation"
+    );
 }

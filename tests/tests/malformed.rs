@@ -103,8 +103,16 @@ fn bad_magic_and_truncations() {
     let mut magic = ok.clone();
     magic[..4].copy_from_slice(b"PK\x03\x04");
     expect_model_error(&t.file("magic.gguf", &magic), "bad magic", "magic");
-    expect_model_error(&t.file("hdr.gguf", &ok[..10]), "truncated header", "truncated");
-    expect_model_error(&t.file("table.gguf", &ok[..table + 6]), "truncated tensor table", "truncated");
+    expect_model_error(
+        &t.file("hdr.gguf", &ok[..10]),
+        "truncated header",
+        "truncated",
+    );
+    expect_model_error(
+        &t.file("table.gguf", &ok[..table + 6]),
+        "truncated tensor table",
+        "truncated",
+    );
     expect_model_error(&t.file("data.gguf", &ok[..data + 8]), "truncated data", "t");
 }
 
@@ -127,13 +135,19 @@ fn absurd_lengths_and_dims() {
     ];
     for (name, dims, ty, needle) in cases {
         let mut r = Raw::default();
-        r.header(1, 1).kv_str("general.architecture", "llama").tensor("t", dims, ty, 0).align();
+        r.header(1, 1)
+            .kv_str("general.architecture", "llama")
+            .tensor("t", dims, ty, 0)
+            .align();
         r.b.extend(std::iter::repeat_n(0u8, 64));
         expect_model_error(&t.file(&format!("{name}.gguf"), &r.b), name, needle);
     }
 
     let mut r = Raw::default();
-    r.header(1, 1).kv_str("general.architecture", "llama").tensor("t", &[8], 0, 1 << 20).align();
+    r.header(1, 1)
+        .kv_str("general.architecture", "llama")
+        .tensor("t", &[8], 0, 1 << 20)
+        .align();
     r.b.extend(std::iter::repeat_n(0u8, 32));
     expect_model_error(&t.file("pastend.gguf", &r.b), "tensor past the end", "t");
 }
@@ -142,7 +156,11 @@ fn absurd_lengths_and_dims() {
 fn unsupported_architecture_is_named() {
     let t = Tmp::new();
     let (bytes, _, _) = valid("mamba9");
-    expect_model_error(&t.file("arch.gguf", &bytes), "unsupported architecture", "mamba9");
+    expect_model_error(
+        &t.file("arch.gguf", &bytes),
+        "unsupported architecture",
+        "mamba9",
+    );
 }
 
 #[test]
@@ -150,8 +168,20 @@ fn bad_generation_arguments() {
     let m = smollm2();
     let m = m.to_str().unwrap();
     expect_error(&["run", "-m", m, "-p", "hi", "-n", "0"], "-n 0", "-n");
-    expect_error(&["run", "-m", m, "-p", "hi", "--temp", "-1"], "negative temperature", "temp");
-    expect_error(&["run", "-m", m, "-p", "hi", "--temp", "nan"], "NaN temperature", "temp");
+    expect_error(
+        &["run", "-m", m, "-p", "hi", "--temp", "-1"],
+        "negative temperature",
+        "temp",
+    );
+    expect_error(
+        &["run", "-m", m, "-p", "hi", "--temp", "nan"],
+        "NaN temperature",
+        "temp",
+    );
     let long = "word ".repeat(64);
-    expect_error(&["run", "-m", m, "-p", &long, "--n-ctx", "16"], "prompt longer than n_ctx", "n_ctx");
+    expect_error(
+        &["run", "-m", m, "-p", &long, "--n-ctx", "16"],
+        "prompt longer than n_ctx",
+        "n_ctx",
+    );
 }

@@ -6,8 +6,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use wasm_chord_kernel as k;
 use k::store::{ByteRange, ByteSource, StoreError, StoreStats};
+use wasm_chord_kernel as k;
 
 wit_bindgen::generate!({ world: "kernel", path: "../../wit" });
 
@@ -50,7 +50,13 @@ fn wit_store_err(e: StoreError) -> ls::StoreError {
 }
 
 fn wit_ranges(ranges: &[ByteRange]) -> Vec<ls::ByteRange> {
-    ranges.iter().map(|r| ls::ByteRange { offset: r.offset, len: r.len }).collect()
+    ranges
+        .iter()
+        .map(|r| ls::ByteRange {
+            offset: r.offset,
+            len: r.len,
+        })
+        .collect()
 }
 
 impl ByteSource for WitSource {
@@ -61,7 +67,9 @@ impl ByteSource for WitSource {
         self.src.read(offset, len).map_err(store_err)
     }
     fn load_layer(&self, layer: u32, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
-        self.src.load_layer(layer, &wit_ranges(ranges)).map_err(store_err)
+        self.src
+            .load_layer(layer, &wit_ranges(ranges))
+            .map_err(store_err)
     }
     fn prefetch(&self, layer: u32, ranges: &[ByteRange]) {
         self.src.prefetch(layer, &wit_ranges(ranges))
@@ -116,7 +124,10 @@ struct ModelRes {
 impl wit::GuestModel for ModelRes {
     fn load(options: wit::LoadOptions) -> Result<wit::Model, wit::Error> {
         let src = ls::open(&options.model).map_err(|e| err(k::Error::Store(store_err(e))))?;
-        let source = WitSource { src, memory64: ls::is_enabled() };
+        let source = WitSource {
+            src,
+            memory64: ls::is_enabled(),
+        };
         let opts = k::model::LoadOptions {
             residency: match options.residency {
                 wit::Residency::Auto => k::model::Residency::Auto,
@@ -131,7 +142,9 @@ impl wit::GuestModel for ModelRes {
             },
         };
         let model = k::model::Model::load(Box::new(source), &opts).map_err(err)?;
-        Ok(wit::Model::new(ModelRes { model: Rc::new(model) }))
+        Ok(wit::Model::new(ModelRes {
+            model: Rc::new(model),
+        }))
     }
 
     fn info(&self) -> wit::ModelInfo {
@@ -159,14 +172,24 @@ impl wit::GuestModel for ModelRes {
         }
     }
 
-    fn tokenize(&self, text: String, add_special: bool, parse_special: bool) -> Result<Vec<u32>, wit::Error> {
-        Ok(self.model.tokenizer.encode(&text, add_special, parse_special))
+    fn tokenize(
+        &self,
+        text: String,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, wit::Error> {
+        Ok(self
+            .model
+            .tokenizer
+            .encode(&text, add_special, parse_special))
     }
 
     fn detokenize(&self, tokens: Vec<u32>) -> Result<String, wit::Error> {
         let n = self.model.cfg.n_vocab as u32;
         if let Some(bad) = tokens.iter().find(|&&t| t >= n) {
-            return Err(wit::Error::InvalidInput(format!("token id {bad} is outside the vocabulary ({n})")));
+            return Err(wit::Error::InvalidInput(format!(
+                "token id {bad} is outside the vocabulary ({n})"
+            )));
         }
         Ok(self.model.tokenizer.decode(&tokens))
     }
@@ -178,9 +201,14 @@ impl wit::GuestModel for ModelRes {
     ) -> Result<String, wit::Error> {
         let msgs: Vec<k::tokenizer::ChatMessage> = messages
             .into_iter()
-            .map(|m| k::tokenizer::ChatMessage { role: m.role, content: m.content })
+            .map(|m| k::tokenizer::ChatMessage {
+                role: m.role,
+                content: m.content,
+            })
             .collect();
-        self.model.apply_chat_template(&msgs, add_generation_prompt).map_err(err)
+        self.model
+            .apply_chat_template(&msgs, add_generation_prompt)
+            .map_err(err)
     }
 
     fn cache_stats(&self) -> wit::CacheStats {
@@ -200,7 +228,10 @@ impl wit::GuestModel for ModelRes {
 
     fn new_session(&self, n_ctx: u32) -> Result<wit::Session, wit::Error> {
         let session = k::model::Session::new(&self.model, n_ctx).map_err(err)?;
-        Ok(wit::Session::new(SessionRes { model: Rc::clone(&self.model), session: Rc::new(RefCell::new(session)) }))
+        Ok(wit::Session::new(SessionRes {
+            model: Rc::clone(&self.model),
+            session: Rc::new(RefCell::new(session)),
+        }))
     }
 }
 
@@ -236,15 +267,20 @@ impl wit::GuestSession for SessionRes {
         self.session.borrow_mut().reset()
     }
 
-    fn generate(&self, prompt: Vec<u32>, options: wit::GenerateOptions) -> Result<wit::Generation, wit::Error> {
+    fn generate(
+        &self,
+        prompt: Vec<u32>,
+        options: wit::GenerateOptions,
+    ) -> Result<wit::Generation, wit::Error> {
         let opts = k::model::GenerateOptions {
             max_tokens: options.max_tokens,
             sampling: sampling(&options.sampling),
             ignore_eos: options.ignore_eos,
             stop: options.stop,
         };
-        let gen = k::model::Generation::start(&self.model, &mut self.session.borrow_mut(), &prompt, opts)
-            .map_err(err)?;
+        let gen =
+            k::model::Generation::start(&self.model, &mut self.session.borrow_mut(), &prompt, opts)
+                .map_err(err)?;
         Ok(wit::Generation::new(GenerationRes {
             model: Rc::clone(&self.model),
             session: Rc::clone(&self.session),
@@ -252,7 +288,12 @@ impl wit::GuestSession for SessionRes {
         }))
     }
 
-    fn score(&self, tokens: Vec<u32>, first: u32, top_k: u32) -> Result<Vec<wit::TokenScore>, wit::Error> {
+    fn score(
+        &self,
+        tokens: Vec<u32>,
+        first: u32,
+        top_k: u32,
+    ) -> Result<Vec<wit::TokenScore>, wit::Error> {
         let scores = self
             .session
             .borrow_mut()
@@ -260,7 +301,12 @@ impl wit::GuestSession for SessionRes {
             .map_err(err)?;
         Ok(scores
             .into_iter()
-            .map(|s| wit::TokenScore { pos: s.pos, token: s.token, logprob: s.logprob, top: s.top })
+            .map(|s| wit::TokenScore {
+                pos: s.pos,
+                token: s.token,
+                logprob: s.logprob,
+                top: s.top,
+            })
             .collect())
     }
 
@@ -268,7 +314,9 @@ impl wit::GuestSession for SessionRes {
         let mut out = Vec::new();
         self.session
             .borrow_mut()
-            .score_with(&self.model, &tokens, first as usize, &mut |_, _, lp| out.extend_from_slice(lp))
+            .score_with(&self.model, &tokens, first as usize, &mut |_, _, lp| {
+                out.extend_from_slice(lp)
+            })
             .map_err(err)?;
         Ok(out)
     }
@@ -289,7 +337,10 @@ impl wit::GuestGeneration for GenerationRes {
             .borrow_mut()
             .next(&self.model, &mut self.session.borrow_mut())
             .map_err(err)?;
-        Ok(piece.map(|p| wit::Piece { token: p.token, text: p.text }))
+        Ok(piece.map(|p| wit::Piece {
+            token: p.token,
+            text: p.text,
+        }))
     }
 
     fn prompt_tokens(&self) -> u32 {
@@ -297,6 +348,9 @@ impl wit::GuestGeneration for GenerationRes {
     }
 
     fn stop_reason(&self) -> Option<String> {
-        self.gen.borrow().stop_reason().map(|r| r.as_str().to_string())
+        self.gen
+            .borrow()
+            .stop_reason()
+            .map(|r| r.as_str().to_string())
     }
 }

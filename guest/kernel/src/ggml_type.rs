@@ -86,7 +86,10 @@ impl GgmlType {
     }
 
     fn entry(self) -> &'static (GgmlType, u32, usize, usize) {
-        TABLE.iter().find(|e| e.0 == self).expect("every type is in TABLE")
+        TABLE
+            .iter()
+            .find(|e| e.0 == self)
+            .expect("every type is in TABLE")
     }
 
     /// GGUF id.

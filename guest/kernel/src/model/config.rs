@@ -78,7 +78,9 @@ impl Config {
                 .get_u64(&name)?
                 .ok_or_else(|| Error::InvalidModel(format!("missing {name}")))?;
             if v == 0 || v > max {
-                return Err(Error::InvalidModel(format!("{name} = {v} is out of range (1..={max})")));
+                return Err(Error::InvalidModel(format!(
+                    "{name} = {v} is out of range (1..={max})"
+                )));
             }
             Ok(v as usize)
         };
@@ -126,7 +128,8 @@ impl Config {
         let norm_eps = g
             .get_f32(&key("attention.layer_norm_rms_epsilon"))?
             .unwrap_or(1e-5);
-        if !(rope_base.is_finite() && rope_base > 0.0) || !(norm_eps.is_finite() && norm_eps >= 0.0) {
+        if !(rope_base.is_finite() && rope_base > 0.0) || !(norm_eps.is_finite() && norm_eps >= 0.0)
+        {
             return Err(Error::InvalidModel(format!(
                 "invalid rope.freq_base {rope_base} or rms epsilon {norm_eps}"
             )));

@@ -27,9 +27,9 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `n_ctx` positions for `c`.
     pub fn new(c: &Config, n_ctx: usize) -> Result<KvCache> {
-        let per_layer = n_ctx
-            .checked_mul(c.kv_dim())
-            .ok_or_else(|| Error::OutOfMemory(format!("KV cache of {n_ctx} positions overflows")))?;
+        let per_layer = n_ctx.checked_mul(c.kv_dim()).ok_or_else(|| {
+            Error::OutOfMemory(format!("KV cache of {n_ctx} positions overflows"))
+        })?;
         let bytes = (per_layer as u64) * 8 * c.n_layers as u64;
         let mut k = Vec::new();
         let mut v = Vec::new();
@@ -42,7 +42,11 @@ impl KvCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.k.iter().chain(self.v.iter()).map(|l| l.len() as u64 * 4).sum()
+        self.k
+            .iter()
+            .chain(self.v.iter())
+            .map(|l| l.len() as u64 * 4)
+            .sum()
     }
 }
 
@@ -50,7 +54,10 @@ impl KvCache {
 fn try_zeroed(n: usize, total: u64) -> Result<Vec<f32>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
-        Error::OutOfMemory(format!("cannot allocate the KV cache ({} MiB)", total >> 20))
+        Error::OutOfMemory(format!(
+            "cannot allocate the KV cache ({} MiB)",
+            total >> 20
+        ))
     })?;
     v.resize(n, 0.0);
     Ok(v)
@@ -59,17 +66,17 @@ fn try_zeroed(n: usize, total: u64) -> Result<Vec<f32>> {
 /// Scratch buffers of the forward pass (llama2.c's `RunState`).
 #[derive(Default)]
 pub struct State {
-    x: Vec<f32>,      // (n, n_embd) residual stream
-    xb: Vec<f32>,     // (n, n_embd) normed input of a sub-layer
-    xb2: Vec<f32>,    // (n, n_embd) output of a sub-layer
-    q: Vec<f32>,      // (n, q_dim)
-    k: Vec<f32>,      // (n, kv_dim)
-    v: Vec<f32>,      // (n, kv_dim)
-    att: Vec<f32>,    // (n, q_dim) attention output
-    scores: Vec<f32>, // (n_ctx,) one head's attention weights
-    hb: Vec<f32>,     // (n, n_ff) gate, then silu(gate) * up
-    hb2: Vec<f32>,    // (n, n_ff) up
-    logits: Vec<f32>, // (rows, n_vocab)
+    x: Vec<f32>,           // (n, n_embd) residual stream
+    xb: Vec<f32>,          // (n, n_embd) normed input of a sub-layer
+    xb2: Vec<f32>,         // (n, n_embd) output of a sub-layer
+    q: Vec<f32>,           // (n, q_dim)
+    k: Vec<f32>,           // (n, kv_dim)
+    v: Vec<f32>,           // (n, kv_dim)
+    att: Vec<f32>,         // (n, q_dim) attention output
+    scores: Vec<f32>,      // (n_ctx,) one head's attention weights
+    hb: Vec<f32>,          // (n, n_ff) gate, then silu(gate) * up
+    hb2: Vec<f32>,         // (n, n_ff) up
+    logits: Vec<f32>,      // (rows, n_vocab)
     rope: Vec<(f32, f32)>, // (rope_dim / 2,) cos, sin of one position
     acts: QActs,
 }
@@ -175,7 +182,10 @@ pub fn forward(
     let hw = head.head();
     for (i, &t) in tokens.iter().enumerate() {
         if t as usize >= c.n_vocab {
-            return Err(Error::InvalidInput(format!("token id {t} is outside the vocabulary ({})", c.n_vocab)));
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary ({})",
+                c.n_vocab
+            )));
         }
         quant::dequantize_row(&hw.token_embd, t as usize, &mut s.x[i * dim..(i + 1) * dim]);
     }
@@ -187,7 +197,12 @@ pub fn forward(
         let w = layer.block();
 
         // 2. Attention: RMSNorm, then q, k, v projections.
-        rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], w.attn_norm, c.norm_eps);
+        rmsnorm(
+            &mut s.xb[..n * dim],
+            &s.x[..n * dim],
+            w.attn_norm,
+            c.norm_eps,
+        );
         matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
@@ -249,7 +264,12 @@ pub fn forward(
         }
 
         // 6. Feed-forward: RMSNorm, SwiGLU (silu(gate) * up), down projection, residual.
-        rmsnorm(&mut s.xb[..n * dim], &s.x[..n * dim], w.ffn_norm, c.norm_eps);
+        rmsnorm(
+            &mut s.xb[..n * dim],
+            &s.x[..n * dim],
+            w.ffn_norm,
+            c.norm_eps,
+        );
         matmul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts);
         for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
@@ -275,7 +295,10 @@ pub fn forward(
         }
         matmul(&mut s.logits, &hw.output, &s.xb, rows, &mut s.acts);
         for r in 0..rows {
-            sink(logits_from + r, &s.logits[r * c.n_vocab..(r + 1) * c.n_vocab]);
+            sink(
+                logits_from + r,
+                &s.logits[r * c.n_vocab..(r + 1) * c.n_vocab],
+            );
         }
     }
     Ok(())

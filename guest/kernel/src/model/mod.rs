@@ -46,7 +46,12 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { residency: Residency::Auto, max_memory: 0, cache_layers: 0, policy: Policy::Pinned }
+        LoadOptions {
+            residency: Residency::Auto,
+            max_memory: 0,
+            cache_layers: 0,
+            policy: Policy::Pinned,
+        }
     }
 }
 
@@ -88,9 +93,16 @@ fn string_array(g: &GgufFile, key: &str) -> Result<Vec<String>> {
         None => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| Error::InvalidModel(format!("{key}: expected strings"))))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::InvalidModel(format!("{key}: expected strings")))
+            })
             .collect(),
-        Some(v) => Err(Error::InvalidModel(format!("{key}: expected an array, found {}", v.type_name()))),
+        Some(v) => Err(Error::InvalidModel(format!(
+            "{key}: expected an array, found {}",
+            v.type_name()
+        ))),
     }
 }
 
@@ -111,14 +123,22 @@ fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
     let token_types = match g.get("tokenizer.ggml.token_type") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_i64().map(|x| x as i32).ok_or_else(|| Error::InvalidModel("tokenizer.ggml.token_type: expected integers".into())))
+            .map(|v| {
+                v.as_i64().map(|x| x as i32).ok_or_else(|| {
+                    Error::InvalidModel("tokenizer.ggml.token_type: expected integers".into())
+                })
+            })
             .collect::<Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
     let scores = match g.get("tokenizer.ggml.scores") {
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_f32().ok_or_else(|| Error::InvalidModel("tokenizer.ggml.scores: expected floats".into())))
+            .map(|v| {
+                v.as_f32().ok_or_else(|| {
+                    Error::InvalidModel("tokenizer.ggml.scores: expected floats".into())
+                })
+            })
             .collect::<Result<Vec<_>>>()?,
         _ => Vec::new(),
     };
@@ -134,9 +154,13 @@ fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
         eot: id(g, "tokenizer.ggml.eot_token_id")?,
         unk: id(g, "tokenizer.ggml.unknown_token_id")?,
         pad: id(g, "tokenizer.ggml.padding_token_id")?,
-        add_bos: g.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(is_spm),
+        add_bos: g
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(is_spm),
         add_eos: g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
-        add_space_prefix: g.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(is_spm),
+        add_space_prefix: g
+            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(is_spm),
         model,
     })
 }
@@ -160,10 +184,19 @@ impl Model {
         let plans = weights::plan_layers(&g, &cfg)?;
         let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
         let head_bytes = plans.last().map(|p| p.bytes).unwrap_or(0);
-        let max_block = plans[..cfg.n_layers].iter().map(|p| p.bytes).max().unwrap_or(0).max(1);
+        let max_block = plans[..cfg.n_layers]
+            .iter()
+            .map(|p| p.bytes)
+            .max()
+            .unwrap_or(0)
+            .max(1);
 
         // Residency plan: resident when the weights fit, else a bounded cache.
-        let resident_budget = if opts.max_memory > 0 { opts.max_memory.min(RESIDENT_LIMIT) } else { RESIDENT_LIMIT };
+        let resident_budget = if opts.max_memory > 0 {
+            opts.max_memory.min(RESIDENT_LIMIT)
+        } else {
+            RESIDENT_LIMIT
+        };
         let stream = match opts.residency {
             Residency::Resident => {
                 if opts.max_memory > 0 && weight_bytes > opts.max_memory {
@@ -182,7 +215,11 @@ impl Model {
         } else if opts.cache_layers > 0 {
             opts.cache_layers as usize
         } else {
-            let budget = if opts.max_memory > 0 { opts.max_memory } else { DEFAULT_STREAM_BUDGET };
+            let budget = if opts.max_memory > 0 {
+                opts.max_memory
+            } else {
+                DEFAULT_STREAM_BUDGET
+            };
             // One block is in flight while another is being evicted.
             let k = budget.saturating_sub(head_bytes) / max_block;
             if k < 2 {
@@ -220,7 +257,13 @@ impl Model {
             chat_template: g.get_str("tokenizer.chat_template")?.map(str::to_string),
             streamed: !cache.is_resident(),
         };
-        Ok(Model { cfg, tokenizer, info, cache: RefCell::new(cache), src })
+        Ok(Model {
+            cfg,
+            tokenizer,
+            info,
+            cache: RefCell::new(cache),
+            src,
+        })
     }
 
     /// Layer cache counters, and what is resident.
@@ -235,13 +278,19 @@ impl Model {
     }
 
     /// Render `messages` with the model's chat template.
-    pub fn apply_chat_template(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
-        let tpl = self
-            .info
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| Error::InvalidInput("the model has no tokenizer.chat_template".into()))?;
-        let text = |id: Option<u32>| id.and_then(|i| self.tokenizer.token_text(i)).unwrap_or("").to_string();
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tpl = self.info.chat_template.as_deref().ok_or_else(|| {
+            Error::InvalidInput("the model has no tokenizer.chat_template".into())
+        })?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_string()
+        };
         crate::tokenizer::apply_chat_template(
             tpl,
             messages,
@@ -262,6 +311,19 @@ impl Model {
         sink: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<()> {
         let mut cache = self.cache.borrow_mut();
-        forward::forward(&self.cfg, &mut cache, self.src.as_ref(), kv, state, tokens, pos0, logits_from, sink)
+        forward::forward(
+            &self.cfg,
+            &mut cache,
+            self.src.as_ref(),
+            kv,
+            state,
+            tokens,
+            pos0,
+            logits_from,
+            sink,
+        )
     }
 }
+
+#[cfg(test)]
+mod tests;

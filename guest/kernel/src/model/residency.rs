@@ -35,7 +35,10 @@ fn now_nanos() -> u64 {
     #[cfg(any(not(target_arch = "wasm32"), target_os = "wasi"))]
     {
         use std::time::{SystemTime, UNIX_EPOCH};
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
     }
     #[cfg(all(target_arch = "wasm32", not(target_os = "wasi")))]
     {
@@ -168,13 +171,17 @@ impl LayerCache {
     /// Evict blocks until one more fits.
     fn make_room(&mut self, incoming: usize) {
         loop {
-            let resident: Vec<usize> =
-                (0..self.n_blocks).filter(|&b| self.slots[b].is_some()).collect();
+            let resident: Vec<usize> = (0..self.n_blocks)
+                .filter(|&b| self.slots[b].is_some())
+                .collect();
             if resident.len() < self.capacity {
                 return;
             }
             let victim = match self.policy {
-                Policy::Pinned => resident.iter().copied().find(|&b| !self.pinned[b] && b != incoming),
+                Policy::Pinned => resident
+                    .iter()
+                    .copied()
+                    .find(|&b| !self.pinned[b] && b != incoming),
                 Policy::Lru => resident
                     .iter()
                     .copied()
@@ -201,7 +208,10 @@ mod tests {
     fn cache(n: usize, capacity: usize, policy: Policy) -> (LayerCache, MemSource) {
         let plans = (0..=n)
             .map(|l| LayerPlan {
-                ranges: vec![ByteRange { offset: 16 * l as u64, len: 16 }],
+                ranges: vec![ByteRange {
+                    offset: 16 * l as u64,
+                    len: 16,
+                }],
                 tensors: vec![],
                 bytes: 16,
             })

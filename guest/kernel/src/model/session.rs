@@ -23,11 +23,22 @@ pub struct Session {
 impl Session {
     /// A new session of `n_ctx` positions (0: default, capped by the training context).
     pub fn new(model: &Model, n_ctx: u32) -> Result<Session> {
-        let n_ctx = if n_ctx == 0 { DEFAULT_N_CTX.min(model.cfg.n_ctx_train) } else { n_ctx as usize };
+        let n_ctx = if n_ctx == 0 {
+            DEFAULT_N_CTX.min(model.cfg.n_ctx_train)
+        } else {
+            n_ctx as usize
+        };
         if n_ctx > (1 << 20) {
-            return Err(Error::InvalidInput(format!("n_ctx {n_ctx} is too large (max 1048576)")));
+            return Err(Error::InvalidInput(format!(
+                "n_ctx {n_ctx} is too large (max 1048576)"
+            )));
         }
-        Ok(Session { kv: KvCache::new(&model.cfg, n_ctx)?, state: State::default(), tokens: Vec::new(), pending: Vec::new() })
+        Ok(Session {
+            kv: KvCache::new(&model.cfg, n_ctx)?,
+            state: State::default(),
+            tokens: Vec::new(),
+            pending: Vec::new(),
+        })
     }
 
     /// Context size.
@@ -68,7 +79,14 @@ impl Session {
             let base = b * UBATCH;
             let from = logits_from.saturating_sub(base).min(chunk.len());
             let pos0 = self.tokens.len();
-            model.forward(&mut self.kv, &mut self.state, chunk, pos0, from, &mut |i, l| sink(base + i, l))?;
+            model.forward(
+                &mut self.kv,
+                &mut self.state,
+                chunk,
+                pos0,
+                from,
+                &mut |i, l| sink(base + i, l),
+            )?;
             self.tokens.extend_from_slice(chunk);
         }
         Ok(())
@@ -76,10 +94,21 @@ impl Session {
 
     /// Teacher-forced: reset, evaluate `tokens`, score positions `first..`:
     /// each token's log-probability given those before it, and the top-k.
-    pub fn score(&mut self, model: &Model, tokens: &[u32], first: usize, top_k: usize) -> Result<Vec<TokenScore>> {
+    pub fn score(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        first: usize,
+        top_k: usize,
+    ) -> Result<Vec<TokenScore>> {
         let mut out = Vec::new();
         self.score_with(model, tokens, first, &mut |pos, tok, lp| {
-            out.push(TokenScore { pos: pos as u32, token: tok, logprob: lp[tok as usize], top: top_of(lp, top_k) });
+            out.push(TokenScore {
+                pos: pos as u32,
+                token: tok,
+                logprob: lp[tok as usize],
+                top: top_of(lp, top_k),
+            });
         })?;
         Ok(out)
     }
@@ -101,10 +130,15 @@ impl Session {
         self.reset();
         let mut lp = vec![0f32; model.cfg.n_vocab];
         // Logits of index i predict token i + 1.
-        self.eval(model, &tokens[..tokens.len() - 1], first - 1, &mut |i, logits| {
-            log_softmax(logits, &mut lp);
-            f(i + 1, tokens[i + 1], &lp);
-        })
+        self.eval(
+            model,
+            &tokens[..tokens.len() - 1],
+            first - 1,
+            &mut |i, logits| {
+                log_softmax(logits, &mut lp);
+                f(i + 1, tokens[i + 1], &lp);
+            },
+        )
     }
 }
 
@@ -185,7 +219,12 @@ pub struct Generation {
 
 impl Generation {
     /// Evaluate `prompt` after what `session` holds and prepare to sample.
-    pub fn start(model: &Model, session: &mut Session, prompt: &[u32], opts: GenerateOptions) -> Result<Generation> {
+    pub fn start(
+        model: &Model,
+        session: &mut Session,
+        prompt: &[u32],
+        opts: GenerateOptions,
+    ) -> Result<Generation> {
         if opts.max_tokens == 0 {
             return Err(Error::InvalidInput("max-tokens must be at least 1".into()));
         }
@@ -204,9 +243,13 @@ impl Generation {
             )));
         }
         let mut logits = Vec::new();
-        session.eval(model, &input, input.len() - 1, &mut |_, l| logits = l.to_vec())?;
+        session.eval(model, &input, input.len() - 1, &mut |_, l| {
+            logits = l.to_vec()
+        })?;
         let banned = if opts.ignore_eos {
-            (0..model.cfg.n_vocab as u32).filter(|&t| model.tokenizer.is_eog(t)).collect()
+            (0..model.cfg.n_vocab as u32)
+                .filter(|&t| model.tokenizer.is_eog(t))
+                .collect()
         } else {
             Vec::new()
         };
@@ -238,15 +281,22 @@ impl Generation {
         if self.done.is_some() {
             return Ok(None);
         }
-        let token = self.sampler.sample(&mut self.logits, &session.tokens, &self.banned);
+        let token = self
+            .sampler
+            .sample(&mut self.logits, &session.tokens, &self.banned);
         if !self.opts.ignore_eos && model.tokenizer.is_eog(token) {
             self.done = Some(StopReason::Eos);
             session.pending.push(token);
             let rest = std::mem::take(&mut self.held) + &self.detok.flush();
-            return Ok(if rest.is_empty() { None } else { Some(Piece { token, text: rest }) });
+            return Ok(if rest.is_empty() {
+                None
+            } else {
+                Some(Piece { token, text: rest })
+            });
         }
         self.generated += 1;
-        self.held.push_str(&self.detok.push(&model.tokenizer, token));
+        self.held
+            .push_str(&self.detok.push(&model.tokenizer, token));
         let mut text = self.take_emittable();
         if self.done.is_none() {
             if self.generated >= self.opts.max_tokens {
@@ -275,7 +325,14 @@ impl Generation {
         if self.opts.stop.is_empty() {
             return std::mem::take(&mut self.held);
         }
-        if let Some(at) = self.opts.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .opts
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             self.done = Some(StopReason::Stop);
             let out = self.held[..at].to_string();
             self.held.clear();
@@ -286,7 +343,12 @@ impl Generation {
             .held
             .char_indices()
             .map(|(i, _)| i)
-            .find(|&i| self.opts.stop.iter().any(|s| s.starts_with(&self.held[i..])))
+            .find(|&i| {
+                self.opts
+                    .stop
+                    .iter()
+                    .any(|s| s.starts_with(&self.held[i..]))
+            })
             .unwrap_or(self.held.len());
         let out = self.held[..keep].to_string();
         self.held.drain(..keep);

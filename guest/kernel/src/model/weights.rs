@@ -40,7 +40,15 @@ pub struct LayerPlan {
 
 /// Tensor suffixes of a transformer block, in buffer order.
 pub const BLOCK_TENSORS: [&str; 9] = [
-    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down",
+    "attn_norm",
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_norm",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
 ];
 /// Tensors of the head layer, in buffer order (`output` is absent when tied).
 pub const HEAD_TENSORS: [&str; 3] = ["token_embd", "output_norm", "output"];
@@ -57,7 +65,12 @@ fn block_shape(c: &Config, i: usize) -> (usize, usize) {
     }
 }
 
-fn plan_tensor(g: &GgufFile, name: &str, shape: (usize, usize), at: usize) -> Result<(TensorPlan, ByteRange)> {
+fn plan_tensor(
+    g: &GgufFile,
+    name: &str,
+    shape: (usize, usize),
+    at: usize,
+) -> Result<(TensorPlan, ByteRange)> {
     let t = g
         .tensor(name)
         .ok_or_else(|| Error::InvalidModel(format!("missing tensor {name}")))?;
@@ -79,10 +92,27 @@ fn plan_tensor(g: &GgufFile, name: &str, shape: (usize, usize), at: usize) -> Re
             t.ty
         )));
     }
-    let len = usize::try_from(t.n_bytes)
-        .map_err(|_| Error::OutOfMemory(format!("tensor {name} ({} bytes) exceeds the address space", t.n_bytes)))?;
-    let plan = TensorPlan { name: name.to_string(), ty: t.ty, rows, cols, at, len };
-    Ok((plan, ByteRange { offset: t.offset, len: t.n_bytes }))
+    let len = usize::try_from(t.n_bytes).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "tensor {name} ({} bytes) exceeds the address space",
+            t.n_bytes
+        ))
+    })?;
+    let plan = TensorPlan {
+        name: name.to_string(),
+        ty: t.ty,
+        rows,
+        cols,
+        at,
+        len,
+    };
+    Ok((
+        plan,
+        ByteRange {
+            offset: t.offset,
+            len: t.n_bytes,
+        },
+    ))
 }
 
 fn finish(parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
@@ -99,8 +129,16 @@ fn finish(parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
         }
         tensors.push(p);
     }
-    usize::try_from(bytes).map_err(|_| Error::OutOfMemory(format!("a layer of {bytes} bytes exceeds the address space")))?;
-    Ok(LayerPlan { ranges, tensors, bytes })
+    usize::try_from(bytes).map_err(|_| {
+        Error::OutOfMemory(format!(
+            "a layer of {bytes} bytes exceeds the address space"
+        ))
+    })?;
+    Ok(LayerPlan {
+        ranges,
+        tensors,
+        bytes,
+    })
 }
 
 /// Plans of all layers: blocks `0..n_layers`, then the head.
@@ -110,7 +148,12 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
         let mut parts = Vec::with_capacity(BLOCK_TENSORS.len());
         let mut at = 0usize;
         for (i, suffix) in BLOCK_TENSORS.iter().enumerate() {
-            let (p, r) = plan_tensor(g, &format!("blk.{l}.{suffix}.weight"), block_shape(c, i), at)?;
+            let (p, r) = plan_tensor(
+                g,
+                &format!("blk.{l}.{suffix}.weight"),
+                block_shape(c, i),
+                at,
+            )?;
             at += p.len;
             parts.push((p, r));
         }
@@ -157,7 +200,12 @@ impl LayerData {
             quant::dequantize_row(&q, 0, &mut v);
             norms.push(v);
         }
-        Ok(LayerData { plan_index: index, buf, norms, tensors: plan.tensors.clone() })
+        Ok(LayerData {
+            plan_index: index,
+            buf,
+            norms,
+            tensors: plan.tensors.clone(),
+        })
     }
 
     /// Bytes of weights held.
@@ -168,7 +216,12 @@ impl LayerData {
     /// Quantized view of tensor `i` (plan order).
     pub fn tensor(&self, i: usize) -> QTensor<'_> {
         let t = &self.tensors[i];
-        QTensor { ty: t.ty, rows: t.rows, cols: t.cols, data: &self.buf[t.at..t.at + t.len] }
+        QTensor {
+            ty: t.ty,
+            rows: t.rows,
+            cols: t.cols,
+            data: &self.buf[t.at..t.at + t.len],
+        }
     }
 
     /// Views of a transformer block.
@@ -192,27 +245,31 @@ impl LayerData {
         HeadWeights {
             token_embd,
             output_norm: &self.norms[0],
-            output: if self.tensors.len() > 2 { self.tensor(2) } else { token_embd },
+            output: if self.tensors.len() > 2 {
+                self.tensor(2)
+            } else {
+                token_embd
+            },
         }
     }
 }
 
 /// One transformer block's weights (views into a [`LayerData`]).
 pub struct BlockWeights<'a> {
-    pub attn_norm: &'a [f32],  // (n_embd,)
-    pub wq: QTensor<'a>,       // (q_dim, n_embd)
-    pub wk: QTensor<'a>,       // (kv_dim, n_embd)
-    pub wv: QTensor<'a>,       // (kv_dim, n_embd)
-    pub wo: QTensor<'a>,       // (n_embd, q_dim)
-    pub ffn_norm: &'a [f32],   // (n_embd,)
-    pub w_gate: QTensor<'a>,   // (n_ff, n_embd)
-    pub w_up: QTensor<'a>,     // (n_ff, n_embd)
-    pub w_down: QTensor<'a>,   // (n_embd, n_ff)
+    pub attn_norm: &'a [f32], // (n_embd,)
+    pub wq: QTensor<'a>,      // (q_dim, n_embd)
+    pub wk: QTensor<'a>,      // (kv_dim, n_embd)
+    pub wv: QTensor<'a>,      // (kv_dim, n_embd)
+    pub wo: QTensor<'a>,      // (n_embd, q_dim)
+    pub ffn_norm: &'a [f32],  // (n_embd,)
+    pub w_gate: QTensor<'a>,  // (n_ff, n_embd)
+    pub w_up: QTensor<'a>,    // (n_ff, n_embd)
+    pub w_down: QTensor<'a>,  // (n_embd, n_ff)
 }
 
 /// Embedding and output weights.
 pub struct HeadWeights<'a> {
-    pub token_embd: QTensor<'a>,  // (n_vocab, n_embd)
-    pub output_norm: &'a [f32],   // (n_embd,)
-    pub output: QTensor<'a>,      // (n_vocab, n_embd); token_embd when tied
+    pub token_embd: QTensor<'a>, // (n_vocab, n_embd)
+    pub output_norm: &'a [f32],  // (n_embd,)
+    pub output: QTensor<'a>,     // (n_vocab, n_embd); token_embd when tied
 }
