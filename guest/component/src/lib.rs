@@ -132,7 +132,7 @@ impl wit::GuestModel for ModelRes {
             residency: match options.residency {
                 wit::Residency::Auto => k::model::Residency::Auto,
                 wit::Residency::Resident => k::model::Residency::Resident,
-                wit::Residency::Stream => k::model::Residency::Stream,
+                wit::Residency::Streaming => k::model::Residency::Stream,
             },
             max_memory: options.max_memory,
             cache_layers: options.cache_layers,
