@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     additional_derives: [serde::Serialize],
 });
 
-use wasm_chord::runtime::layer_store as ls;
+use self::wasm_chord::runtime::layer_store as ls;
 
 /// The part of the store data the `layer-store` import needs.
 pub struct LayerStoreHost<'a> {
