@@ -86,7 +86,10 @@ impl GgmlType {
     }
 
     fn entry(self) -> &'static (GgmlType, u32, usize, usize) {
-        TABLE.iter().find(|e| e.0 == self).expect("every type is in TABLE")
+        TABLE
+            .iter()
+            .find(|e| e.0 == self)
+            .expect("every type is in TABLE")
     }
 
     /// GGUF id.
@@ -113,7 +116,7 @@ impl GgmlType {
     /// of blocks or overflows.
     pub fn row_bytes(self, n: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return None;
         }
         (n / bs).checked_mul(self.type_size() as u64)

@@ -11,6 +11,7 @@ pub mod model;
 pub mod quant;
 pub mod sample;
 pub mod store;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::{Error, Result};

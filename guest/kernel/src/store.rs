@@ -49,7 +49,10 @@ pub trait ByteSource {
     fn prefetch(&self, _layer: u32, _ranges: &[ByteRange]) {}
     /// Counters.
     fn stats(&self) -> StoreStats {
-        StoreStats { total_bytes: self.size(), ..StoreStats::default() }
+        StoreStats {
+            total_bytes: self.size(),
+            ..StoreStats::default()
+        }
     }
     /// True where the source lives in 64-bit storage beyond 4 GiB.
     fn is_memory64(&self) -> bool {
@@ -68,9 +71,9 @@ impl MemSource {
     }
 
     fn slice(&self, offset: u64, len: u64) -> Result<&[u8], StoreError> {
-        let end = offset
-            .checked_add(len)
-            .ok_or_else(|| StoreError::OutOfRange(format!("offset {offset} + len {len} overflows")))?;
+        let end = offset.checked_add(len).ok_or_else(|| {
+            StoreError::OutOfRange(format!("offset {offset} + len {len} overflows"))
+        })?;
         if end > self.bytes.len() as u64 {
             return Err(StoreError::OutOfRange(format!(
                 "range {offset}..{end} past the end ({} bytes)",

@@ -1,1 +1,329 @@
-//! (in progress)
+//! A loaded model: hyperparameters, vocabulary, and weights behind the layer cache.
+
+pub mod config;
+pub mod forward;
+pub mod residency;
+pub mod session;
+pub mod weights;
+
+pub use config::Config;
+pub use residency::{CacheStats, Policy};
+pub use session::{GenerateOptions, Generation, Piece, Session, StopReason, TokenScore};
+
+use crate::gguf::{GgufFile, Value};
+use crate::store::ByteSource;
+use crate::tokenizer::{ChatMessage, Tokenizer, TokenizerData};
+use crate::{Error, Result};
+use residency::LayerCache;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// A host whose store is not 64-bit (the browser fallback) serves at most this.
+pub const MAX_32BIT_MODEL: u64 = 3584 << 20;
+/// Auto residency keeps a model resident below this many bytes of weights.
+pub const RESIDENT_LIMIT: u64 = 3 << 30;
+/// Default weight budget of a streamed model.
+pub const DEFAULT_STREAM_BUDGET: u64 = 1 << 30;
+
+/// Requested residency mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residency {
+    Auto,
+    Resident,
+    Stream,
+}
+
+/// Options of [`Model::load`].
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub residency: Residency,
+    /// Weight budget in bytes (0: default).
+    pub max_memory: u64,
+    /// Blocks kept by a streamed cache (0: as many as the budget allows).
+    pub cache_layers: u32,
+    pub policy: Policy,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            residency: Residency::Auto,
+            max_memory: 0,
+            cache_layers: 0,
+            policy: Policy::Pinned,
+        }
+    }
+}
+
+/// What a model is (mirrors the WIT `model-info`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    pub n_params: u64,
+    pub n_layers: u32,
+    pub n_embd: u32,
+    pub n_head: u32,
+    pub n_head_kv: u32,
+    pub n_ff: u32,
+    pub n_ctx_train: u32,
+    pub n_vocab: u32,
+    pub file_size: u64,
+    pub n_tensors: u64,
+    pub weight_bytes: u64,
+    pub tensor_types: Vec<(String, u32)>,
+    pub bos_token: Option<u32>,
+    pub eos_token: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+    pub streamed: bool,
+}
+
+/// A loaded model.
+pub struct Model {
+    pub cfg: Config,
+    pub tokenizer: Tokenizer,
+    pub info: ModelInfo,
+    cache: RefCell<LayerCache>,
+    src: Box<dyn ByteSource>,
+}
+
+fn string_array(g: &GgufFile, key: &str) -> Result<Vec<String>> {
+    match g.get(key) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| Error::InvalidModel(format!("{key}: expected strings")))
+            })
+            .collect(),
+        Some(v) => Err(Error::InvalidModel(format!(
+            "{key}: expected an array, found {}",
+            v.type_name()
+        ))),
+    }
+}
+
+fn id(g: &GgufFile, key: &str) -> Result<Option<u32>> {
+    Ok(g.get_u64(key)?.and_then(|v| u32::try_from(v).ok()))
+}
+
+/// The tokenizer described by `g`'s `tokenizer.ggml.*` metadata.
+fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
+    let model = g
+        .get_str("tokenizer.ggml.model")?
+        .ok_or_else(|| Error::InvalidModel("missing tokenizer.ggml.model".into()))?
+        .to_string();
+    let tokens = string_array(g, "tokenizer.ggml.tokens")?;
+    if tokens.is_empty() {
+        return Err(Error::InvalidModel("missing tokenizer.ggml.tokens".into()));
+    }
+    let token_types = match g.get("tokenizer.ggml.token_type") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_i64().map(|x| x as i32).ok_or_else(|| {
+                    Error::InvalidModel("tokenizer.ggml.token_type: expected integers".into())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let scores = match g.get("tokenizer.ggml.scores") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|v| {
+                v.as_f32().ok_or_else(|| {
+                    Error::InvalidModel("tokenizer.ggml.scores: expected floats".into())
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => Vec::new(),
+    };
+    let is_spm = model == "llama";
+    Tokenizer::new(TokenizerData {
+        pre: g.get_str("tokenizer.ggml.pre")?.map(str::to_string),
+        merges: string_array(g, "tokenizer.ggml.merges")?,
+        tokens,
+        token_types,
+        scores,
+        bos: id(g, "tokenizer.ggml.bos_token_id")?,
+        eos: id(g, "tokenizer.ggml.eos_token_id")?,
+        eot: id(g, "tokenizer.ggml.eot_token_id")?,
+        unk: id(g, "tokenizer.ggml.unknown_token_id")?,
+        pad: id(g, "tokenizer.ggml.padding_token_id")?,
+        add_bos: g
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(is_spm),
+        add_eos: g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+        add_space_prefix: g
+            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(is_spm),
+        model,
+    })
+}
+
+impl Model {
+    /// Parse the GGUF behind `src`, plan residency, load what stays resident.
+    pub fn load(src: Box<dyn ByteSource>, opts: &LoadOptions) -> Result<Model> {
+        let file_size = src.size();
+        if !src.is_memory64() && file_size > MAX_32BIT_MODEL {
+            return Err(Error::Unsupported(format!(
+                "the model is {:.2} GiB; this host keeps models in 32-bit storage and serves at most {:.1} GiB \
+                 (use the native host, which streams larger models)",
+                file_size as f64 / (1u64 << 30) as f64,
+                MAX_32BIT_MODEL as f64 / (1u64 << 30) as f64
+            )));
+        }
+        let g = GgufFile::parse(src.as_ref())?;
+        config::check_arch(&g)?;
+        let tokenizer = tokenizer_from_gguf(&g)?;
+        let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
+        let plans = weights::plan_layers(&g, &cfg)?;
+        let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
+        let head_bytes = plans.last().map(|p| p.bytes).unwrap_or(0);
+        let max_block = plans[..cfg.n_layers]
+            .iter()
+            .map(|p| p.bytes)
+            .max()
+            .unwrap_or(0)
+            .max(1);
+
+        // Residency plan: resident when the weights fit, else a bounded cache.
+        let resident_budget = if opts.max_memory > 0 {
+            opts.max_memory.min(RESIDENT_LIMIT)
+        } else {
+            RESIDENT_LIMIT
+        };
+        let stream = match opts.residency {
+            Residency::Resident => {
+                if opts.max_memory > 0 && weight_bytes > opts.max_memory {
+                    return Err(Error::OutOfMemory(format!(
+                        "resident mode needs {weight_bytes} bytes of weights, over the budget of {} bytes",
+                        opts.max_memory
+                    )));
+                }
+                false
+            }
+            Residency::Stream => true,
+            Residency::Auto => weight_bytes > resident_budget,
+        };
+        let capacity = if !stream {
+            cfg.n_layers
+        } else if opts.cache_layers > 0 {
+            opts.cache_layers as usize
+        } else {
+            let budget = if opts.max_memory > 0 {
+                opts.max_memory
+            } else {
+                DEFAULT_STREAM_BUDGET
+            };
+            // One block is in flight while another is being evicted.
+            let k = budget.saturating_sub(head_bytes) / max_block;
+            if k < 2 {
+                return Err(Error::OutOfMemory(format!(
+                    "a budget of {budget} bytes cannot hold the head ({head_bytes} bytes) and two layers of {max_block} bytes"
+                )));
+            }
+            (k - 1).min(cfg.n_layers as u64) as usize
+        };
+        let mut cache = LayerCache::new(plans, capacity, opts.policy);
+        cache.warm(src.as_ref())?;
+
+        let mut types: BTreeMap<String, u32> = BTreeMap::new();
+        for t in &g.tensors {
+            *types.entry(t.ty.name()).or_default() += 1;
+        }
+        let info = ModelInfo {
+            architecture: cfg.arch.clone(),
+            name: g.get_str("general.name")?.unwrap_or("").to_string(),
+            n_params: g.tensors.iter().map(|t| t.n_elements()).sum(),
+            n_layers: cfg.n_layers as u32,
+            n_embd: cfg.n_embd as u32,
+            n_head: cfg.n_head as u32,
+            n_head_kv: cfg.n_head_kv as u32,
+            n_ff: cfg.n_ff as u32,
+            n_ctx_train: cfg.n_ctx_train as u32,
+            n_vocab: cfg.n_vocab as u32,
+            file_size,
+            n_tensors: g.tensors.len() as u64,
+            weight_bytes,
+            tensor_types: types.into_iter().collect(),
+            bos_token: tokenizer.bos(),
+            eos_token: tokenizer.eos(),
+            add_bos: tokenizer.add_bos(),
+            chat_template: g.get_str("tokenizer.chat_template")?.map(str::to_string),
+            streamed: !cache.is_resident(),
+        };
+        Ok(Model {
+            cfg,
+            tokenizer,
+            info,
+            cache: RefCell::new(cache),
+            src,
+        })
+    }
+
+    /// Layer cache counters, and what is resident.
+    pub fn cache_stats(&self) -> (CacheStats, usize, u64) {
+        let c = self.cache.borrow();
+        (c.stats(), c.resident_layers(), c.resident_bytes())
+    }
+
+    /// The byte source.
+    pub fn source(&self) -> &dyn ByteSource {
+        self.src.as_ref()
+    }
+
+    /// Render `messages` with the model's chat template.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        let tpl = self.info.chat_template.as_deref().ok_or_else(|| {
+            Error::InvalidInput("the model has no tokenizer.chat_template".into())
+        })?;
+        let text = |id: Option<u32>| {
+            id.and_then(|i| self.tokenizer.token_text(i))
+                .unwrap_or("")
+                .to_string()
+        };
+        crate::tokenizer::apply_chat_template(
+            tpl,
+            messages,
+            add_generation_prompt,
+            &text(self.tokenizer.bos()),
+            &text(self.tokenizer.eos()),
+        )
+    }
+
+    /// Run the forward pass (used by [`Session`]).
+    pub(crate) fn forward(
+        &self,
+        kv: &mut forward::KvCache,
+        state: &mut forward::State,
+        tokens: &[u32],
+        pos0: usize,
+        logits_from: usize,
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let mut cache = self.cache.borrow_mut();
+        forward::forward(
+            &self.cfg,
+            &mut cache,
+            self.src.as_ref(),
+            kv,
+            state,
+            tokens,
+            pos0,
+            logits_from,
+            sink,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,409 @@
-//! (in progress)
+//! Quantized tensors: block formats, activation quantization, dot products
+//! and the matmul.
+//!
+//! As in llama.cpp (ggml), the activation vector is quantized once per
+//! matmul into the weight type's [`vec_dot_type`] (8-bit blocks for the
+//! 4/5/8-bit weight types), and each output element is an integer dot
+//! product of a weight row against it, scaled per block.
+//!
+//! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
+//! [`q8`]); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! always compiled and is the reference; on wasm32 with `simd128` the hot
+//! kinds provide a SIMD `vec_dot`, tested against the scalar one.
+
+use crate::error::Error;
+use crate::ggml_type::GgmlType;
+use bytemuck::Pod;
+
+pub mod float;
+pub mod q4_0;
+pub mod q4_1;
+pub mod q5_0;
+pub mod q8;
+
+#[cfg(test)]
+mod tests;
+
+/// A block of activations in a `vec_dot_type` (see [`QActs`]).
+pub trait ActBlock: Pod {
+    /// The GGML type this block represents.
+    const TYPE: GgmlType;
+    /// Elements per block.
+    const BLOCK: usize;
+    /// Quantize `x` (`out.len() * BLOCK` values) into `out`.
+    fn quantize(x: &[f32], out: &mut [Self]);
+    /// Dequantize `b` into `out` (`b.len() * BLOCK` values).
+    fn dequantize(b: &[Self], out: &mut [f32]);
+}
+
+/// A weight type: its block, its activation block, and its dot products.
+pub trait QuantKind {
+    /// The weight type.
+    const TYPE: GgmlType;
+    /// Weights per block.
+    const BLOCK: usize;
+    /// The weight block, in the GGUF byte layout (alignment 1).
+    type Block: Pod;
+    /// The activation block (the `vec_dot_type`).
+    type Act: ActBlock;
+    /// Quantize `x` (`out.len() * BLOCK` values) with ggml's reference quantizer.
+    fn quantize(x: &[f32], out: &mut [Self::Block]);
+    /// Dequantize `b` into `out` (`b.len() * BLOCK` values).
+    fn dequantize(b: &[Self::Block], out: &mut [f32]);
+    /// The reference dot product of weight blocks `x` with activation blocks
+    /// `y` (same length): block results accumulated in f32, in block order.
+    fn vec_dot_scalar(x: &[Self::Block], y: &[Self::Act]) -> f32;
+    /// The fast dot product (SIMD where available); same value as
+    /// [`QuantKind::vec_dot_scalar`] up to f32 reassociation.
+    fn vec_dot(x: &[Self::Block], y: &[Self::Act]) -> f32 {
+        Self::vec_dot_scalar(x, y)
+    }
+}
+
+/// Runs `$body` with `$K` bound to the [`QuantKind`] of weight type `$ty`.
+/// This is the one table of supported weight types.
+macro_rules! with_kind {
+    ($ty:expr, $K:ident => $body:expr, $other:expr) => {
+        match $ty {
+            GgmlType::F32 => {
+                type $K = float::F32;
+                $body
+            }
+            GgmlType::F16 => {
+                type $K = float::F16;
+                $body
+            }
+            GgmlType::BF16 => {
+                type $K = float::BF16;
+                $body
+            }
+            GgmlType::Q4_0 => {
+                type $K = q4_0::Q4_0;
+                $body
+            }
+            GgmlType::Q4_1 => {
+                type $K = q4_1::Q4_1;
+                $body
+            }
+            GgmlType::Q5_0 => {
+                type $K = q5_0::Q5_0;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $K = q8::Q8_0;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+
+/// Runs `$body` with `$A` bound to the [`ActBlock`] of activation type `$ty`.
+macro_rules! with_act {
+    ($ty:expr, $A:ident => $body:expr) => {
+        match $ty {
+            GgmlType::F32 => {
+                type $A = f32;
+                $body
+            }
+            GgmlType::F16 => {
+                type $A = float::F16Act;
+                $body
+            }
+            GgmlType::BF16 => {
+                type $A = float::BF16Act;
+                $body
+            }
+            GgmlType::Q8_0 => {
+                type $A = q8::Q8_0Act;
+                $body
+            }
+            GgmlType::Q8_1 => {
+                type $A = q8::Q8_1Act;
+                $body
+            }
+            t => panic!("{t} is not an activation type"),
+        }
+    };
+}
+
+/// The activation type ggml dots weights of type `w` against. Types the
+/// matmul does not support map to themselves.
+pub fn vec_dot_type(w: GgmlType) -> GgmlType {
+    with_kind!(w, K => <<K as QuantKind>::Act as ActBlock>::TYPE, w)
+}
+
+/// f16 bits to f32, exact for every value (branch-free except for Inf/NaN,
+/// much cheaper than a software `half` conversion on wasm).
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let mag = ((h & 0x7fff) as u32) << 13;
+    // Reinterpreting the shifted bits as f32 gives the value times 2^-112
+    // (normal and subnormal f16 alike); the multiply by 2^112 is exact.
+    let v = f32::from_bits(mag) * f32::from_bits(0x7780_0000);
+    let v = if h & 0x7c00 == 0x7c00 {
+        f32::from_bits(mag | 0x7f80_0000)
+    } else {
+        v
+    };
+    f32::from_bits(v.to_bits() | (((h & 0x8000) as u32) << 16))
+}
+
+/// Little-endian f16 bytes to f32.
+#[inline(always)]
+pub fn f16_le(b: [u8; 2]) -> f32 {
+    f16_to_f32(u16::from_le_bytes(b))
+}
+
+/// f32 to little-endian f16 bytes (round to nearest even, as ggml).
+#[inline]
+pub fn f32_to_f16_le(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_bits().to_le_bytes()
+}
+
+/// A weight matrix view: `rows` rows of `cols` elements each, row-major in
+/// `data` (row r = `data[r * row_bytes..]`).
+#[derive(Clone, Copy, Debug)]
+pub struct QTensor<'a> {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: &'a [u8],
+}
+
+impl<'a> QTensor<'a> {
+    /// Checks that `ty` is supported, `cols` is a whole number of blocks and
+    /// `data` holds exactly `rows` rows.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, Error> {
+        if !ty.is_supported() {
+            return Err(Error::Unsupported(format!("tensor type {ty}")));
+        }
+        if !cols.is_multiple_of(ty.block_size()) {
+            return Err(Error::InvalidModel(format!(
+                "{cols} columns is not a whole number of {ty} blocks"
+            )));
+        }
+        let rb = cols / ty.block_size() * ty.type_size();
+        if rows.checked_mul(rb) != Some(data.len()) {
+            return Err(Error::InvalidModel(format!(
+                "{ty} tensor {rows}x{cols} needs {rows}*{rb} bytes, has {}",
+                data.len()
+            )));
+        }
+        Ok(QTensor {
+            ty,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_size() * self.ty.type_size()
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+}
+
+/// `n` activation vectors of `cols` floats, quantized to a weight type's
+/// [`vec_dot_type`]. The buffer is reused: no allocation per matmul once
+/// warm.
+///
+/// The blocks hold the same values as ggml's (`block_q8_0`, `block_q8_1`,
+/// f16, bf16, f32), but the f16 scales of the 8-bit blocks are stored
+/// already widened to f32 so the dot loops do not convert them.
+#[derive(Clone, Debug)]
+pub struct QActs {
+    ty: GgmlType,
+    n: usize,
+    cols: usize,
+    /// Bytes of one vector's blocks.
+    vec_bytes: usize,
+    /// Vector stride in `buf` words.
+    stride: usize,
+    /// u32 backing keeps every block (alignment <= 4) aligned.
+    buf: Vec<u32>,
+}
+
+impl Default for QActs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QActs {
+    /// An empty buffer.
+    pub fn new() -> Self {
+        QActs {
+            ty: GgmlType::F32,
+            n: 0,
+            cols: 0,
+            vec_bytes: 0,
+            stride: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Quantize `n` vectors of `cols` values (`x`, vector-major) to
+    /// `dot_ty`. Panics if `dot_ty` is not an activation type, `cols` is not
+    /// a whole number of its blocks, or `x.len() != n * cols`.
+    pub fn quantize(&mut self, dot_ty: GgmlType, x: &[f32], n: usize, cols: usize) {
+        assert_eq!(x.len(), n * cols, "activation shape");
+        with_act!(dot_ty, A => self.quantize_as::<A>(x, n, cols))
+    }
+
+    fn quantize_as<A: ActBlock>(&mut self, x: &[f32], n: usize, cols: usize) {
+        assert!(
+            cols.is_multiple_of(A::BLOCK),
+            "{cols} not a multiple of {}",
+            A::BLOCK
+        );
+        self.ty = A::TYPE;
+        self.n = n;
+        self.cols = cols;
+        self.vec_bytes = cols / A::BLOCK * std::mem::size_of::<A>();
+        self.stride = self.vec_bytes.div_ceil(4);
+        self.buf.clear();
+        self.buf.resize(n * self.stride, 0);
+        for b in 0..n {
+            let bytes: &mut [u8] =
+                bytemuck::cast_slice_mut(&mut self.buf[b * self.stride..(b + 1) * self.stride]);
+            let blocks: &mut [A] = bytemuck::cast_slice_mut(&mut bytes[..self.vec_bytes]);
+            A::quantize(&x[b * cols..(b + 1) * cols], blocks);
+        }
+    }
+
+    /// Number of vectors.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Elements per vector.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The activation type.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Vector `b` as blocks of `A` (which must be this buffer's type).
+    fn vec<A: ActBlock>(&self, b: usize) -> &[A] {
+        debug_assert_eq!(A::TYPE, self.ty);
+        let bytes: &[u8] = bytemuck::cast_slice(&self.buf[b * self.stride..(b + 1) * self.stride]);
+        bytemuck::cast_slice(&bytes[..self.vec_bytes])
+    }
+
+    /// Dequantize vector `b` into `out` (len `cols`); for tests and debugging.
+    pub fn dequantize_vec(&self, b: usize, out: &mut [f32]) {
+        with_act!(self.ty, A => A::dequantize(self.vec::<A>(b), out))
+    }
+}
+
+fn check_shapes(out: &[f32], w: &QTensor, x: &QActs) {
+    assert_eq!(
+        x.ty,
+        vec_dot_type(w.ty),
+        "activations not in {}'s vec_dot_type",
+        w.ty
+    );
+    assert_eq!(x.cols, w.cols, "matmul inner dimension");
+    assert!(out.len() >= x.n * w.rows, "matmul output too short");
+    assert_eq!(w.data.len(), w.rows * w.row_bytes(), "weight data size");
+}
+
+/// Rows per tile when several vectors are multiplied.
+const ROW_TILE: usize = 8;
+/// Vectors per tile.
+const VEC_TILE: usize = 32;
+
+fn matmul_kind<K: QuantKind>(
+    out: &mut [f32],
+    w: &QTensor,
+    x: &QActs,
+    dot: impl Fn(&[K::Block], &[K::Act]) -> f32,
+) {
+    let blocks: &[K::Block] = bytemuck::cast_slice(w.data);
+    let nb = w.cols / K::BLOCK;
+    let rows = w.rows;
+    let row = |r: usize| &blocks[r * nb..(r + 1) * nb];
+    if x.n == 1 {
+        let y = x.vec::<K::Act>(0);
+        for (r, o) in out[..rows].iter_mut().enumerate() {
+            *o = dot(row(r), y);
+        }
+        return;
+    }
+    // Tiles of ROW_TILE weight rows x VEC_TILE vectors: the rows stay in L1
+    // while every vector of the tile is dotted against them.
+    for v0 in (0..x.n).step_by(VEC_TILE) {
+        let v1 = (v0 + VEC_TILE).min(x.n);
+        for r0 in (0..rows).step_by(ROW_TILE) {
+            let r1 = (r0 + ROW_TILE).min(rows);
+            for b in v0..v1 {
+                let y = x.vec::<K::Act>(b);
+                let o = &mut out[b * rows + r0..b * rows + r1];
+                for (r, o) in (r0..r1).zip(o) {
+                    *o = dot(row(r), y);
+                }
+            }
+        }
+    }
+}
+
+/// `out[b * w.rows + r] = dot(w.row(r), x.vec(b))` for `b in 0..x.n()`,
+/// `r in 0..w.rows`. `x` must be quantized to `vec_dot_type(w.ty)`. Panics
+/// only on caller shape bugs.
+pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
+    check_shapes(out, w, x);
+    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot), unsupported(w.ty))
+}
+
+/// [`matmul`] with the scalar reference dot products.
+pub fn matmul_scalar(out: &mut [f32], w: &QTensor, x: &QActs) {
+    check_shapes(out, w, x);
+    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot_scalar), unsupported(w.ty))
+}
+
+fn unsupported(ty: GgmlType) -> ! {
+    panic!("quant: unsupported weight type {ty}")
+}
+
+/// Dequantize row `r` of `w` into `out` (len `w.cols`).
+pub fn dequantize_row(w: &QTensor, r: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), w.cols, "dequantize_row output length");
+    with_kind!(w.ty, K => K::dequantize(bytemuck::cast_slice(w.row(r)), out), unsupported(w.ty))
+}
+
+/// Quantize `x` into weight type `ty` with ggml's reference quantizers.
+/// Panics if `ty` is unsupported or `x.len()` is not a whole number of blocks.
+pub fn quantize_weights(ty: GgmlType, x: &[f32]) -> Vec<u8> {
+    with_kind!(ty, K => quantize_kind::<K>(x), unsupported(ty))
+}
+
+fn quantize_kind<K: QuantKind>(x: &[f32]) -> Vec<u8> {
+    assert!(
+        x.len().is_multiple_of(K::BLOCK),
+        "not a whole number of blocks"
+    );
+    let mut blocks = vec![K::Block::zeroed(); x.len() / K::BLOCK];
+    K::quantize(x, &mut blocks);
+    bytemuck::cast_slice(&blocks).to_vec()
+}
+
+use bytemuck::Zeroable as _;
+
+/// Horizontal sum of an f32x4, lanes added as (0+1)+(2+3).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn hsum_f32x4(v: core::arch::wasm32::v128) -> f32 {
+    use core::arch::wasm32::*;
+    (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v))
+        + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
+}

@@ -1,0 +1,363 @@
+//! Sessions (a KV cache and the tokens in it), streaming generation, and
+//! teacher-forced scoring.
+
+use super::forward::{KvCache, State, UBATCH};
+use super::Model;
+use crate::sample::{log_softmax, Sampler, SamplerConfig};
+use crate::tokenizer::Detokenizer;
+use crate::{Error, Result};
+
+/// Context size when the caller asks for the default.
+pub const DEFAULT_N_CTX: usize = 4096;
+
+/// A conversation: the KV cache and the tokens it holds.
+pub struct Session {
+    kv: KvCache,
+    state: State,
+    /// Tokens evaluated into the KV cache, in order.
+    tokens: Vec<u32>,
+    /// Sampled tokens not yet evaluated (the last token of a generation).
+    pending: Vec<u32>,
+}
+
+impl Session {
+    /// A new session of `n_ctx` positions (0: default, capped by the training context).
+    pub fn new(model: &Model, n_ctx: u32) -> Result<Session> {
+        let n_ctx = if n_ctx == 0 {
+            DEFAULT_N_CTX.min(model.cfg.n_ctx_train)
+        } else {
+            n_ctx as usize
+        };
+        if n_ctx > (1 << 20) {
+            return Err(Error::InvalidInput(format!(
+                "n_ctx {n_ctx} is too large (max 1048576)"
+            )));
+        }
+        Ok(Session {
+            kv: KvCache::new(&model.cfg, n_ctx)?,
+            state: State::default(),
+            tokens: Vec::new(),
+            pending: Vec::new(),
+        })
+    }
+
+    /// Context size.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.n_ctx
+    }
+
+    /// Positions used.
+    pub fn n_past(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Forget everything.
+    pub fn reset(&mut self) {
+        self.tokens.clear();
+        self.pending.clear();
+    }
+
+    /// Evaluate `tokens` after what the session holds; `sink(i, logits)` for
+    /// every index `i >= logits_from` of `tokens`.
+    pub fn eval(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        logits_from: usize,
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        let need = self.tokens.len() + tokens.len();
+        if need > self.kv.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{} tokens in the session + {} new exceed n_ctx {}",
+                self.tokens.len(),
+                tokens.len(),
+                self.kv.n_ctx
+            )));
+        }
+        for (b, chunk) in tokens.chunks(UBATCH).enumerate() {
+            let base = b * UBATCH;
+            let from = logits_from.saturating_sub(base).min(chunk.len());
+            let pos0 = self.tokens.len();
+            model.forward(
+                &mut self.kv,
+                &mut self.state,
+                chunk,
+                pos0,
+                from,
+                &mut |i, l| sink(base + i, l),
+            )?;
+            self.tokens.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// Teacher-forced: reset, evaluate `tokens`, score positions `first..`:
+    /// each token's log-probability given those before it, and the top-k.
+    pub fn score(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        first: usize,
+        top_k: usize,
+    ) -> Result<Vec<TokenScore>> {
+        let mut out = Vec::new();
+        self.score_with(model, tokens, first, &mut |pos, tok, lp| {
+            out.push(TokenScore {
+                pos: pos as u32,
+                token: tok,
+                logprob: lp[tok as usize],
+                top: top_of(lp, top_k),
+            });
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Session::score`], calling `f(pos, token, logprobs)` with the full vector.
+    pub fn score_with(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        first: usize,
+        f: &mut dyn FnMut(usize, u32, &[f32]),
+    ) -> Result<()> {
+        if first == 0 || first >= tokens.len() {
+            return Err(Error::InvalidInput(format!(
+                "score: first ({first}) must be in 1..{} (the number of tokens)",
+                tokens.len()
+            )));
+        }
+        self.reset();
+        let mut lp = vec![0f32; model.cfg.n_vocab];
+        // Logits of index i predict token i + 1.
+        self.eval(
+            model,
+            &tokens[..tokens.len() - 1],
+            first - 1,
+            &mut |i, logits| {
+                log_softmax(logits, &mut lp);
+                f(i + 1, tokens[i + 1], &lp);
+            },
+        )
+    }
+}
+
+/// The `k` largest entries of `lp` as (index, value), best first.
+pub fn top_of(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return top;
+    }
+    for (i, &v) in lp.iter().enumerate() {
+        if top.len() < k || v > top[top.len() - 1].1 {
+            let at = top.partition_point(|&(_, x)| x >= v);
+            top.insert(at, (i as u32, v));
+            top.truncate(k);
+        }
+    }
+    top
+}
+
+/// One scored position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenScore {
+    pub pos: u32,
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// Options of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_tokens: u32,
+    pub sampling: SamplerConfig,
+    pub ignore_eos: bool,
+    pub stop: Vec<String>,
+}
+
+/// One generated token and the text it completed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    pub token: u32,
+    pub text: String,
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Eos,
+    Stop,
+    Length,
+    Context,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::Stop => "stop",
+            StopReason::Length => "length",
+            StopReason::Context => "context",
+        }
+    }
+}
+
+/// A running generation: call [`Generation::next`] until it returns `None`.
+pub struct Generation {
+    sampler: Sampler,
+    opts: GenerateOptions,
+    banned: Vec<u32>,
+    logits: Vec<f32>,
+    detok: Detokenizer,
+    /// Text not yet emitted because it may begin a stop string.
+    held: String,
+    generated: u32,
+    prompt_tokens: u32,
+    done: Option<StopReason>,
+}
+
+impl Generation {
+    /// Evaluate `prompt` after what `session` holds and prepare to sample.
+    pub fn start(
+        model: &Model,
+        session: &mut Session,
+        prompt: &[u32],
+        opts: GenerateOptions,
+    ) -> Result<Generation> {
+        if opts.max_tokens == 0 {
+            return Err(Error::InvalidInput("max-tokens must be at least 1".into()));
+        }
+        let sampler = Sampler::new(opts.sampling.clone())?;
+        let mut input = std::mem::take(&mut session.pending);
+        input.extend_from_slice(prompt);
+        if input.is_empty() {
+            return Err(Error::InvalidInput("the prompt is empty".into()));
+        }
+        if session.n_past() + input.len() > session.n_ctx() {
+            return Err(Error::ContextFull(format!(
+                "the prompt has {} tokens; with {} already in the session that exceeds n_ctx {}",
+                input.len(),
+                session.n_past(),
+                session.n_ctx()
+            )));
+        }
+        let mut logits = Vec::new();
+        session.eval(model, &input, input.len() - 1, &mut |_, l| {
+            logits = l.to_vec()
+        })?;
+        let banned = if opts.ignore_eos {
+            (0..model.cfg.n_vocab as u32)
+                .filter(|&t| model.tokenizer.is_eog(t))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Generation {
+            sampler,
+            banned,
+            logits,
+            detok: Detokenizer::new(),
+            held: String::new(),
+            generated: 0,
+            prompt_tokens: input.len() as u32,
+            done: None,
+            opts,
+        })
+    }
+
+    /// Tokens of the prompt that were evaluated.
+    pub fn prompt_tokens(&self) -> u32 {
+        self.prompt_tokens
+    }
+
+    /// Why generation stopped, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.done
+    }
+
+    /// The next piece, or `None` once generation has stopped.
+    pub fn next(&mut self, model: &Model, session: &mut Session) -> Result<Option<Piece>> {
+        if self.done.is_some() {
+            return Ok(None);
+        }
+        let token = self
+            .sampler
+            .sample(&mut self.logits, &session.tokens, &self.banned);
+        if !self.opts.ignore_eos && model.tokenizer.is_eog(token) {
+            self.done = Some(StopReason::Eos);
+            session.pending.push(token);
+            let rest = std::mem::take(&mut self.held) + &self.detok.flush();
+            return Ok(if rest.is_empty() {
+                None
+            } else {
+                Some(Piece { token, text: rest })
+            });
+        }
+        self.generated += 1;
+        self.held
+            .push_str(&self.detok.push(&model.tokenizer, token));
+        let mut text = self.take_emittable();
+        if self.done.is_none() {
+            if self.generated >= self.opts.max_tokens {
+                self.done = Some(StopReason::Length);
+            } else if session.n_past() + 1 >= session.n_ctx() {
+                self.done = Some(StopReason::Context);
+            }
+            if self.done.is_some() {
+                self.held.push_str(&self.detok.flush());
+                text += &self.take_emittable_final();
+            }
+        }
+        if self.done.is_some() {
+            session.pending.push(token);
+        } else {
+            let mut next = Vec::new();
+            session.eval(model, &[token], 0, &mut |_, l| next = l.to_vec())?;
+            self.logits = next;
+        }
+        Ok(Some(Piece { token, text }))
+    }
+
+    /// Text of `held` that can no longer be part of a stop string; sets
+    /// `done` and drops the rest when a stop string is complete.
+    fn take_emittable(&mut self) -> String {
+        if self.opts.stop.is_empty() {
+            return std::mem::take(&mut self.held);
+        }
+        if let Some(at) = self
+            .opts
+            .stop
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
+            self.done = Some(StopReason::Stop);
+            let out = self.held[..at].to_string();
+            self.held.clear();
+            return out;
+        }
+        // Keep the longest suffix that is a prefix of some stop string.
+        let keep = self
+            .held
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|&i| {
+                self.opts
+                    .stop
+                    .iter()
+                    .any(|s| s.starts_with(&self.held[i..]))
+            })
+            .unwrap_or(self.held.len());
+        let out = self.held[..keep].to_string();
+        self.held.drain(..keep);
+        out
+    }
+
+    /// At the end: a stop string may still complete inside `held`; else emit it all.
+    fn take_emittable_final(&mut self) -> String {
+        let out = self.take_emittable();
+        out + &std::mem::take(&mut self.held)
+    }
+}

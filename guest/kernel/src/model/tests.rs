@@ -1,0 +1,230 @@
+//! Model-level tests on synthetic models: one forward path for resident and
+//! streamed weights, batched == token-by-token, sessions, generation.
+
+use super::*;
+use crate::ggml_type::GgmlType;
+use crate::sample::SamplerConfig;
+use crate::store::MemSource;
+use crate::synth::{self, SynthSpec, SynthVocab};
+
+fn spec(ty: GgmlType) -> SynthSpec {
+    SynthSpec {
+        n_layers: 5,
+        n_embd: 64,
+        n_ff: 160,
+        n_head: 4,
+        n_head_kv: 2,
+        weight_type: ty,
+        separate_output: false,
+        seed: 7,
+    }
+}
+
+fn load(bytes: &[u8], opts: &LoadOptions) -> Model {
+    Model::load(Box::new(MemSource::new(bytes.to_vec())), opts).expect("load synthetic model")
+}
+
+/// Logits of every position of `tokens`, evaluated `step` tokens at a time.
+fn all_logits(m: &Model, tokens: &[u32], step: usize) -> Vec<f32> {
+    let mut s = Session::new(m, 64).unwrap();
+    let mut out = Vec::new();
+    for chunk in tokens.chunks(step) {
+        s.eval(m, chunk, 0, &mut |_, l| out.extend_from_slice(l))
+            .unwrap();
+    }
+    out
+}
+
+const TOKENS: [u32; 40] = [
+    256, 72, 101, 108, 108, 111, 44, 32, 119, 111, 114, 108, 100, 33, 10, 84, 104, 101, 32, 113,
+    117, 105, 99, 107, 32, 98, 114, 111, 119, 110, 32, 102, 111, 120, 32, 106, 117, 109, 112, 115,
+];
+
+#[test]
+fn streamed_equals_resident_for_both_policies() {
+    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+        let bytes = synth::to_bytes(&spec(ty), &SynthVocab::bytes());
+        let resident = load(&bytes, &LoadOptions::default());
+        assert!(!resident.info.streamed);
+        let want = all_logits(&resident, &TOKENS, 40);
+        assert!(want.iter().all(|x| x.is_finite()));
+        for policy in [Policy::Pinned, Policy::Lru] {
+            let opts = LoadOptions {
+                residency: Residency::Stream,
+                cache_layers: 2,
+                policy,
+                ..Default::default()
+            };
+            let streamed = load(&bytes, &opts);
+            assert!(streamed.info.streamed);
+            assert_eq!(all_logits(&streamed, &TOKENS, 40), want, "{ty} {policy:?}");
+            let (stats, resident_layers, _) = streamed.cache_stats();
+            assert!(
+                resident_layers <= 2 + 1,
+                "{policy:?}: {resident_layers} layers resident"
+            );
+            assert!(stats.evictions > 0);
+        }
+    }
+}
+
+#[test]
+fn batched_equals_token_by_token() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q4_1), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let batched = all_logits(&m, &TOKENS, 40);
+    assert_eq!(all_logits(&m, &TOKENS, 1), batched);
+    assert_eq!(all_logits(&m, &TOKENS, 7), batched);
+}
+
+#[test]
+fn score_matches_eval() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let logits = all_logits(&m, &TOKENS, 40);
+    let mut s = Session::new(&m, 64).unwrap();
+    let scores = s.score(&m, &TOKENS, 1, 3).unwrap();
+    assert_eq!(scores.len(), TOKENS.len() - 1);
+    let v = m.cfg.n_vocab;
+    let mut lp = vec![0f32; v];
+    for sc in &scores {
+        let p = sc.pos as usize;
+        crate::sample::log_softmax(&logits[(p - 1) * v..p * v], &mut lp);
+        assert_eq!(sc.token, TOKENS[p]);
+        assert!((sc.logprob - lp[TOKENS[p] as usize]).abs() < 1e-5);
+        assert_eq!(sc.top.len(), 3);
+        assert!(sc.top[0].1 >= sc.top[1].1 && sc.top[1].1 >= sc.top[2].1);
+    }
+    assert!(matches!(
+        s.score(&m, &TOKENS, 0, 1),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+fn greedy(max_tokens: u32, stop: Vec<String>) -> GenerateOptions {
+    GenerateOptions {
+        max_tokens,
+        sampling: SamplerConfig {
+            temperature: 0.0,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 1,
+        },
+        ignore_eos: true,
+        stop,
+    }
+}
+
+#[test]
+fn generation_lengths_context_and_stop_strings() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q4_1), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 32).unwrap();
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], greedy(6, vec![])).unwrap();
+    let mut pieces = Vec::new();
+    while let Some(p) = g.next(&m, &mut s).unwrap() {
+        pieces.push(p);
+    }
+    assert_eq!(pieces.len(), 6);
+    assert_eq!(g.stop_reason(), Some(StopReason::Length));
+    let text: String = pieces.iter().map(|p| p.text.as_str()).collect();
+
+    // The same run with a stop string taken from the middle of that text stops before it.
+    if let Some(cut) = text.char_indices().nth(3).map(|(i, _)| i) {
+        let stop = text[cut..].chars().take(2).collect::<String>();
+        let mut s = Session::new(&m, 32).unwrap();
+        let mut g =
+            Generation::start(&m, &mut s, &TOKENS[..5], greedy(6, vec![stop.clone()])).unwrap();
+        let mut out = String::new();
+        while let Some(p) = g.next(&m, &mut s).unwrap() {
+            out.push_str(&p.text);
+        }
+        assert_eq!(g.stop_reason(), Some(StopReason::Stop));
+        assert_eq!(out, text[..text.find(&stop).unwrap()]);
+    }
+
+    // A prompt longer than the context is refused; generation stops at a full context.
+    let mut s = Session::new(&m, 8).unwrap();
+    assert!(matches!(
+        Generation::start(&m, &mut s, &TOKENS[..9], greedy(4, vec![])),
+        Err(Error::ContextFull(_))
+    ));
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], greedy(100, vec![])).unwrap();
+    let mut n = 0;
+    while g.next(&m, &mut s).unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(g.stop_reason(), Some(StopReason::Context));
+    assert!(n >= 2 && s.n_past() <= 8);
+    assert!(matches!(
+        Generation::start(&m, &mut s, &TOKENS[..1], greedy(0, vec![])),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn out_of_vocabulary_token_is_an_error() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 16).unwrap();
+    let r = s.eval(&m, &[1, 99999], 0, &mut |_, _| {});
+    assert!(matches!(r, Err(Error::InvalidInput(_))));
+}
+
+/// The real SmolLM2 file, when the test runner provides it (`cargo xtask test` does).
+fn smollm2() -> Option<Model> {
+    let Some(path) = std::env::var_os("WASM_CHORD_SMOLLM2") else {
+        eprintln!("WASM_CHORD_SMOLLM2 not set: run through `cargo xtask test`");
+        return None;
+    };
+    let bytes = std::fs::read(path).expect("read SmolLM2");
+    Some(load(&bytes, &LoadOptions::default()))
+}
+
+#[derive(serde::Deserialize)]
+struct Case {
+    id: String,
+    prompt: String,
+    messages: Option<Vec<std::collections::BTreeMap<String, String>>>,
+    prompt_tokens: Vec<u32>,
+}
+
+#[test]
+fn smollm2_tokenizer_and_template_match_llama_cpp() {
+    let Some(m) = smollm2() else { return };
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/smollm2-135m-instruct-q4_1.golden.json"
+    );
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cases: Vec<Case> = serde_json::from_value(golden["cases"].clone()).unwrap();
+    assert_eq!(cases.len(), 6);
+    for c in cases {
+        assert_eq!(
+            m.tokenizer.encode(&c.prompt, true, true),
+            c.prompt_tokens,
+            "case {}",
+            c.id
+        );
+        if let Some(msgs) = c.messages {
+            let msgs: Vec<crate::tokenizer::ChatMessage> = msgs
+                .iter()
+                .map(|x| crate::tokenizer::ChatMessage {
+                    role: x["role"].clone(),
+                    content: x["content"].clone(),
+                })
+                .collect();
+            assert_eq!(
+                m.apply_chat_template(&msgs, true).unwrap(),
+                c.prompt,
+                "case {}",
+                c.id
+            );
+        }
+    }
+    assert!(m.tokenizer.is_eog(2) && m.tokenizer.is_eog(0) && !m.tokenizer.is_eog(1));
+}

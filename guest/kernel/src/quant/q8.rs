@@ -1,0 +1,192 @@
+//! 8-bit blocks: Q8_0 weights and the Q8_0 / Q8_1 activation blocks that
+//! the 4/5/8-bit weight types are dotted against.
+
+use super::{f16_le, f32_to_f16_le, ActBlock, QuantKind};
+use crate::ggml_type::GgmlType;
+
+/// Weights (and activations) per 8-bit block.
+pub const QK8: usize = 32;
+
+/// Q8_0 weight block (ggml `block_q8_0`): 8.5 bits per weight.
+/// `w[j] = d * qs[j]`.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    pub qs: [i8; QK8],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+const _: () = assert!(std::mem::align_of::<BlockQ8_0>() == 1);
+
+/// Q8_0 activation block: ggml's `block_q8_0` with the f16 scale stored
+/// widened to f32 (the same value). `qs` is always in -127..=127.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Q8_0Act {
+    /// f16-rounded scale.
+    pub d: f32,
+    pub qs: [i8; QK8],
+}
+const _: () = assert!(std::mem::size_of::<Q8_0Act>() == 36);
+
+/// Q8_1 activation block: ggml's `block_q8_1` (`s = d * sum(qs)`) with
+/// both f16 fields stored widened to f32. `qs` is always in -127..=127.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct Q8_1Act {
+    /// f16-rounded scale.
+    pub d: f32,
+    /// f16-rounded `d * sum(qs)` (computed with the unrounded d).
+    pub s: f32,
+    pub qs: [i8; QK8],
+}
+const _: () = assert!(std::mem::size_of::<Q8_1Act>() == 40);
+
+/// ggml's reference 8-bit block quantizer: returns (d as f32 before f16
+/// rounding, qs). `q = round(x / d)` with `d = max|x| / 127`.
+#[inline]
+fn quantize_q8_block(x: &[f32]) -> (f32, [i8; QK8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut qs = [0i8; QK8];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    (d, qs)
+}
+
+/// f16 round trip of an f32.
+#[inline]
+fn f16_round(x: f32) -> f32 {
+    f16_le(f32_to_f16_le(x))
+}
+
+impl ActBlock for Q8_0Act {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const BLOCK: usize = QK8;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+            let (d, qs) = quantize_q8_block(xb);
+            *o = Q8_0Act {
+                d: f16_round(d),
+                qs,
+            };
+        }
+    }
+    fn dequantize(b: &[Self], out: &mut [f32]) {
+        for (blk, o) in b.iter().zip(out.chunks_exact_mut(QK8)) {
+            for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                *v = blk.d * q as f32;
+            }
+        }
+    }
+}
+
+impl ActBlock for Q8_1Act {
+    const TYPE: GgmlType = GgmlType::Q8_1;
+    const BLOCK: usize = QK8;
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+            let (d, qs) = quantize_q8_block(xb);
+            let sum: i32 = qs.iter().map(|&q| q as i32).sum();
+            *o = Q8_1Act {
+                d: f16_round(d),
+                s: f16_round(sum as f32 * d),
+                qs,
+            };
+        }
+    }
+    fn dequantize(b: &[Self], out: &mut [f32]) {
+        for (blk, o) in b.iter().zip(out.chunks_exact_mut(QK8)) {
+            for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                *v = blk.d * q as f32;
+            }
+        }
+    }
+}
+
+/// Integer dot product of two 32-element i8 blocks.
+#[inline(always)]
+pub(crate) fn dot_i8(a: &[i8; QK8], b: &[i8; QK8]) -> i32 {
+    let mut s = 0i32;
+    for k in 0..QK8 {
+        s += a[k] as i32 * b[k] as i32;
+    }
+    s
+}
+
+/// Q8_0 weights (dotted against [`Q8_0Act`]).
+pub struct Q8_0;
+
+impl QuantKind for Q8_0 {
+    const TYPE: GgmlType = GgmlType::Q8_0;
+    const BLOCK: usize = QK8;
+    type Block = BlockQ8_0;
+    type Act = Q8_0Act;
+
+    fn quantize(x: &[f32], out: &mut [BlockQ8_0]) {
+        for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
+            let (d, qs) = quantize_q8_block(xb);
+            *o = BlockQ8_0 {
+                d: f32_to_f16_le(d),
+                qs,
+            };
+        }
+    }
+
+    fn dequantize(b: &[BlockQ8_0], out: &mut [f32]) {
+        for (blk, o) in b.iter().zip(out.chunks_exact_mut(QK8)) {
+            let d = f16_le(blk.d);
+            for (v, &q) in o.iter_mut().zip(&blk.qs) {
+                *v = d * q as f32;
+            }
+        }
+    }
+
+    fn vec_dot_scalar(x: &[BlockQ8_0], y: &[Q8_0Act]) -> f32 {
+        let mut sum = 0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let sumi = dot_i8(&bx.qs, &by.qs);
+            sum += (f16_le(bx.d) * by.d) * sumi as f32;
+        }
+        sum
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn vec_dot(x: &[BlockQ8_0], y: &[Q8_0Act]) -> f32 {
+        use core::arch::wasm32::*;
+        let mut acc = f32x4_splat(0.0);
+        for (bx, by) in x.iter().zip(y) {
+            // SAFETY: each load reads 16 of the 32 bytes of a `qs` array;
+            // wasm loads have no alignment requirement.
+            let (x0, x1, y0, y1) = unsafe {
+                let xp = bx.qs.as_ptr();
+                let yp = by.qs.as_ptr();
+                (
+                    v128_load(xp as *const v128),
+                    v128_load(xp.add(16) as *const v128),
+                    v128_load(yp as *const v128),
+                    v128_load(yp.add(16) as *const v128),
+                )
+            };
+            // |x| <= 128 and |y| <= 127, so a sum of two products fits i16.
+            let p0 = i16x8_add(
+                i16x8_extmul_low_i8x16(x0, y0),
+                i16x8_extmul_high_i8x16(x0, y0),
+            );
+            let p1 = i16x8_add(
+                i16x8_extmul_low_i8x16(x1, y1),
+                i16x8_extmul_high_i8x16(x1, y1),
+            );
+            let s = i32x4_add(
+                i32x4_extadd_pairwise_i16x8(p0),
+                i32x4_extadd_pairwise_i16x8(p1),
+            );
+            let d = f32x4_splat(f16_le(bx.d) * by.d);
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
+        }
+        super::hsum_f32x4(acc)
+    }
+}

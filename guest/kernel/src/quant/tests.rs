@@ -1,0 +1,418 @@
+//! Tests of the quant module: round trips, integer dot formulas, matmul
+//! paths (SIMD vs scalar, batched vs single), and reference values from an
+//! independent implementation (the `gguf` Python package).
+
+use super::*;
+
+/// Fixed-seed LCG, uniform in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+const WEIGHT_TYPES: [GgmlType; 7] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q8_0,
+];
+
+/// Max abs round-trip error allowed, relative to the block's max |x|.
+fn rel_bound(ty: GgmlType) -> f32 {
+    match ty {
+        GgmlType::F32 => 0.0,
+        GgmlType::F16 => 1e-3,
+        GgmlType::BF16 => 8e-3,
+        GgmlType::Q4_0 => 1.0 / 8.0 + 1e-3,
+        GgmlType::Q4_1 => 1.0 / 15.0 + 1e-3,
+        GgmlType::Q5_0 => 1.0 / 16.0 + 1e-3,
+        GgmlType::Q8_0 => 1.0 / 254.0 + 1e-3,
+        _ => unreachable!(),
+    }
+}
+
+fn dequant_all(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<f32> {
+    let w = QTensor::new(ty, rows, cols, data).unwrap();
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        dequantize_row(&w, r, &mut out[r * cols..(r + 1) * cols]);
+    }
+    out
+}
+
+#[test]
+fn f16_conversion_is_exact() {
+    for h in 0..=u16::MAX {
+        let a = f16_to_f32(h);
+        let b = half::f16::from_bits(h).to_f32();
+        if b.is_nan() {
+            assert!(a.is_nan(), "{h:#x}");
+        } else {
+            assert_eq!(a.to_bits(), b.to_bits(), "{h:#x}");
+        }
+    }
+}
+
+#[test]
+fn vec_dot_types_match_ggml() {
+    use GgmlType::*;
+    let want = [
+        (F32, F32),
+        (F16, F16),
+        (BF16, BF16),
+        (Q4_0, Q8_0),
+        (Q4_1, Q8_1),
+        (Q5_0, Q8_0),
+        (Q8_0, Q8_0),
+    ];
+    for (w, a) in want {
+        assert_eq!(vec_dot_type(w), a);
+    }
+}
+
+#[test]
+fn qtensor_new_checks_shapes() {
+    let data = vec![0u8; 2 * 20];
+    assert!(QTensor::new(GgmlType::Q4_1, 2, 32, &data).is_ok());
+    assert!(QTensor::new(GgmlType::Q4_1, 2, 33, &data).is_err());
+    assert!(QTensor::new(GgmlType::Q4_1, 3, 32, &data).is_err());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 256, &[0u8; 144]).is_err());
+    let w = QTensor::new(GgmlType::Q4_1, 2, 32, &data).unwrap();
+    assert_eq!(w.row_bytes(), 20);
+    assert_eq!(w.row(1).len(), 20);
+}
+
+#[test]
+fn quantize_dequantize_round_trip() {
+    let mut rng = Lcg(1);
+    let x = rng.vec(32 * 8, 3.0);
+    for ty in WEIGHT_TYPES {
+        let q = quantize_weights(ty, &x);
+        assert_eq!(q.len(), x.len() / ty.block_size() * ty.type_size());
+        let y = dequant_all(ty, 1, x.len(), &q);
+        for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in xb.iter().zip(yb) {
+                assert!((a - b).abs() <= rel_bound(ty) * amax, "{ty}: {a} vs {b}");
+            }
+        }
+    }
+    // All-zero blocks quantize to zeros without NaN.
+    for ty in WEIGHT_TYPES {
+        let y = dequant_all(ty, 1, 32, &quantize_weights(ty, &[0.0; 32]));
+        assert!(y.iter().all(|&v| v == 0.0), "{ty}");
+    }
+}
+
+#[test]
+fn activation_quantization_round_trip() {
+    let mut rng = Lcg(2);
+    let x = rng.vec(64 * 3, 2.0);
+    let mut a = QActs::new();
+    for ty in [
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+    ] {
+        a.quantize(ty, &x, 3, 64);
+        assert_eq!((a.n(), a.cols(), a.ty()), (3, 64, ty));
+        let mut y = vec![0f32; 64];
+        for b in 0..3 {
+            a.dequantize_vec(b, &mut y);
+            for (u, v) in x[b * 64..].iter().zip(&y) {
+                assert!((u - v).abs() <= 2.0 / 200.0, "{ty}: {u} vs {v}");
+            }
+        }
+    }
+}
+
+/// Q8_1's `s` is the f16 of `d * sum(q)` with the unrounded d.
+#[test]
+fn q8_1_sum_field() {
+    let mut rng = Lcg(3);
+    let x = rng.vec(32, 1.0);
+    let mut b = [q8::Q8_1Act {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; 32],
+    }];
+    <q8::Q8_1Act as ActBlock>::quantize(&x, &mut b);
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let sum: i32 = b[0].qs.iter().map(|&q| q as i32).sum();
+    assert_eq!(b[0].s, half::f16::from_f32(d * sum as f32).to_f32());
+    assert_eq!(b[0].d, half::f16::from_f32(d).to_f32());
+    assert!(b[0].qs.iter().all(|&q| q >= -127));
+}
+
+/// The dot product of each type equals an f64 dot of the dequantized
+/// weights and dequantized activations (checks the integer formulas).
+#[test]
+fn vec_dot_matches_dequantized_dot() {
+    let mut rng = Lcg(4);
+    let cols = 32 * 12;
+    for ty in WEIGHT_TYPES {
+        let w = rng.vec(cols, 1.5);
+        let x = rng.vec(cols, 4.0);
+        let wq = quantize_weights(ty, &w);
+        let wd = dequant_all(ty, 1, cols, &wq);
+        let mut a = QActs::new();
+        a.quantize(vec_dot_type(ty), &x, 1, cols);
+        let mut xd = vec![0f32; cols];
+        a.dequantize_vec(0, &mut xd);
+        let mut want: f64 = wd.iter().zip(&xd).map(|(&p, &q)| p as f64 * q as f64).sum();
+        if ty == GgmlType::Q4_1 {
+            // ggml's Q4_1 dot uses the block minimum times Q8_1's `s` (the
+            // f16 of d * sum(q) with unrounded d) instead of m * sum(d * q).
+            let wb: &[q4_1::BlockQ4_1] = bytemuck::cast_slice(&wq);
+            let xb = a.vec::<q8::Q8_1Act>(0);
+            for (k, (bw, bx)) in wb.iter().zip(xb).enumerate() {
+                let m = f16_le(bw.m) as f64;
+                let sum_xd: f64 = xd[k * 32..(k + 1) * 32].iter().map(|&v| v as f64).sum();
+                want += m * bx.s as f64 - m * sum_xd;
+            }
+        }
+        let t = QTensor::new(ty, 1, cols, &wq).unwrap();
+        let mut got = [0f32; 1];
+        matmul_scalar(&mut got, &t, &a);
+        let mag: f64 = wd
+            .iter()
+            .zip(&xd)
+            .map(|(&p, &q)| (p as f64 * q as f64).abs())
+            .sum();
+        assert!(
+            (got[0] as f64 - want).abs() <= 1e-5 * mag,
+            "{ty}: {} vs {want}",
+            got[0]
+        );
+    }
+}
+
+fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u8> {
+    quantize_weights(ty, &rng.vec(rows * cols, 1.0))
+}
+
+/// `matmul` (SIMD on wasm32+simd128) agrees with `matmul_scalar`, and a
+/// batch of 5 agrees with 5 single-vector calls.
+#[test]
+fn matmul_simd_and_batched_match_scalar() {
+    let mut rng = Lcg(5);
+    let (rows, cols, n) = (13, 32 * 7, 5);
+    for ty in WEIGHT_TYPES {
+        let data = random_matrix(ty, rows, cols, &mut rng);
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let x = rng.vec(n * cols, 2.0);
+        let mut a = QActs::new();
+        a.quantize(vec_dot_type(ty), &x, n, cols);
+        let mut fast = vec![0f32; n * rows];
+        let mut slow = vec![0f32; n * rows];
+        matmul(&mut fast, &w, &a);
+        matmul_scalar(&mut slow, &w, &a);
+        for (f, s) in fast.iter().zip(&slow) {
+            assert!((f - s).abs() <= 1e-5 * s.abs().max(1.0), "{ty}: {f} vs {s}");
+        }
+        for b in 0..n {
+            let mut one = QActs::new();
+            one.quantize(vec_dot_type(ty), &x[b * cols..(b + 1) * cols], 1, cols);
+            let mut o = vec![0f32; rows];
+            matmul(&mut o, &w, &one);
+            assert_eq!(&o[..], &fast[b * rows..(b + 1) * rows], "{ty} vector {b}");
+        }
+    }
+}
+
+/// Odd f32 lengths exercise the SIMD remainder loop.
+#[test]
+fn f32_dot_odd_length() {
+    let mut rng = Lcg(6);
+    for cols in [1, 3, 15, 17, 33, 100] {
+        let data = random_matrix(GgmlType::F32, 2, cols, &mut rng);
+        let w = QTensor::new(GgmlType::F32, 2, cols, &data).unwrap();
+        let mut a = QActs::new();
+        a.quantize(GgmlType::F32, &rng.vec(cols, 1.0), 1, cols);
+        let (mut f, mut s) = ([0f32; 2], [0f32; 2]);
+        matmul(&mut f, &w, &a);
+        matmul_scalar(&mut s, &w, &a);
+        for (u, v) in f.iter().zip(&s) {
+            assert!((u - v).abs() <= 1e-5 * v.abs().max(1.0));
+        }
+    }
+}
+
+/// Q8_0 weights may hold -128 (not produced by ggml, but legal bytes): the
+/// SIMD dot still agrees with the scalar one.
+#[test]
+fn q8_0_extreme_bytes() {
+    let mut data = Vec::new();
+    for _ in 0..4 {
+        data.extend_from_slice(&f32_to_f16_le(0.5));
+        data.extend_from_slice(&[0x80u8; 32]);
+    }
+    let w = QTensor::new(GgmlType::Q8_0, 1, 128, &data).unwrap();
+    let mut a = QActs::new();
+    a.quantize(GgmlType::Q8_0, &[-1.0; 128], 1, 128);
+    let (mut f, mut s) = ([0f32], [0f32]);
+    matmul(&mut f, &w, &a);
+    matmul_scalar(&mut s, &w, &a);
+    assert_eq!(f, s);
+    assert_eq!(
+        s[0],
+        0.5 * 128.0 * 127.0 * 128.0 * half::f16::from_f32(1.0 / 127.0).to_f32()
+    );
+}
+
+// Reference data generated offline with the `gguf` Python package (0.x,
+// gguf.quants.quantize / dequantize) from the 64 floats in X.
+const X: [u32; 64] = [
+    0xc0a1ed91, 0x3fab9db2, 0xc05522d0, 0x4044872a, 0xbfccd4fd, 0xc0f00000, 0x3e04dd2f, 0xc09151eb,
+    0x3fee0c49, 0xc033eb85, 0x4065be76, 0xbf8a6666, 0x40aa3b64, 0x3f26147a, 0xc080b645, 0x40183d70,
+    0xc012b439, 0x40837ae1, 0xbf0fef9d, 0x40bad70a, 0x3f9578d5, 0xc060353f, 0x403974bc, 0xbfe2f9db,
+    0x40941687, 0xbd3126e9, 0xc096db22, 0x3fd7e76c, 0xc03efdf3, 0x405aac08, 0xbfa08b43, 0x40a4b22d,
+    0x3ef39580, 0xc0863f7d, 0x400d2b02, 0xc01dc6a8, 0x407be353, 0xbf3c3958, 0x40b54dd2, 0x3f7ea7ef,
+    0x41100000, 0x402e624d, 0xbff91eb8, 0x408e8d4f, 0xbe5d70a3, 0xc09c645a, 0x3fc1c28f, 0xc04a1062,
+    0x404f9999, 0xbfb6b020, 0x409f28f5, 0x3e9b020c, 0xc08bc8b4, 0x40021893, 0xc028d916, 0x4070d0e5,
+    0xbf688312, 0x40afc49b, 0x3f525e35, 0xc0765a1c, 0x40234fdf, 0xc007a1ca, 0x40890418, 0xbec74bc6,
+];
+const Q4_0_BYTES: [u8; 36] = [
+    128, 59, 99, 201, 116, 235, 150, 64, 184, 99, 218, 133, 60, 167, 94, 201, 116, 219, 128, 188,
+    88, 156, 70, 138, 197, 105, 163, 87, 144, 54, 122, 180, 104, 172, 71, 139,
+];
+const Q4_0_DEQ: [u32; 64] = [
+    0xc0960000, 0x3f700000, 0xc0700000, 0x40340000, 0xbff00000, 0xc0f00000, 0x00000000, 0xc0960000,
+    0x3ff00000, 0xc0340000, 0x40700000, 0xbf700000, 0x40b40000, 0x3f700000, 0xc0700000, 0x40340000,
+    0xbff00000, 0x40700000, 0xbf700000, 0x40b40000, 0x3f700000, 0xc0700000, 0x40340000, 0xbff00000,
+    0x40960000, 0x00000000, 0xc0960000, 0x3ff00000, 0xc0340000, 0x40700000, 0xbf700000, 0x40960000,
+    0x80000000, 0xc0900000, 0x40100000, 0xc0100000, 0x40580000, 0xbf900000, 0x40b40000, 0x3f900000,
+    0x41100000, 0x40100000, 0xc0100000, 0x40900000, 0x80000000, 0xc0900000, 0x3f900000, 0xc0580000,
+    0x40580000, 0xbf900000, 0x40900000, 0x80000000, 0xc0900000, 0x40100000, 0xc0100000, 0x40580000,
+    0xbf900000, 0x40b40000, 0x3f900000, 0xc0580000, 0x40100000, 0xc0100000, 0x40900000, 0x80000000,
+];
+const Q4_1_BYTES: [u8; 40] = [
+    29, 59, 128, 199, 99, 218, 133, 252, 167, 64, 201, 99, 235, 133, 60, 167, 94, 201, 116, 235,
+    104, 59, 227, 196, 150, 65, 184, 99, 26, 116, 43, 150, 79, 184, 99, 26, 133, 48, 167, 82,
+];
+const Q4_1_DEQ: [u32; 64] = [
+    0xc09aa400, 0x3fb22000, 0xc0437800, 0x404ae000, 0xbfa35000, 0xc0f00000, 0x3f00a000, 0xc09aa400,
+    0x4011f800, 0xc0437800, 0x404ae000, 0xbfa35000, 0x409e5800, 0x3f00a000, 0xc07c6000, 0x4011f800,
+    0xc00a9000, 0x4081e400, 0xbec60000, 0x40bacc00, 0x3fb22000, 0xc07c6000, 0x404ae000, 0xc00a9000,
+    0x409e5800, 0xbec60000, 0xc09aa400, 0x3fb22000, 0xc0437800, 0x404ae000, 0xbfa35000, 0x409e5800,
+    0x3f2b0000, 0xc07d8000, 0x40214000, 0xc0070000, 0x408be000, 0xbf978000, 0x40a98000, 0x3f2b0000,
+    0x41100000, 0x40214000, 0xc0070000, 0x408be000, 0xbe840000, 0xc09c6000, 0x3fcc0000, 0xc0424000,
+    0x405c8000, 0xbf978000, 0x40a98000, 0x3f2b0000, 0xc07d8000, 0x3fcc0000, 0xc0424000, 0x405c8000,
+    0xbf978000, 0x40a98000, 0x3f2b0000, 0xc07d8000, 0x40214000, 0xc0070000, 0x408be000, 0xbe840000,
+];
+const Q5_0_BYTES: [u8; 44] = [
+    128, 55, 74, 181, 90, 171, 181, 147, 249, 199, 45, 144, 96, 198, 164, 10, 104, 78, 171, 113,
+    215, 181, 128, 184, 42, 180, 82, 169, 175, 55, 124, 244, 137, 193, 86, 158, 32, 107, 243, 120,
+    176, 73, 141, 22,
+];
+const Q5_0_DEQ: [u32; 64] = [
+    0xc0a50000, 0x3fb40000, 0xc0520000, 0x40520000, 0xbfb40000, 0xc0f00000, 0x00000000, 0xc0960000,
+    0x3ff00000, 0xc0340000, 0x40700000, 0xbf700000, 0x40a50000, 0x3ef00000, 0xc0870000, 0x40160000,
+    0xc0160000, 0x40870000, 0xbef00000, 0x40b40000, 0x3f700000, 0xc0520000, 0x40340000, 0xbff00000,
+    0x40960000, 0x00000000, 0xc0960000, 0x3ff00000, 0xc0340000, 0x40520000, 0xbfb40000, 0x40a50000,
+    0x3f100000, 0xc07c0000, 0x40100000, 0xc0100000, 0x407c0000, 0xbf100000, 0x40b40000, 0x3f900000,
+    0x41100000, 0x40340000, 0xbfd80000, 0x40900000, 0x80000000, 0xc0a20000, 0x3fd80000, 0xc0580000,
+    0x40580000, 0xbfd80000, 0x40a20000, 0x3f100000, 0xc0900000, 0x40100000, 0xc0340000, 0x407c0000,
+    0xbf900000, 0x40b40000, 0x3f100000, 0xc07c0000, 0x40340000, 0xc0100000, 0x40900000, 0xbf100000,
+];
+const Q8_0_BYTES: [u8; 68] = [
+    143, 43, 170, 23, 200, 52, 229, 129, 2, 179, 31, 208, 61, 238, 90, 11, 188, 40, 217, 70, 246,
+    99, 20, 197, 49, 226, 78, 255, 176, 29, 205, 58, 235, 87, 137, 44, 7, 197, 31, 221, 56, 246,
+    80, 14, 127, 38, 229, 63, 253, 187, 21, 211, 46, 236, 70, 4, 194, 29, 219, 53, 243, 78, 12,
+    202, 36, 226, 60, 251,
+];
+const Q8_0_DEQ: [u32; 64] = [
+    0xc0a28280, 0x3fadd900, 0xc053a400, 0x40448600, 0xbfcc1500, 0xc0effc40, 0x3df1e000, 0xc09180c0,
+    0x3fea5100, 0xc0356800, 0x40668980, 0xbf880e00, 0x40aa1180, 0x3f264a00, 0xc0807f00, 0x40172c00,
+    0xc0136480, 0x40844680, 0xbf172c00, 0x40bb1340, 0x3f972c00, 0xc05efa80, 0x40392f80, 0xbfe2c200,
+    0x40936480, 0xbd71e000, 0xc0972c00, 0x3fdb3300, 0xc040be80, 0x405b3300, 0xbf9ebb00, 0x40a46640,
+    0x3efdf800, 0xc085c980, 0x400c9700, 0xc01ebb00, 0x407df800, 0xbf356800, 0x40b56800, 0x3f7df800,
+    0x410ffdc0, 0x402c5600, 0xbff4e600, 0x408edb80, 0xbe59b000, 0xc09c7680, 0x3fbe7a00, 0xc04c1500,
+    0x40509e00, 0xbfb56800, 0x409ebb00, 0x3e912000, 0xc08c9700, 0x40038500, 0xc027cd00, 0x40705d00,
+    0xbf6bd400, 0x40b0df00, 0x3f59b000, 0xc074e600, 0x40234400, 0xc0080e00, 0x40880e00, 0xbeb56800,
+];
+
+fn check_reference(ty: GgmlType, bytes: &[u8], deq: &[u32; 64]) {
+    let x: Vec<f32> = X.iter().map(|&b| f32::from_bits(b)).collect();
+    assert_eq!(quantize_weights(ty, &x), bytes, "{ty} quantization");
+    let y = dequant_all(ty, 1, 64, bytes);
+    for (i, (a, &b)) in y.iter().zip(deq).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b,
+            "{ty} element {i}: {a} vs {}",
+            f32::from_bits(b)
+        );
+    }
+}
+
+#[test]
+fn matches_gguf_python_reference() {
+    check_reference(GgmlType::Q4_0, &Q4_0_BYTES, &Q4_0_DEQ);
+    check_reference(GgmlType::Q4_1, &Q4_1_BYTES, &Q4_1_DEQ);
+    check_reference(GgmlType::Q5_0, &Q5_0_BYTES, &Q5_0_DEQ);
+    check_reference(GgmlType::Q8_0, &Q8_0_BYTES, &Q8_0_DEQ);
+}
+
+/// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_matmul() {
+    let mut rng = Lcg(7);
+    for (ty, rows, cols) in [
+        (GgmlType::Q4_1, 1536, 576),
+        (GgmlType::Q4_1, 576, 1536),
+        (GgmlType::Q4_0, 1536, 576),
+        (GgmlType::Q5_0, 1536, 576),
+        (GgmlType::Q8_0, 1536, 576),
+        (GgmlType::F32, 1536, 576),
+    ] {
+        let data = random_matrix(ty, rows, cols, &mut rng);
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        for n in [1usize, 8] {
+            let x = rng.vec(n * cols, 1.0);
+            let mut a = QActs::new();
+            let mut out = vec![0f32; n * rows];
+            for (name, f) in [
+                ("simd", matmul as fn(&mut [f32], &QTensor, &QActs)),
+                ("scalar", matmul_scalar),
+            ] {
+                let iters = 200 / n;
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    a.quantize(vec_dot_type(ty), &x, n, cols);
+                    f(&mut out, &w, &a);
+                }
+                let ns = t.elapsed().as_nanos() as f64 / iters as f64;
+                let gmac = (rows * cols * n) as f64 / ns;
+                println!(
+                    "{ty} {rows}x{cols} n={n} {name}: {:.0} ns/matmul, {gmac:.2} GMAC/s",
+                    ns
+                );
+            }
+        }
+    }
+}
+
+/// On wasm32 the tests must exercise the simd128 dots.
+#[test]
+fn simd_path_is_compiled_on_wasm() {
+    let simd = cfg!(target_feature = "simd128");
+    assert!(simd || !cfg!(target_arch = "wasm32"));
+}
