@@ -72,8 +72,9 @@ impl Kernel {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| {
             HostError::Kernel(format!(
-                "cannot read kernel component '{}': {e}",
-                path.display()
+                "cannot read kernel component '{}': {}",
+                path.display(),
+                crate::store::io_reason(&e)
             ))
         })?;
         Self::from_bytes(&bytes, options)

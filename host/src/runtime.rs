@@ -172,9 +172,9 @@ pub struct GenerationStats {
     pub generated_tokens: u32,
     /// "eos", "stop", "length", "context", or "cancelled" (the callback stopped it).
     pub stop_reason: String,
-    /// Time from the call to the first generated piece (prompt processing).
+    /// Time of the kernel's `generate` call: evaluating the prompt.
     pub prompt_time: Duration,
-    /// Time from the first generated piece to the last one.
+    /// Time of the `next` calls: sampling and evaluating the generated tokens.
     pub generation_time: Duration,
 }
 
@@ -184,7 +184,8 @@ impl GenerationStats {
         rate(u64::from(self.prompt_tokens), self.prompt_time)
     }
 
-    /// Generated tokens per second (the first token is counted with the prompt).
+    /// Generated tokens per second. Like llama.cpp, `n` generated tokens take
+    /// `n - 1` evaluations (the first is sampled from the prompt's logits).
     pub fn generated_tokens_per_second(&self) -> f64 {
         rate(
             u64::from(self.generated_tokens.saturating_sub(1)),
@@ -518,8 +519,9 @@ impl Runtime {
     /// A new empty session on `model` (`n_ctx` 0: the kernel's default).
     pub fn new_session(&mut self, model: Model, n_ctx: u32) -> Result<Session, HostError> {
         let h = self.model_handle(model)?;
-        let handle =
-            self.call(|api, store| api.session().call_constructor(&mut *store, h, n_ctx))?;
+        let handle = self
+            .call(|api, store| api.model().call_new_session(&mut *store, h, n_ctx))?
+            .map_err(HostError::from)?;
         let id = self.next_id;
         self.next_id += 1;
         let epoch = self.epoch();
@@ -569,7 +571,7 @@ impl Runtime {
         let generation = self
             .call(|api, store| api.session().call_generate(&mut *store, h, prompt, options))?
             .map_err(HostError::from)?;
-        let mut first: Option<Instant> = None;
+        let prompt_done = Instant::now();
         let mut generated = 0u32;
         let mut cancelled = false;
         let outcome = loop {
@@ -579,7 +581,6 @@ impl Runtime {
                 Ok(Err(e)) => break Err(HostError::from(e)),
                 Ok(Ok(None)) => break Ok(()),
                 Ok(Ok(Some(piece))) => {
-                    first.get_or_insert_with(Instant::now);
                     generated += 1;
                     if on_piece(&piece).is_break() {
                         cancelled = true;
@@ -597,7 +598,6 @@ impl Runtime {
             Ok((p, r))
         })?;
         outcome?;
-        let first = first.unwrap_or(ended);
         Ok(GenerationStats {
             prompt_tokens,
             generated_tokens: generated,
@@ -606,8 +606,8 @@ impl Runtime {
             } else {
                 reason.unwrap_or_else(|| "unknown".into())
             },
-            prompt_time: first.duration_since(started),
-            generation_time: ended.duration_since(first),
+            prompt_time: prompt_done.duration_since(started),
+            generation_time: ended.duration_since(prompt_done),
         })
     }
 
@@ -689,7 +689,11 @@ impl Runtime {
 /// root cause, without the wasm backtrace.
 fn trap_reason(e: &wasmtime::Error) -> String {
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return first_line(trap);
+        let line = first_line(trap);
+        return line
+            .strip_prefix("wasm trap: ")
+            .unwrap_or(&line)
+            .to_string();
     }
     let root = first_line(&e.root_cause());
     if root.is_empty() {

@@ -203,7 +203,7 @@ impl FileStore {
 }
 
 /// The message of an I/O error without the "(os error N)" suffix.
-fn io_reason(e: &std::io::Error) -> String {
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     let s = e.to_string();
     match s.find(" (os error") {
         Some(i) => s[..i].to_string(),

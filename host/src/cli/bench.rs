@@ -18,7 +18,7 @@ pub struct BenchArgs {
         default_value_t = 128
     )]
     n_prompt: u32,
-    /// Tokens of the generation test (0: skip it).
+    /// Tokens of the generation test (0: skip it); each is one evaluation.
     #[arg(short = 'n', long = "n-gen", value_name = "N", default_value_t = 64)]
     n_gen: u32,
     /// Repetitions of each test; the median is reported.
@@ -144,11 +144,10 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 f64::from(s.prompt_tokens) / s.prompt_time.as_secs_f64().max(1e-9)
             } else {
                 let prompt = prompt_tokens(rt, model, 1)?;
-                let s = rt.generate(session, &prompt, &greedy(n_gen), |_| {
+                let s = rt.generate(session, &prompt, &greedy(n_gen.saturating_add(1)), |_| {
                     std::ops::ControlFlow::Continue(())
                 })?;
-                let t = (s.prompt_time + s.generation_time).as_secs_f64().max(1e-9);
-                f64::from(s.generated_tokens) / t
+                s.generated_tokens_per_second()
             };
             samples.push(ts);
         }

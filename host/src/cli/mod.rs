@@ -117,7 +117,7 @@ impl LoadArgs {
         o.residency = match self.residency {
             ResidencyArg::Auto => Residency::Auto,
             ResidencyArg::Resident => Residency::Resident,
-            ResidencyArg::Stream => Residency::Stream,
+            ResidencyArg::Stream => Residency::Streaming,
         };
         o.max_memory = self.max_memory;
         o.cache_layers = self.cache_layers;

@@ -92,6 +92,30 @@ pub struct RunArgs {
     kernel: KernelArgs,
 }
 
+/// One `--json` line per token.
+#[derive(serde::Serialize)]
+struct TokenLine<'a> {
+    token: u32,
+    text: &'a str,
+}
+
+/// The last `--json` line.
+#[derive(serde::Serialize)]
+struct StatsLine<'a> {
+    stats: RunStats<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct RunStats<'a> {
+    prompt_tokens: u32,
+    prompt_tokens_per_second: f64,
+    generated_tokens: u32,
+    generated_tokens_per_second: f64,
+    load_time_ms: f64,
+    peak_guest_memory_bytes: u64,
+    stop_reason: &'a str,
+}
+
 #[derive(serde::Deserialize)]
 struct Message {
     role: String,
@@ -180,8 +204,14 @@ pub fn run(a: RunArgs) -> Result<()> {
     let mut ends_with_newline = true;
     let stats = rt.generate(session, &prompt, &a.generate_options(), |piece| {
         let r = if a.json {
-            let line = serde_json::json!({ "token": piece.token, "text": piece.text });
-            writeln!(out, "{line}")
+            let line = TokenLine {
+                token: piece.token,
+                text: &piece.text,
+            };
+            match serde_json::to_string(&line) {
+                Ok(line) => writeln!(out, "{line}"),
+                Err(e) => Err(std::io::Error::other(e)),
+            }
         } else {
             if !piece.text.is_empty() {
                 ends_with_newline = piece.text.ends_with('\n');
@@ -205,15 +235,18 @@ pub fn run(a: RunArgs) -> Result<()> {
     let peak = rt.peak_guest_memory_bytes();
     let load_ms = load_time.as_secs_f64() * 1e3;
     if a.json {
-        let line = serde_json::json!({ "stats": {
-            "prompt_tokens": stats.prompt_tokens,
-            "prompt_tokens_per_second": stats.prompt_tokens_per_second(),
-            "generated_tokens": stats.generated_tokens,
-            "generated_tokens_per_second": stats.generated_tokens_per_second(),
-            "load_time_ms": load_ms,
-            "peak_guest_memory_bytes": peak,
-            "stop_reason": stats.stop_reason,
-        }});
+        let line = StatsLine {
+            stats: RunStats {
+                prompt_tokens: stats.prompt_tokens,
+                prompt_tokens_per_second: stats.prompt_tokens_per_second(),
+                generated_tokens: stats.generated_tokens,
+                generated_tokens_per_second: stats.generated_tokens_per_second(),
+                load_time_ms: load_ms,
+                peak_guest_memory_bytes: peak,
+                stop_reason: &stats.stop_reason,
+            },
+        };
+        let line = serde_json::to_string(&line)?;
         writeln!(out, "{line}").context("cannot write to stdout")?;
     } else if !ends_with_newline {
         writeln!(out).context("cannot write to stdout")?;
