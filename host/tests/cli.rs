@@ -121,3 +121,59 @@ fn help_describes_every_flag() {
         }
     }
 }
+
+/// With the real kernel and SmolLM2 (set by `cargo xtask test`): JSON output.
+#[test]
+fn json_run_end_to_end() {
+    let (Some(kernel), Some(model)) = (
+        std::env::var_os("WASM_CHORD_KERNEL"),
+        std::env::var_os("WASM_CHORD_SMOLLM2"),
+    ) else {
+        eprintln!("skipped: set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2");
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args([
+            "-p",
+            "The capital of France is",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ])
+        .env("WASM_CHORD_KERNEL", &kernel)
+        .output()
+        .expect("run wasm-chord");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    for l in &lines[..4] {
+        assert!(l["token"].is_u64() && l["text"].is_string(), "{l}");
+    }
+    let stats = &lines[4]["stats"];
+    assert_eq!(stats["generated_tokens"], 4);
+    assert_eq!(stats["stop_reason"], "length");
+    assert!(stats["peak_guest_memory_bytes"].as_u64().unwrap_or(0) > 0);
+
+    // A malformed model: one line, exit 1.
+    let bad = std::env::temp_dir().join(format!("wasm-chord-bad-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"PK\x03\x04 not a gguf file, padding padding padding").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("info")
+        .arg("-m")
+        .arg(&bad)
+        .env("WASM_CHORD_KERNEL", &kernel)
+        .output()
+        .expect("run wasm-chord");
+    let _ = std::fs::remove_file(&bad);
+    assert_error(&o, "invalid model:");
+}
