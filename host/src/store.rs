@@ -169,12 +169,12 @@ impl FileStore {
         })?;
         if meta.is_dir() {
             return Err(StoreError::NotFound(format!(
-                "'{shown}' is a directory, not a model file"
+                "cannot open '{shown}': is a directory, not a regular file"
             )));
         }
         if !meta.is_file() {
             return Err(StoreError::NotFound(format!(
-                "'{shown}' is not a regular file"
+                "cannot open '{shown}': not a regular file"
             )));
         }
         let file = File::open(path).map_err(|e| {
@@ -590,7 +590,9 @@ mod tests {
         }
         let dir = std::env::temp_dir();
         match store.open(dir.to_str().expect("utf8")) {
-            Err(StoreError::NotFound(m)) => assert!(m.contains("is a directory"), "{m}"),
+            Err(StoreError::NotFound(m)) => {
+                assert!(m.contains("is a directory, not a regular file"), "{m}")
+            }
             other => panic!("expected not-found, got {:?}", other.map(|s| s.size())),
         }
         #[cfg(unix)]

@@ -78,7 +78,7 @@ fn directory_model_is_reported() {
     let dir = dir.to_str().expect("utf8 temp dir");
     assert_error(
         &wasm_chord(&["run", "-m", dir, "-p", "hi"]),
-        "Is a directory",
+        "is a directory, not a regular file",
     );
 }
 

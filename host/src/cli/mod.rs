@@ -134,7 +134,9 @@ pub fn check_model(path: &Path) -> Result<()> {
     let shown = path.display();
     match std::fs::metadata(path) {
         Err(e) => bail!("cannot open model '{shown}': {}", io_reason(&e)),
-        Ok(m) if m.is_dir() => bail!("cannot open model '{shown}': Is a directory"),
+        Ok(m) if m.is_dir() => {
+            bail!("cannot open model '{shown}': is a directory, not a regular file")
+        }
         Ok(m) if !m.is_file() => bail!("cannot open model '{shown}': not a regular file"),
         Ok(_) => {
             std::fs::File::open(path)
