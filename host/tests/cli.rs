@@ -1,0 +1,179 @@
+//! Command-line validation: these fail before the kernel is needed.
+
+use std::process::{Command, Output};
+
+fn wasm_chord(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .args(args)
+        .env_remove("WASM_CHORD_KERNEL")
+        .output()
+        .expect("run wasm-chord")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit code 1 and exactly one `error: ...` line.
+fn assert_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "stderr: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in {err}");
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
+fn zero_tokens_is_rejected() {
+    assert_error(
+        &wasm_chord(&["run", "-m", "x.gguf", "-p", "hi", "-n", "0"]),
+        "-n must be at least 1",
+    );
+}
+
+#[test]
+fn nan_temperature_is_rejected() {
+    assert_error(
+        &wasm_chord(&["run", "-m", "x.gguf", "-p", "hi", "--temp", "nan"]),
+        "--temp",
+    );
+}
+
+#[test]
+fn negative_temperature_is_rejected() {
+    assert_error(
+        &wasm_chord(&["run", "-m", "x.gguf", "-p", "hi", "--temp", "-1"]),
+        "--temp",
+    );
+}
+
+#[test]
+fn bad_top_p_is_rejected() {
+    assert_error(
+        &wasm_chord(&["run", "-m", "x.gguf", "-p", "hi", "--top-p", "1.5"]),
+        "--top-p",
+    );
+}
+
+#[test]
+fn missing_model_is_reported_before_the_kernel() {
+    assert_error(
+        &wasm_chord(&["run", "-m", "x.gguf", "-p", "hi"]),
+        "cannot open model 'x.gguf': No such file or directory",
+    );
+    assert_error(
+        &wasm_chord(&["info", "-m", "x.gguf"]),
+        "cannot open model 'x.gguf'",
+    );
+    assert_error(
+        &wasm_chord(&["tokenize", "-m", "x.gguf", "hello"]),
+        "cannot open model 'x.gguf'",
+    );
+}
+
+#[test]
+fn directory_model_is_reported() {
+    let dir = std::env::temp_dir();
+    let dir = dir.to_str().expect("utf8 temp dir");
+    assert_error(
+        &wasm_chord(&["run", "-m", dir, "-p", "hi"]),
+        "is a directory, not a regular file",
+    );
+}
+
+#[test]
+fn missing_kernel_is_explained() {
+    let model = env!("CARGO_MANIFEST_DIR").to_string() + "/Cargo.toml";
+    let o = wasm_chord(&["info", "-m", &model, "--kernel", "/nonexistent/kernel.wasm"]);
+    assert_error(
+        &o,
+        "cannot read kernel component '/nonexistent/kernel.wasm'",
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = wasm_chord(&["run", "-p", "hi"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = wasm_chord(&["run", "-m", "x.gguf"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "prompt or messages required: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn help_describes_every_flag() {
+    for sub in ["run", "tokenize", "info", "bench"] {
+        let o = wasm_chord(&[sub, "--help"]);
+        assert!(o.status.success());
+        let text = String::from_utf8_lossy(&o.stdout);
+        for line in text.lines().filter(|l| l.trim_start().starts_with('-')) {
+            // "  -m, --model <MODEL>  Model file (GGUF)": a description follows the flag.
+            let parts: Vec<&str> = line.trim().splitn(2, "  ").collect();
+            assert!(
+                parts.len() == 2 && !parts[1].trim().is_empty(),
+                "{sub}: undocumented flag: {line}"
+            );
+        }
+    }
+}
+
+/// With the real kernel and SmolLM2 (set by `cargo xtask test`): JSON output.
+#[test]
+fn json_run_end_to_end() {
+    let (Some(kernel), Some(model)) = (
+        std::env::var_os("WASM_CHORD_KERNEL"),
+        std::env::var_os("WASM_CHORD_SMOLLM2"),
+    ) else {
+        eprintln!("skipped: set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2");
+        return;
+    };
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args([
+            "-p",
+            "The capital of France is",
+            "-n",
+            "4",
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "--json",
+        ])
+        .env("WASM_CHORD_KERNEL", &kernel)
+        .output()
+        .expect("run wasm-chord");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    for l in &lines[..4] {
+        assert!(l["token"].is_u64() && l["text"].is_string(), "{l}");
+    }
+    let stats = &lines[4]["stats"];
+    assert_eq!(stats["generated_tokens"], 4);
+    assert_eq!(stats["stop_reason"], "length");
+    assert!(stats["peak_guest_memory_bytes"].as_u64().unwrap_or(0) > 0);
+
+    // A malformed model: one line, exit 1.
+    let bad = std::env::temp_dir().join(format!("wasm-chord-bad-{}.gguf", std::process::id()));
+    std::fs::write(&bad, b"PK\x03\x04 not a gguf file, padding padding padding").expect("write");
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("info")
+        .arg("-m")
+        .arg(&bad)
+        .env("WASM_CHORD_KERNEL", &kernel)
+        .output()
+        .expect("run wasm-chord");
+    let _ = std::fs::remove_file(&bad);
+    assert_error(&o, "invalid model:");
+}

@@ -1,0 +1,153 @@
+//! End-to-end tests against the real kernel component. They run when
+//! `WASM_CHORD_KERNEL` and `WASM_CHORD_SMOLLM2` are set (`cargo xtask test`
+//! sets them) and are skipped otherwise.
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use wasm_chord::{
+    FileStore, GenerateOptions, HostError, Kernel, KernelOptions, LoadOptions, MemStore, Runtime,
+    Sampling,
+};
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(std::env::var_os(name)?);
+    p.is_file().then_some(p)
+}
+
+fn setup() -> Option<(PathBuf, String)> {
+    let (Some(kernel), Some(model)) = (
+        env_path("WASM_CHORD_KERNEL"),
+        env_path("WASM_CHORD_SMOLLM2"),
+    ) else {
+        eprintln!("skipped: set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 (cargo xtask test does)");
+        return None;
+    };
+    Some((kernel, model.to_str().expect("utf8 model path").to_string()))
+}
+
+fn cache_dir(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("wasm-chord-e2e-{tag}-{}", std::process::id()))
+}
+
+#[test]
+fn generate_greedy_and_cache_reuse() {
+    let Some((kernel_path, model)) = setup() else {
+        return;
+    };
+    let dir = cache_dir("gen");
+    let options = KernelOptions {
+        cache_dir: Some(dir.clone()),
+        ..KernelOptions::default()
+    };
+    let kernel = Kernel::from_file(&kernel_path, &options).expect("kernel");
+    assert!(!kernel.from_cache());
+    let again = Kernel::from_file(&kernel_path, &options).expect("kernel again");
+    assert!(again.from_cache(), "the second start must not recompile");
+
+    let mut rt = Runtime::new(&again, FileStore::new()).expect("runtime");
+    let m = rt.load(&LoadOptions::new(&model)).expect("load");
+    let info = rt.info(m).expect("info").clone();
+    assert_eq!(info.architecture, "llama");
+    assert!(info.n_layers > 0 && info.n_vocab > 0);
+    let prompt = rt
+        .tokenize(m, "The capital of France is", true, true)
+        .expect("tokenize");
+    assert!(!prompt.is_empty());
+    let text = rt.detokenize(m, &prompt).expect("detokenize");
+    assert!(text.contains("The capital of France is"), "{text:?}");
+
+    let s = rt.new_session(m, 256).expect("session");
+    let opts = GenerateOptions {
+        max_tokens: 8,
+        sampling: Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        },
+        ignore_eos: true,
+        stop: vec![],
+    };
+    let mut pieces = Vec::new();
+    let stats = rt
+        .generate(s, &prompt, &opts, |p| {
+            pieces.push(p.clone());
+            ControlFlow::Continue(())
+        })
+        .expect("generate");
+    assert_eq!(stats.generated_tokens, 8);
+    assert_eq!(pieces.len(), 8);
+    assert_eq!(stats.stop_reason, "length");
+    assert_eq!(stats.prompt_tokens as usize, prompt.len());
+    assert!(rt.peak_guest_memory_bytes() > 0);
+    let st = rt.store_stats(m).expect("store stats");
+    assert_eq!(st.total_bytes, info.file_size);
+    assert!(st.memory64 && st.bytes_served > 0);
+
+    // Cancel from the callback.
+    rt.reset(s).expect("reset");
+    let stats = rt
+        .generate(s, &prompt, &opts, |_| ControlFlow::Break(()))
+        .expect("generate");
+    assert_eq!(stats.generated_tokens, 1);
+    assert_eq!(stats.stop_reason, "cancelled");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn store_errors_are_typed() {
+    let Some((kernel_path, _)) = setup() else {
+        return;
+    };
+    let kernel = Kernel::from_file(&kernel_path, &KernelOptions::default()).expect("kernel");
+    let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
+    match rt.load(&LoadOptions::new("/nonexistent/x.gguf")) {
+        Err(HostError::Store(e)) => assert!(e.to_string().contains("No such file"), "{e}"),
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    let mem = MemStore::new();
+    mem.insert(
+        "zip",
+        b"PK\x03\x04 this is not a gguf file at all....".to_vec(),
+    );
+    let mut rt = Runtime::new(&kernel, mem).expect("runtime");
+    match rt.load(&LoadOptions::new("zip")) {
+        Err(HostError::InvalidModel(m)) => assert!(m.contains("magic"), "{m}"),
+        other => panic!("expected invalid model, got {other:?}"),
+    }
+}
+
+/// A guest whose memory cap is too small for the model traps (or reports out
+/// of memory); after a trap the runtime builds a fresh instance.
+#[test]
+fn trap_survival() {
+    let Some((kernel_path, model)) = setup() else {
+        return;
+    };
+    let kernel = Kernel::from_file(
+        &kernel_path,
+        &KernelOptions {
+            max_guest_memory: Some(24 << 20),
+            ..KernelOptions::default()
+        },
+    )
+    .expect("kernel");
+    let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
+    let mut opts = LoadOptions::new(&model);
+    opts.residency = wasm_chord::Residency::Resident;
+    match rt.load(&opts) {
+        Err(HostError::Trap(reason)) => {
+            assert!(!reason.contains('\n'), "one line: {reason}");
+            assert_eq!(rt.instances_created(), 1);
+            // The next request gets a fresh instance and a clean answer.
+            match rt.load(&LoadOptions::new("/nonexistent/x.gguf")) {
+                Err(HostError::Store(_)) => {}
+                other => panic!("expected a store error from a fresh instance, got {other:?}"),
+            }
+            assert_eq!(rt.instances_created(), 2);
+        }
+        Err(HostError::OutOfMemory(_)) => {
+            eprintln!("the kernel reported out-of-memory instead of trapping")
+        }
+        other => panic!("expected a trap or out-of-memory, got {other:?}"),
+    }
+}
