@@ -97,9 +97,8 @@ pub fn check_greedy(
             ours.len()
         ));
     }
-    for i in 0..n {
-        let want = case.greedy_tokens[i];
-        if ours[i] == want {
+    for (i, (&got, &want)) in ours.iter().zip(&case.greedy_tokens).enumerate() {
+        if got == want {
             continue;
         }
         let Some(top5) = &case.top5_logprobs[i] else {
@@ -112,17 +111,17 @@ pub fn check_greedy(
                 case.id
             )
         })?;
-        return match lp(ours[i]) {
+        return match lp(got) {
             Some(l) if chosen - l <= near_tie => Ok(Some(i)),
             Some(l) => Err(format!(
                 "{}: step {i}: we chose {} (llama.cpp logprob {l:.3}), llama.cpp chose {want} ({chosen:.3}): gap {:.3} > {near_tie}",
                 case.id,
-                ours[i],
+                got,
                 chosen - l
             )),
             None => Err(format!(
                 "{}: step {i}: we chose {}, not in llama.cpp's top-5 {:?} (it chose {want})",
-                case.id, ours[i], top5
+                case.id, got, top5
             )),
         };
     }

@@ -40,7 +40,7 @@ impl Raw {
         self.u32(ty).u64(offset)
     }
     fn align(&mut self) -> &mut Self {
-        while self.b.len() % 32 != 0 {
+        while !self.b.len().is_multiple_of(32) {
             self.b.push(0);
         }
         self
@@ -121,10 +121,12 @@ fn absurd_lengths_and_dims() {
     let t = Tmp::new();
     let mut r = Raw::default();
     r.header(0, 1).u64(1 << 63);
+    r.b.extend([0u8; 64]);
     expect_model_error(&t.file("strlen.gguf", &r.b), "string length 2^63", "length");
 
     let mut r = Raw::default();
     r.header(0, 1).str("a").u32(9).u32(4).u64(1 << 63);
+    r.b.extend([0u8; 64]);
     expect_model_error(&t.file("arrlen.gguf", &r.b), "array length 2^63", "length");
 
     let cases: [(&str, &[u64], u32, &str); 4] = [

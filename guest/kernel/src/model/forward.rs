@@ -172,7 +172,7 @@ pub fn forward(
     sink: &mut dyn FnMut(usize, &[f32]),
 ) -> Result<()> {
     let n = tokens.len();
-    debug_assert!(n >= 1 && n <= UBATCH && pos0 + n <= kv.n_ctx);
+    debug_assert!((1..=UBATCH).contains(&n) && pos0 + n <= kv.n_ctx);
     s.ensure(c, n, kv.n_ctx);
     let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
     let head_l = cache.head_index();
