@@ -111,9 +111,13 @@ fn bad_magic_and_truncations() {
     expect_model_error(
         &t.file("table.gguf", &ok[..table + 6]),
         "truncated tensor table",
-        "truncated",
+        "tensors",
     );
-    expect_model_error(&t.file("data.gguf", &ok[..data + 8]), "truncated data", "t");
+    expect_model_error(
+        &t.file("data.gguf", &ok[..data + 8]),
+        "truncated data",
+        "past the end",
+    );
 }
 
 #[test]
@@ -130,7 +134,7 @@ fn absurd_lengths_and_dims() {
     expect_model_error(&t.file("arrlen.gguf", &r.b), "array length 2^63", "length");
 
     let cases: [(&str, &[u64], u32, &str); 4] = [
-        ("ndims5", &[2, 2, 2, 2, 2], 0, "dims"),
+        ("ndims5", &[2, 2, 2, 2, 2], 0, "dimensions"),
         ("zerodim", &[8, 0], 0, "dim"),
         ("overflow", &[1 << 40, 1 << 40], 0, "overflow"),
         ("type99", &[8], 99, "type"),
@@ -151,7 +155,11 @@ fn absurd_lengths_and_dims() {
         .tensor("t", &[8], 0, 1 << 20)
         .align();
     r.b.extend(std::iter::repeat_n(0u8, 32));
-    expect_model_error(&t.file("pastend.gguf", &r.b), "tensor past the end", "t");
+    expect_model_error(
+        &t.file("pastend.gguf", &r.b),
+        "tensor past the end",
+        "past the end",
+    );
 }
 
 #[test]
