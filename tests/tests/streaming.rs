@@ -22,7 +22,12 @@ struct Outcome {
     resident_layers: u32,
 }
 
-fn evaluate(residency: Residency, cache_layers: u32, policy: CachePolicy, tokens: &[u32]) -> Outcome {
+fn evaluate(
+    residency: Residency,
+    cache_layers: u32,
+    policy: CachePolicy,
+    tokens: &[u32],
+) -> Outcome {
     let mut rt = runtime();
     let mut o = LoadOptions::new(smollm2().to_str().unwrap());
     o.residency = residency;
@@ -39,7 +44,10 @@ fn evaluate(residency: Residency, cache_layers: u32, policy: CachePolicy, tokens
     let stats = rt.cache_stats(model).expect("cache stats");
     let opts = GenerateOptions {
         max_tokens: 12,
-        sampling: Sampling { temperature: 0.0, ..Sampling::default() },
+        sampling: Sampling {
+            temperature: 0.0,
+            ..Sampling::default()
+        },
         ignore_eos: true,
         stop: vec![],
     };
@@ -50,25 +58,51 @@ fn evaluate(residency: Residency, cache_layers: u32, policy: CachePolicy, tokens
         ControlFlow::Continue(())
     })
     .expect("generate");
-    Outcome { scores, greedy, hits: stats.hits, misses: stats.misses, resident_layers: stats.resident_layers }
+    Outcome {
+        scores,
+        greedy,
+        hits: stats.hits,
+        misses: stats.misses,
+        resident_layers: stats.resident_layers,
+    }
 }
 
 #[test]
 fn streamed_equals_resident_and_pinned_beats_lru() {
     let golden = Golden::load("smollm2-135m-instruct-q4_1.golden.json");
     let case = &golden.cases[1];
-    let tokens: Vec<u32> = case.prompt_tokens.iter().chain(&case.greedy_tokens).copied().collect();
+    let tokens: Vec<u32> = case
+        .prompt_tokens
+        .iter()
+        .chain(&case.greedy_tokens)
+        .copied()
+        .collect();
     let resident = evaluate(Residency::Resident, 0, CachePolicy::Pinned, &tokens);
     assert_eq!(resident.resident_layers, 31, "30 blocks + the head");
     let pinned = evaluate(Residency::Streaming, 2, CachePolicy::Pinned, &tokens);
     let lru = evaluate(Residency::Streaming, 2, CachePolicy::Lru, &tokens);
     for (name, s) in [("pinned", &pinned), ("lru", &lru)] {
-        assert_eq!(s.scores, resident.scores, "{name}: log-probabilities differ from resident");
-        assert_eq!(s.greedy, resident.greedy, "{name}: greedy tokens differ from resident");
-        assert!(s.resident_layers <= 3, "{name}: {} layers resident", s.resident_layers);
+        assert_eq!(
+            s.scores, resident.scores,
+            "{name}: log-probabilities differ from resident"
+        );
+        assert_eq!(
+            s.greedy, resident.greedy,
+            "{name}: greedy tokens differ from resident"
+        );
+        assert!(
+            s.resident_layers <= 3,
+            "{name}: {} layers resident",
+            s.resident_layers
+        );
     }
     // Pinned keeps one block for good; LRU evicts exactly the block needed next.
-    assert!(pinned.hits > lru.hits, "pinned {} hits vs lru {}", pinned.hits, lru.hits);
+    assert!(
+        pinned.hits > lru.hits,
+        "pinned {} hits vs lru {}",
+        pinned.hits,
+        lru.hits
+    );
     eprintln!(
         "hit rate with 2 cached layers of 30: pinned {:.1}%, lru {:.1}%",
         100.0 * pinned.hits as f64 / (pinned.hits + pinned.misses) as f64,
@@ -101,6 +135,9 @@ impl ModelStore for Huge {
 fn a_32_bit_host_refuses_models_over_3_5_gib() {
     let kernel = Kernel::from_file(kernel(), &KernelOptions::default()).expect("kernel");
     let mut rt = Runtime::new(&kernel, Huge).expect("runtime");
-    let err = rt.load(&LoadOptions::new("huge.gguf")).expect_err("must refuse").to_string();
+    let err = rt
+        .load(&LoadOptions::new("huge.gguf"))
+        .expect_err("must refuse")
+        .to_string();
     assert!(err.contains("4.50 GiB") && err.contains("3.5 GiB"), "{err}");
 }

@@ -10,6 +10,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod large;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
@@ -40,6 +42,13 @@ enum Cmd {
     },
     /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2) and tests.
     Test,
+    /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
+    /// streamed through the wasm32 kernel with a 1 GiB guest budget.
+    Large {
+        /// More arguments for `wasm-chord run` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2.
     Bench {
         /// Arguments for `wasm-chord bench` (after `--`).
@@ -147,6 +156,15 @@ fn run(cli: Cli) -> Result<()> {
             ctx.exec(&mut cmd)
         }
         Cmd::Test => ctx.test(),
+        Cmd::Large { args } => {
+            let bin = ctx.build()?;
+            let smol = ctx.fetch(&SMOLLM2)?;
+            let model = large::path(smol.parent().context("model dir")?);
+            step("generate the synthetic large model");
+            large::generate(&model, &smol)?;
+            step("run it streamed");
+            large::run(&bin, &model, &args)
+        }
         Cmd::Bench { args } => {
             let bin = ctx.build()?;
             let model = ctx.fetch(&SMOLLM2)?;
