@@ -14,8 +14,11 @@ fn runtime() -> Runtime {
     Runtime::new(&kernel, FileStore::new()).expect("runtime")
 }
 
+/// (token, log-probability, top-5) of one scored position.
+type Scored = (u32, f32, Vec<(u32, f32)>);
+
 struct Outcome {
-    scores: Vec<(u32, f32, Vec<(u32, f32)>)>,
+    scores: Vec<Scored>,
     greedy: Vec<u32>,
     hits: u64,
     misses: u64,
