@@ -144,3 +144,88 @@ fn a_32_bit_host_refuses_models_over_3_5_gib() {
         .to_string();
     assert!(err.contains("4.50 GiB") && err.contains("3.5 GiB"), "{err}");
 }
+
+/// SmolLM2 rewritten as a 3-shard split model (llama.cpp's gguf-split layout)
+/// with the project's GGUF writer; returns the path of the first shard.
+fn write_split(dir: &std::path::Path) -> std::path::PathBuf {
+    use wasm_chord_kernel::gguf::{GgufFile, GgufWriter, Value};
+    use wasm_chord_kernel::store::MemSource;
+    let bytes = std::fs::read(smollm2()).unwrap();
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    let n = g.tensors.len();
+    let mut paths = Vec::new();
+    for k in 0..3usize {
+        let mut w = GgufWriter::new();
+        if k == 0 {
+            for (key, v) in &g.metadata {
+                if key != "GGUF.version" {
+                    w.kv(key, v.clone());
+                }
+            }
+        }
+        w.kv("split.no", Value::U16(k as u16))
+            .kv("split.count", Value::U16(3))
+            .kv("split.tensors.count", Value::I32(n as i32));
+        for t in &g.tensors[k * n / 3..(k + 1) * n / 3] {
+            let data = bytes[t.offset as usize..(t.offset + t.n_bytes) as usize].to_vec();
+            w.tensor(&t.name, &t.dims, t.ty, data);
+        }
+        let p = dir.join(format!("smol-{:05}-of-00003.gguf", k + 1));
+        std::fs::write(&p, w.to_bytes()).unwrap();
+        paths.push(p);
+    }
+    paths.swap_remove(0)
+}
+
+#[test]
+fn split_model_loads_as_one() {
+    let dir = std::env::temp_dir().join(format!("wasm-chord-split-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = write_split(&dir);
+    let greedy = |model: &std::path::Path| {
+        let out = run_cli(&[
+            "run",
+            "-m",
+            model.to_str().unwrap(),
+            "-p",
+            "The capital of France is",
+            "-n",
+            "8",
+            "--temp",
+            "0",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        parse_run_json(&out.stdout).0
+    };
+    let want = greedy(&smollm2());
+    assert_eq!(
+        greedy(&first),
+        want,
+        "the split model must generate what the single file does"
+    );
+    let out = run_cli(&["info", "-m", first.to_str().unwrap(), "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info JSON");
+    assert_eq!(info["n_tensors"], 272);
+
+    // A truncated last shard fails at load; so does a missing one.
+    let third = dir.join("smol-00003-of-00003.gguf");
+    let len = std::fs::metadata(&third).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&third)
+        .unwrap()
+        .set_len(len - 1000)
+        .unwrap();
+    let out = run_cli(&["run", "-m", first.to_str().unwrap(), "-p", "hi", "-n", "2"]);
+    assert_clean_error(&out, "truncated shard");
+    std::fs::remove_file(&third).unwrap();
+    let out = run_cli(&["run", "-m", first.to_str().unwrap(), "-p", "hi", "-n", "2"]);
+    let err = assert_clean_error(&out, "missing shard");
+    assert!(err.contains("00003-of-00003"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -4,6 +4,7 @@ pub mod config;
 pub mod forward;
 pub mod residency;
 pub mod session;
+pub mod split;
 pub mod weights;
 
 pub use config::Config;
@@ -177,7 +178,7 @@ impl Model {
                 MAX_32BIT_MODEL as f64 / (1u64 << 30) as f64
             )));
         }
-        let g = GgufFile::parse(src.as_ref())?;
+        let g = split::parse_all(src.as_ref())?;
         config::check_arch(&g)?;
         let tokenizer = tokenizer_from_gguf(&g)?;
         let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
