@@ -13,7 +13,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(kernel), Some(model)) = (args.next(), args.next()) else {
         return Err("usage: embed-rust KERNEL.wasm MODEL.gguf [PROMPT]".into());
     };
-    let prompt = args.next().unwrap_or_else(|| "The capital of France is".into());
+    let prompt = args
+        .next()
+        .unwrap_or_else(|| "The capital of France is".into());
 
     // The kernel never sees a file: it asks the store for byte ranges of "model".
     let store = MemStore::new().with_enabled(false);

@@ -29,8 +29,8 @@ wit_bindgen::generate!({
 });
 
 use wasm_chord::runtime::inference::{
-    CachePolicy, ChatMessage, Error as KernelError, GenerateOptions, LoadOptions, Model,
-    Residency, Sampling,
+    CachePolicy, ChatMessage, Error as KernelError, GenerateOptions, LoadOptions, Model, Residency,
+    Sampling,
 };
 use wasm_chord::runtime::layer_store::StoreError;
 
@@ -458,9 +458,7 @@ fn run(a: RunArgs) -> Result<()> {
     }
     let generation_time = gen_started.elapsed();
     let prompt_tokens = generation.prompt_tokens();
-    let reason = generation
-        .stop_reason()
-        .unwrap_or_else(|| "unknown".into());
+    let reason = generation.stop_reason().unwrap_or_else(|| "unknown".into());
     drop(generation);
     // Linear memory never shrinks, so its size now is its peak.
     let peak = model.cache_stats().guest_memory;
