@@ -221,7 +221,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             let ours = rt.tokenize(model, text, true, false)?;
             let theirs = &h.tokens;
             if ours.len() < theirs.len() {
-                bail!("the text tokenizes to {} tokens; the KL-divergence base file holds {} (another text?)", ours.len(), theirs.len());
+                bail!("the text differs from the KL-divergence base file: it tokenizes to {} tokens, the file holds {}", ours.len(), theirs.len());
             }
             if let Some(i) = (0..theirs.len()).find(|&i| ours[i] != theirs[i]) {
                 bail!("the text differs from the KL-divergence base file's tokens at token {i} ({} vs {})", ours[i], theirs[i]);
