@@ -2,6 +2,8 @@
 
 mod bench;
 mod info;
+mod kld;
+mod perplexity;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
+    /// Teacher-forced perplexity, per-token log-probabilities and KL divergence,
+    /// like llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Where the kernel component is and how it runs.
@@ -104,6 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
     }
 }
 
