@@ -79,11 +79,6 @@ fn teacher_forced_matches_llama_cpp_greedy() {
     let (mut total, mut same_top1) = (0usize, 0usize);
     let mut diffs: Vec<f64> = Vec::new();
     let mut worst = (0.0f64, String::new());
-    // Entries llama.cpp rates at least 1% likely; the far tail (below) is
-    // held to a looser bound: there, Q8 activations and an F16 KV cache in
-    // llama.cpp move single log-probabilities by up to ~1.2 (kernel numerics).
-    const LIKELY: f64 = -4.6;
-    let mut max_likely = 0.0f64;
     for case in &golden.cases {
         let mut seq = case.prompt_tokens.clone();
         seq.extend(&case.greedy_tokens);
@@ -145,9 +140,6 @@ fn teacher_forced_matches_llama_cpp_greedy() {
                     );
                 }
                 diffs.push(d);
-                if lp >= LIKELY {
-                    max_likely = max_likely.max(d);
-                }
             }
         }
     }
@@ -156,17 +148,13 @@ fn teacher_forced_matches_llama_cpp_greedy() {
     let max = *diffs.last().unwrap();
     let pct = 100.0 * same_top1 as f64 / total as f64;
     eprintln!(
-        "teacher-forced: top-1 = llama.cpp's greedy at {same_top1}/{total} ({pct:.1}%); |logprob - llama.cpp's| over {} top-5 entries: median {median:.4}, max {max:.4} ({}); max over entries >= 1% likely {max_likely:.4}",
+        "teacher-forced: top-1 = llama.cpp's greedy at {same_top1}/{total} ({pct:.1}%); |logprob - llama.cpp's| over {} top-5 entries: median {median:.4}, max {max:.4} ({})",
         diffs.len(),
         worst.1
     );
     assert!(pct >= 90.0, "top-1 agreement {pct:.1}% < 90%");
     assert!(median <= 0.15, "median |Δ logprob| {median} > 0.15");
-    assert!(
-        max_likely <= 1.0,
-        "max |Δ logprob| over likely entries {max_likely} > 1.0"
-    );
-    assert!(max <= 1.5, "max |Δ logprob| {max} > 1.5");
+    assert!(max <= 1.0, "max |Δ logprob| {max} > 1.0 ({})", worst.1);
 }
 
 /// A short text for the KL-divergence tests: the start of the fixture.

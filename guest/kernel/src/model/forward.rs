@@ -10,12 +10,11 @@ use super::residency::LayerCache;
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
 use crate::{Error, Result};
-use half::f16;
 
 /// Tokens evaluated per internal batch (bounds scratch memory).
 pub const UBATCH: usize = 32;
 
-/// Key/value cache of one session (f16-rounded values kept as f32).
+/// Key/value cache of one session (f32).
 pub struct KvCache {
     /// Per layer: (n_ctx, kv_dim)
     pub k: Vec<Vec<f32>>,
@@ -207,20 +206,18 @@ pub fn forward(
         matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
 
-        // 3. RoPE on q and k; store k, v (rounded to f16, as llama.cpp's cache is) at their positions.
+        // 3. RoPE on q and k; store k, v at their positions. (Kept in f32:
+        //    rounding them to f16 as llama.cpp's cache does moved far-tail
+        //    log-probabilities further from llama.cpp's, not closer.)
         for i in 0..n {
             let pos = pos0 + i;
             rope_table(c, pos, &mut s.rope);
             rope(&mut s.q[i * q_dim..(i + 1) * q_dim], hd, &s.rope);
             rope(&mut s.k[i * kv_dim..(i + 1) * kv_dim], hd, &s.rope);
-            let kc = &mut kv.k[l][pos * kv_dim..(pos + 1) * kv_dim];
-            for (dst, &src) in kc.iter_mut().zip(&s.k[i * kv_dim..(i + 1) * kv_dim]) {
-                *dst = f16::from_f32(src).to_f32();
-            }
-            let vc = &mut kv.v[l][pos * kv_dim..(pos + 1) * kv_dim];
-            for (dst, &src) in vc.iter_mut().zip(&s.v[i * kv_dim..(i + 1) * kv_dim]) {
-                *dst = f16::from_f32(src).to_f32();
-            }
+            kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
+                .copy_from_slice(&s.k[i * kv_dim..(i + 1) * kv_dim]);
+            kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
+                .copy_from_slice(&s.v[i * kv_dim..(i + 1) * kv_dim]);
         }
 
         // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
