@@ -24,7 +24,12 @@ export async function kernel(store) {
     if (!wasmFeatures().simd128) {
       throw new Error('this JavaScript engine lacks WebAssembly SIMD128, which the kernel needs (Node 16.4+, Chrome 91+, Firefox 89+, Safari 16.4+)');
     }
-    loaded = import('../gen/kernel.js').then((m) => m.inference);
+    // Node and bundlers resolve the shim's bare specifiers; a plain browser
+    // worker (no import maps) takes the build whose WASI imports are paths.
+    const gen = typeof process !== 'undefined' && process.versions?.node
+      ? '../gen/kernel.js'
+      : '../gen/browser/kernel.js';
+    loaded = import(gen).then((m) => m.inference);
   }
   return loaded;
 }
