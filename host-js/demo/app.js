@@ -116,7 +116,7 @@ ui.load.onclick = () => {
   ui.status.textContent = 'Loading…';
   setBusy(true);
   ui.stop.disabled = true;
-  // A URL wins when both are given; the file picker is cleared after use.
+  // The file picker is cleared after use (picking it again reloads it).
   if (url) worker.postMessage({ type: 'load', url: new URL(url, location.href).href });
   else worker.postMessage({ type: 'load', file });
   ui.file.value = '';
@@ -149,6 +149,10 @@ ui.run.onclick = () => {
   }
 };
 
+// The last choice wins: picking a file clears the URL.
+ui.file.onchange = () => {
+  if (ui.file.files.length) ui.url.value = '';
+};
 ui.stop.onclick = () => worker.postMessage({ type: 'stop' });
 ui.clear.onclick = () => {
   messages = [];

@@ -79,6 +79,23 @@ describe('browser demo (chromium)', () => {
     await expectError(`${base}/models/not-a-model.gguf`, /invalid model: bad magic/);
   });
 
+  test('local files (Blob store): a truncated one fails clearly, then SmolLM2 loads', async () => {
+    const dir = tempDir();
+    const head = path.join(dir, 'head.gguf');
+    fs.writeFileSync(head, fs.readFileSync(MODEL).subarray(0, 1000));
+    await page.setInputFiles('#file', head);
+    await page.click('#load');
+    await page.waitForFunction(() => document.body.dataset.state === 'error', null, { timeout: 60_000 });
+    assert.match(await page.textContent('#error'), /invalid model: truncated file/);
+
+    await page.setInputFiles('#file', MODEL);
+    assert.equal(await page.inputValue('#url'), '', 'picking a file clears the URL');
+    await page.click('#load');
+    await page.waitForFunction(() => ['loaded', 'error'].includes(document.body.dataset.state), null, { timeout: 120_000 });
+    assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#error'));
+    assert.match(await page.textContent('#status'), new RegExp(`Loaded .*${MODEL_NAME.split('-')[0]}`, 'i'));
+  });
+
   test('SmolLM2 by URL: greedy text equals the golden continuation', async () => {
     const r = await load(`/models/${MODEL_NAME}`);
     assert.equal(r.state, 'loaded', r.error);
@@ -102,6 +119,43 @@ describe('browser demo (chromium)', () => {
     const parted = checkGreedy(CASE.id, tokens, CASE, GOLDEN.near_tie ?? 0.75);
     if (parted === null) assert.equal(text, CASE.greedy_text);
     assert.match(speed, /tokens\/s/);
+    assert.deepEqual(errors, []);
+  });
+
+  async function generate(options) {
+    await page.fill('#n', String(options.n));
+    await page.fill('#temp', '0');
+    await page.setChecked('#ignore-eos', true);
+    await page.click('#run');
+  }
+
+  test("chat mode: the model's template, greedy reply passes the golden rule", async () => {
+    const c = GOLDEN.cases.find((x) => x.messages);
+    assert.deepEqual(c.messages.map((m) => m.role), ['user'], 'the demo sends user messages');
+    await page.check('#chat');
+    await page.fill('#prompt', c.messages[0].content);
+    await generate({ n: GOLDEN.n_predict });
+    await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 180_000 });
+    const tokens = (await page.getAttribute('#output', 'data-tokens')).split(',').map(Number);
+    const parted = checkGreedy(c.id, tokens, c, GOLDEN.near_tie ?? 0.75);
+    const conversation = await page.textContent('#conversation');
+    assert.ok(conversation.includes(`user: ${c.messages[0].content}`));
+    if (parted === null) assert.ok(conversation.includes(`assistant: ${c.greedy_text}`), conversation);
+    await page.screenshot({ path: path.join(ARTIFACTS, 'browser-chat.png'), fullPage: true });
+    await page.click('#clear');
+    await page.uncheck('#chat');
+  });
+
+  test('the stop button stops a long generation', async () => {
+    await page.fill('#prompt', 'Once upon a time');
+    await generate({ n: 1000 });
+    await page.waitForFunction(() => (document.getElementById('output').dataset.tokens ?? '').split(',').length >= 4);
+    await page.click('#stop');
+    await page.waitForFunction(() => document.body.dataset.state === 'done', null, { timeout: 30_000 });
+    const n = (await page.getAttribute('#output', 'data-tokens')).split(',').length;
+    assert.ok(n < 1000, `stopped after ${n} tokens`);
+    assert.match(await page.textContent('#speed'), /stop: stopped/);
+    assert.equal(await page.isEnabled('#run'), true);
     assert.deepEqual(errors, []);
   });
 });
