@@ -17,6 +17,9 @@ let loaded = null;
 /**
  * The kernel's `inference` exports (Model, Session, Generation), compiled once.
  * `store` becomes the model store the kernel's `layer-store` import reads from.
+ * Types: jco's declarations in gen/interfaces/wasm-chord-runtime-inference.d.ts.
+ * @param {{ open(name: string): { size: number, readInto(offset: number, dest: Uint8Array): void } }} [store]
+ * @returns {Promise<typeof import('../gen/interfaces/wasm-chord-runtime-inference.js')>}
  */
 export async function kernel(store) {
   if (store) setModelStore(store);
@@ -39,7 +42,10 @@ export const DEFAULT_SAMPLING = Object.freeze({
   temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1.0, repeatLastN: 64, seed: 0n,
 });
 
-/** `load-options` for `model` with the kernel's defaults. */
+/**
+ * `load-options` for `model` with the kernel's defaults.
+ * @returns {import('../gen/interfaces/wasm-chord-runtime-inference.js').LoadOptions}
+ */
 export function loadOptions(model, o = {}) {
   return {
     model,
@@ -50,7 +56,10 @@ export function loadOptions(model, o = {}) {
   };
 }
 
-/** `generate-options` from plain numbers. */
+/**
+ * `generate-options` from plain numbers (seed may be a number).
+ * @returns {import('../gen/interfaces/wasm-chord-runtime-inference.js').GenerateOptions}
+ */
 export function generateOptions(o = {}) {
   const s = { ...DEFAULT_SAMPLING, ...(o.sampling ?? {}) };
   s.seed = BigInt(s.seed);

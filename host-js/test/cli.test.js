@@ -91,6 +91,20 @@ describe('Node CLI', () => {
     });
   }
 
+  test('a model above 3.5 GiB: the JS host (is-enabled = false) refuses it clearly', () => {
+    const p = path.join(dir, 'big.gguf');
+    const fd = fs.openSync(MODEL, 'r');
+    const head = Buffer.alloc(1 << 20);
+    fs.readSync(fd, head, 0, head.length, 0);
+    fs.closeSync(fd);
+    fs.writeFileSync(p, head);
+    fs.truncateSync(p, 4 * 2 ** 30); // sparse
+    const js = runCli('js', ['run', '-m', p, '-p', 'x', '-n', '2']);
+    fs.rmSync(p);
+    assert.equal(js.status, 1);
+    assert.match(js.stderr, /^error: unsupported: the model is 4\.00 GiB; .*at most 3\.5 GiB.*\n$/);
+  });
+
   test('bad arguments: clear errors', () => {
     const cases = [
       [['run', '-m', MODEL, '-p', 'x', '-n', '0'], /^error: -n must be at least 1 \(got 0\)\n$/],
