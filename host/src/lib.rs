@@ -22,7 +22,8 @@ pub mod bindings;
 pub mod error;
 pub mod kernel;
 pub mod runtime;
-pub mod store;
+pub mod split;
+mod store;
 
 pub use error::HostError;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};

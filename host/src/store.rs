@@ -213,7 +213,15 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
 
 impl ModelStore for FileStore {
     fn open(&self, name: &str) -> Result<Box<dyn Source>, StoreError> {
-        Ok(Box::new(self.open_path(Path::new(name))?))
+        let path = Path::new(name);
+        if let Some(paths) = crate::split::shard_paths(path) {
+            let shards = paths
+                .iter()
+                .map(|p| self.open_path(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Box::new(crate::split::SplitSource::new(shards)));
+        }
+        Ok(Box::new(self.open_path(path)?))
     }
 
     fn is_enabled(&self) -> bool {

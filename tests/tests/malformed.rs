@@ -1,63 +1,46 @@
 //! Bad input through the CLI and the component: each case must end with one
 //! clean `error: ...` line and a non-zero exit, never a panic, trap dump or hang.
-//! The GGUF files are built here, byte by byte, so each defect is exact.
+//! The GGUF files are built with the project's GGUF writer, then patched
+//! byte by byte where a defect cannot be written directly.
 
 use std::path::PathBuf;
+use wasm_chord_kernel::ggml_type::GgmlType;
+use wasm_chord_kernel::gguf::{GgufWriter, Value};
 use wasm_chord_tests::*;
 
-/// A minimal GGUF v3 builder that can also write nonsense on purpose.
-#[derive(Default)]
-struct Raw {
-    b: Vec<u8>,
+/// A valid file built with the project's GGUF writer: one kv, one F32
+/// tensor `t` of `dims`. Returns the bytes and where the tensor's entry in the
+/// table starts (its name's length field).
+fn valid_with(arch: &str, dims: &[u64]) -> (Vec<u8>, usize) {
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::from(arch));
+    let n: u64 = dims.iter().product();
+    w.tensor("t", dims, GgmlType::F32, vec![0u8; 4 * n as usize]);
+    let bytes = w.to_bytes();
+    let entry = bytes
+        .windows(9)
+        .position(|x| x == [1, 0, 0, 0, 0, 0, 0, 0, b't'])
+        .expect("tensor entry");
+    (bytes, entry)
 }
 
-impl Raw {
-    fn u32(&mut self, v: u32) -> &mut Self {
-        self.b.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn u64(&mut self, v: u64) -> &mut Self {
-        self.b.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    fn str(&mut self, s: &str) -> &mut Self {
-        self.u64(s.len() as u64);
-        self.b.extend_from_slice(s.as_bytes());
-        self
-    }
-    fn header(&mut self, n_tensors: u64, n_kv: u64) -> &mut Self {
-        self.b.extend_from_slice(b"GGUF");
-        self.u32(3).u64(n_tensors).u64(n_kv)
-    }
-    fn kv_str(&mut self, k: &str, v: &str) -> &mut Self {
-        self.str(k).u32(8).str(v)
-    }
-    fn tensor(&mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> &mut Self {
-        self.str(name).u32(dims.len() as u32);
-        for &d in dims {
-            self.u64(d);
-        }
-        self.u32(ty).u64(offset)
-    }
-    fn align(&mut self) -> &mut Self {
-        while !self.b.len().is_multiple_of(32) {
-            self.b.push(0);
-        }
-        self
-    }
-}
-
-/// A valid file: one kv, one F32 tensor of 8 elements. Returns (bytes, offsets
-/// of: end of header, start of tensor table, data start).
+/// The valid file, where its tensor table starts, and where its data starts.
 fn valid(arch: &str) -> (Vec<u8>, usize, usize) {
-    let mut r = Raw::default();
-    r.header(1, 1).kv_str("general.architecture", arch);
-    let table = r.b.len();
-    r.tensor("t", &[8], 0, 0).align();
-    let data = r.b.len();
-    r.b.extend(std::iter::repeat_n(0u8, 32));
-    (r.b, table, data)
+    let (bytes, entry) = valid_with(arch, &[8]);
+    let data = bytes.len() - 32;
+    (bytes, entry, data)
 }
+
+fn patch_u64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn patch_u32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Offset of the first key's length field (after magic, version, two counts).
+const FIRST_KEY: usize = 24;
 
 struct Tmp(PathBuf);
 impl Tmp {
@@ -123,40 +106,46 @@ fn bad_magic_and_truncations() {
 #[test]
 fn absurd_lengths_and_dims() {
     let t = Tmp::new();
-    let mut r = Raw::default();
-    r.header(0, 1).u64(1 << 63);
-    r.b.extend([0u8; 64]);
-    expect_model_error(&t.file("strlen.gguf", &r.b), "string length 2^63", "length");
+    let (ok, entry, _) = valid("llama");
 
-    let mut r = Raw::default();
-    r.header(0, 1).str("a").u32(9).u32(4).u64(1 << 63);
-    r.b.extend([0u8; 64]);
-    expect_model_error(&t.file("arrlen.gguf", &r.b), "array length 2^63", "length");
+    let mut b = ok.clone();
+    patch_u64(&mut b, FIRST_KEY, 1 << 63);
+    expect_model_error(&t.file("strlen.gguf", &b), "string length 2^63", "length");
 
-    let cases: [(&str, &[u64], u32, &str); 4] = [
-        ("ndims5", &[2, 2, 2, 2, 2], 0, "dimensions"),
-        ("zerodim", &[8, 0], 0, "dim"),
-        ("overflow", &[1 << 40, 1 << 40], 0, "overflow"),
-        ("type99", &[8], 99, "type"),
-    ];
-    for (name, dims, ty, needle) in cases {
-        let mut r = Raw::default();
-        r.header(1, 1)
-            .kv_str("general.architecture", "llama")
-            .tensor("t", dims, ty, 0)
-            .align();
-        r.b.extend(std::iter::repeat_n(0u8, 64));
-        expect_model_error(&t.file(&format!("{name}.gguf"), &r.b), name, needle);
-    }
+    let mut w = GgufWriter::new();
+    w.kv("a", Value::Array(vec![Value::U32(1); 4]));
+    let mut b = w.to_bytes();
+    b.extend([0u8; 64]);
+    // key length (8) + "a" + value type (4) + element type (4), then the count.
+    patch_u64(&mut b, FIRST_KEY + 8 + 1 + 4 + 4, 1 << 63);
+    expect_model_error(&t.file("arrlen.gguf", &b), "array length 2^63", "length");
 
-    let mut r = Raw::default();
-    r.header(1, 1)
-        .kv_str("general.architecture", "llama")
-        .tensor("t", &[8], 0, 1 << 20)
-        .align();
-    r.b.extend(std::iter::repeat_n(0u8, 32));
+    let (b, _) = valid_with("llama", &[2, 2, 2, 2, 2]);
+    expect_model_error(&t.file("ndims5.gguf", &b), "n_dims 5", "dimensions");
+
+    let mut b = ok.clone();
+    // name length (8) + "t" + n_dims (4), then ne0.
+    patch_u64(&mut b, entry + 13, 0);
+    expect_model_error(&t.file("zerodim.gguf", &b), "zero dimension", "dim");
+
+    let (mut b, e) = valid_with("llama", &[8, 2]);
+    patch_u64(&mut b, e + 13, 1 << 40);
+    patch_u64(&mut b, e + 21, 1 << 40);
     expect_model_error(
-        &t.file("pastend.gguf", &r.b),
+        &t.file("overflow.gguf", &b),
+        "overflowing dimensions",
+        "overflow",
+    );
+
+    let mut b = ok.clone();
+    // ... one dim (8), then the type id.
+    patch_u32(&mut b, entry + 21, 99);
+    expect_model_error(&t.file("type99.gguf", &b), "unknown type", "type");
+
+    let mut b = ok.clone();
+    patch_u64(&mut b, entry + 25, 1 << 20);
+    expect_model_error(
+        &t.file("pastend.gguf", &b),
         "tensor past the end",
         "past the end",
     );
@@ -194,4 +183,19 @@ fn bad_generation_arguments() {
         "prompt longer than n_ctx",
         "n_ctx",
     );
+}
+
+#[test]
+fn model_truncated_mid_layer_fails_at_load_in_both_modes() {
+    let t = Tmp::new();
+    let bytes = std::fs::read(smollm2()).unwrap();
+    // Cut inside the tensor data (a block's weights), far from the header.
+    let cut = t.file("smol-cut.gguf", &bytes[..bytes.len() / 2]);
+    for mode in ["--resident", "--stream"] {
+        expect_error(
+            &["run", "-m", &cut, "-p", "hi", "-n", "4", mode],
+            "truncated in a layer",
+            "past the end",
+        );
+    }
 }

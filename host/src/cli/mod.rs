@@ -2,6 +2,8 @@
 
 mod bench;
 mod info;
+mod kld;
+mod perplexity;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,9 @@ enum Command {
     Info(info::InfoArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
+    /// Teacher-forced perplexity, per-token log-probabilities and KL divergence,
+    /// like llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Where the kernel component is and how it runs.
@@ -52,7 +57,15 @@ pub struct LoadArgs {
     /// resident, or streamed through a bounded layer cache.
     #[arg(long, value_enum, default_value_t = ResidencyArg::Auto)]
     residency: ResidencyArg,
-    /// Guest memory budget for weights in bytes (0: the kernel's default).
+    /// Keep every layer resident (same as --residency resident).
+    #[arg(long, conflicts_with_all = ["stream", "residency"])]
+    resident: bool,
+    /// Stream layers through a bounded cache (same as --residency stream).
+    #[arg(long, conflicts_with = "residency")]
+    stream: bool,
+    /// Guest memory budget in bytes the kernel plans the layer cache for
+    /// (0: --max-guest-memory if given, else the kernel's default: resident
+    /// below 3 GiB of weights, else 1 GiB). Three quarters go to weights.
     #[arg(long, value_name = "BYTES", default_value_t = 0)]
     max_memory: u64,
     /// Layers kept by a streamed cache (0: as many as the budget allows).
@@ -96,6 +109,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenize(a) => tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
     }
 }
 
@@ -115,6 +129,8 @@ impl LoadArgs {
             .with_context(|| format!("model path '{}' is not valid UTF-8", self.model.display()))?;
         let mut o = LoadOptions::new(name);
         o.residency = match self.residency {
+            _ if self.resident => Residency::Resident,
+            _ if self.stream => Residency::Streaming,
             ResidencyArg::Auto => Residency::Auto,
             ResidencyArg::Resident => Residency::Resident,
             ResidencyArg::Stream => Residency::Streaming,
@@ -180,7 +196,10 @@ pub fn start(
     k: &KernelArgs,
     load: &LoadArgs,
 ) -> Result<(Runtime, wasm_chord::Model, std::time::Duration)> {
-    let options = load.options()?;
+    let mut options = load.options()?;
+    if options.max_memory == 0 {
+        options.max_memory = k.max_guest_memory.unwrap_or(0);
+    }
     let t = std::time::Instant::now();
     let path = kernel_path(k)?;
     let kernel = Kernel::from_file(
@@ -193,6 +212,42 @@ pub fn start(
     let mut rt = Runtime::new(&kernel, FileStore::new())?;
     let model = rt.load(&options)?;
     Ok((rt, model, t.elapsed()))
+}
+
+/// Layer cache counters in words.
+pub fn cache_line(c: &wasm_chord::CacheStats) -> String {
+    let lookups = c.hits + c.misses;
+    let rate = if lookups > 0 {
+        100.0 * c.hits as f64 / lookups as f64
+    } else {
+        0.0
+    };
+    format!(
+        "layer cache: {} hits, {} misses ({rate:.1}% hit rate), {} evictions, {} loaded in {:.0} ms; {}/{} layers resident ({}); guest memory {}",
+        c.hits,
+        c.misses,
+        c.evictions,
+        human_bytes(c.bytes_loaded),
+        c.load_nanos as f64 / 1e6,
+        c.resident_layers,
+        c.total_layers,
+        human_bytes(c.resident_bytes),
+        human_bytes(c.guest_memory),
+    )
+}
+
+/// Layer store counters in words.
+pub fn store_line(s: &wasm_chord::StoreStats) -> String {
+    format!(
+        "layer store: {} served in {} reads and {} layer loads ({:.0} ms), highest offset {} of {}{}",
+        human_bytes(s.bytes_served),
+        s.reads,
+        s.layer_loads,
+        s.read_nanos as f64 / 1e6,
+        s.max_offset_served,
+        s.total_bytes,
+        if s.memory64 { ", 64-bit storage" } else { "" },
+    )
 }
 
 /// Bytes as "93.80 MiB".

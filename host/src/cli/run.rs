@@ -114,6 +114,8 @@ struct RunStats<'a> {
     load_time_ms: f64,
     peak_guest_memory_bytes: u64,
     stop_reason: &'a str,
+    cache: wasm_chord::CacheStats,
+    store: Option<wasm_chord::StoreStats>,
 }
 
 #[derive(serde::Deserialize)]
@@ -233,6 +235,8 @@ pub fn run(a: RunArgs) -> Result<()> {
         return Err(e).context("cannot write to stdout");
     }
     let peak = rt.peak_guest_memory_bytes();
+    let cache = rt.cache_stats(model)?;
+    let store = rt.store_stats(model);
     let load_ms = load_time.as_secs_f64() * 1e3;
     if a.json {
         let line = StatsLine {
@@ -244,6 +248,8 @@ pub fn run(a: RunArgs) -> Result<()> {
                 load_time_ms: load_ms,
                 peak_guest_memory_bytes: peak,
                 stop_reason: &stats.stop_reason,
+                cache,
+                store,
             },
         };
         let line = serde_json::to_string(&line)?;
@@ -266,6 +272,10 @@ pub fn run(a: RunArgs) -> Result<()> {
         );
         eprintln!("peak guest memory: {} ({peak} bytes)", human_bytes(peak));
         eprintln!("stop reason: {}", stats.stop_reason);
+        eprintln!("{}", super::cache_line(&cache));
+        if let Some(s) = &store {
+            eprintln!("{}", super::store_line(s));
+        }
     }
     Ok(())
 }

@@ -75,6 +75,28 @@ impl GgufFile {
         super::reader::parse(src)
     }
 
+    /// Add the tensors of another shard of a split model (llama.cpp's
+    /// gguf-split), parsed from bytes that start at `base` in the same source.
+    pub fn append_shard(&mut self, shard: GgufFile, base: u64) -> Result<(), GgufError> {
+        for mut t in shard.tensors {
+            if self.tensor_index.contains_key(&t.name) {
+                return Err(GgufError::DuplicateTensor {
+                    name: t.name,
+                    offset: base,
+                });
+            }
+            t.offset = t
+                .offset
+                .checked_add(base)
+                .ok_or_else(|| GgufError::OffsetOverflow {
+                    what: format!("tensor '{}' in the shard at {base}", t.name),
+                })?;
+            self.tensor_index.insert(t.name.clone(), self.tensors.len());
+            self.tensors.push(t);
+        }
+        Ok(())
+    }
+
     /// The metadata value of `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.key_index.get(key).map(|&i| &self.metadata[i].1)

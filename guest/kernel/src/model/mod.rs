@@ -4,6 +4,7 @@ pub mod config;
 pub mod forward;
 pub mod residency;
 pub mod session;
+pub mod split;
 pub mod weights;
 
 pub use config::Config;
@@ -22,7 +23,7 @@ use std::collections::BTreeMap;
 pub const MAX_32BIT_MODEL: u64 = 3584 << 20;
 /// Auto residency keeps a model resident below this many bytes of weights.
 pub const RESIDENT_LIMIT: u64 = 3 << 30;
-/// Default weight budget of a streamed model.
+/// Default guest memory budget of a streamed model.
 pub const DEFAULT_STREAM_BUDGET: u64 = 1 << 30;
 
 /// Requested residency mode.
@@ -177,7 +178,7 @@ impl Model {
                 MAX_32BIT_MODEL as f64 / (1u64 << 30) as f64
             )));
         }
-        let g = GgufFile::parse(src.as_ref())?;
+        let g = split::parse_all(src.as_ref())?;
         config::check_arch(&g)?;
         let tokenizer = tokenizer_from_gguf(&g)?;
         let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
@@ -192,39 +193,46 @@ impl Model {
             .max(1);
 
         // Residency plan: resident when the weights fit, else a bounded cache.
-        let resident_budget = if opts.max_memory > 0 {
-            opts.max_memory.min(RESIDENT_LIMIT)
-        } else {
-            RESIDENT_LIMIT
-        };
+        // Weights get three quarters of the guest budget; the rest is for the
+        // KV cache, scratch buffers and the vocabulary.
+        let weights_budget = |total: u64| total / 4 * 3;
         let stream = match opts.residency {
             Residency::Resident => {
-                if opts.max_memory > 0 && weight_bytes > opts.max_memory {
+                if opts.max_memory > 0 && weight_bytes > weights_budget(opts.max_memory) {
                     return Err(Error::OutOfMemory(format!(
-                        "resident mode needs {weight_bytes} bytes of weights, over the budget of {} bytes",
+                        "resident mode needs {weight_bytes} bytes of weights, over the {} bytes a guest budget of {} bytes allows",
+                        weights_budget(opts.max_memory),
                         opts.max_memory
                     )));
                 }
                 false
             }
             Residency::Stream => true,
-            Residency::Auto => weight_bytes > resident_budget,
+            Residency::Auto => {
+                let limit = if opts.max_memory > 0 {
+                    weights_budget(opts.max_memory).min(RESIDENT_LIMIT)
+                } else {
+                    RESIDENT_LIMIT
+                };
+                weight_bytes > limit
+            }
         };
         let capacity = if !stream {
             cfg.n_layers
         } else if opts.cache_layers > 0 {
             opts.cache_layers as usize
         } else {
-            let budget = if opts.max_memory > 0 {
+            let total = if opts.max_memory > 0 {
                 opts.max_memory
             } else {
                 DEFAULT_STREAM_BUDGET
             };
+            let budget = weights_budget(total);
             // One block is in flight while another is being evicted.
             let k = budget.saturating_sub(head_bytes) / max_block;
             if k < 2 {
                 return Err(Error::OutOfMemory(format!(
-                    "a budget of {budget} bytes cannot hold the head ({head_bytes} bytes) and two layers of {max_block} bytes"
+                    "a guest budget of {total} bytes cannot hold the head ({head_bytes} bytes) and two layers of {max_block} bytes"
                 )));
             }
             (k - 1).min(cfg.n_layers as u64) as usize

@@ -1,0 +1,113 @@
+//! Split GGUF models (llama.cpp's gguf-split: `NAME-00001-of-0000N.gguf`):
+//! the shards are served as one source in which shard `k` is the region
+//! starting at `k * SHARD_STRIDE`. The kernel parses each region as a GGUF
+//! file and loads the model from all of them.
+
+use crate::store::{ByteRange, MmapSource, Source, StoreError};
+use std::path::{Path, PathBuf};
+
+/// Address-space stride between shards (1 TiB): shard `k` starts at `k << 40`.
+pub const SHARD_STRIDE: u64 = 1 << 40;
+
+/// If `path` names the first shard of a split model, the paths of all shards.
+pub fn shard_paths(path: &Path) -> Option<Vec<PathBuf>> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".gguf")?;
+    // "...-00001-of-00003"
+    let (head, count) = stem.rsplit_once("-of-")?;
+    let (prefix, first) = head.rsplit_once('-')?;
+    if first != "00001" || count.len() != 5 || !count.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = count.parse().ok()?;
+    if n < 2 {
+        return None;
+    }
+    Some(
+        (1..=n)
+            .map(|k| path.with_file_name(format!("{prefix}-{k:05}-of-{count}.gguf")))
+            .collect(),
+    )
+}
+
+/// Several memory-mapped shards behind one 64-bit address space.
+#[derive(Debug)]
+pub struct SplitSource {
+    shards: Vec<MmapSource>,
+}
+
+impl SplitSource {
+    pub fn new(shards: Vec<MmapSource>) -> Self {
+        SplitSource { shards }
+    }
+
+    /// The shard holding `[offset, offset + len)` and the offset inside it.
+    fn locate(&self, offset: u64, len: u64) -> Result<(&MmapSource, u64), StoreError> {
+        let k = offset / SHARD_STRIDE;
+        let shard = self.shards.get(k as usize).ok_or_else(|| {
+            StoreError::OutOfRange(format!(
+                "offset {offset} is in shard {} but the model has {} shards",
+                k + 1,
+                self.shards.len()
+            ))
+        })?;
+        let inner = offset % SHARD_STRIDE;
+        if inner.checked_add(len).is_none_or(|end| end > SHARD_STRIDE) {
+            return Err(StoreError::OutOfRange(format!(
+                "bytes {offset}+{len} cross the end of shard {}",
+                k + 1
+            )));
+        }
+        Ok((shard, inner))
+    }
+}
+
+impl Source for SplitSource {
+    fn size(&self) -> u64 {
+        let last = self.shards.len().saturating_sub(1) as u64;
+        last * SHARD_STRIDE + self.shards.last().map_or(0, |s| s.size())
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let (shard, inner) = self.locate(offset, len)?;
+        shard.read_at(inner, len)
+    }
+
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        for r in ranges {
+            let (shard, inner) = self.locate(r.offset, r.len)?;
+            out.extend_from_slice(&shard.load_layer(&[ByteRange {
+                offset: inner,
+                len: r.len,
+            }])?);
+        }
+        Ok(out)
+    }
+
+    fn prefetch(&self, ranges: &[ByteRange]) {
+        for r in ranges {
+            if let Ok((shard, inner)) = self.locate(r.offset, r.len) {
+                shard.prefetch(&[ByteRange {
+                    offset: inner,
+                    len: r.len,
+                }]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names() {
+        let p = shard_paths(Path::new("/m/llama-00001-of-00003.gguf")).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[2], Path::new("/m/llama-00003-of-00003.gguf"));
+        assert!(shard_paths(Path::new("/m/llama-00002-of-00003.gguf")).is_none());
+        assert!(shard_paths(Path::new("/m/llama.gguf")).is_none());
+        assert!(shard_paths(Path::new("/m/x-00001-of-00001.gguf")).is_none());
+    }
+}
