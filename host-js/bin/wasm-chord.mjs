@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import { parse, UsageError } from '../src/cli-args.js';
 import {
-  kernel, loadOptions, generateOptions, generate, errorMessage, NodeFileStore, ioReason,
+  kernel, loadOptions, generateOptions, generate, errorMessage, NodeFileStore, ioReason, sourceStats,
 } from '../src/node.js';
 
 const USAGE = `Usage: wasm-chord.mjs run -m MODEL (-p PROMPT | --messages FILE.json) [options]
@@ -135,6 +135,29 @@ function humanBytes(n) {
   return u === 0 ? `${n} B` : `${v.toFixed(2)} ${units[u]}`;
 }
 
+/** A WIT record as the native CLI's JSON: snake_case keys, plain numbers. */
+function snakeNumbers(record) {
+  return Object.fromEntries(Object.entries(record).map(([k, x]) => [
+    k.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`).replace(/_(\d)/g, '$1'),
+    typeof x === 'bigint' ? Number(x) : x,
+  ]));
+}
+
+function cacheLine(c) {
+  const [hits, misses] = [Number(c.hits), Number(c.misses)];
+  const rate = hits + misses > 0 ? (100 * hits) / (hits + misses) : 0;
+  return `layer cache: ${hits} hits, ${misses} misses (${rate.toFixed(1)}% hit rate), ${c.evictions} evictions, `
+    + `${humanBytes(Number(c.bytesLoaded))} loaded in ${(Number(c.loadNanos) / 1e6).toFixed(0)} ms; `
+    + `${c.residentLayers}/${c.totalLayers} layers resident (${humanBytes(Number(c.residentBytes))}); `
+    + `guest memory ${humanBytes(Number(c.guestMemory))}`;
+}
+
+function storeLine(s) {
+  return `layer store: ${humanBytes(Number(s.bytesServed))} served in ${s.reads} reads and ${s.layerLoads} layer loads `
+    + `(${(Number(s.readNanos) / 1e6).toFixed(0)} ms), highest offset ${s.maxOffsetServed} of ${s.totalBytes}`
+    + `${s.memory64 ? ', 64-bit storage' : ''}`;
+}
+
 function write(s) {
   process.stdout.write(s);
 }
@@ -172,7 +195,10 @@ async function run(argv) {
       write(piece.text);
     }
   });
-  const peak = Number(model.cacheStats().guestMemory);
+  // Guest memory only grows, so its current size is the peak.
+  const cache = model.cacheStats();
+  const peak = Number(cache.guestMemory);
+  const store = sourceStats(v.model);
   if (v.json) {
     write(`${JSON.stringify({
       stats: {
@@ -183,6 +209,8 @@ async function run(argv) {
         load_time_ms: loadMs,
         peak_guest_memory_bytes: peak,
         stop_reason: stats.stopReason,
+        cache: snakeNumbers(cache),
+        store: store ? snakeNumbers(store) : null,
       },
     })}\n`);
   } else if (!endsWithNewline) {
@@ -194,6 +222,8 @@ async function run(argv) {
     console.error(`generated: ${stats.generatedTokens} tokens, ${stats.generatedTokensPerSecond.toFixed(2)} tokens/s`);
     console.error(`peak guest memory: ${humanBytes(peak)} (${peak} bytes)`);
     console.error(`stop reason: ${stats.stopReason}`);
+    console.error(cacheLine(cache));
+    if (store) console.error(storeLine(store));
   }
 }
 

@@ -3,7 +3,9 @@
 export {
   kernel, wasmFeatures, loadOptions, generateOptions, generate, timings, errorMessage, DEFAULT_SAMPLING,
 } from './kernel.js';
-export { StoreError, setModelStore, modelStore, MAX_REQUEST } from './layer-store.js';
+export {
+  StoreError, setModelStore, modelStore, sourceStats, MAX_REQUEST,
+} from './layer-store.js';
 export { MemoryStore } from './stores/memory.js';
 export { BlobStore } from './stores/blob.js';
 export { HttpRangeStore } from './stores/http.js';

@@ -121,10 +121,19 @@ export class Source {
   }
 }
 
+const opened = new Map(); // name -> the Source most recently opened for it
+
 /** WIT `open`: ask the model store for `name`. */
 export function open(name) {
   if (!current) throw new StoreError('not-found', `no model store is set (cannot open '${name}')`);
-  return new Source(current.open(name));
+  const source = new Source(current.open(name));
+  opened.set(name, source);
+  return source;
+}
+
+/** Counters of the source most recently opened for `name`, if any (like the native `store_stats`). */
+export function sourceStats(name) {
+  return opened.get(name)?.stats();
 }
 
 /** WIT `is-enabled`: JS hosts keep models in 32-bit memory (below 3.5 GiB). */
