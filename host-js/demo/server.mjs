@@ -116,6 +116,6 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
   const models = opt('--models', DEFAULT_MODELS);
   const server = await startServer({ port: Number(opt('--port', process.env.PORT || 8080)), models });
   const { port } = server.address();
-  console.log(`wasm-chord demo: http://localhost:${port}/demo/`);
-  console.log(`models from ${models} at http://localhost:${port}/models/<file>.gguf`);
+  console.log(`wasm-chord demo: http://127.0.0.1:${port}/demo/`);
+  console.log(`models from ${models} at http://127.0.0.1:${port}/models/<file>.gguf`);
 }
