@@ -40,7 +40,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2) and tests.
+    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2), tests, and
+    /// the JS host tests (Node, then a real browser).
     Test,
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
     /// streamed through the wasm32 kernel with a 1 GiB guest budget.
@@ -559,7 +560,45 @@ impl Ctx {
             self.exec(&mut cmd)
                 .with_context(|| format!("step '{name}' failed"))?;
         }
+        self.test_js(&kernel, &model, &bin)?;
         step("all tests passed");
+        Ok(())
+    }
+
+    /// The JS host (host-js/): install, transpile the kernel with jco, run the
+    /// Node tests, then the browser test in Debian's chromium (installed if missing).
+    fn test_js(&self, kernel: &Path, model: &Path, bin: &Path) -> Result<()> {
+        let dir = self.root.join("host-js");
+        let npm = |args: &[&str]| {
+            let mut c = Command::new(if cfg!(windows) { "npm.cmd" } else { "npm" });
+            c.args(args)
+                .current_dir(&dir)
+                .env("WASM_CHORD_KERNEL", kernel)
+                .env("WASM_CHORD_SMOLLM2", model)
+                .env("WASM_CHORD_BIN", bin)
+                .env("CARGO_TARGET_DIR", &self.target);
+            c
+        };
+        let steps: [(&str, &[&str]); 3] = [
+            ("npm ci (host-js)", &["ci", "--no-audit", "--no-fund"]),
+            ("npm run build (jco transpile)", &["run", "build"]),
+            ("node --test (JS host)", &["test"]),
+        ];
+        for (name, args) in steps {
+            step(name);
+            self.exec(&mut npm(args))
+                .with_context(|| format!("step '{name}' failed"))?;
+        }
+        let chromium = Path::new("/usr/bin/chromium");
+        if cfg!(target_os = "linux") && !chromium.exists() {
+            step("apt-get install chromium (for the browser test)");
+            self.exec(Command::new("apt-get").arg("update"))?;
+            self.exec(Command::new("apt-get").args(["install", "-y", "chromium"]))?;
+        }
+        step("browser test (playwright-core + chromium)");
+        let mut c = npm(&["run", "test:browser"]);
+        c.env("CHROMIUM", chromium);
+        self.exec(&mut c).context("step 'browser test' failed")?;
         Ok(())
     }
 }

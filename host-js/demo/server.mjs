@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+// `npm run demo`: a small static server for the browser demo, with HTTP Range
+// requests (the HttpRangeStore needs them). Serves host-js/ (demo/, src/, gen/,
+// the WASI shim) and, under /models/, the GGUF files of a models directory
+// ($WASM_CHORD_MODELS, else ~/.cache/wasm-chord/models).
+//
+//   node demo/server.mjs [--port 8080] [--models DIR]
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+const PUBLIC = ['demo/', 'src/', 'gen/', 'node_modules/@bytecodealliance/preview2-shim/'];
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.png': 'image/png',
+};
+
+export const DEFAULT_MODELS = process.env.WASM_CHORD_MODELS
+  || path.join(process.env.WASM_CHORD_CACHE || path.join(os.homedir(), '.cache/wasm-chord'), 'models');
+
+/** Parse a single `bytes=` range against `size`: [start, end] inclusive, or null if unsatisfiable. */
+export function parseRange(header, size) {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return null;
+  let start;
+  let end;
+  if (m[1] === '') {
+    start = Math.max(0, size - Number(m[2]));
+    end = size - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+  }
+  return start <= end && start < size ? [start, end] : null;
+}
+
+/** Resolve a URL path to a file we may serve, or null. */
+function resolve(urlPath, models) {
+  let rel;
+  try {
+    rel = decodeURIComponent(urlPath).replace(/^\/+/, '');
+  } catch {
+    return null;
+  }
+  if (rel.split('/').includes('..')) return null;
+  if (rel.startsWith('models/')) return path.join(models, rel.slice('models/'.length));
+  if (rel === 'demo' || rel === '') rel = 'demo/';
+  if (!PUBLIC.some((p) => rel.startsWith(p))) return null;
+  return path.join(ROOT, rel.endsWith('/') ? `${rel}index.html` : rel);
+}
+
+/**
+ * Start the server. `range: false` makes it ignore Range headers (to test
+ * the demo's error for servers without them). Resolves to the http.Server.
+ */
+export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_MODELS, range = true } = {}) {
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url, 'http://x');
+    res.setHeader('Access-Control-Allow-Origin', '*');
+    res.setHeader('Access-Control-Allow-Headers', 'Range');
+    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Accept-Ranges');
+    if (req.method === 'OPTIONS') return res.writeHead(204).end();
+    if (req.method !== 'GET' && req.method !== 'HEAD') return res.writeHead(405).end();
+    if (url.pathname === '/') return res.writeHead(302, { Location: '/demo/' }).end();
+    const file = resolve(url.pathname, models);
+    let st;
+    try {
+      st = file && fs.statSync(file);
+    } catch {
+      st = null;
+    }
+    if (!st || !st.isFile()) return res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
+
+    const headers = {
+      'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream',
+      'Cache-Control': 'no-cache',
+    };
+    let status = 200;
+    let start = 0;
+    let end = st.size - 1;
+    if (range) {
+      headers['Accept-Ranges'] = 'bytes';
+      if (req.headers.range) {
+        const r = parseRange(req.headers.range, st.size);
+        if (!r) return res.writeHead(416, { 'Content-Range': `bytes */${st.size}` }).end();
+        [start, end] = r;
+        status = 206;
+        headers['Content-Range'] = `bytes ${start}-${end}/${st.size}`;
+      }
+    }
+    headers['Content-Length'] = String(Math.max(0, end - start + 1));
+    res.writeHead(status, headers);
+    if (req.method === 'HEAD' || st.size === 0) return res.end();
+    fs.createReadStream(file, { start, end }).pipe(res);
+  });
+  return new Promise((ok, fail) => {
+    server.once('error', fail);
+    server.listen(port, host, () => ok(server));
+  });
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const args = process.argv.slice(2);
+  const opt = (name, dflt) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : dflt;
+  };
+  const models = opt('--models', DEFAULT_MODELS);
+  const server = await startServer({ port: Number(opt('--port', process.env.PORT || 8080)), models });
+  const { port } = server.address();
+  console.log(`wasm-chord demo: http://127.0.0.1:${port}/demo/`);
+  console.log(`models from ${models} at http://127.0.0.1:${port}/models/<file>.gguf`);
+}

@@ -1,0 +1,11 @@
+// wasm-chord for JavaScript: the kernel component transpiled by jco, and the
+// layer stores that feed it model bytes.
+export {
+  kernel, wasmFeatures, loadOptions, generateOptions, generate, timings, errorMessage, DEFAULT_SAMPLING,
+} from './kernel.js';
+export {
+  StoreError, setModelStore, modelStore, sourceStats, MAX_REQUEST,
+} from './layer-store.js';
+export { MemoryStore } from './stores/memory.js';
+export { BlobStore } from './stores/blob.js';
+export { HttpRangeStore } from './stores/http.js';

@@ -1,0 +1,139 @@
+// The jco-transpiled kernel with a small convenience layer: feature checks,
+// defaults like the native CLI's, one-line error messages, timed generation.
+import { setModelStore } from './layer-store.js';
+
+/** Smallest module using a SIMD128 instruction (i8x16.splat): the kernel is built with +simd128. */
+const SIMD128_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
+]);
+
+/** What this engine supports, found with WebAssembly.validate. */
+export function wasmFeatures() {
+  return { simd128: WebAssembly.validate(SIMD128_PROBE) };
+}
+
+let loaded = null;
+
+/**
+ * The kernel's `inference` exports (Model, Session, Generation), compiled once.
+ * `store` becomes the model store the kernel's `layer-store` import reads from.
+ * Types: jco's declarations in gen/interfaces/wasm-chord-runtime-inference.d.ts.
+ * @param {{ open(name: string): { size: number, readInto(offset: number, dest: Uint8Array): void } }} [store]
+ * @returns {Promise<typeof import('../gen/interfaces/wasm-chord-runtime-inference.js')>}
+ */
+export async function kernel(store) {
+  if (store) setModelStore(store);
+  if (!loaded) {
+    if (!wasmFeatures().simd128) {
+      throw new Error('this JavaScript engine lacks WebAssembly SIMD128, which the kernel needs (Node 16.4+, Chrome 91+, Firefox 89+, Safari 16.4+)');
+    }
+    // Node and bundlers resolve the shim's bare specifiers; a plain browser
+    // worker (no import maps) takes the build whose WASI imports are paths.
+    const gen = typeof process !== 'undefined' && process.versions?.node
+      ? '../gen/kernel.js'
+      : '../gen/browser/kernel.js';
+    loaded = import(gen).then((m) => m.inference);
+  }
+  return loaded;
+}
+
+/** Sampling defaults of the native CLI (llama.cpp's). */
+export const DEFAULT_SAMPLING = Object.freeze({
+  temperature: 0.8, topK: 40, topP: 0.95, minP: 0.05, repeatPenalty: 1.0, repeatLastN: 64, seed: 0n,
+});
+
+/**
+ * `load-options` for `model` with the kernel's defaults.
+ * @returns {import('../gen/interfaces/wasm-chord-runtime-inference.js').LoadOptions}
+ */
+export function loadOptions(model, o = {}) {
+  return {
+    model,
+    residency: o.residency ?? 'auto',
+    maxMemory: BigInt(o.maxMemory ?? 0),
+    cacheLayers: o.cacheLayers ?? 0,
+    cachePolicy: o.cachePolicy ?? 'pinned',
+  };
+}
+
+/**
+ * `generate-options` from plain numbers (seed may be a number).
+ * @returns {import('../gen/interfaces/wasm-chord-runtime-inference.js').GenerateOptions}
+ */
+export function generateOptions(o = {}) {
+  const s = { ...DEFAULT_SAMPLING, ...(o.sampling ?? {}) };
+  s.seed = BigInt(s.seed);
+  return { maxTokens: o.maxTokens ?? 128, sampling: s, ignoreEos: !!o.ignoreEos, stop: o.stop ?? [] };
+}
+
+function storeMessage(e) {
+  switch (e.tag) {
+    case 'not-found': return e.val;
+    case 'out-of-range': return `layer store: out of range: ${e.val}`;
+    case 'io': return `layer store: I/O error: ${e.val}`;
+    case 'too-large': return `layer store: request of ${e.val} bytes is too large`;
+    default: return `layer store: ${JSON.stringify(e)}`;
+  }
+}
+
+const PREFIX = {
+  'invalid-model': 'invalid model',
+  unsupported: 'unsupported',
+  'context-full': 'context full',
+  'invalid-input': 'invalid input',
+  'out-of-memory': 'out of memory',
+};
+
+/** One line for any error a kernel call throws (worded like the native host). */
+export function errorMessage(err) {
+  const p = err?.payload;
+  if (p && typeof p === 'object' && 'tag' in p) {
+    if (p.tag === 'store') return storeMessage(p.val);
+    if (PREFIX[p.tag]) return `${PREFIX[p.tag]}: ${p.val}`;
+  }
+  if (err instanceof WebAssembly.RuntimeError) return `the kernel trapped: ${err.message}`;
+  return String(err?.message ?? err).split('\n')[0];
+}
+
+/**
+ * Generate from `prompt` (token ids) in `session`, calling `onPiece(piece)`
+ * for every token; `onPiece` returning `false` stops early. Returns timings
+ * like the native host's (`n` generated tokens take `n - 1` evaluations).
+ */
+export function generate(session, prompt, options, onPiece) {
+  let t = performance.now();
+  const gen = session.generate(Uint32Array.from(prompt), options);
+  const promptMs = performance.now() - t;
+  let generated = 0;
+  let stopReason;
+  t = performance.now();
+  try {
+    for (;;) {
+      const piece = gen.next();
+      if (!piece) break;
+      generated++;
+      if (onPiece(piece) === false) {
+        stopReason = 'cancelled';
+        break;
+      }
+    }
+    stopReason ??= gen.stopReason() ?? 'length';
+  } finally {
+    gen[Symbol.dispose]?.();
+  }
+  return timings(prompt.length, promptMs, generated, performance.now() - t, stopReason);
+}
+
+/** The stats of one generation, with rates. */
+export function timings(promptTokens, promptMs, generatedTokens, generationMs, stopReason) {
+  const rate = (n, ms) => (n > 0 && ms > 0 ? n / (ms / 1e3) : 0);
+  return {
+    promptTokens,
+    promptMs,
+    promptTokensPerSecond: rate(promptTokens, promptMs),
+    generatedTokens,
+    generationMs,
+    generatedTokensPerSecond: rate(Math.max(0, generatedTokens - 1), generationMs),
+    stopReason,
+  };
+}

@@ -1,0 +1,3 @@
+// Node entry point: everything in index.js plus the file store.
+export * from './index.js';
+export { NodeFileStore, ioReason } from './stores/node-file.js';
