@@ -582,6 +582,13 @@ mod tests {
             ByteRange { offset: 10, len: 6 },
         ];
         assert_eq!(src.load_layer(&two), Err(StoreError::TooLarge(12)));
+        // Refused requests leave the source serving valid ones.
+        assert_eq!(src.read_at(95, 5), Ok(vec![7u8; 5]));
+        let ok = [
+            ByteRange { offset: 0, len: 4 },
+            ByteRange { offset: 96, len: 4 },
+        ];
+        assert_eq!(src.load_layer(&ok), Ok(vec![7u8; 8]));
     }
 
     #[test]
