@@ -51,46 +51,14 @@ export class Nll {
 }
 
 /**
- * A number as serde_json (ryu) prints it: shortest round-trip digits (of the
- * f32 value when `f32`), `1.0` for integral values, scientific notation far from 1.
+ * A JSON line as the native CLI prints it (serde_json's `json!`: keys in
+ * sorted order, f32 values widened to f64, which is what JSON.stringify prints).
  */
-export function jsonNumber(x, f32 = false) {
-  if (!Number.isFinite(x)) return 'null';
-  if (x === 0) return Object.is(x, -0) ? '-0.0' : '0.0';
-  let v = x;
-  if (f32) {
-    for (let p = 1; p <= 9; p++) {
-      const c = Number(x.toPrecision(p));
-      if (Math.fround(c) === x) {
-        v = c;
-        break;
-      }
-    }
-  }
-  const [mant, exp] = Math.abs(v).toExponential().split('e');
-  const digits = mant.replace('.', '');
-  const e = Number(exp);
-  const kk = e + 1;
-  const sign = v < 0 ? '-' : '';
-  const maxInt = f32 ? 13 : 16;
-  const minFrac = f32 ? -6 : -5;
-  let s;
-  if (digits.length <= kk && kk <= maxInt) {
-    s = `${digits}${'0'.repeat(kk - digits.length)}.0`;
-  } else if (kk > 0 && kk <= maxInt) {
-    s = `${digits.slice(0, kk)}.${digits.slice(kk)}`;
-  } else if (kk > minFrac && kk <= 0) {
-    s = `0.${'0'.repeat(-kk)}${digits}`;
-  } else {
-    s = `${digits[0]}${digits.length > 1 ? `.${digits.slice(1)}` : ''}e${e}`;
-  }
-  return sign + s;
-}
-
-/** One scored token as the native `--json` line. */
-function tokenLine(pos, token, logprob, top) {
-  const t = top.map(([id, lp]) => `[${id},${jsonNumber(lp, true)}]`).join(',');
-  return `{"pos":${pos},"token":${token},"logprob":${jsonNumber(logprob, true)},"top":[${t}]}`;
+export function jsonLine(value) {
+  const sorted = (v) => (Array.isArray(v) || v === null || typeof v !== 'object'
+    ? v
+    : Object.fromEntries(Object.keys(v).sort().map((k) => [k, sorted(v[k])])));
+  return `${JSON.stringify(sorted(value))}\n`;
 }
 
 /** The `k` best entries of a log-probability row, best first. */
@@ -127,7 +95,11 @@ class Output {
   }
 
   token(pos, token, logprob, top) {
-    if (this.json) this.write(`${tokenLine(pos, token, logprob, top.slice(0, this.topK))}\n`);
+    if (this.json) {
+      this.write(jsonLine({
+        pos, token, logprob, top: top.slice(0, this.topK).map(([id, lp]) => [id, lp]),
+      }));
+    }
   }
 
   text(s) {
@@ -193,7 +165,7 @@ function chunkTokens(tokens, c, nCtx, info) {
 /** The final estimate (stdout) and the speed (stderr). */
 function finish(out, nll, evaluated, ms, log) {
   if (out.json) {
-    out.write(`{"perplexity":${jsonNumber(nll.ppl())},"n_tokens":${nll.count}}\n`);
+    out.write(jsonLine({ perplexity: nll.ppl(), n_tokens: nll.count }));
   } else {
     const u = nll.uncertainty();
     out.write(u === undefined
@@ -371,19 +343,28 @@ function reportKld(out, s) {
   const kmed = kld.median(klds);
   const kmax = klds.length ? klds[klds.length - 1] : 0;
   if (out.json) {
-    const fields = [
-      ['perplexity', ppl], ['n_tokens', s.count],
-    ];
-    const k = [
-      ['ppl', ppl], ['ppl_uncertainty', pplUnc], ['ppl_base', pplBase], ['ppl_base_uncertainty', pplBaseUnc],
-      ['ln_ppl_ratio', ratio[0]], ['ln_ppl_ratio_uncertainty', ratio[1]],
-      ['mean', kl[0]], ['uncertainty', kl[1]], ['median', kmed, true], ['max', kmax, true],
-      ['mean_dp_percent', 100 * dp[0]], ['mean_dp_uncertainty', 100 * dp[1]],
-      ['rms_dp_percent', 100 * rms[0]], ['rms_dp_uncertainty', 100 * rms[1]],
-      ['same_top_percent', 100 * top[0]], ['same_top_uncertainty', 100 * top[1]],
-    ];
-    const obj = (list) => list.map(([name, x, f32]) => `"${name}":${Number.isInteger(x) && name === 'n_tokens' ? x : jsonNumber(x, f32)}`).join(',');
-    out.write(`{${obj(fields)},"kl_divergence":{${obj(k)}}}\n`);
+    out.write(jsonLine({
+      perplexity: ppl,
+      n_tokens: s.count,
+      kl_divergence: {
+        ppl,
+        ppl_uncertainty: pplUnc,
+        ppl_base: pplBase,
+        ppl_base_uncertainty: pplBaseUnc,
+        ln_ppl_ratio: ratio[0],
+        ln_ppl_ratio_uncertainty: ratio[1],
+        mean: kl[0],
+        uncertainty: kl[1],
+        median: kmed,
+        max: kmax,
+        mean_dp_percent: 100 * dp[0],
+        mean_dp_uncertainty: 100 * dp[1],
+        rms_dp_percent: 100 * rms[0],
+        rms_dp_uncertainty: 100 * rms[1],
+        same_top_percent: 100 * top[0],
+        same_top_uncertainty: 100 * top[1],
+      },
+    }));
     return;
   }
   const cov = s.logPplCov();
