@@ -1,14 +1,17 @@
 #!/usr/bin/env node
-// wasm-chord for Node: the `run` and `tokenize` commands of the native CLI,
+// wasm-chord for Node: the `run`, `tokenize` and `perplexity` commands of the native CLI,
 // running the same kernel component (transpiled by jco).
 import fs from 'node:fs';
 import { parse, UsageError } from '../src/cli-args.js';
+import { perplexity, PerplexityError } from '../src/perplexity.js';
+import { KldError } from '../src/kld.js';
 import {
   kernel, loadOptions, generateOptions, generate, errorMessage, NodeFileStore, ioReason, sourceStats,
 } from '../src/node.js';
 
 const USAGE = `Usage: wasm-chord.mjs run -m MODEL (-p PROMPT | --messages FILE.json) [options]
        wasm-chord.mjs tokenize -m MODEL [--no-special] TEXT
+       wasm-chord.mjs perplexity -m MODEL (-f FILE | -p TEXT | --tokens FILE.json) [options]
 
 run options (defaults as the native CLI):
   -n, --n-predict N      tokens to generate (128)
@@ -19,6 +22,12 @@ run options (defaults as the native CLI):
   --n-ctx N              context size (0: kernel default)
   --json                 one {"token","text"} line per token, then {"stats"}
   --stats                load time and speeds on stderr
+perplexity options (llama-perplexity semantics, as the native CLI):
+  -c, --n-ctx N          chunk length in tokens (512; with --tokens: at least the sequence)
+  --top-k K              alternatives per scored token with --json (5)
+  --json                 one {"pos","token","logprob","top"} line per scored token, then a summary
+  --kl-divergence-base FILE   llama.cpp KL-divergence base file: written, or read with
+  --kl-divergence             compare with the base file and print KL-divergence statistics
 load options: --residency auto|resident|stream  --max-memory BYTES
               --cache-layers N  --cache-policy pinned|lru`;
 
@@ -50,6 +59,19 @@ const RUN = {
 };
 
 const TOKENIZE = { ...LOAD, 'no-special': { type: 'bool' } };
+
+const PERPLEXITY = {
+  ...LOAD,
+  file: { short: 'f', type: 'string' },
+  prompt: { short: 'p', type: 'string' },
+  tokens: { type: 'string' },
+  'n-ctx': { short: 'c', type: 'int' },
+  'ctx-size': { type: 'int' },
+  'top-k': { type: 'int', default: 5 },
+  json: { type: 'bool' },
+  'kl-divergence-base': { type: 'string' },
+  'kl-divergence': { type: 'bool' },
+};
 
 class Fail extends Error {}
 
@@ -238,11 +260,33 @@ async function tokenize(argv) {
   write(`${JSON.stringify(Array.from(model.tokenize(positionals[0], true, !v['no-special'])))}\n`);
 }
 
+async function perplexityCmd(argv) {
+  const { values: v, positionals } = parse(argv, PERPLEXITY);
+  if (v.help) return console.log(USAGE);
+  if (positionals.length) throw new UsageError(`unexpected argument '${positionals[0]}'`);
+  if (v.model === undefined) checkModel(v.model);
+  if (v['ctx-size'] !== undefined) v['n-ctx'] = v['ctx-size'];
+  const given = ['file', 'prompt', 'tokens'].filter((k) => v[k] !== undefined);
+  if (given.length > 1) {
+    const flag = { file: "'--file <FILE>'", prompt: "'--prompt <TEXT>'", tokens: "'--tokens <FILE.json>'" };
+    throw new UsageError(`the argument ${flag[given[0]]} cannot be used with ${flag[given[1]]}`);
+  }
+  if (v['kl-divergence'] && v['kl-divergence-base'] === undefined) {
+    throw new UsageError("the following required arguments were not provided:\n  --kl-divergence-base <FILE>");
+  }
+  return perplexity(v, async () => {
+    checkModel(v.model);
+    const [, model] = await start(v);
+    return model;
+  }, { write });
+}
+
 async function main(argv) {
   const [cmd, ...rest] = argv;
   switch (cmd) {
     case 'run': return run(rest);
     case 'tokenize': return tokenize(rest);
+    case 'perplexity': return perplexityCmd(rest);
     case undefined: case '-h': case '--help': case 'help':
       return console.log(USAGE);
     default: throw new UsageError(`unrecognized subcommand '${cmd}'`);
@@ -257,6 +301,6 @@ try {
     console.error(`error: ${e.message}\n\n${USAGE.split('\n')[0]}\n\nFor more information, try '--help'.`);
     process.exit(2);
   }
-  console.error(`error: ${e instanceof Fail ? e.message : errorMessage(e)}`);
+  console.error(`error: ${e instanceof Fail || e instanceof PerplexityError || e instanceof KldError ? e.message : errorMessage(e)}`);
   process.exit(1);
 }
