@@ -7,7 +7,7 @@
 //! product of a weight row against it, scaled per block.
 //!
 //! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
-//! [`q8`]); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! [`q5_1`], [`q8`], [`iq4_nl`]); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
 //! always compiled and is the reference; on wasm32 with `simd128` the hot
 //! kinds provide a SIMD `vec_dot`, tested against the scalar one.
 
@@ -16,9 +16,11 @@ use crate::ggml_type::GgmlType;
 use bytemuck::Pod;
 
 pub mod float;
+pub mod iq4_nl;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q5_0;
+pub mod q5_1;
 pub mod q8;
 
 #[cfg(test)]
@@ -89,8 +91,16 @@ macro_rules! with_kind {
                 type $K = q5_0::Q5_0;
                 $body
             }
+            GgmlType::Q5_1 => {
+                type $K = q5_1::Q5_1;
+                $body
+            }
             GgmlType::Q8_0 => {
                 type $K = q8::Q8_0;
+                $body
+            }
+            GgmlType::IQ4_NL => {
+                type $K = iq4_nl::IQ4NL;
                 $body
             }
             _ => $other,

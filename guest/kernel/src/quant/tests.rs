@@ -20,15 +20,25 @@ impl Lcg {
     }
 }
 
-const WEIGHT_TYPES: [GgmlType; 7] = [
+const WEIGHT_TYPES: [GgmlType; 9] = [
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,
+    GgmlType::Q5_1,
     GgmlType::Q8_0,
+    GgmlType::IQ4_NL,
 ];
+
+/// Every supported type is in [`WEIGHT_TYPES`], so the generic tests cover it.
+#[test]
+fn weight_types_cover_supported() {
+    for ty in GgmlType::all() {
+        assert_eq!(ty.is_supported(), WEIGHT_TYPES.contains(&ty), "{ty}");
+    }
+}
 
 /// Max abs round-trip error allowed, relative to the block's max |x|.
 fn rel_bound(ty: GgmlType) -> f32 {
@@ -39,7 +49,11 @@ fn rel_bound(ty: GgmlType) -> f32 {
         GgmlType::Q4_0 => 1.0 / 8.0 + 1e-3,
         GgmlType::Q4_1 => 1.0 / 15.0 + 1e-3,
         GgmlType::Q5_0 => 1.0 / 16.0 + 1e-3,
+        GgmlType::Q5_1 => 1.0 / 31.0 + 1e-3,
         GgmlType::Q8_0 => 1.0 / 254.0 + 1e-3,
+        // Half the widest gap of the grid (24 / 2) in units of max|x| / 127,
+        // with slack for the least-squares scale.
+        GgmlType::IQ4_NL => 1.0 / 8.0 + 1e-3,
         _ => unreachable!(),
     }
 }
@@ -76,7 +90,9 @@ fn vec_dot_types_match_ggml() {
         (Q4_0, Q8_0),
         (Q4_1, Q8_1),
         (Q5_0, Q8_0),
+        (Q5_1, Q8_1),
         (Q8_0, Q8_0),
+        (IQ4_NL, Q8_0),
     ];
     for (w, a) in want {
         assert_eq!(vec_dot_type(w), a);
@@ -157,7 +173,11 @@ fn q8_1_sum_field() {
     let sum: i32 = b[0].qs.iter().map(|&q| q as i32).sum();
     assert_eq!(b[0].s, half::f16::from_f32(d * sum as f32).to_f32());
     assert_eq!(b[0].d, half::f16::from_f32(d).to_f32());
-    assert!(b[0].qs.iter().all(|&q| q >= -127));
+    // Not `qs.iter().all(|&q| q >= -127)`: rustc 1.95 (LLVM 22.1) compiles
+    // that 32-lane test for wasm32+simd128 into a wrong bitmask shift
+    // (llvm/llvm-project#190358, fixed by #190361) and the assert fails.
+    let min = b[0].qs.iter().copied().min();
+    assert!(min.is_some_and(|q| q >= -127), "{min:?}");
 }
 
 /// The dot product of each type equals an f64 dot of the dequantized
@@ -176,13 +196,24 @@ fn vec_dot_matches_dequantized_dot() {
         let mut xd = vec![0f32; cols];
         a.dequantize_vec(0, &mut xd);
         let mut want: f64 = wd.iter().zip(&xd).map(|(&p, &q)| p as f64 * q as f64).sum();
-        if ty == GgmlType::Q4_1 {
-            // ggml's Q4_1 dot uses the block minimum times Q8_1's `s` (the
-            // f16 of d * sum(q) with unrounded d) instead of m * sum(d * q).
-            let wb: &[q4_1::BlockQ4_1] = bytemuck::cast_slice(&wq);
+        if vec_dot_type(ty) == GgmlType::Q8_1 {
+            // ggml's Q4_1 / Q5_1 dots use the block minimum times Q8_1's `s`
+            // (the f16 of d * sum(q) with unrounded d) instead of
+            // m * sum(d * q).
+            let mins: Vec<[u8; 2]> = match ty {
+                GgmlType::Q4_1 => bytemuck::cast_slice::<u8, q4_1::BlockQ4_1>(&wq)
+                    .iter()
+                    .map(|b| b.m)
+                    .collect(),
+                GgmlType::Q5_1 => bytemuck::cast_slice::<u8, q5_1::BlockQ5_1>(&wq)
+                    .iter()
+                    .map(|b| b.m)
+                    .collect(),
+                _ => unreachable!("{ty} is not dotted against Q8_1"),
+            };
             let xb = a.vec::<q8::Q8_1Act>(0);
-            for (k, (bw, bx)) in wb.iter().zip(xb).enumerate() {
-                let m = f16_le(bw.m) as f64;
+            for (k, (bm, bx)) in mins.iter().zip(xb).enumerate() {
+                let m = f16_le(*bm) as f64;
                 let sum_xd: f64 = xd[k * 32..(k + 1) * 32].iter().map(|&v| v as f64).sum();
                 want += m * bx.s as f64 - m * sum_xd;
             }
@@ -276,8 +307,40 @@ fn q8_0_extreme_bytes() {
     );
 }
 
-// Reference data generated offline with the `gguf` Python package (0.x,
-// gguf.quants.quantize / dequantize) from the 64 floats in X.
+/// The largest legal quants against the largest activations: the SIMD dots
+/// of Q5_1 (31 * 127 four times per i16 lane) and IQ4_NL (-127 * -127 twice
+/// per lane) do not overflow.
+#[test]
+fn q5_1_and_iq4_nl_extreme_bytes() {
+    let mut q5_1 = Vec::new();
+    let mut iq4_nl = Vec::new();
+    for _ in 0..4 {
+        q5_1.extend_from_slice(&f32_to_f16_le(0.5));
+        q5_1.extend_from_slice(&f32_to_f16_le(0.0));
+        q5_1.extend_from_slice(&[0xff; 4 + 16]);
+        iq4_nl.extend_from_slice(&f32_to_f16_le(0.5));
+        iq4_nl.extend_from_slice(&[0x00; 16]);
+    }
+    let d = half::f16::from_f32(1.0 / 127.0).to_f32();
+    for (ty, data, want) in [
+        (GgmlType::Q5_1, &q5_1, 0.5 * 128.0 * -31.0 * 127.0 * d),
+        (GgmlType::IQ4_NL, &iq4_nl, 0.5 * 128.0 * 127.0 * 127.0 * d),
+    ] {
+        let w = QTensor::new(ty, 1, 128, data).unwrap();
+        let mut a = QActs::new();
+        a.quantize(vec_dot_type(ty), &[-1.0; 128], 1, 128);
+        let (mut f, mut s) = ([0f32], [0f32]);
+        matmul(&mut f, &w, &a);
+        matmul_scalar(&mut s, &w, &a);
+        assert_eq!(f, s, "{ty}");
+        assert_eq!(s[0], want, "{ty}");
+    }
+}
+
+// Reference data generated offline with the `gguf` Python package (0.x;
+// 0.19.0 for Q5_1 and IQ4_NL; gguf.quants.quantize / dequantize) from the
+// 64 floats in X. gguf-py's Q5_1 quantizer agrees byte for byte with
+// ggml's `quantize_row_q5_1_ref` (libggml-base) on X.
 const X: [u32; 64] = [
     0xc0a1ed91, 0x3fab9db2, 0xc05522d0, 0x4044872a, 0xbfccd4fd, 0xc0f00000, 0x3e04dd2f, 0xc09151eb,
     0x3fee0c49, 0xc033eb85, 0x4065be76, 0xbf8a6666, 0x40aa3b64, 0x3f26147a, 0xc080b645, 0x40183d70,
@@ -348,18 +411,87 @@ const Q8_0_DEQ: [u32; 64] = [
     0xbf6bd400, 0x40b0df00, 0x3f59b000, 0xc074e600, 0x40234400, 0xc0080e00, 0x40880e00, 0xbeb56800,
 ];
 
+const Q5_1_BYTES: [u8; 48] = [
+    226, 54, 128, 199, 74, 181, 94, 171, 198, 181, 10, 249, 78, 144, 130, 215, 198, 27, 106, 95,
+    174, 147, 248, 215, 43, 55, 227, 196, 84, 11, 133, 82, 44, 130, 96, 197, 20, 249, 88, 61, 159,
+    113, 215, 37, 26, 96, 78, 164,
+];
+const Q5_1_DEQ: [u32; 64] = [
+    0xc09d6800, 0x3fc45000, 0xc04cb000, 0x40504800, 0xbfbd2000, 0xc0f00000, 0x3e790000, 0xc08fa400,
+    0x3ffb6000, 0xc0312800, 0x406bd000, 0xbf861000, 0x40acf800, 0x3f2c6000, 0xc081e000, 0x40193800,
+    0xc015a000, 0x4083ac00, 0xbf1e0000, 0x40babc00, 0x3f8d4000, 0xc0683800, 0x4034c000, 0xbff43000,
+    0x40917000, 0xbe3f8000, 0xc09d6800, 0x3fc45000, 0xc04cb000, 0x40504800, 0xbf861000, 0x409f3400,
+    0x3efa8000, 0xc07f6800, 0x40120000, 0xc0296400, 0x40825800, 0xbf5ad000, 0x40bbb000, 0x3f6ff000,
+    0x41100500, 0x402eac00, 0xbfe01800, 0x4090ae00, 0xbed04000, 0xc09c6000, 0x3fb15000, 0xc0461000,
+    0x404b5800, 0xbfa6c000, 0x409f0400, 0x3efa8000, 0xc08e0a00, 0x3feaa800, 0xc0296400, 0x40680400,
+    0xbf5ad000, 0x40ad5a00, 0x3f6ff000, 0xc07f6800, 0x402eac00, 0xc00cb800, 0x40825800, 0xbed04000,
+];
+const IQ4_NL_BYTES: [u8; 36] = [
+    175, 43, 82, 218, 116, 236, 166, 48, 200, 82, 218, 132, 44, 166, 78, 201, 99, 235, 129, 172,
+    71, 172, 53, 139, 212, 89, 178, 71, 144, 37, 122, 195, 88, 173, 54, 139,
+];
+const IQ4_NL_DEQ: [u32; 64] = [
+    0xc09f6f40, 0x3fc01700, 0xc03c3f80, 0x404b9d80, 0xbfa90a00, 0xc0f3f440, 0x3d75e000, 0xc09f6f40,
+    0x3fc01700, 0xc03c3f80, 0x404b9d80, 0xbfa90a00, 0x40aaf5c0, 0x3f47c600, 0xc079b780, 0x4011fd00,
+    0xc0067680, 0x40848ac0, 0xbf19ac00, 0x40aaf5c0, 0x3fc01700, 0xc079b780, 0x404b9d80, 0xc0067680,
+    0x40848ac0, 0x3d75e000, 0xc09f6f40, 0x3fc01700, 0xc03c3f80, 0x404b9d80, 0xbfa90a00, 0x40aaf5c0,
+    0x3f342800, 0xc06eb500, 0x401da300, 0xc02b2600, 0x405cb100, 0xbf6a3400, 0x40bae980, 0x3f342800,
+    0x410effc0, 0x401da300, 0xbfe13200, 0x40926080, 0xbd902000, 0xc09b6280, 0x3fc62c00, 0xc02b2600,
+    0x405cb100, 0xbfe13200, 0x40926080, 0xbd902000, 0xc09b6280, 0x401da300, 0xc02b2600, 0x405cb100,
+    0xbf6a3400, 0x40bae980, 0x3f342800, 0xc06eb500, 0x401da300, 0xbfe13200, 0x40926080, 0xbd902000,
+];
+
+// IQ4_NL: gguf-py has no IQ4_NL quantizer, so the bytes come from ggml
+// itself (libggml-base: `quantize_row_iq4_nl_ref`, and `quantize_iq4_nl`
+// without importance weights for the *_SEARCH_* arrays), the floats from
+// gguf-py's dequantize. Y (64 normal samples) is where the two differ.
+const Y: [u32; 64] = [
+    0x3e00bf6c, 0xbe07467f, 0x3f23f2bd, 0x3dd6d5df, 0xbf0921a1, 0x3eb922fd, 0x3fa6e979, 0x3f7273e6,
+    0xbf3427fe, 0xbfa1f955, 0xbf1f8eea, 0x3d29456e, 0xc014cd4e, 0xbe600aec, 0xbf9f7a03, 0xbf3b75e0,
+    0xbf0b548f, 0xbea1f218, 0x3ed2c13d, 0x3f857114, 0xbe039e97, 0x3faee846, 0xbf2a4a33, 0x3eb3f921,
+    0x3f6749d2, 0x3dc08985, 0xbf3e55f8, 0xbf6bf632, 0xbeea5b0a, 0x3e617ad5, 0xbf813b2b, 0xbe56321f,
+    0xbe230be2, 0x3f0a74db, 0x3e5bcf9a, 0x3eb5f369, 0xbf276150, 0xbe04b970, 0x3f48b29e, 0x3fbf28c0,
+    0xbfa1290f, 0x3fc1c841, 0x3fac45a5, 0x3f480406, 0x3e8766ba, 0xbea0ba7e, 0x3fbaa06c, 0x3ffae9bf,
+    0x3fe69bf9, 0x3fa85552, 0x3eb6fa91, 0xbf9aaa2f, 0xbb91f3fa, 0x3f280ebe, 0xbfa4e907, 0x3eca4d70,
+    0x3edc1718, 0x3f322fdb, 0xbf97912d, 0xbf296557, 0xbedf7471, 0xbf95bc12, 0x3fdea39b, 0xbefde803,
+];
+const IQ4_NL_Y_BYTES: [u8; 36] = [
+    195, 36, 88, 103, 171, 200, 117, 218, 93, 172, 197, 131, 85, 72, 96, 151, 67, 117, 195, 163, 9,
+    37, 103, 214, 139, 73, 228, 97, 110, 65, 210, 180, 166, 218, 17, 176,
+];
+const IQ4_NL_Y_DEQ: [u32; 64] = [
+    0x3c986000, 0xbe3e7800, 0x3f34f200, 0x3c986000, 0xbf26a900, 0x3eee1600, 0x3fa44780, 0x3f7c5f00,
+    0xbf26a900, 0xbf9ac180, 0xbf26a900, 0x3c986000, 0xc0172f40, 0xbe3e7800, 0xbf9ac180, 0xbf26a900,
+    0xbf26a900, 0xbed18400, 0x3eee1600, 0x3f7c5f00, 0xbe3e7800, 0x3fa44780, 0xbf26a900, 0x3eee1600,
+    0x3f7c5f00, 0x3c986000, 0xbf26a900, 0xbf695300, 0xbed18400, 0x3e779c00, 0xbf695300, 0xbe3e7800,
+    0xbe49ce00, 0x3f07d480, 0x3e1b3c00, 0x3eaac200, 0xbf137900, 0xbe49ce00, 0x3f3e2980, 0x3fc9ce00,
+    0xbfacb2c0, 0x3fc9ce00, 0x3fa10e40, 0x3f3e2980, 0x3eaac200, 0xbec20b00, 0x3fc9ce00, 0x3ff66f40,
+    0x3ff66f40, 0x3fa10e40, 0x3eaac200, 0xbf85e3c0, 0xbc786000, 0x3f3e2980, 0xbfacb2c0, 0x3eaac200,
+    0x3eaac200, 0x3f3e2980, 0xbf85e3c0, 0xbf137900, 0xbec20b00, 0xbf85e3c0, 0x3fc9ce00, 0xbf137900,
+];
+const IQ4_NL_Y_SEARCH_BYTES: [u8; 36] = [
+    195, 36, 88, 103, 171, 200, 117, 218, 93, 156, 197, 131, 85, 72, 96, 151, 67, 117, 104, 163, 9,
+    37, 103, 230, 139, 73, 228, 97, 94, 65, 226, 196, 166, 234, 1, 176,
+];
+const IQ4_NL_Y_SEARCH_DEQ: [u32; 64] = [
+    0x3c986000, 0xbe3e7800, 0x3f34f200, 0x3c986000, 0xbf26a900, 0x3eee1600, 0x3fa44780, 0x3f7c5f00,
+    0xbf26a900, 0xbf9ac180, 0xbf26a900, 0x3c986000, 0xc0172f40, 0xbe3e7800, 0xbf9ac180, 0xbf26a900,
+    0xbf26a900, 0xbed18400, 0x3eee1600, 0x3f7c5f00, 0xbe3e7800, 0x3fa44780, 0xbf26a900, 0x3e779c00,
+    0x3f7c5f00, 0x3c986000, 0xbf26a900, 0xbf695300, 0xbed18400, 0x3e779c00, 0xbf695300, 0xbe3e7800,
+    0xbe409000, 0x3f019c00, 0x3e142000, 0x3ea2f000, 0xbf0cb800, 0xbe409000, 0x3f357400, 0x3fc09000,
+    0xbfa4ca00, 0x3fc09000, 0x3f99ae00, 0x3f357400, 0x3ea2f000, 0xbeb92800, 0x3fc09000, 0x3feb2600,
+    0x3feb2600, 0x3f99ae00, 0x3ea2f000, 0xbfa4ca00, 0xbc6d0000, 0x3f357400, 0xbfa4ca00, 0x3ea2f000,
+    0x3f019c00, 0x3f357400, 0xbfa4ca00, 0xbf444400, 0xbeb92800, 0xbfa4ca00, 0x3feb2600, 0xbf0cb800,
+];
+
 fn check_reference(ty: GgmlType, bytes: &[u8], deq: &[u32; 64]) {
     let x: Vec<f32> = X.iter().map(|&b| f32::from_bits(b)).collect();
-    assert_eq!(quantize_weights(ty, &x), bytes, "{ty} quantization");
-    let y = dequant_all(ty, 1, 64, bytes);
-    for (i, (a, &b)) in y.iter().zip(deq).enumerate() {
-        assert_eq!(
-            a.to_bits(),
-            b,
-            "{ty} element {i}: {a} vs {}",
-            f32::from_bits(b)
-        );
-    }
+    check_reference_with(ty, &x, bytes, deq);
+}
+
+fn check_reference_with(ty: GgmlType, x: &[f32], bytes: &[u8], deq: &[u32; 64]) {
+    assert_eq!(quantize_weights(ty, x), bytes, "{ty} quantization");
+    check_bits(&ty.name(), &dequant_all(ty, 1, 64, bytes), deq);
 }
 
 #[test]
@@ -368,6 +500,57 @@ fn matches_gguf_python_reference() {
     check_reference(GgmlType::Q4_1, &Q4_1_BYTES, &Q4_1_DEQ);
     check_reference(GgmlType::Q5_0, &Q5_0_BYTES, &Q5_0_DEQ);
     check_reference(GgmlType::Q8_0, &Q8_0_BYTES, &Q8_0_DEQ);
+    check_reference(GgmlType::Q5_1, &Q5_1_BYTES, &Q5_1_DEQ);
+    check_reference(GgmlType::IQ4_NL, &IQ4_NL_BYTES, &IQ4_NL_DEQ);
+}
+
+fn check_bits(what: &str, got: &[f32], want: &[u32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (a, &b)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            a.to_bits(),
+            b,
+            "{what} element {i}: {a} vs {}",
+            f32::from_bits(b)
+        );
+    }
+}
+
+/// IQ4_NL's reference quantizer and the scale search of `quantize_iq4_nl`
+/// give ggml's bytes on Y, where they differ from each other.
+#[test]
+fn iq4_nl_matches_ggml_quantizers() {
+    let y: Vec<f32> = Y.iter().map(|&b| f32::from_bits(b)).collect();
+    assert_ne!(IQ4_NL_Y_BYTES, IQ4_NL_Y_SEARCH_BYTES);
+    check_reference_with(GgmlType::IQ4_NL, &y, &IQ4_NL_Y_BYTES, &IQ4_NL_Y_DEQ);
+    let mut blocks = [iq4_nl::BlockIQ4NL {
+        d: [0; 2],
+        qs: [0; 16],
+    }; 2];
+    iq4_nl::quantize_search(&y, &mut blocks);
+    let bytes: &[u8] = bytemuck::cast_slice(&blocks);
+    assert_eq!(bytes, IQ4_NL_Y_SEARCH_BYTES);
+    check_bits(
+        "IQ4_NL search",
+        &dequant_all(GgmlType::IQ4_NL, 1, 64, bytes),
+        &IQ4_NL_Y_SEARCH_DEQ,
+    );
+}
+
+/// ggml's `best_index_int8`: nearest grid value, ties go up, clamped ends.
+#[test]
+fn iq4_nl_best_index() {
+    let k = &iq4_nl::KVALUES_IQ4NL;
+    for (i, &v) in k.iter().enumerate() {
+        assert_eq!(iq4_nl::best_index_int8(k, v as f32), i as u8);
+    }
+    assert_eq!(iq4_nl::best_index_int8(k, -1000.0), 0);
+    assert_eq!(iq4_nl::best_index_int8(k, 1000.0), 15);
+    assert_eq!(iq4_nl::best_index_int8(k, f32::NEG_INFINITY), 0);
+    // Midpoint of 1 and 13 is 7: the tie goes to the upper value.
+    assert_eq!(iq4_nl::best_index_int8(k, 7.0), 9);
+    assert_eq!(iq4_nl::best_index_int8(k, 6.99), 8);
+    assert_eq!(iq4_nl::best_index_int8(k, f32::NAN), 15);
 }
 
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
@@ -380,7 +563,9 @@ fn bench_matmul() {
         (GgmlType::Q4_1, 576, 1536),
         (GgmlType::Q4_0, 1536, 576),
         (GgmlType::Q5_0, 1536, 576),
+        (GgmlType::Q5_1, 1536, 576),
         (GgmlType::Q8_0, 1536, 576),
+        (GgmlType::IQ4_NL, 1536, 576),
         (GgmlType::F32, 1536, 576),
     ] {
         let data = random_matrix(ty, rows, cols, &mut rng);

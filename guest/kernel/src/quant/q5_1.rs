@@ -1,0 +1,145 @@
+//! Q5_1: 32 weights per block, f16 scale and minimum, 5-bit unsigned quants.
+
+use super::q8::Q8_1Act;
+use super::{f16_le, f32_to_f16_le, QuantKind};
+use crate::ggml_type::GgmlType;
+
+/// Weights per block.
+pub const QK5_1: usize = 32;
+
+/// Q5_1 block (ggml `block_q5_1`): 6 bits per weight.
+/// `w[j] = d * (nibble | bit << 4) + m`: nibbles as Q4_0, the fifth bit of
+/// weight j is bit j of the little-endian u32 `qh` (as Q5_0).
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_1 {
+    /// Scale, f16 little-endian.
+    pub d: [u8; 2],
+    /// Minimum, f16 little-endian.
+    pub m: [u8; 2],
+    /// Fifth bits, u32 little-endian.
+    pub qh: [u8; 4],
+    pub qs: [u8; QK5_1 / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_1>() == 24);
+const _: () = assert!(std::mem::align_of::<BlockQ5_1>() == 1);
+
+/// The 5-bit quants of a block, 0..=31.
+#[inline(always)]
+fn quants(b: &BlockQ5_1) -> [i32; QK5_1] {
+    let qh = u32::from_le_bytes(b.qh);
+    let mut v = [0i32; QK5_1];
+    for j in 0..QK5_1 / 2 {
+        let h0 = ((qh >> j) & 1) << 4;
+        let h1 = ((qh >> (j + 16)) & 1) << 4;
+        v[j] = ((b.qs[j] & 0x0f) as u32 | h0) as i32;
+        v[j + 16] = ((b.qs[j] >> 4) as u32 | h1) as i32;
+    }
+    v
+}
+
+/// Q5_1 weights (dotted against [`Q8_1Act`]).
+pub struct Q5_1;
+
+impl QuantKind for Q5_1 {
+    const TYPE: GgmlType = GgmlType::Q5_1;
+    const BLOCK: usize = QK5_1;
+    type Block = BlockQ5_1;
+    type Act = Q8_1Act;
+
+    fn quantize(x: &[f32], out: &mut [BlockQ5_1]) {
+        for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK5_1)) {
+            let mut min = f32::MAX;
+            let mut max = -f32::MAX;
+            for &v in xb {
+                min = if v < min { v } else { min };
+                max = if v > max { v } else { max };
+            }
+            let d = (max - min) / 31.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            // ggml truncates (v - min) * id + 0.5 to u8; it is in 0..=31
+            // up to rounding, and the clamp keeps the bits in range anyway.
+            let q = |v: f32| (((v - min) * id + 0.5) as u8).min(31) as u32;
+            let mut qh = 0u32;
+            for j in 0..QK5_1 / 2 {
+                let a = q(xb[j]);
+                let b = q(xb[j + QK5_1 / 2]);
+                o.qs[j] = ((a & 0x0f) | ((b & 0x0f) << 4)) as u8;
+                qh |= ((a >> 4) & 1) << j;
+                qh |= ((b >> 4) & 1) << (j + 16);
+            }
+            o.d = f32_to_f16_le(d);
+            o.m = f32_to_f16_le(min);
+            o.qh = qh.to_le_bytes();
+        }
+    }
+
+    fn dequantize(b: &[BlockQ5_1], out: &mut [f32]) {
+        for (blk, o) in b.iter().zip(out.chunks_exact_mut(QK5_1)) {
+            let d = f16_le(blk.d);
+            let m = f16_le(blk.m);
+            for (v, q) in o.iter_mut().zip(quants(blk)) {
+                *v = q as f32 * d + m;
+            }
+        }
+    }
+
+    fn vec_dot_scalar(x: &[BlockQ5_1], y: &[Q8_1Act]) -> f32 {
+        let mut sum = 0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let q = quants(bx);
+            let mut sumi = 0i32;
+            for (&a, &b) in q.iter().zip(&by.qs) {
+                sumi += a * b as i32;
+            }
+            sum += (f16_le(bx.d) * by.d) * sumi as f32 + f16_le(bx.m) * by.s;
+        }
+        sum
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn vec_dot(x: &[BlockQ5_1], y: &[Q8_1Act]) -> f32 {
+        use core::arch::wasm32::*;
+        let m4 = u8x16_splat(0x0f);
+        let b4 = u8x16_splat(0x10);
+        // Byte k of a lane group selects qh byte k / 8; bit k % 8 of it.
+        let sel_lo = i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+        let sel_hi = i8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        let bits = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+        let mut acc = f32x4_splat(0.0);
+        let mut summ = 0f32;
+        for (bx, by) in x.iter().zip(y) {
+            // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
+            // the 32-byte `qs` of `by`; wasm loads need no alignment.
+            let (q, y0, y1) = unsafe {
+                (
+                    v128_load(bx.qs.as_ptr() as *const v128),
+                    v128_load(by.qs.as_ptr() as *const v128),
+                    v128_load(by.qs.as_ptr().add(16) as *const v128),
+                )
+            };
+            let qh = u32x4_splat(u32::from_le_bytes(bx.qh));
+            // 0xff where the fifth bit is set.
+            let h_lo = i8x16_eq(v128_and(i8x16_swizzle(qh, sel_lo), bits), bits);
+            let h_hi = i8x16_eq(v128_and(i8x16_swizzle(qh, sel_hi), bits), bits);
+            let lo = v128_or(v128_and(q, m4), v128_and(h_lo, b4));
+            let hi = v128_or(u8x16_shr(q, 4), v128_and(h_hi, b4));
+            // 0 <= q <= 31 and |y| <= 127, so four products fit i16.
+            let p = i16x8_add(
+                i16x8_add(
+                    i16x8_extmul_low_i8x16(lo, y0),
+                    i16x8_extmul_high_i8x16(lo, y0),
+                ),
+                i16x8_add(
+                    i16x8_extmul_low_i8x16(hi, y1),
+                    i16x8_extmul_high_i8x16(hi, y1),
+                ),
+            );
+            let s = i32x4_extadd_pairwise_i16x8(p);
+            let d = f32x4_splat(f16_le(bx.d) * by.d);
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
+            summ += f16_le(bx.m) * by.s;
+        }
+        super::hsum_f32x4(acc) + summ
+    }
+}
