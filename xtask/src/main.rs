@@ -40,8 +40,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2), tests, and
-    /// the JS host tests (Node, then a real browser).
+    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2), tests, the
+    /// kernel's tests as wasm32 under wasmtime, and the JS host tests (Node, then
+    /// a real browser).
     Test,
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
     /// streamed through the wasm32 kernel with a 1 GiB guest budget.
@@ -554,6 +555,10 @@ impl Ctx {
                     .env("WASM_TOOLS_BIN", &wasm_tools);
                 c
             }),
+            (
+                "kernel tests (wasm32-wasip2, simd128, under wasmtime)",
+                self.kernel_wasm_tests(&wasmtime, &model)?,
+            ),
         ];
         for (name, mut cmd) in steps {
             step(name);
@@ -563,6 +568,48 @@ impl Ctx {
         self.test_js(&kernel, &model, &bin)?;
         step("all tests passed");
         Ok(())
+    }
+
+    /// `cargo test` of the kernel compiled for wasm32-wasip2 (the only build
+    /// with the simd128 dots) with the pinned wasmtime as the test runner. The
+    /// guest sees the workspace (fixtures) and the models directory at their
+    /// host paths, and `WASM_CHORD_SMOLLM2`, so the real-model tests run too.
+    fn kernel_wasm_tests(&self, wasmtime: &Path, model: &Path) -> Result<Command> {
+        let models = model.parent().context("model has no directory")?;
+        let mut runner = vec![wasmtime.as_os_str().to_owned(), "run".into()];
+        for dir in [self.root.as_path(), models] {
+            let mut arg = std::ffi::OsString::from("--dir=");
+            arg.push(dir);
+            arg.push("::");
+            arg.push(dir);
+            runner.push(arg);
+        }
+        let mut env = std::ffi::OsString::from("--env=WASM_CHORD_SMOLLM2=");
+        env.push(model);
+        runner.push(env);
+        // Cargo splits a runner given in the environment at whitespace.
+        if let Some(bad) = runner
+            .iter()
+            .find(|a| a.to_string_lossy().contains(char::is_whitespace))
+        {
+            bail!(
+                "cannot pass {} to the wasm32 test runner: path contains whitespace",
+                bad.to_string_lossy()
+            );
+        }
+        let mut c = self.cargo([
+            "test",
+            "-p",
+            "wasm-chord-kernel",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+        ]);
+        c.env(
+            "CARGO_TARGET_WASM32_WASIP2_RUNNER",
+            runner.join(OsStr::new(" ")),
+        );
+        Ok(c)
     }
 
     /// The JS host (host-js/): install, transpile the kernel with jco, run the

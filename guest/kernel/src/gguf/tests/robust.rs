@@ -53,25 +53,25 @@ fn robust_against_truncation_and_corruption() {
 
 // ----------------------------------------------------------- the real model
 
-/// A file-backed source using positioned reads.
-#[cfg(unix)]
+/// A file-backed source (seek and read, so that it also runs on wasm32-wasip2,
+/// where `cargo xtask test` maps the models directory into the guest).
 struct FileSource {
-    file: std::fs::File,
+    file: std::cell::RefCell<std::fs::File>,
     size: u64,
     reads: std::cell::Cell<u64>,
     bytes: std::cell::Cell<u64>,
 }
 
-#[cfg(unix)]
 impl ByteSource for FileSource {
     fn size(&self) -> u64 {
         self.size
     }
     fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
-        use std::os::unix::fs::FileExt;
+        use std::io::{Read, Seek, SeekFrom};
         let mut buf = vec![0u8; len as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
+        let mut file = self.file.borrow_mut();
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut buf))
             .map_err(|e| StoreError::Io(e.to_string()))?;
         self.reads.set(self.reads.get() + 1);
         self.bytes.set(self.bytes.get() + len);
@@ -86,7 +86,6 @@ impl ByteSource for FileSource {
     }
 }
 
-#[cfg(unix)]
 #[test]
 fn real_smollm2_q4_1() {
     let Some(path) = std::env::var_os("WASM_CHORD_SMOLLM2") else {
@@ -96,7 +95,7 @@ fn real_smollm2_q4_1() {
     let file = std::fs::File::open(&path).expect("open WASM_CHORD_SMOLLM2");
     let size = file.metadata().expect("metadata").len();
     let src = FileSource {
-        file,
+        file: file.into(),
         size,
         reads: 0.into(),
         bytes: 0.into(),
