@@ -5,6 +5,7 @@ pub mod forward;
 pub mod residency;
 pub mod session;
 pub mod split;
+pub mod summary;
 pub mod weights;
 
 pub use config::Config;

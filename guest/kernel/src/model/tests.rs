@@ -42,7 +42,13 @@ const TOKENS: [u32; 40] = [
 
 #[test]
 fn streamed_equals_resident_for_both_policies() {
-    for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] {
+    for ty in [
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+        GgmlType::Q5_1,
+        GgmlType::IQ4_NL,
+    ] {
         let bytes = synth::to_bytes(&spec(ty), &SynthVocab::bytes());
         let resident = load(&bytes, &LoadOptions::default());
         assert!(!resident.info.streamed);
@@ -227,4 +233,70 @@ fn smollm2_tokenizer_and_template_match_llama_cpp() {
         }
     }
     assert!(m.tokenizer.is_eog(2) && m.tokenizer.is_eog(0) && !m.tokenizer.is_eog(1));
+}
+
+/// `summarize` reads the same facts as `load` from the header alone.
+#[test]
+fn summary_of_a_loadable_model_matches_its_info() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q5_1), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let s = summary::summarize(&MemSource::new(bytes.clone())).unwrap();
+    assert_eq!(s.architecture, m.info.architecture);
+    assert_eq!(s.name, m.info.name);
+    assert_eq!(s.file_size, m.info.file_size);
+    assert_eq!(s.n_tensors, m.info.n_tensors);
+    assert_eq!(s.n_params, m.info.n_params);
+    let names: Vec<(String, u32)> = s.tensor_types.iter().map(|(t, n)| (t.name(), *n)).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(sorted, m.info.tensor_types);
+    assert!(s.tensor_types.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(s.unsupported().count(), 0);
+}
+
+/// A file with tensor types the kernel cannot compute with: `load` refuses
+/// it, `summarize` names every type and which are unsupported.
+#[test]
+fn summary_names_unsupported_types() {
+    use crate::gguf::{GgufWriter, Value};
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::from("llama"));
+    w.kv("general.name", Value::from("mixed"));
+    w.tensor("a", &[32], GgmlType::F32, vec![0; 128]);
+    w.tensor("b", &[256, 2], GgmlType::Q4_K, vec![0; 2 * 144]);
+    w.tensor("c", &[256], GgmlType::Q4_K, vec![0; 144]);
+    w.tensor("d", &[256], GgmlType::IQ2_XXS, vec![0; 66]);
+    w.tensor("e", &[32], GgmlType::IQ4_NL, vec![0; 18]);
+    let bytes = w.to_bytes();
+    assert!(Model::load(
+        Box::new(MemSource::new(bytes.clone())),
+        &LoadOptions::default()
+    )
+    .is_err());
+    let s = summary::summarize(&MemSource::new(bytes)).unwrap();
+    assert_eq!(
+        (s.architecture.as_str(), s.name.as_str()),
+        ("llama", "mixed")
+    );
+    assert_eq!(s.n_tensors, 5);
+    assert_eq!(s.n_params, 32 + 512 + 256 + 256 + 32);
+    assert_eq!(s.tensor_bytes, 128 + 288 + 144 + 66 + 18);
+    assert_eq!(
+        s.tensor_types,
+        [
+            (GgmlType::F32, 1),
+            (GgmlType::Q4_K, 2),
+            (GgmlType::IQ2_XXS, 1),
+            (GgmlType::IQ4_NL, 1)
+        ]
+    );
+    let bad: Vec<_> = s.unsupported().collect();
+    assert_eq!(bad, [(GgmlType::Q4_K, 2), (GgmlType::IQ2_XXS, 1)]);
+}
+
+/// A malformed header is an error from `summarize` too, not a panic.
+#[test]
+fn summary_of_a_malformed_file_is_an_error() {
+    assert!(summary::summarize(&MemSource::new(b"GGUF".to_vec())).is_err());
+    assert!(summary::summarize(&MemSource::new(Vec::new())).is_err());
 }
