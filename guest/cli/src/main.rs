@@ -29,8 +29,8 @@ wit_bindgen::generate!({
 });
 
 use wasm_chord::runtime::inference::{
-    CachePolicy, ChatMessage, Error as KernelError, GenerateOptions, LoadOptions, Model, Residency,
-    Sampling,
+    inspect, CachePolicy, ChatMessage, Error as KernelError, FileSummary, GenerateOptions,
+    LoadOptions, Model, Residency, Sampling, TensorTypeCount,
 };
 use wasm_chord::runtime::layer_store::StoreError;
 
@@ -49,6 +49,8 @@ enum Command {
     /// Print the token ids of TEXT as a JSON array.
     Tokenize(TokenizeArgs),
     /// Describe a model: architecture, sizes, tensor types, special tokens.
+    /// For a model the kernel cannot load, print what its header says (and
+    /// which tensor types are unsupported), then fail.
     Info(InfoArgs),
 }
 
@@ -494,19 +496,25 @@ fn run(a: RunArgs) -> Result<()> {
 }
 
 fn info(a: InfoArgs) -> Result<()> {
-    let (model, _) = a.load.load()?;
+    check_model(&a.load.model)?;
+    let options = a.load.options()?;
+    // The header alone names every tensor type, even where loading fails.
+    let summary = inspect(&options.model).map_err(kernel_error)?;
+    let model = match Model::load(&options) {
+        Ok(m) => m,
+        Err(e @ KernelError::Unsupported(_)) if !a.json => {
+            print_summary(&summary);
+            return Err(kernel_error(e));
+        }
+        Err(e) => return Err(kernel_error(e)),
+    };
     let i = model.info();
     if a.json {
         println!("{}", serde_json::to_string(&i)?);
         return Ok(());
     }
     let token = |t: Option<u32>| t.map_or_else(|| "none".to_string(), |t| t.to_string());
-    let types = i
-        .tensor_types
-        .iter()
-        .map(|(t, n)| format!("{t}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let types = types_line(&summary.tensor_types);
     println!("architecture: {}", i.architecture);
     println!(
         "name:         {}",
@@ -548,6 +556,56 @@ fn info(a: InfoArgs) -> Result<()> {
     );
     println!("streamed:     {}", i.streamed);
     Ok(())
+}
+
+/// What the header says, for a model the kernel cannot load.
+fn print_summary(s: &FileSummary) {
+    println!(
+        "architecture: {}",
+        if s.architecture.is_empty() {
+            "-"
+        } else {
+            &s.architecture
+        }
+    );
+    println!(
+        "name:         {}",
+        if s.name.is_empty() { "-" } else { &s.name }
+    );
+    println!(
+        "params:       {} ({})",
+        human_params(s.n_params),
+        s.n_params
+    );
+    println!(
+        "file size:    {} ({} bytes)",
+        human_bytes(s.file_size),
+        s.file_size
+    );
+    println!(
+        "tensor data:  {} ({} bytes)",
+        human_bytes(s.tensor_bytes),
+        s.tensor_bytes
+    );
+    println!("tensors:      {}", s.n_tensors);
+    println!("tensor types: {}", types_line(&s.tensor_types));
+}
+
+/// "F32 x 61, Q4_K x 120 (unsupported: IQ2_XXS x 7)".
+fn types_line(types: &[TensorTypeCount]) -> String {
+    let list = |supported: bool| {
+        types
+            .iter()
+            .filter(|t| t.supported == supported)
+            .map(|t| format!("{} x {}", t.name, t.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (list(true), list(false)) {
+        (ok, bad) if bad.is_empty() => ok,
+        (ok, bad) if ok.is_empty() => format!("unsupported: {bad}"),
+        (ok, bad) => format!("{ok} (unsupported: {bad})"),
+    }
 }
 
 /// Bytes as "93.80 MiB".

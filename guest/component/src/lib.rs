@@ -22,6 +22,32 @@ impl wit::Guest for Component {
     type Model = ModelRes;
     type Session = SessionRes;
     type Generation = GenerationRes;
+
+    fn inspect(model: String) -> Result<wit::FileSummary, wit::Error> {
+        let src = ls::open(&model).map_err(|e| err(k::Error::Store(store_err(e))))?;
+        let source = WitSource {
+            src,
+            memory64: ls::is_enabled(),
+        };
+        let s = k::model::summary::summarize(&source).map_err(err)?;
+        Ok(wit::FileSummary {
+            architecture: s.architecture,
+            name: s.name,
+            file_size: s.file_size,
+            n_tensors: s.n_tensors,
+            n_params: s.n_params,
+            tensor_bytes: s.tensor_bytes,
+            tensor_types: s
+                .tensor_types
+                .iter()
+                .map(|&(t, count)| wit::TensorTypeCount {
+                    name: t.name(),
+                    count,
+                    supported: t.is_supported(),
+                })
+                .collect(),
+        })
+    }
 }
 
 // ---- layer-store → ByteSource ------------------------------------------------
