@@ -28,7 +28,8 @@ mod store;
 pub use error::HostError;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};
 pub use runtime::{
-    CachePolicy, CacheStats, ChatMessage, GenerateOptions, GenerationStats, LoadOptions, Model,
-    ModelInfo, Piece, Residency, Runtime, Sampling, Session, TokenScore,
+    CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,
+    LoadOptions, Model, ModelInfo, Piece, Residency, Runtime, Sampling, Session, TensorTypeCount,
+    TokenScore,
 };
 pub use store::{ByteRange, FileStore, MemStore, ModelStore, Source, StoreError, StoreStats};

@@ -21,8 +21,8 @@ use crate::kernel::{first_line, Kernel};
 use crate::store::{ModelStore, SourceCounters, StoreStats};
 
 pub use wit::{
-    CachePolicy, CacheStats, ChatMessage, GenerateOptions, LoadOptions, ModelInfo, Piece,
-    Residency, Sampling, TokenScore,
+    CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, LoadOptions, ModelInfo,
+    Piece, Residency, Sampling, TensorTypeCount, TokenScore,
 };
 
 impl Default for Sampling {
@@ -427,6 +427,14 @@ impl Runtime {
             ));
         }
         Ok(entry.handle)
+    }
+
+    /// Read only the header of the model `name` names (metadata and tensor
+    /// table, no weights): works for a file that [`Runtime::load`] rejects as
+    /// unsupported, and says which tensor types are the problem.
+    pub fn inspect(&mut self, name: &str) -> Result<FileSummary, HostError> {
+        self.call(|api, store| api.call_inspect(&mut *store, name))?
+            .map_err(HostError::from)
     }
 
     /// What `model` is (recorded when it was loaded).

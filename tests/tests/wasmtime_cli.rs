@@ -214,3 +214,60 @@ fn stock_wasmtime_errors_are_one_clean_line() {
         assert!(out.stdout.is_empty(), "{what}: stdout not empty");
     }
 }
+
+/// `info` on a model with a tensor type the kernel cannot compute with
+/// (SmolLM2 with one norm retyped from F32 to I32, the same size): both CLIs
+/// print what the header says, naming every type and the unsupported one,
+/// then fail with one clean line.
+#[test]
+fn info_names_unsupported_tensor_types() {
+    let dir = scratch("unsupported-type");
+    let mut bytes = std::fs::read(smollm2()).unwrap();
+    let name = b"blk.0.attn_norm.weight";
+    let mut key = (name.len() as u64).to_le_bytes().to_vec();
+    key.extend_from_slice(name);
+    let at = bytes
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("tensor entry");
+    // The entry: name, n_dims (u32), the dims (u64 each), the type (u32).
+    let dims_at = at + key.len();
+    assert_eq!(bytes[dims_at..dims_at + 4], 1u32.to_le_bytes());
+    let ty_at = dims_at + 4 + 8;
+    assert_eq!(bytes[ty_at..ty_at + 4], 0u32.to_le_bytes(), "F32");
+    bytes[ty_at..ty_at + 4].copy_from_slice(&26u32.to_le_bytes());
+    let path = dir.join("smol-i32.gguf");
+    std::fs::write(&path, &bytes).unwrap();
+    let args: Vec<OsString> = vec!["info".into(), "-m".into(), path.clone().into()];
+    let native = run_cli(&args);
+    let wasi = wasmtime_run(&[&dir], &args);
+    for (host, out) in [("native", &native), ("wasmtime", &wasi)] {
+        let err = assert_clean_error(out, host);
+        assert!(
+            err.contains("blk.0.attn_norm.weight has type I32"),
+            "{host}: {err}"
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.starts_with("architecture: llama\n"),
+            "{host}: {stdout}"
+        );
+        assert!(
+            stdout.contains(
+                "\ntensor types: F32 x 60, Q4_1 x 210, Q8_0 x 1 (unsupported: I32 x 1)\n"
+            ),
+            "{host}: {stdout}"
+        );
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&native.stdout),
+        String::from_utf8_lossy(&wasi.stdout)
+    );
+    // A loadable model: every type is supported.
+    let model = smollm2();
+    let ok = run_cli(&["info", "-m", model.to_str().unwrap()]);
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout)
+        .contains("\ntensor types: F32 x 61, Q4_1 x 210, Q8_0 x 1\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -2,8 +2,9 @@
 
 use anyhow::Result;
 use clap::Args;
+use wasm_chord::{FileSummary, HostError, TensorTypeCount};
 
-use super::{check_model, human_bytes, human_params, start, KernelArgs, LoadArgs};
+use super::{check_model, human_bytes, human_params, runtime, KernelArgs, LoadArgs};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -18,19 +19,24 @@ pub struct InfoArgs {
 
 pub fn info(a: InfoArgs) -> Result<()> {
     check_model(&a.load.model)?;
-    let (rt, model, _) = start(&a.kernel, &a.load)?;
+    let (mut rt, options) = runtime(&a.kernel, &a.load)?;
+    // The header alone names every tensor type, even where loading fails.
+    let summary = rt.inspect(&options.model)?;
+    let model = match rt.load(&options) {
+        Ok(m) => m,
+        Err(e @ HostError::Unsupported(_)) if !a.json => {
+            print_summary(&summary);
+            return Err(e.into());
+        }
+        Err(e) => return Err(e.into()),
+    };
     let i = rt.info(model)?;
     if a.json {
         println!("{}", serde_json::to_string(i)?);
         return Ok(());
     }
     let token = |t: Option<u32>| t.map_or_else(|| "none".to_string(), |t| t.to_string());
-    let types = i
-        .tensor_types
-        .iter()
-        .map(|(t, n)| format!("{t}: {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let types = types_line(&summary.tensor_types);
     println!("architecture: {}", i.architecture);
     println!(
         "name:         {}",
@@ -72,4 +78,54 @@ pub fn info(a: InfoArgs) -> Result<()> {
     );
     println!("streamed:     {}", i.streamed);
     Ok(())
+}
+
+/// What the header says, for a model the kernel cannot load.
+fn print_summary(s: &FileSummary) {
+    println!(
+        "architecture: {}",
+        if s.architecture.is_empty() {
+            "-"
+        } else {
+            &s.architecture
+        }
+    );
+    println!(
+        "name:         {}",
+        if s.name.is_empty() { "-" } else { &s.name }
+    );
+    println!(
+        "params:       {} ({})",
+        human_params(s.n_params),
+        s.n_params
+    );
+    println!(
+        "file size:    {} ({} bytes)",
+        human_bytes(s.file_size),
+        s.file_size
+    );
+    println!(
+        "tensor data:  {} ({} bytes)",
+        human_bytes(s.tensor_bytes),
+        s.tensor_bytes
+    );
+    println!("tensors:      {}", s.n_tensors);
+    println!("tensor types: {}", types_line(&s.tensor_types));
+}
+
+/// "F32 x 61, Q4_K x 120 (unsupported: IQ2_XXS x 7)".
+fn types_line(types: &[TensorTypeCount]) -> String {
+    let list = |supported: bool| {
+        types
+            .iter()
+            .filter(|t| t.supported == supported)
+            .map(|t| format!("{} x {}", t.name, t.count))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (list(true), list(false)) {
+        (ok, bad) if bad.is_empty() => ok,
+        (ok, bad) if ok.is_empty() => format!("unsupported: {bad}"),
+        (ok, bad) => format!("{ok} (unsupported: {bad})"),
+    }
 }

@@ -27,6 +27,8 @@ enum Command {
     /// Print the token ids of TEXT as a JSON array.
     Tokenize(TokenizeArgs),
     /// Describe a model: architecture, sizes, tensor types, special tokens.
+    /// For a model the kernel cannot load, print what its header says (and
+    /// which tensor types are unsupported), then fail.
     Info(info::InfoArgs),
     /// Measure prompt processing and generation speed, like llama-bench.
     Bench(bench::BenchArgs),
@@ -196,11 +198,19 @@ pub fn start(
     k: &KernelArgs,
     load: &LoadArgs,
 ) -> Result<(Runtime, wasm_chord::Model, std::time::Duration)> {
+    let t = std::time::Instant::now();
+    let (mut rt, options) = runtime(k, load)?;
+    let model = rt.load(&options)?;
+    Ok((rt, model, t.elapsed()))
+}
+
+/// A runtime on a fresh kernel instance with the file store, and the load
+/// options of `load` (the guest budget defaulting to --max-guest-memory).
+pub fn runtime(k: &KernelArgs, load: &LoadArgs) -> Result<(Runtime, LoadOptions)> {
     let mut options = load.options()?;
     if options.max_memory == 0 {
         options.max_memory = k.max_guest_memory.unwrap_or(0);
     }
-    let t = std::time::Instant::now();
     let path = kernel_path(k)?;
     let kernel = Kernel::from_file(
         &path,
@@ -209,9 +219,8 @@ pub fn start(
             ..KernelOptions::default()
         },
     )?;
-    let mut rt = Runtime::new(&kernel, FileStore::new())?;
-    let model = rt.load(&options)?;
-    Ok((rt, model, t.elapsed()))
+    let rt = Runtime::new(&kernel, FileStore::new())?;
+    Ok((rt, options))
 }
 
 /// Layer cache counters in words.
