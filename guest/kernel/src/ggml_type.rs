@@ -122,9 +122,25 @@ impl GgmlType {
         (n / bs).checked_mul(self.type_size() as u64)
     }
 
-    /// Whether the kernel's matmul supports weights of this type.
+    /// Whether the kernel's matmul supports weights of this type (the
+    /// quant module's table of weight types).
     pub fn is_supported(self) -> bool {
-        matches!(self, F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q8_0)
+        crate::quant::is_weight_type(self)
+    }
+
+    /// Every type, in GGUF id order.
+    pub fn all() -> impl Iterator<Item = GgmlType> {
+        TABLE.iter().map(|e| e.0)
+    }
+
+    /// The names of the supported weight types, comma-separated
+    /// ("F32, F16, Q4_0, ...").
+    pub fn supported_names() -> String {
+        let names: Vec<String> = Self::all()
+            .filter(|t| t.is_supported())
+            .map(|t| t.name())
+            .collect();
+        names.join(", ")
     }
 }
 

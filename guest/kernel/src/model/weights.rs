@@ -88,8 +88,9 @@ fn plan_tensor(
     }
     if !t.ty.is_supported() {
         return Err(Error::Unsupported(format!(
-            "tensor {name} has type {}, which this kernel does not support yet (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0)",
-            t.ty
+            "tensor {name} has type {}, which this kernel does not support yet (supported: {})",
+            t.ty,
+            GgmlType::supported_names()
         )));
     }
     let len = usize::try_from(t.n_bytes).map_err(|_| {

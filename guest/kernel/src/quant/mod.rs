@@ -7,7 +7,8 @@
 //! product of a weight row against it, scaled per block.
 //!
 //! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
-//! [`q8`]); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! [`q8`], and the k-quants [`q4_k`], [`q6_k`] dotted against the
+//! [`q8_k`] activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
 //! always compiled and is the reference; on wasm32 with `simd128` the hot
 //! kinds provide a SIMD `vec_dot`, tested against the scalar one.
 
@@ -18,9 +19,15 @@ use bytemuck::Pod;
 pub mod float;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
 pub mod q5_0;
+pub mod q6_k;
 pub mod q8;
+pub mod q8_k;
 
+#[cfg(test)]
+#[allow(dead_code)] // until every k-quant type is in the table
+mod kquant_ref;
 #[cfg(test)]
 mod tests;
 
@@ -93,6 +100,14 @@ macro_rules! with_kind {
                 type $K = q8::Q8_0;
                 $body
             }
+            GgmlType::Q4_K => {
+                type $K = q4_k::Q4_K;
+                $body
+            }
+            GgmlType::Q6_K => {
+                type $K = q6_k::Q6_K;
+                $body
+            }
             _ => $other,
         }
     };
@@ -122,9 +137,19 @@ macro_rules! with_act {
                 type $A = q8::Q8_1Act;
                 $body
             }
+            GgmlType::Q8_K => {
+                type $A = q8_k::Q8_KAct;
+                $body
+            }
             t => panic!("{t} is not an activation type"),
         }
     };
+}
+
+/// Whether the matmul supports weights of type `ty` (the [`with_kind!`]
+/// table; [`GgmlType::is_supported`] asks this).
+pub fn is_weight_type(ty: GgmlType) -> bool {
+    with_kind!(ty, K => K::TYPE == ty, false)
 }
 
 /// The activation type ggml dots weights of type `w` against. Types the

@@ -20,7 +20,7 @@ impl Lcg {
     }
 }
 
-const WEIGHT_TYPES: [GgmlType; 7] = [
+const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -28,7 +28,14 @@ const WEIGHT_TYPES: [GgmlType; 7] = [
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q8_0,
+    GgmlType::Q4_K,
+    GgmlType::Q6_K,
 ];
+
+/// Elements per test "unit": 32, or the super-block of the k-quants.
+fn unit(ty: GgmlType) -> usize {
+    ty.block_size().max(32)
+}
 
 /// Max abs round-trip error allowed, relative to the block's max |x|.
 fn rel_bound(ty: GgmlType) -> f32 {
@@ -40,6 +47,10 @@ fn rel_bound(ty: GgmlType) -> f32 {
         GgmlType::Q4_1 => 1.0 / 15.0 + 1e-3,
         GgmlType::Q5_0 => 1.0 / 16.0 + 1e-3,
         GgmlType::Q8_0 => 1.0 / 254.0 + 1e-3,
+        // Sub-block scales and mins are themselves quantized (6/8 bits),
+        // so the bound is looser than half a step.
+        GgmlType::Q4_K => 0.1,
+        GgmlType::Q6_K => 0.03,
         _ => unreachable!(),
     }
 }
@@ -77,10 +88,18 @@ fn vec_dot_types_match_ggml() {
         (Q4_1, Q8_1),
         (Q5_0, Q8_0),
         (Q8_0, Q8_0),
+        (Q4_K, Q8_K),
+        (Q6_K, Q8_K),
     ];
     for (w, a) in want {
         assert_eq!(vec_dot_type(w), a);
     }
+    // The table of weight types is exactly the tested list.
+    let supported: Vec<GgmlType> = GgmlType::all().filter(|t| t.is_supported()).collect();
+    let mut tested = WEIGHT_TYPES.to_vec();
+    tested.sort();
+    assert_eq!(supported, tested);
+    assert!(GgmlType::supported_names().starts_with("F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, "));
 }
 
 #[test]
@@ -89,7 +108,10 @@ fn qtensor_new_checks_shapes() {
     assert!(QTensor::new(GgmlType::Q4_1, 2, 32, &data).is_ok());
     assert!(QTensor::new(GgmlType::Q4_1, 2, 33, &data).is_err());
     assert!(QTensor::new(GgmlType::Q4_1, 3, 32, &data).is_err());
-    assert!(QTensor::new(GgmlType::Q4_K, 1, 256, &[0u8; 144]).is_err());
+    assert!(QTensor::new(GgmlType::IQ2_XXS, 1, 256, &[0u8; 66]).is_err());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 256, &[0u8; 144]).is_ok());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 255, &[0u8; 144]).is_err());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 512, &[0u8; 144]).is_err());
     let w = QTensor::new(GgmlType::Q4_1, 2, 32, &data).unwrap();
     assert_eq!(w.row_bytes(), 20);
     assert_eq!(w.row(1).len(), 20);
@@ -98,12 +120,14 @@ fn qtensor_new_checks_shapes() {
 #[test]
 fn quantize_dequantize_round_trip() {
     let mut rng = Lcg(1);
-    let x = rng.vec(32 * 8, 3.0);
-    for ty in WEIGHT_TYPES {
+    let x = rng.vec(256 * 3, 3.0);
+    for &ty in WEIGHT_TYPES {
         let q = quantize_weights(ty, &x);
         assert_eq!(q.len(), x.len() / ty.block_size() * ty.type_size());
         let y = dequant_all(ty, 1, x.len(), &q);
-        for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+        // The error bound is relative to the max |x| of each 32 (for the
+        // k-quants: of each 256, the super-block).
+        for (xb, yb) in x.chunks(unit(ty)).zip(y.chunks(unit(ty))) {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in xb.iter().zip(yb) {
                 assert!((a - b).abs() <= rel_bound(ty) * amax, "{ty}: {a} vs {b}");
@@ -111,8 +135,9 @@ fn quantize_dequantize_round_trip() {
         }
     }
     // All-zero blocks quantize to zeros without NaN.
-    for ty in WEIGHT_TYPES {
-        let y = dequant_all(ty, 1, 32, &quantize_weights(ty, &[0.0; 32]));
+    for &ty in WEIGHT_TYPES {
+        let n = unit(ty);
+        let y = dequant_all(ty, 1, n, &quantize_weights(ty, &vec![0.0; n]));
         assert!(y.iter().all(|&v| v == 0.0), "{ty}");
     }
 }
@@ -120,7 +145,8 @@ fn quantize_dequantize_round_trip() {
 #[test]
 fn activation_quantization_round_trip() {
     let mut rng = Lcg(2);
-    let x = rng.vec(64 * 3, 2.0);
+    let x = rng.vec(256 * 3, 2.0);
+    let cols = |ty: GgmlType| if ty == GgmlType::Q8_K { 256 } else { 64 };
     let mut a = QActs::new();
     for ty in [
         GgmlType::F32,
@@ -128,13 +154,16 @@ fn activation_quantization_round_trip() {
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q8_1,
+        GgmlType::Q8_K,
     ] {
-        a.quantize(ty, &x, 3, 64);
-        assert_eq!((a.n(), a.cols(), a.ty()), (3, 64, ty));
-        let mut y = vec![0f32; 64];
+        let x = &x[..3 * cols(ty)];
+        let c = cols(ty);
+        a.quantize(ty, x, 3, c);
+        assert_eq!((a.n(), a.cols(), a.ty()), (3, c, ty));
+        let mut y = vec![0f32; c];
         for b in 0..3 {
             a.dequantize_vec(b, &mut y);
-            for (u, v) in x[b * 64..].iter().zip(&y) {
+            for (u, v) in x[b * c..].iter().zip(&y) {
                 assert!((u - v).abs() <= 2.0 / 200.0, "{ty}: {u} vs {v}");
             }
         }
@@ -165,8 +194,8 @@ fn q8_1_sum_field() {
 #[test]
 fn vec_dot_matches_dequantized_dot() {
     let mut rng = Lcg(4);
-    let cols = 32 * 12;
-    for ty in WEIGHT_TYPES {
+    for &ty in WEIGHT_TYPES {
+        let cols = unit(ty) * 12;
         let w = rng.vec(cols, 1.5);
         let x = rng.vec(cols, 4.0);
         let wq = quantize_weights(ty, &w);
@@ -212,8 +241,9 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u
 #[test]
 fn matmul_simd_and_batched_match_scalar() {
     let mut rng = Lcg(5);
-    let (rows, cols, n) = (13, 32 * 7, 5);
-    for ty in WEIGHT_TYPES {
+    let (rows, n) = (13, 5);
+    for &ty in WEIGHT_TYPES {
+        let cols = unit(ty) * 7;
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
         let x = rng.vec(n * cols, 2.0);
@@ -368,6 +398,49 @@ fn matches_gguf_python_reference() {
     check_reference(GgmlType::Q4_1, &Q4_1_BYTES, &Q4_1_DEQ);
     check_reference(GgmlType::Q5_0, &Q5_0_BYTES, &Q5_0_DEQ);
     check_reference(GgmlType::Q8_0, &Q8_0_BYTES, &Q8_0_DEQ);
+}
+
+/// The k-quants against ggml's C reference (see `kquant_ref.rs`): our
+/// quantizer gives ggml's bytes, our dequantizer ggml's (and gguf-py's)
+/// floats, our Q8_K ggml's activation block, and both dot products ggml's
+/// generic `vec_dot` up to f32 reassociation.
+fn check_kquant_reference(ty: GgmlType, bytes: &[u8], deq: &[u32; 256], dot: [u32; 1]) {
+    use super::kquant_ref::{A, Q8_K_BYTES, X};
+    let x: Vec<f32> = X.iter().map(|&b| f32::from_bits(b)).collect();
+    let a: Vec<f32> = A.iter().map(|&b| f32::from_bits(b)).collect();
+    assert_eq!(quantize_weights(ty, &x), bytes, "{ty} quantization");
+    let y = dequant_all(ty, 1, 256, bytes);
+    for (i, (v, &b)) in y.iter().zip(deq).enumerate() {
+        assert_eq!(
+            v.to_bits(),
+            b,
+            "{ty} element {i}: {v} vs {}",
+            f32::from_bits(b)
+        );
+    }
+    let mut acts = QActs::new();
+    acts.quantize(GgmlType::Q8_K, &a, 1, 256);
+    let q8: &[u8] = bytemuck::cast_slice(acts.vec::<q8_k::Q8_KAct>(0));
+    assert_eq!(q8, Q8_K_BYTES, "Q8_K quantization");
+    let want = f32::from_bits(dot[0]);
+    let w = QTensor::new(ty, 1, 256, bytes).unwrap();
+    let mag: f32 = y.iter().zip(&a).map(|(p, q)| (p * q).abs()).sum();
+    for f in [matmul, matmul_scalar] {
+        let mut got = [0f32];
+        f(&mut got, &w, &acts);
+        assert!(
+            (got[0] - want).abs() <= 1e-6 * mag,
+            "{ty}: dot {} vs ggml {want}",
+            got[0]
+        );
+    }
+}
+
+#[test]
+fn kquants_match_ggml_reference() {
+    use super::kquant_ref::*;
+    check_kquant_reference(GgmlType::Q4_K, &Q4_K_BYTES, &Q4_K_DEQ, Q4_K_DOT);
+    check_kquant_reference(GgmlType::Q6_K, &Q6_K_BYTES, &Q6_K_DEQ, Q6_K_DOT);
 }
 
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
