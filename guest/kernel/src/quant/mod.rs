@@ -7,8 +7,8 @@
 //! product of a weight row against it, scaled per block.
 //!
 //! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
-//! [`q8`], and the k-quants [`q4_k`], [`q6_k`] dotted against the
-//! [`q8_k`] activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! [`q8`], and the k-quants [`q4_k`], [`q5_k`], [`q6_k`], [`iq4_xs`]
+//! dotted against the [`q8_k`] activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
 //! always compiled and is the reference; on wasm32 with `simd128` the hot
 //! kinds provide a SIMD `vec_dot`, tested against the scalar one.
 
@@ -17,10 +17,12 @@ use crate::ggml_type::GgmlType;
 use bytemuck::Pod;
 
 pub mod float;
+pub mod iq4_xs;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q5_0;
+pub mod q5_k;
 pub mod q6_k;
 pub mod q8;
 pub mod q8_k;
@@ -104,8 +106,16 @@ macro_rules! with_kind {
                 type $K = q4_k::Q4_K;
                 $body
             }
+            GgmlType::Q5_K => {
+                type $K = q5_k::Q5_K;
+                $body
+            }
             GgmlType::Q6_K => {
                 type $K = q6_k::Q6_K;
+                $body
+            }
+            GgmlType::IQ4_XS => {
+                type $K = iq4_xs::IQ4_XS;
                 $body
             }
             _ => $other,

@@ -29,7 +29,9 @@ const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::Q5_0,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q5_K,
     GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
 ];
 
 /// Elements per test "unit": 32, or the super-block of the k-quants.
@@ -50,7 +52,10 @@ fn rel_bound(ty: GgmlType) -> f32 {
         // Sub-block scales and mins are themselves quantized (6/8 bits),
         // so the bound is looser than half a step.
         GgmlType::Q4_K => 0.1,
+        GgmlType::Q5_K => 0.05,
         GgmlType::Q6_K => 0.03,
+        // Optimized for the x²-weighted error, not the max error.
+        GgmlType::IQ4_XS => 0.15,
         _ => unreachable!(),
     }
 }
@@ -89,7 +94,9 @@ fn vec_dot_types_match_ggml() {
         (Q5_0, Q8_0),
         (Q8_0, Q8_0),
         (Q4_K, Q8_K),
+        (Q5_K, Q8_K),
         (Q6_K, Q8_K),
+        (IQ4_XS, Q8_K),
     ];
     for (w, a) in want {
         assert_eq!(vec_dot_type(w), a);
@@ -441,6 +448,8 @@ fn kquants_match_ggml_reference() {
     use super::kquant_ref::*;
     check_kquant_reference(GgmlType::Q4_K, &Q4_K_BYTES, &Q4_K_DEQ, Q4_K_DOT);
     check_kquant_reference(GgmlType::Q6_K, &Q6_K_BYTES, &Q6_K_DEQ, Q6_K_DOT);
+    check_kquant_reference(GgmlType::Q5_K, &Q5_K_BYTES, &Q5_K_DEQ, Q5_K_DOT);
+    check_kquant_reference(GgmlType::IQ4_XS, &IQ4_XS_BYTES, &IQ4_XS_DEQ, IQ4_XS_DOT);
 }
 
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
