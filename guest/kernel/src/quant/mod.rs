@@ -7,8 +7,8 @@
 //! product of a weight row against it, scaled per block.
 //!
 //! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
-//! [`q8`], and the k-quants [`q4_k`], [`q5_k`], [`q6_k`], [`iq4_xs`]
-//! dotted against the [`q8_k`] activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! [`q8`], and the k-quants [`q2_k`], [`q3_k`], [`q4_k`], [`q5_k`],
+//! [`q6_k`], [`iq4_xs`] dotted against the [`q8_k`] activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
 //! always compiled and is the reference; on wasm32 with `simd128` the hot
 //! kinds provide a SIMD `vec_dot`, tested against the scalar one.
 
@@ -18,6 +18,8 @@ use bytemuck::Pod;
 
 pub mod float;
 pub mod iq4_xs;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -28,7 +30,6 @@ pub mod q8;
 pub mod q8_k;
 
 #[cfg(test)]
-#[allow(dead_code)] // until every k-quant type is in the table
 mod kquant_ref;
 #[cfg(test)]
 mod tests;
@@ -100,6 +101,14 @@ macro_rules! with_kind {
             }
             GgmlType::Q8_0 => {
                 type $K = q8::Q8_0;
+                $body
+            }
+            GgmlType::Q2_K => {
+                type $K = q2_k::Q2_K;
+                $body
+            }
+            GgmlType::Q3_K => {
+                type $K = q3_k::Q3_K;
                 $body
             }
             GgmlType::Q4_K => {

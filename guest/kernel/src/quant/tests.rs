@@ -28,6 +28,8 @@ const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q5_0,
     GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
     GgmlType::Q4_K,
     GgmlType::Q5_K,
     GgmlType::Q6_K,
@@ -51,6 +53,11 @@ fn rel_bound(ty: GgmlType) -> f32 {
         GgmlType::Q8_0 => 1.0 / 254.0 + 1e-3,
         // Sub-block scales and mins are themselves quantized (6/8 bits),
         // so the bound is looser than half a step.
+        // Few levels and a max clipped to the asymmetric range (Q3_K: q in
+        // -4..=3): these are bounds of sanity, the exact values are checked
+        // against ggml in kquants_match_ggml_reference.
+        GgmlType::Q2_K => 0.45,
+        GgmlType::Q3_K => 0.3,
         GgmlType::Q4_K => 0.1,
         GgmlType::Q5_K => 0.05,
         GgmlType::Q6_K => 0.03,
@@ -93,6 +100,8 @@ fn vec_dot_types_match_ggml() {
         (Q4_1, Q8_1),
         (Q5_0, Q8_0),
         (Q8_0, Q8_0),
+        (Q2_K, Q8_K),
+        (Q3_K, Q8_K),
         (Q4_K, Q8_K),
         (Q5_K, Q8_K),
         (Q6_K, Q8_K),
@@ -450,6 +459,70 @@ fn kquants_match_ggml_reference() {
     check_kquant_reference(GgmlType::Q6_K, &Q6_K_BYTES, &Q6_K_DEQ, Q6_K_DOT);
     check_kquant_reference(GgmlType::Q5_K, &Q5_K_BYTES, &Q5_K_DEQ, Q5_K_DOT);
     check_kquant_reference(GgmlType::IQ4_XS, &IQ4_XS_BYTES, &IQ4_XS_DEQ, IQ4_XS_DOT);
+    check_kquant_reference(GgmlType::Q3_K, &Q3_K_BYTES, &Q3_K_DEQ, Q3_K_DOT);
+    check_kquant_reference(GgmlType::Q2_K, &Q2_K_BYTES, &Q2_K_DEQ, Q2_K_DOT);
+}
+
+/// Offsets of the f16 fields of a k-quant block.
+fn f16_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        GgmlType::IQ4_XS => &[0],
+        _ => unreachable!(),
+    }
+}
+
+/// Blocks of random bytes (every scale, min and quant pattern, including
+/// ones ggml's quantizers never write, e.g. a Q6_K scale of -128), with
+/// finite f16 scales, against activations that reach +-127: the SIMD dot
+/// agrees with the scalar one, which agrees with the dequantized dot.
+#[test]
+fn kquants_random_bytes() {
+    let mut rng = Lcg(8);
+    let (rows, cols) = (5, 256 * 3);
+    for &ty in WEIGHT_TYPES.iter().filter(|t| t.block_size() == 256) {
+        let mut data: Vec<u8> = (0..rows * cols / 256 * ty.type_size())
+            .map(|_| (rng.next() * 128.0 + 128.0) as u8)
+            .collect();
+        for b in data.chunks_exact_mut(ty.type_size()) {
+            for &o in f16_offsets(ty) {
+                b[o..o + 2].copy_from_slice(&f32_to_f16_le(rng.next() * 0.01));
+            }
+        }
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let mut x = rng.vec(cols, 3.0);
+        x[7] = 5.0;
+        x[300] = -5.0;
+        let mut a = QActs::new();
+        a.quantize(GgmlType::Q8_K, &x, 1, cols);
+        let mut xd = vec![0f32; cols];
+        a.dequantize_vec(0, &mut xd);
+        let (mut fast, mut slow) = (vec![0f32; rows], vec![0f32; rows]);
+        matmul(&mut fast, &w, &a);
+        matmul_scalar(&mut slow, &w, &a);
+        let wd = dequant_all(ty, rows, cols, &data);
+        for r in 0..rows {
+            let wr = &wd[r * cols..(r + 1) * cols];
+            let want: f64 = wr.iter().zip(&xd).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let mag: f64 = wr
+                .iter()
+                .zip(&xd)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            let (f, s) = (fast[r] as f64, slow[r] as f64);
+            assert!(
+                (f - s).abs() <= 1e-6 * mag,
+                "{ty} row {r}: simd {f} vs scalar {s}"
+            );
+            assert!(
+                (s - want).abs() <= 1e-5 * mag,
+                "{ty} row {r}: {s} vs {want}"
+            );
+        }
+    }
 }
 
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
