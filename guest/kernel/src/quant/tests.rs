@@ -202,7 +202,11 @@ fn q8_1_sum_field() {
     let sum: i32 = b[0].qs.iter().map(|&q| q as i32).sum();
     assert_eq!(b[0].s, half::f16::from_f32(d * sum as f32).to_f32());
     assert_eq!(b[0].d, half::f16::from_f32(d).to_f32());
-    assert!(b[0].qs.iter().all(|&q| q >= -127));
+    // Not `qs.iter().all(|&q| q >= -127)`: rustc 1.95 miscompiles that
+    // for wasm32+simd128 here (two i8x16.bitmask results combined as
+    // `16 << (hi + 16) + lo`, so the assertion always failed under wasmtime).
+    let min = b[0].qs.iter().copied().min();
+    assert!(min >= Some(-127), "{min:?}");
 }
 
 /// The dot product of each type equals an f64 dot of the dequantized
