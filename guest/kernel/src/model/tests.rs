@@ -77,6 +77,59 @@ fn batched_equals_token_by_token() {
     assert_eq!(all_logits(&m, &TOKENS, 7), batched);
 }
 
+/// A model whose every matrix is a k-quant (256-wide rows, Q8_K
+/// activations): batched == token by token, and its logits track the same
+/// model in Q8_0 (k-quant weights are coarser, so only loosely).
+#[test]
+fn k_quant_models_run() {
+    let kspec = |ty| SynthSpec {
+        n_embd: 256,
+        n_ff: 512,
+        ..spec(ty)
+    };
+    let base = load(
+        &synth::to_bytes(&kspec(GgmlType::Q8_0), &SynthVocab::bytes()),
+        &LoadOptions::default(),
+    );
+    let want = all_logits(&base, &TOKENS[..12], 12);
+    for ty in [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ] {
+        // Each type dots against Q8_K, not Q8_0.
+        assert_eq!(crate::quant::vec_dot_type(ty), GgmlType::Q8_K);
+        let m = load(
+            &synth::to_bytes(&kspec(ty), &SynthVocab::bytes()),
+            &LoadOptions::default(),
+        );
+        let batched = all_logits(&m, &TOKENS[..12], 12);
+        assert!(batched.iter().all(|x| x.is_finite()), "{ty}");
+        assert_eq!(all_logits(&m, &TOKENS[..12], 1), batched, "{ty}");
+        // Relative distance to the Q8_0 model's logits.
+        let d2: f32 = batched
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum();
+        let n2: f32 = want.iter().map(|b| b * b).sum();
+        let rel = (d2 / n2).sqrt();
+        // Measured: Q2_K 0.63, Q3_K 0.35, Q4_K 0.17, Q5_K 0.085, Q6_K 0.046,
+        // IQ4_XS 0.18: the error falls with the bits, as it should.
+        let bound = match ty {
+            GgmlType::Q2_K => 0.9,
+            GgmlType::Q3_K => 0.5,
+            GgmlType::Q4_K | GgmlType::IQ4_XS => 0.27,
+            GgmlType::Q5_K => 0.13,
+            _ => 0.07,
+        };
+        assert!(rel < bound, "{ty}: logits {rel} away from Q8_0's");
+    }
+}
+
 #[test]
 fn score_matches_eval() {
     let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());

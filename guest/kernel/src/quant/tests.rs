@@ -529,6 +529,71 @@ fn kquants_random_bytes() {
     }
 }
 
+/// gguf-py's dequantization of the first rows of named tensors, compared
+/// bit-for-bit with ours (raw f32 files named after the tensors).
+#[cfg(not(target_arch = "wasm32"))]
+const GGUF_PY_CHECK: &str = r#"
+import sys, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+path, d, rows, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+ts = {t.name: t for t in GGUFReader(path).tensors}
+bad = 0
+for n in names:
+    t = ts[n]
+    want = dequantize(np.asarray(t.data)[:rows], t.tensor_type).astype(np.float32).ravel()
+    got = np.fromfile(f"{d}/{n}", dtype=np.float32)
+    ok = want.shape == got.shape and np.array_equal(want.view(np.uint32), got.view(np.uint32))
+    bad += not ok
+    print(("ok  " if ok else "BAD ") + f"{n} {t.tensor_type.name} {got.size} values")
+sys.exit(1 if bad else 0)
+"#;
+
+/// Dev check on a real file (not in CI): the first rows of every k-quant
+/// tensor of the GGUF at `$WASM_CHORD_KQUANT_GGUF` (gemma-3-270m-q4_k_m,
+/// llama.cpp's requantized SmolLM2 variants, ...) dequantize to the same f32
+/// bits as gguf-py's. Needs python3 with `gguf`:
+/// `WASM_CHORD_KQUANT_GGUF=path cargo test -p wasm-chord-kernel --release
+/// real_kquant_tensors -- --ignored --nocapture`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+#[ignore]
+fn real_kquant_tensors_match_gguf_py() {
+    const ROWS: usize = 64;
+    let path = std::env::var("WASM_CHORD_KQUANT_GGUF").expect("set WASM_CHORD_KQUANT_GGUF");
+    let bytes = std::fs::read(&path).expect("read the GGUF");
+    let src = crate::store::MemSource::new(bytes.clone());
+    let g = crate::gguf::GgufFile::parse(&src).expect("parse the GGUF");
+    let dir = std::env::temp_dir().join(format!("wasm-chord-kquant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut names = Vec::new();
+    for t in &g.tensors {
+        if t.ty.block_size() != 256 || !t.ty.is_supported() {
+            continue;
+        }
+        let (cols, rows) = (t.ne0() as usize, (t.n_rows() as usize).min(ROWS));
+        let start = t.offset as usize;
+        let data = &bytes[start..start + rows * t.ty.row_bytes(cols as u64).unwrap() as usize];
+        let out = dequant_all(t.ty, rows, cols, data);
+        std::fs::write(dir.join(&t.name), bytemuck::cast_slice(&out)).unwrap();
+        names.push(t.name.clone());
+    }
+    assert!(!names.is_empty(), "no k-quant tensors in {path}");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            GGUF_PY_CHECK,
+            &path,
+            dir.to_str().unwrap(),
+            &ROWS.to_string(),
+        ])
+        .args(&names)
+        .status()
+        .expect("run python3");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "gguf-py disagrees (see the BAD lines)");
+}
+
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -541,6 +606,14 @@ fn bench_matmul() {
         (GgmlType::Q5_0, 1536, 576),
         (GgmlType::Q8_0, 1536, 576),
         (GgmlType::F32, 1536, 576),
+        (GgmlType::Q8_0, 1536, 1536),
+        (GgmlType::Q4_0, 1536, 1536),
+        (GgmlType::Q2_K, 1536, 1536),
+        (GgmlType::Q3_K, 1536, 1536),
+        (GgmlType::Q4_K, 1536, 1536),
+        (GgmlType::Q5_K, 1536, 1536),
+        (GgmlType::Q6_K, 1536, 1536),
+        (GgmlType::IQ4_XS, 1536, 1536),
     ] {
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
