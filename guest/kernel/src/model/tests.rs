@@ -281,3 +281,46 @@ fn smollm2_tokenizer_and_template_match_llama_cpp() {
     }
     assert!(m.tokenizer.is_eog(2) && m.tokenizer.is_eog(0) && !m.tokenizer.is_eog(1));
 }
+
+/// Dev check on a real file (not in CI): llama-perplexity's figure for the
+/// frozen text with the model at `$WASM_CHORD_PPL_GGUF` (e.g. a k-quant
+/// requantization of SmolLM2), chunks of `$WASM_CHORD_PPL_CTX` (128)
+/// tokens, first token of each replaced by BOS, second half scored:
+/// `WASM_CHORD_PPL_GGUF=path cargo test -p wasm-chord-kernel --release
+/// real_model_perplexity -- --ignored --nocapture`, to compare with
+/// `llama-perplexity -m path -f tests/fixtures/ppl-text.md -c 128`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+#[ignore]
+fn real_model_perplexity() {
+    let path = std::env::var("WASM_CHORD_PPL_GGUF").expect("set WASM_CHORD_PPL_GGUF");
+    let n_ctx: usize = std::env::var("WASM_CHORD_PPL_CTX").map_or(128, |v| v.parse().unwrap());
+    let text_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/ppl-text.md"
+    );
+    let text = std::fs::read_to_string(text_path).expect("read ppl-text.md");
+    let m = load(
+        &std::fs::read(&path).expect("read the GGUF"),
+        &LoadOptions::default(),
+    );
+    let tokens = m.tokenizer.encode(&text, true, false);
+    let n_chunk = tokens.len() / n_ctx;
+    assert!(n_chunk > 0, "{} tokens", tokens.len());
+    let mut s = Session::new(&m, n_ctx as u32).unwrap();
+    let (mut nll, mut count) = (0f64, 0usize);
+    for c in 0..n_chunk {
+        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if let (true, Some(bos)) = (m.tokenizer.add_bos(), m.tokenizer.bos()) {
+            chunk[0] = bos;
+        }
+        for sc in s.score(&m, &chunk, n_ctx / 2 + 1, 0).unwrap() {
+            nll -= sc.logprob as f64;
+            count += 1;
+        }
+        println!("[{}] {:.4}", c + 1, (nll / count as f64).exp());
+    }
+    let ppl = (nll / count as f64).exp();
+    println!("Final estimate: PPL = {ppl:.4} ({count} tokens, {n_chunk} chunks of {n_ctx})");
+    assert!(ppl.is_finite() && ppl > 1.0);
+}
