@@ -259,8 +259,9 @@ impl<'a> QTensor<'a> {
 /// warm.
 ///
 /// The blocks hold the same values as ggml's (`block_q8_0`, `block_q8_1`,
-/// f16, bf16, f32), but the f16 scales of the 8-bit blocks are stored
-/// already widened to f32 so the dot loops do not convert them.
+/// `block_q8_K`, f16, bf16, f32), but the f16 scales of the 32-element
+/// 8-bit blocks are stored already widened to f32 so the dot loops do not
+/// convert them (`block_q8_K`'s scale is an f32 in ggml too).
 #[derive(Clone, Debug)]
 pub struct QActs {
     ty: GgmlType,
