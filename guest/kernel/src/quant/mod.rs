@@ -165,7 +165,7 @@ macro_rules! with_act {
     };
 }
 
-/// Whether the matmul supports weights of type `ty` (the [`with_kind!`]
+/// Whether the matmul supports weights of type `ty` (the `with_kind!`
 /// table; [`GgmlType::is_supported`] asks this).
 pub fn is_weight_type(ty: GgmlType) -> bool {
     with_kind!(ty, K => K::TYPE == ty, false)
