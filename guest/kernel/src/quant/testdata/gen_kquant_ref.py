@@ -12,7 +12,7 @@ implementation) before they are written.
     gcc -O1 -c $L/src/ggml-quants.c -I$L/include -I$L/src -o gq.o
     gcc -O1 -c $L/src/ggml-cpu/quants.c -I$L/include -I$L/src -I$L/src/ggml-cpu -o gcq.o
     gcc -O1 ggml_kquant_ref.c gq.o gcq.o -I$L/include -I$L/src -lm -o ref
-    python3 gen_kquant_ref.py ./ref > ../kquant_ref.rs
+    python3 gen_kquant_ref.py ./ref > ../kquant_ref.rs && cargo fmt --all
 """
 import subprocess
 import sys

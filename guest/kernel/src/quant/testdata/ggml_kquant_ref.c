@@ -1,3 +1,6 @@
+// Harness for gen_kquant_ref.py: llama.cpp's reference k-quant quantizers,
+// dequantizers, quantize_row_q8_K_ref and generic vec_dot, on floats from
+// stdin. Build and use: see gen_kquant_ref.py.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
