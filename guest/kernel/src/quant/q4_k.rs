@@ -135,13 +135,11 @@ impl QuantKind for Q4_K {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
         let mut acc = f32x4_splat(0.0);
-        let mut mins = 0f32;
+        let mut mins = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
             let (sc, m) = scales_mins_k4(&bx.scales);
-            let mut summ = 0i32;
-            for (j, &s) in by.bsums.iter().enumerate() {
-                summ += s as i32 * m[j / 2] as i32;
-            }
+            let summ = f32x4_convert_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
+            mins = f32x4_add(mins, f32x4_mul(summ, f32x4_splat(f16_le(bx.dmin) * by.d)));
             let mut isum = i32x4_splat(0);
             for k in 0..4 {
                 // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
@@ -192,8 +190,7 @@ impl QuantKind for Q4_K {
             }
             let d = f16_le(bx.d) * by.d;
             acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
-            mins += f16_le(bx.dmin) * by.d * summ as f32;
         }
-        super::hsum_f32x4(acc) - mins
+        super::hsum_f32x4(acc) - super::hsum_f32x4(mins)
     }
 }

@@ -74,18 +74,54 @@ impl ActBlock for Q8_KAct {
 }
 
 /// Decodes the 12-byte packed 6-bit scales and mins of Q4_K / Q5_K (ggml
-/// `get_scale_min_k4` for j = 0..8): (scales, mins).
+/// `get_scale_min_k4` for j = 0..8, computed four at a time as ggml's dot
+/// products do): (scales, mins).
 #[inline(always)]
 pub(crate) fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
-    let mut sc = [0u8; 8];
-    let mut m = [0u8; 8];
-    for j in 0..4 {
-        sc[j] = q[j] & 63;
-        m[j] = q[j + 4] & 63;
-        sc[j + 4] = (q[j + 8] & 0x0f) | ((q[j] >> 6) << 4);
-        m[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
-    (sc, m)
+    const KMASK1: u32 = 0x3f3f_3f3f;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    const KMASK3: u32 = 0x0303_0303;
+    let u = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (u0, u1, u2) = (u(0), u(1), u(2));
+    // Scales 0..4 are the low 6 bits of bytes 0..4; scales 4..8 the low
+    // nibbles of bytes 8..12 with the top 2 bits of bytes 0..4 above them.
+    let sc0 = u0 & KMASK1;
+    let sc1 = (u2 & KMASK2) | (((u0 >> 6) & KMASK3) << 4);
+    // Mins likewise from bytes 4..8 and the high nibbles of bytes 8..12.
+    let m0 = u1 & KMASK1;
+    let m1 = ((u2 >> 4) & KMASK2) | (((u1 >> 6) & KMASK3) << 4);
+    let join = |a: u32, b: u32| (a as u64 | ((b as u64) << 32)).to_le_bytes();
+    (join(sc0, sc1), join(m0, m1))
+}
+
+/// `sum(bsums[j] * m[j / 2])` (the min term of Q4_K / Q5_K) as four i32
+/// partial sums.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn bsums_dot_mins(bsums: &[i16; 16], m: &[u8; 8]) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let mv = u64x2(u64::from_le_bytes(*m), 0);
+    // Each min widened to i16 (swizzle indices >= 16 give 0) and repeated
+    // for its two 16-sums.
+    let lo = i8x16_swizzle(
+        mv,
+        i8x16(0, -1, 0, -1, 1, -1, 1, -1, 2, -1, 2, -1, 3, -1, 3, -1),
+    );
+    let hi = i8x16_swizzle(
+        mv,
+        i8x16(4, -1, 4, -1, 5, -1, 5, -1, 6, -1, 6, -1, 7, -1, 7, -1),
+    );
+    // SAFETY: the two 16-byte halves of the 32-byte `bsums`; wasm loads
+    // need no alignment.
+    let (b0, b1) = unsafe {
+        let p = bsums.as_ptr();
+        (
+            v128_load(p as *const v128),
+            v128_load(p.add(8) as *const v128),
+        )
+    };
+    // |bsum| <= 16 * 127 and m <= 63: the pair sums fit i32.
+    i32x4_add(i32x4_dot_i16x8(b0, lo), i32x4_dot_i16x8(b1, hi))
 }
 
 /// Packs 8 scales and 8 mins (each 0..=63) as [`scales_mins_k4`] reads them.

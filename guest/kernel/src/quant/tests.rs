@@ -467,6 +467,29 @@ fn kquants_match_ggml_reference() {
     check_kquant_reference(GgmlType::Q2_K, &Q2_K_BYTES, &Q2_K_DEQ, Q2_K_DOT);
 }
 
+/// The word-wise decoding of Q4_K / Q5_K's packed 6-bit scales and mins
+/// equals ggml's per-index `get_scale_min_k4`, and packing inverts it.
+#[test]
+fn k4_scales_and_mins_decode() {
+    let mut rng = Lcg(9);
+    for _ in 0..1000 {
+        let q: [u8; 12] = std::array::from_fn(|_| (rng.next() * 128.0 + 128.0) as u8);
+        let (sc, m) = q8_k::scales_mins_k4(&q);
+        for j in 0..8 {
+            let (d, mm) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            assert_eq!((sc[j], m[j]), (d, mm), "{q:?} {j}");
+        }
+        assert_eq!(q8_k::pack_scales_mins_k4(&sc, &m), q);
+    }
+}
+
 /// Offsets of the f16 fields of a k-quant block.
 fn f16_offsets(ty: GgmlType) -> &'static [usize] {
     match ty {
