@@ -137,10 +137,25 @@ impl QuantKind for Q6_K {
         let m4 = u8x16_splat(0x0f);
         let m3 = u8x16_splat(0x03);
         let m30 = u8x16_splat(0x30);
-        let s32 = i8x16_splat(32);
         let mut acc = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
-            let mut isum = i32x4_splat(0);
+            // The quants are dotted unsigned (0..=63); the -32 comes back as
+            // -32 * sum(scales[s] * bsums[s]).
+            // SAFETY: the 16-byte `scales` and the two halves of the 32-byte
+            // `bsums`; wasm loads need no alignment.
+            let (scv, b0, b1) = unsafe {
+                let bp = by.bsums.as_ptr();
+                (
+                    v128_load(bx.scales.as_ptr() as *const v128),
+                    v128_load(bp as *const v128),
+                    v128_load(bp.add(8) as *const v128),
+                )
+            };
+            let corr = i32x4_add(
+                i32x4_dot_i16x8(b0, i16x8_extend_low_i8x16(scv)),
+                i32x4_dot_i16x8(b1, i16x8_extend_high_i8x16(scv)),
+            );
+            let mut isum = i32x4_neg(i32x4_shl(corr, 5));
             for h in 0..2 {
                 for c in 0..2 {
                     // SAFETY: 16-byte loads inside `ql` (offsets up to
@@ -165,8 +180,7 @@ impl QuantKind for Q6_K {
                         let off = 128 * h + 32 * i + 16 * c;
                         // SAFETY: off + 16 <= 256, inside `by.qs`.
                         let yv = unsafe { v128_load(by.qs.as_ptr().add(off) as *const v128) };
-                        let q = i8x16_sub(q, s32);
-                        // |q| <= 32 and |y| <= 127: two products fit i16.
+                        // q <= 63 and |y| <= 127: two products fit i16.
                         let p = i16x8_add(
                             i16x8_extmul_low_i8x16(q, yv),
                             i16x8_extmul_high_i8x16(q, yv),
