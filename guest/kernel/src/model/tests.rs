@@ -83,6 +83,59 @@ fn batched_equals_token_by_token() {
     assert_eq!(all_logits(&m, &TOKENS, 7), batched);
 }
 
+/// A model whose every matrix is a k-quant (256-wide rows, Q8_K
+/// activations): batched == token by token, and its logits track the same
+/// model in Q8_0 (k-quant weights are coarser, so only loosely).
+#[test]
+fn k_quant_models_run() {
+    let kspec = |ty| SynthSpec {
+        n_embd: 256,
+        n_ff: 512,
+        ..spec(ty)
+    };
+    let base = load(
+        &synth::to_bytes(&kspec(GgmlType::Q8_0), &SynthVocab::bytes()),
+        &LoadOptions::default(),
+    );
+    let want = all_logits(&base, &TOKENS[..12], 12);
+    for ty in [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ] {
+        // Each type dots against Q8_K, not Q8_0.
+        assert_eq!(crate::quant::vec_dot_type(ty), GgmlType::Q8_K);
+        let m = load(
+            &synth::to_bytes(&kspec(ty), &SynthVocab::bytes()),
+            &LoadOptions::default(),
+        );
+        let batched = all_logits(&m, &TOKENS[..12], 12);
+        assert!(batched.iter().all(|x| x.is_finite()), "{ty}");
+        assert_eq!(all_logits(&m, &TOKENS[..12], 1), batched, "{ty}");
+        // Relative distance to the Q8_0 model's logits.
+        let d2: f32 = batched
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b) * (a - b))
+            .sum();
+        let n2: f32 = want.iter().map(|b| b * b).sum();
+        let rel = (d2 / n2).sqrt();
+        // Measured: Q2_K 0.63, Q3_K 0.35, Q4_K 0.17, Q5_K 0.085, Q6_K 0.046,
+        // IQ4_XS 0.18: the error falls with the bits, as it should.
+        let bound = match ty {
+            GgmlType::Q2_K => 0.9,
+            GgmlType::Q3_K => 0.5,
+            GgmlType::Q4_K | GgmlType::IQ4_XS => 0.27,
+            GgmlType::Q5_K => 0.13,
+            _ => 0.07,
+        };
+        assert!(rel < bound, "{ty}: logits {rel} away from Q8_0's");
+    }
+}
+
 #[test]
 fn score_matches_eval() {
     let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
@@ -299,4 +352,47 @@ fn summary_names_unsupported_types() {
 fn summary_of_a_malformed_file_is_an_error() {
     assert!(summary::summarize(&MemSource::new(b"GGUF".to_vec())).is_err());
     assert!(summary::summarize(&MemSource::new(Vec::new())).is_err());
+}
+
+/// Dev check on a real file (not in CI): llama-perplexity's figure for the
+/// frozen text with the model at `$WASM_CHORD_PPL_GGUF` (e.g. a k-quant
+/// requantization of SmolLM2), chunks of `$WASM_CHORD_PPL_CTX` (128)
+/// tokens, first token of each replaced by BOS, second half scored:
+/// `WASM_CHORD_PPL_GGUF=path cargo test -p wasm-chord-kernel --release
+/// real_model_perplexity -- --ignored --nocapture`, to compare with
+/// `llama-perplexity -m path -f tests/fixtures/ppl-text.md -c 128`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+#[ignore]
+fn real_model_perplexity() {
+    let path = std::env::var("WASM_CHORD_PPL_GGUF").expect("set WASM_CHORD_PPL_GGUF");
+    let n_ctx: usize = std::env::var("WASM_CHORD_PPL_CTX").map_or(128, |v| v.parse().unwrap());
+    let text_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/ppl-text.md"
+    );
+    let text = std::fs::read_to_string(text_path).expect("read ppl-text.md");
+    let m = load(
+        &std::fs::read(&path).expect("read the GGUF"),
+        &LoadOptions::default(),
+    );
+    let tokens = m.tokenizer.encode(&text, true, false);
+    let n_chunk = tokens.len() / n_ctx;
+    assert!(n_chunk > 0, "{} tokens", tokens.len());
+    let mut s = Session::new(&m, n_ctx as u32).unwrap();
+    let (mut nll, mut count) = (0f64, 0usize);
+    for c in 0..n_chunk {
+        let mut chunk = tokens[c * n_ctx..(c + 1) * n_ctx].to_vec();
+        if let (true, Some(bos)) = (m.tokenizer.add_bos(), m.tokenizer.bos()) {
+            chunk[0] = bos;
+        }
+        for sc in s.score(&m, &chunk, n_ctx / 2 + 1, 0).unwrap() {
+            nll -= sc.logprob as f64;
+            count += 1;
+        }
+        println!("[{}] {:.4}", c + 1, (nll / count as f64).exp());
+    }
+    let ppl = (nll / count as f64).exp();
+    println!("Final estimate: PPL = {ppl:.4} ({count} tokens, {n_chunk} chunks of {n_ctx})");
+    assert!(ppl.is_finite() && ppl > 1.0);
 }

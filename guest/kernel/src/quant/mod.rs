@@ -7,7 +7,9 @@
 //! product of a weight row against it, scaled per block.
 //!
 //! One module per quant family ([`float`], [`q4_0`], [`q4_1`], [`q5_0`],
-//! [`q5_1`], [`q8`], [`iq4_nl`]); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
+//! [`q5_1`], [`q8`], [`iq4_nl`], and the k-quants [`q2_k`], [`q3_k`],
+//! [`q4_k`], [`q5_k`], [`q6_k`], [`iq4_xs`] dotted against the [`q8_k`]
+//! activation block); each implements [`QuantKind`]. The scalar `vec_dot_scalar` is
 //! always compiled and is the reference; on wasm32 with `simd128` the hot
 //! kinds provide a SIMD `vec_dot`, tested against the scalar one.
 
@@ -17,12 +19,21 @@ use bytemuck::Pod;
 
 pub mod float;
 pub mod iq4_nl;
+pub mod iq4_xs;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
 pub mod q5_0;
 pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
 pub mod q8;
+pub mod q8_k;
 
+#[cfg(test)]
+mod kquant_ref;
 #[cfg(test)]
 mod tests;
 
@@ -103,6 +114,30 @@ macro_rules! with_kind {
                 type $K = iq4_nl::IQ4NL;
                 $body
             }
+            GgmlType::Q2_K => {
+                type $K = q2_k::Q2_K;
+                $body
+            }
+            GgmlType::Q3_K => {
+                type $K = q3_k::Q3_K;
+                $body
+            }
+            GgmlType::Q4_K => {
+                type $K = q4_k::Q4_K;
+                $body
+            }
+            GgmlType::Q5_K => {
+                type $K = q5_k::Q5_K;
+                $body
+            }
+            GgmlType::Q6_K => {
+                type $K = q6_k::Q6_K;
+                $body
+            }
+            GgmlType::IQ4_XS => {
+                type $K = iq4_xs::IQ4_XS;
+                $body
+            }
             _ => $other,
         }
     };
@@ -132,9 +167,19 @@ macro_rules! with_act {
                 type $A = q8::Q8_1Act;
                 $body
             }
+            GgmlType::Q8_K => {
+                type $A = q8_k::Q8_KAct;
+                $body
+            }
             t => panic!("{t} is not an activation type"),
         }
     };
+}
+
+/// Whether the matmul supports weights of type `ty` (the `with_kind!`
+/// table; [`GgmlType::is_supported`] asks this).
+pub fn is_weight_type(ty: GgmlType) -> bool {
+    with_kind!(ty, K => K::TYPE == ty, false)
 }
 
 /// The activation type ggml dots weights of type `w` against. Types the
@@ -225,8 +270,9 @@ impl<'a> QTensor<'a> {
 /// warm.
 ///
 /// The blocks hold the same values as ggml's (`block_q8_0`, `block_q8_1`,
-/// f16, bf16, f32), but the f16 scales of the 8-bit blocks are stored
-/// already widened to f32 so the dot loops do not convert them.
+/// `block_q8_K`, f16, bf16, f32), but the f16 scales of the 32-element
+/// 8-bit blocks are stored already widened to f32 so the dot loops do not
+/// convert them (`block_q8_K`'s scale is an f32 in ggml too).
 #[derive(Clone, Debug)]
 pub struct QActs {
     ty: GgmlType,

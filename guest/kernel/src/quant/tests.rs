@@ -20,7 +20,7 @@ impl Lcg {
     }
 }
 
-const WEIGHT_TYPES: [GgmlType; 9] = [
+const WEIGHT_TYPES: &[GgmlType] = &[
     GgmlType::F32,
     GgmlType::F16,
     GgmlType::BF16,
@@ -30,6 +30,12 @@ const WEIGHT_TYPES: [GgmlType; 9] = [
     GgmlType::Q5_1,
     GgmlType::Q8_0,
     GgmlType::IQ4_NL,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_XS,
 ];
 
 /// Every supported type is in [`WEIGHT_TYPES`], so the generic tests cover it.
@@ -38,6 +44,11 @@ fn weight_types_cover_supported() {
     for ty in GgmlType::all() {
         assert_eq!(ty.is_supported(), WEIGHT_TYPES.contains(&ty), "{ty}");
     }
+}
+
+/// Elements per test "unit": 32, or the super-block of the k-quants.
+fn unit(ty: GgmlType) -> usize {
+    ty.block_size().max(32)
 }
 
 /// Max abs round-trip error allowed, relative to the block's max |x|.
@@ -54,6 +65,18 @@ fn rel_bound(ty: GgmlType) -> f32 {
         // Half the widest gap of the grid (24 / 2) in units of max|x| / 127,
         // with slack for the least-squares scale.
         GgmlType::IQ4_NL => 1.0 / 8.0 + 1e-3,
+        // Sub-block scales and mins are themselves quantized (6/8 bits),
+        // so the bound is looser than half a step.
+        // Few levels and a max clipped to the asymmetric range (Q3_K: q in
+        // -4..=3): these are bounds of sanity, the exact values are checked
+        // against ggml in kquants_match_ggml_reference.
+        GgmlType::Q2_K => 0.45,
+        GgmlType::Q3_K => 0.3,
+        GgmlType::Q4_K => 0.1,
+        GgmlType::Q5_K => 0.05,
+        GgmlType::Q6_K => 0.03,
+        // Optimized for the x²-weighted error, not the max error.
+        GgmlType::IQ4_XS => 0.15,
         _ => unreachable!(),
     }
 }
@@ -93,10 +116,22 @@ fn vec_dot_types_match_ggml() {
         (Q5_1, Q8_1),
         (Q8_0, Q8_0),
         (IQ4_NL, Q8_0),
+        (Q2_K, Q8_K),
+        (Q3_K, Q8_K),
+        (Q4_K, Q8_K),
+        (Q5_K, Q8_K),
+        (Q6_K, Q8_K),
+        (IQ4_XS, Q8_K),
     ];
     for (w, a) in want {
         assert_eq!(vec_dot_type(w), a);
     }
+    // The table of weight types is exactly the tested list.
+    let supported: Vec<GgmlType> = GgmlType::all().filter(|t| t.is_supported()).collect();
+    let mut tested = WEIGHT_TYPES.to_vec();
+    tested.sort();
+    assert_eq!(supported, tested);
+    assert!(GgmlType::supported_names().starts_with("F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, "));
 }
 
 #[test]
@@ -105,7 +140,10 @@ fn qtensor_new_checks_shapes() {
     assert!(QTensor::new(GgmlType::Q4_1, 2, 32, &data).is_ok());
     assert!(QTensor::new(GgmlType::Q4_1, 2, 33, &data).is_err());
     assert!(QTensor::new(GgmlType::Q4_1, 3, 32, &data).is_err());
-    assert!(QTensor::new(GgmlType::Q4_K, 1, 256, &[0u8; 144]).is_err());
+    assert!(QTensor::new(GgmlType::IQ2_XXS, 1, 256, &[0u8; 66]).is_err());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 256, &[0u8; 144]).is_ok());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 255, &[0u8; 144]).is_err());
+    assert!(QTensor::new(GgmlType::Q4_K, 1, 512, &[0u8; 144]).is_err());
     let w = QTensor::new(GgmlType::Q4_1, 2, 32, &data).unwrap();
     assert_eq!(w.row_bytes(), 20);
     assert_eq!(w.row(1).len(), 20);
@@ -114,12 +152,14 @@ fn qtensor_new_checks_shapes() {
 #[test]
 fn quantize_dequantize_round_trip() {
     let mut rng = Lcg(1);
-    let x = rng.vec(32 * 8, 3.0);
-    for ty in WEIGHT_TYPES {
+    let x = rng.vec(256 * 3, 3.0);
+    for &ty in WEIGHT_TYPES {
         let q = quantize_weights(ty, &x);
         assert_eq!(q.len(), x.len() / ty.block_size() * ty.type_size());
         let y = dequant_all(ty, 1, x.len(), &q);
-        for (xb, yb) in x.chunks(32).zip(y.chunks(32)) {
+        // The error bound is relative to the max |x| of each 32 (for the
+        // k-quants: of each 256, the super-block).
+        for (xb, yb) in x.chunks(unit(ty)).zip(y.chunks(unit(ty))) {
             let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
             for (a, b) in xb.iter().zip(yb) {
                 assert!((a - b).abs() <= rel_bound(ty) * amax, "{ty}: {a} vs {b}");
@@ -127,8 +167,9 @@ fn quantize_dequantize_round_trip() {
         }
     }
     // All-zero blocks quantize to zeros without NaN.
-    for ty in WEIGHT_TYPES {
-        let y = dequant_all(ty, 1, 32, &quantize_weights(ty, &[0.0; 32]));
+    for &ty in WEIGHT_TYPES {
+        let n = unit(ty);
+        let y = dequant_all(ty, 1, n, &quantize_weights(ty, &vec![0.0; n]));
         assert!(y.iter().all(|&v| v == 0.0), "{ty}");
     }
 }
@@ -136,7 +177,8 @@ fn quantize_dequantize_round_trip() {
 #[test]
 fn activation_quantization_round_trip() {
     let mut rng = Lcg(2);
-    let x = rng.vec(64 * 3, 2.0);
+    let x = rng.vec(256 * 3, 2.0);
+    let cols = |ty: GgmlType| if ty == GgmlType::Q8_K { 256 } else { 64 };
     let mut a = QActs::new();
     for ty in [
         GgmlType::F32,
@@ -144,13 +186,16 @@ fn activation_quantization_round_trip() {
         GgmlType::BF16,
         GgmlType::Q8_0,
         GgmlType::Q8_1,
+        GgmlType::Q8_K,
     ] {
-        a.quantize(ty, &x, 3, 64);
-        assert_eq!((a.n(), a.cols(), a.ty()), (3, 64, ty));
-        let mut y = vec![0f32; 64];
+        let x = &x[..3 * cols(ty)];
+        let c = cols(ty);
+        a.quantize(ty, x, 3, c);
+        assert_eq!((a.n(), a.cols(), a.ty()), (3, c, ty));
+        let mut y = vec![0f32; c];
         for b in 0..3 {
             a.dequantize_vec(b, &mut y);
-            for (u, v) in x[b * 64..].iter().zip(&y) {
+            for (u, v) in x[b * c..].iter().zip(&y) {
                 assert!((u - v).abs() <= 2.0 / 200.0, "{ty}: {u} vs {v}");
             }
         }
@@ -185,8 +230,8 @@ fn q8_1_sum_field() {
 #[test]
 fn vec_dot_matches_dequantized_dot() {
     let mut rng = Lcg(4);
-    let cols = 32 * 12;
-    for ty in WEIGHT_TYPES {
+    for &ty in WEIGHT_TYPES {
+        let cols = unit(ty) * 12;
         let w = rng.vec(cols, 1.5);
         let x = rng.vec(cols, 4.0);
         let wq = quantize_weights(ty, &w);
@@ -243,8 +288,9 @@ fn random_matrix(ty: GgmlType, rows: usize, cols: usize, rng: &mut Lcg) -> Vec<u
 #[test]
 fn matmul_simd_and_batched_match_scalar() {
     let mut rng = Lcg(5);
-    let (rows, cols, n) = (13, 32 * 7, 5);
-    for ty in WEIGHT_TYPES {
+    let (rows, n) = (13, 5);
+    for &ty in WEIGHT_TYPES {
+        let cols = unit(ty) * 7;
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
         let x = rng.vec(n * cols, 2.0);
@@ -553,6 +599,203 @@ fn iq4_nl_best_index() {
     assert_eq!(iq4_nl::best_index_int8(k, f32::NAN), 15);
 }
 
+/// The k-quants against ggml's C reference (see `kquant_ref.rs`): our
+/// quantizer gives ggml's bytes, our dequantizer ggml's (and gguf-py's)
+/// floats, our Q8_K ggml's activation block, and both dot products ggml's
+/// generic `vec_dot` up to f32 reassociation.
+fn check_kquant_reference(ty: GgmlType, bytes: &[u8], deq: &[u32; 256], dot: [u32; 1]) {
+    use super::kquant_ref::{A, Q8_K_BYTES, X};
+    let x: Vec<f32> = X.iter().map(|&b| f32::from_bits(b)).collect();
+    let a: Vec<f32> = A.iter().map(|&b| f32::from_bits(b)).collect();
+    assert_eq!(quantize_weights(ty, &x), bytes, "{ty} quantization");
+    let y = dequant_all(ty, 1, 256, bytes);
+    for (i, (v, &b)) in y.iter().zip(deq).enumerate() {
+        assert_eq!(
+            v.to_bits(),
+            b,
+            "{ty} element {i}: {v} vs {}",
+            f32::from_bits(b)
+        );
+    }
+    let mut acts = QActs::new();
+    acts.quantize(GgmlType::Q8_K, &a, 1, 256);
+    let q8: &[u8] = bytemuck::cast_slice(acts.vec::<q8_k::Q8_KAct>(0));
+    assert_eq!(q8, Q8_K_BYTES, "Q8_K quantization");
+    let want = f32::from_bits(dot[0]);
+    let w = QTensor::new(ty, 1, 256, bytes).unwrap();
+    let mag: f32 = y.iter().zip(&a).map(|(p, q)| (p * q).abs()).sum();
+    for f in [matmul, matmul_scalar] {
+        let mut got = [0f32];
+        f(&mut got, &w, &acts);
+        assert!(
+            (got[0] - want).abs() <= 1e-6 * mag,
+            "{ty}: dot {} vs ggml {want}",
+            got[0]
+        );
+    }
+}
+
+#[test]
+fn kquants_match_ggml_reference() {
+    use super::kquant_ref::*;
+    check_kquant_reference(GgmlType::Q4_K, &Q4_K_BYTES, &Q4_K_DEQ, Q4_K_DOT);
+    check_kquant_reference(GgmlType::Q6_K, &Q6_K_BYTES, &Q6_K_DEQ, Q6_K_DOT);
+    check_kquant_reference(GgmlType::Q5_K, &Q5_K_BYTES, &Q5_K_DEQ, Q5_K_DOT);
+    check_kquant_reference(GgmlType::IQ4_XS, &IQ4_XS_BYTES, &IQ4_XS_DEQ, IQ4_XS_DOT);
+    check_kquant_reference(GgmlType::Q3_K, &Q3_K_BYTES, &Q3_K_DEQ, Q3_K_DOT);
+    check_kquant_reference(GgmlType::Q2_K, &Q2_K_BYTES, &Q2_K_DEQ, Q2_K_DOT);
+}
+
+/// The word-wise decoding of Q4_K / Q5_K's packed 6-bit scales and mins
+/// equals ggml's per-index `get_scale_min_k4`, and packing inverts it.
+#[test]
+fn k4_scales_and_mins_decode() {
+    let mut rng = Lcg(9);
+    for _ in 0..1000 {
+        let q: [u8; 12] = std::array::from_fn(|_| (rng.next() * 128.0 + 128.0) as u8);
+        let (sc, m) = q8_k::scales_mins_k4(&q);
+        for j in 0..8 {
+            let (d, mm) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            assert_eq!((sc[j], m[j]), (d, mm), "{q:?} {j}");
+        }
+        assert_eq!(q8_k::pack_scales_mins_k4(&sc, &m), q);
+    }
+}
+
+/// Offsets of the f16 fields of a k-quant block.
+fn f16_offsets(ty: GgmlType) -> &'static [usize] {
+    match ty {
+        GgmlType::Q2_K => &[80, 82],
+        GgmlType::Q3_K => &[108],
+        GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+        GgmlType::Q6_K => &[208],
+        GgmlType::IQ4_XS => &[0],
+        _ => unreachable!(),
+    }
+}
+
+/// Blocks of random bytes (every scale, min and quant pattern, including
+/// ones ggml's quantizers never write, e.g. a Q6_K scale of -128), with
+/// finite f16 scales, against activations that reach +-127: the SIMD dot
+/// agrees with the scalar one, which agrees with the dequantized dot.
+#[test]
+fn kquants_random_bytes() {
+    let mut rng = Lcg(8);
+    let (rows, cols) = (5, 256 * 3);
+    for &ty in WEIGHT_TYPES.iter().filter(|t| t.block_size() == 256) {
+        let mut data: Vec<u8> = (0..rows * cols / 256 * ty.type_size())
+            .map(|_| (rng.next() * 128.0 + 128.0) as u8)
+            .collect();
+        for b in data.chunks_exact_mut(ty.type_size()) {
+            for &o in f16_offsets(ty) {
+                b[o..o + 2].copy_from_slice(&f32_to_f16_le(rng.next() * 0.01));
+            }
+        }
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let mut x = rng.vec(cols, 3.0);
+        x[7] = 5.0;
+        x[300] = -5.0;
+        let mut a = QActs::new();
+        a.quantize(GgmlType::Q8_K, &x, 1, cols);
+        let mut xd = vec![0f32; cols];
+        a.dequantize_vec(0, &mut xd);
+        let (mut fast, mut slow) = (vec![0f32; rows], vec![0f32; rows]);
+        matmul(&mut fast, &w, &a);
+        matmul_scalar(&mut slow, &w, &a);
+        let wd = dequant_all(ty, rows, cols, &data);
+        for r in 0..rows {
+            let wr = &wd[r * cols..(r + 1) * cols];
+            let want: f64 = wr.iter().zip(&xd).map(|(&p, &q)| p as f64 * q as f64).sum();
+            let mag: f64 = wr
+                .iter()
+                .zip(&xd)
+                .map(|(&p, &q)| (p as f64 * q as f64).abs())
+                .sum();
+            let (f, s) = (fast[r] as f64, slow[r] as f64);
+            assert!(
+                (f - s).abs() <= 1e-6 * mag,
+                "{ty} row {r}: simd {f} vs scalar {s}"
+            );
+            assert!(
+                (s - want).abs() <= 1e-5 * mag,
+                "{ty} row {r}: {s} vs {want}"
+            );
+        }
+    }
+}
+
+/// gguf-py's dequantization of the first rows of named tensors, compared
+/// bit-for-bit with ours (raw f32 files named after the tensors).
+#[cfg(not(target_arch = "wasm32"))]
+const GGUF_PY_CHECK: &str = r#"
+import sys, numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+path, d, rows, names = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+ts = {t.name: t for t in GGUFReader(path).tensors}
+bad = 0
+for n in names:
+    t = ts[n]
+    want = dequantize(np.asarray(t.data)[:rows], t.tensor_type).astype(np.float32).ravel()
+    got = np.fromfile(f"{d}/{n}", dtype=np.float32)
+    ok = want.shape == got.shape and np.array_equal(want.view(np.uint32), got.view(np.uint32))
+    bad += not ok
+    print(("ok  " if ok else "BAD ") + f"{n} {t.tensor_type.name} {got.size} values")
+sys.exit(1 if bad else 0)
+"#;
+
+/// Dev check on a real file (not in CI): the first rows of every k-quant
+/// tensor of the GGUF at `$WASM_CHORD_KQUANT_GGUF` (gemma-3-270m-q4_k_m,
+/// llama.cpp's requantized SmolLM2 variants, ...) dequantize to the same f32
+/// bits as gguf-py's. Needs python3 with `gguf`:
+/// `WASM_CHORD_KQUANT_GGUF=path cargo test -p wasm-chord-kernel --release
+/// real_kquant_tensors -- --ignored --nocapture`.
+#[cfg(not(target_arch = "wasm32"))]
+#[test]
+#[ignore]
+fn real_kquant_tensors_match_gguf_py() {
+    const ROWS: usize = 64;
+    let path = std::env::var("WASM_CHORD_KQUANT_GGUF").expect("set WASM_CHORD_KQUANT_GGUF");
+    let bytes = std::fs::read(&path).expect("read the GGUF");
+    let src = crate::store::MemSource::new(bytes.clone());
+    let g = crate::gguf::GgufFile::parse(&src).expect("parse the GGUF");
+    let dir = std::env::temp_dir().join(format!("wasm-chord-kquant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut names = Vec::new();
+    for t in &g.tensors {
+        if t.ty.block_size() != 256 || !t.ty.is_supported() {
+            continue;
+        }
+        let (cols, rows) = (t.ne0() as usize, (t.n_rows() as usize).min(ROWS));
+        let start = t.offset as usize;
+        let data = &bytes[start..start + rows * t.ty.row_bytes(cols as u64).unwrap() as usize];
+        let out = dequant_all(t.ty, rows, cols, data);
+        std::fs::write(dir.join(&t.name), bytemuck::cast_slice(&out)).unwrap();
+        names.push(t.name.clone());
+    }
+    assert!(!names.is_empty(), "no k-quant tensors in {path}");
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            GGUF_PY_CHECK,
+            &path,
+            dir.to_str().unwrap(),
+            &ROWS.to_string(),
+        ])
+        .args(&names)
+        .status()
+        .expect("run python3");
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(status.success(), "gguf-py disagrees (see the BAD lines)");
+}
+
 /// Micro-benchmark: `cargo test -p wasm-chord-kernel --release bench_matmul -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -567,6 +810,14 @@ fn bench_matmul() {
         (GgmlType::Q8_0, 1536, 576),
         (GgmlType::IQ4_NL, 1536, 576),
         (GgmlType::F32, 1536, 576),
+        (GgmlType::Q8_0, 1536, 1536),
+        (GgmlType::Q4_0, 1536, 1536),
+        (GgmlType::Q2_K, 1536, 1536),
+        (GgmlType::Q3_K, 1536, 1536),
+        (GgmlType::Q4_K, 1536, 1536),
+        (GgmlType::Q5_K, 1536, 1536),
+        (GgmlType::Q6_K, 1536, 1536),
+        (GgmlType::IQ4_XS, 1536, 1536),
     ] {
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();

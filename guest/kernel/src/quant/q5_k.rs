@@ -1,0 +1,230 @@
+//! Q5_K: 256 weights per super-block in 8 sub-blocks of 32, each with a
+//! 6-bit scale and 6-bit min; 5-bit unsigned quants.
+
+use super::q8_k::{
+    make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4, Q8_KAct, QK_K,
+};
+use super::{f16_le, f32_to_f16_le, QuantKind};
+use crate::ggml_type::GgmlType;
+
+/// Q5_K block (ggml `block_q5_K`): 5.5 bits per weight.
+/// As Q4_K (`w = d * sc[s] * q - dmin * m[s]`, nibbles of `qs[32k..32k+32]`
+/// are sub-blocks 2k and 2k + 1), plus a fifth bit: bit s of `qh[l]` is
+/// the high bit of weight l of sub-block s.
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct BlockQ5_K {
+    /// Super-block scale of the scales, f16 little-endian.
+    pub d: [u8; 2],
+    /// Super-block scale of the mins, f16 little-endian.
+    pub dmin: [u8; 2],
+    pub scales: [u8; 12],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_K>() == 176);
+const _: () = assert!(std::mem::align_of::<BlockQ5_K>() == 1);
+
+/// The 256 quants (0..=31) of a block, in weight order.
+#[inline(always)]
+fn quants(b: &BlockQ5_K) -> [u8; QK_K] {
+    let mut q = [0u8; QK_K];
+    for k in 0..4 {
+        let ql = &b.qs[32 * k..32 * k + 32];
+        for l in 0..32 {
+            let h = b.qh[l] >> (2 * k);
+            q[64 * k + l] = (ql[l] & 0x0f) | ((h & 1) << 4);
+            q[64 * k + 32 + l] = (ql[l] >> 4) | ((h & 2) << 3);
+        }
+    }
+    q
+}
+
+/// ggml's `quantize_row_q5_K_ref` for one super-block.
+fn quantize_block(x: &[f32], o: &mut BlockQ5_K) {
+    let mut l = [0u8; QK_K];
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xb = &x[32 * j..32 * j + 32];
+        let sum_x2: f32 = xb.iter().map(|v| v * v).sum();
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xb[i].abs());
+        let lb = &mut l[32 * j..32 * j + 32];
+        (scales[j], mins[j]) = make_qkx2_quants(31, xb, &weights, lb, -0.5, 0.1, 15, false);
+        max_scale = max_scale.max(scales[j]);
+        max_min = max_min.max(mins[j]);
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+    o.scales = pack_scales_mins_k4(&ls, &lm);
+    o.d = f32_to_f16_le(max_scale / 63.0);
+    o.dmin = f32_to_f16_le(max_min / 63.0);
+    let (d, dmin) = (f16_le(o.d), f16_le(o.dmin));
+    for j in 0..8 {
+        let dj = d * ls[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * lm[j] as f32;
+        for i in 0..32 {
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 31) as u8;
+        }
+    }
+    o.qh = [0; QK_K / 8];
+    for k in 0..4 {
+        for i in 0..32 {
+            let (l1, l2) = (l[64 * k + i], l[64 * k + 32 + i]);
+            o.qh[i] |= ((l1 >> 4) << (2 * k)) | ((l2 >> 4) << (2 * k + 1));
+            o.qs[32 * k + i] = (l1 & 0x0f) | ((l2 & 0x0f) << 4);
+        }
+    }
+}
+
+/// Q5_K weights (dotted against [`Q8_KAct`]).
+#[allow(non_camel_case_types)]
+pub struct Q5_K;
+
+impl QuantKind for Q5_K {
+    const TYPE: GgmlType = GgmlType::Q5_K;
+    const BLOCK: usize = QK_K;
+    type Block = BlockQ5_K;
+    type Act = Q8_KAct;
+
+    fn quantize(x: &[f32], out: &mut [BlockQ5_K]) {
+        for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+            quantize_block(xb, o);
+        }
+    }
+
+    fn dequantize(b: &[BlockQ5_K], out: &mut [f32]) {
+        for (blk, o) in b.iter().zip(out.chunks_exact_mut(QK_K)) {
+            let (d, dmin) = (f16_le(blk.d), f16_le(blk.dmin));
+            let (sc, m) = scales_mins_k4(&blk.scales);
+            let q = quants(blk);
+            for (s, (o, q)) in o.chunks_exact_mut(32).zip(q.chunks_exact(32)).enumerate() {
+                let (ds, ms) = (d * sc[s] as f32, dmin * m[s] as f32);
+                for (v, &q) in o.iter_mut().zip(q) {
+                    *v = ds * q as f32 - ms;
+                }
+            }
+        }
+    }
+
+    fn vec_dot_scalar(x: &[BlockQ5_K], y: &[Q8_KAct]) -> f32 {
+        let mut sum = 0f32;
+        for (bx, by) in x.iter().zip(y) {
+            let (sc, m) = scales_mins_k4(&bx.scales);
+            let mut summ = 0i32;
+            for (j, &s) in by.bsums.iter().enumerate() {
+                summ += s as i32 * m[j / 2] as i32;
+            }
+            let q = quants(bx);
+            let mut isum = 0i32;
+            for (s, (q, y)) in q.chunks_exact(32).zip(by.qs.chunks_exact(32)).enumerate() {
+                let mut t = 0i32;
+                for (&a, &b) in q.iter().zip(y) {
+                    t += a as i32 * b as i32;
+                }
+                isum += sc[s] as i32 * t;
+            }
+            let d = f16_le(bx.d) * by.d;
+            let dmin = f16_le(bx.dmin) * by.d;
+            sum += d * isum as f32 - dmin * summ as f32;
+        }
+        sum
+    }
+
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn vec_dot(x: &[BlockQ5_K], y: &[Q8_KAct]) -> f32 {
+        use core::arch::wasm32::*;
+        let m4 = u8x16_splat(0x0f);
+        let m10 = u8x16_splat(0x10);
+        let mut acc = f32x4_splat(0.0);
+        let mut mins = f32x4_splat(0.0);
+        for (bx, by) in x.iter().zip(y) {
+            let (sc, m) = scales_mins_k4(&bx.scales);
+            let summ = f32x4_convert_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
+            mins = f32x4_add(mins, f32x4_mul(summ, f32x4_splat(f16_le(bx.dmin) * by.d)));
+            // SAFETY: the two halves of the 32-byte `qh`.
+            let (qh0, qh1) = unsafe {
+                let p = bx.qh.as_ptr();
+                (
+                    v128_load(p as *const v128),
+                    v128_load(p.add(16) as *const v128),
+                )
+            };
+            // Bit `b` of each byte, moved to bit 4.
+            let hbit = |h: v128, b: u32| {
+                let t = if b <= 4 {
+                    i8x16_shl(h, 4 - b)
+                } else {
+                    u8x16_shr(h, b - 4)
+                };
+                v128_and(t, m10)
+            };
+            let mut isum = i32x4_splat(0);
+            for k in 0..4 {
+                // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
+                // 128-byte `qs` and 64k + 0..48 of the 256-byte `qs` of `by`;
+                // wasm loads need no alignment.
+                let (q0, q1, y0, y1, y2, y3) = unsafe {
+                    let qp = bx.qs.as_ptr().add(32 * k);
+                    let yp = by.qs.as_ptr().add(64 * k);
+                    (
+                        v128_load(qp as *const v128),
+                        v128_load(qp.add(16) as *const v128),
+                        v128_load(yp as *const v128),
+                        v128_load(yp.add(16) as *const v128),
+                        v128_load(yp.add(32) as *const v128),
+                        v128_load(yp.add(48) as *const v128),
+                    )
+                };
+                let b = 2 * k as u32;
+                let l0 = v128_or(v128_and(q0, m4), hbit(qh0, b));
+                let l1 = v128_or(v128_and(q1, m4), hbit(qh1, b));
+                let h0 = v128_or(u8x16_shr(q0, 4), hbit(qh0, b + 1));
+                let h1 = v128_or(u8x16_shr(q1, 4), hbit(qh1, b + 1));
+                // q <= 31 and |y| <= 127: four products fit i16.
+                let plo = i16x8_add(
+                    i16x8_add(
+                        i16x8_extmul_low_i8x16(l0, y0),
+                        i16x8_extmul_high_i8x16(l0, y0),
+                    ),
+                    i16x8_add(
+                        i16x8_extmul_low_i8x16(l1, y1),
+                        i16x8_extmul_high_i8x16(l1, y1),
+                    ),
+                );
+                let phi = i16x8_add(
+                    i16x8_add(
+                        i16x8_extmul_low_i8x16(h0, y2),
+                        i16x8_extmul_high_i8x16(h0, y2),
+                    ),
+                    i16x8_add(
+                        i16x8_extmul_low_i8x16(h1, y3),
+                        i16x8_extmul_high_i8x16(h1, y3),
+                    ),
+                );
+                isum = i32x4_add(
+                    isum,
+                    i32x4_add(
+                        i32x4_dot_i16x8(plo, i16x8_splat(sc[2 * k] as i16)),
+                        i32x4_dot_i16x8(phi, i16x8_splat(sc[2 * k + 1] as i16)),
+                    ),
+                );
+            }
+            let d = f16_le(bx.d) * by.d;
+            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
+        }
+        super::hsum_f32x4(acc) - super::hsum_f32x4(mins)
+    }
+}
