@@ -1,0 +1,95 @@
+//! llama.cpp's tokenizer test vectors (`tests/test-tokenizer-0.cpp`): for each
+//! vocabulary-only file `ggml-vocab-NAME.gguf`, the strings of `NAME.gguf.inp`
+//! (separated by `__ggml_vocab_test__` lines) must tokenize to the ids on the
+//! matching line of `NAME.gguf.out`, with `add_special` and `parse_special`
+//! both false, as llama.cpp tests them.
+//!
+//! The files come from `WASM_CHORD_VOCAB_DIR`; without it the test says it
+//! was skipped. With it, a missing file of `VOCABS` is a failure.
+
+use wasm_chord_kernel::store::MemSource;
+use wasm_chord_kernel::tokenizer::Tokenizer;
+
+/// The vocabularies this kernel must tokenize exactly as llama.cpp.
+const VOCABS: &[&str] = &[
+    "llama-spm",
+    "phi-3",
+    "gpt-2",
+    "llama-bpe",
+    "qwen2",
+    "starcoder",
+    "deepseek-llm",
+    "falcon",
+    "command-r",
+];
+
+/// Also checked when their files are there.
+const EXTRA_VOCABS: &[&str] = &["mpt", "refact", "deepseek-coder"];
+
+/// (input, expected ids) pairs of one vocabulary's test files.
+fn cases(inp: &str, out: &str) -> Vec<(String, Vec<u32>)> {
+    const SEP: &str = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < inp.len() {
+        match inp[pos..].find(SEP) {
+            Some(i) => {
+                inputs.push(inp[pos..pos + i].to_string());
+                pos += i + SEP.len();
+            }
+            None => {
+                inputs.push(inp[pos..].to_string());
+                break;
+            }
+        }
+    }
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .map(|t| t.parse().expect("token id"))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "inputs and outputs differ in number"
+    );
+    inputs.into_iter().zip(outputs).collect()
+}
+
+#[test]
+fn llama_cpp_vocab_test_vectors() {
+    let Some(dir) = std::env::var_os("WASM_CHORD_VOCAB_DIR") else {
+        eprintln!("WASM_CHORD_VOCAB_DIR not set: llama.cpp vocabulary tests skipped");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let mut failures = Vec::new();
+    let extra = EXTRA_VOCABS
+        .iter()
+        .filter(|n| dir.join(format!("ggml-vocab-{n}.gguf.out")).exists());
+    for name in VOCABS.iter().chain(extra) {
+        let path = dir.join(format!("ggml-vocab-{name}.gguf"));
+        let read = |ext: &str| {
+            let p = path.with_extension(format!("gguf{ext}"));
+            std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        };
+        let tok = Tokenizer::from_source(&MemSource::new(read(""))).expect(name);
+        let inp = String::from_utf8(read(".inp")).expect("utf-8 .inp");
+        let out = String::from_utf8(read(".out")).expect("utf-8 .out");
+        let cases = cases(&inp, &out);
+        let mut passed = 0;
+        for (text, want) in &cases {
+            let got = tok.encode(text, false, false);
+            if &got == want {
+                passed += 1;
+            } else {
+                failures.push(format!("{name}: {text:?}\n  want {want:?}\n  got  {got:?}"));
+            }
+        }
+        eprintln!("{name}: {passed}/{} strings", cases.len());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
