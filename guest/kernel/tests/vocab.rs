@@ -7,8 +7,8 @@
 //! The files come from `WASM_CHORD_VOCAB_DIR`; without it the test says it
 //! was skipped. With it, a missing file of `VOCABS` is a failure.
 
-use wasm_chord_kernel::store::MemSource;
-use wasm_chord_kernel::tokenizer::Tokenizer;
+use wasm_chord_kernel::store::{ByteRange, ByteSource, MemSource, StoreError};
+use wasm_chord_kernel::tokenizer::{Detokenizer, Tokenizer};
 
 /// The vocabularies this kernel must tokenize exactly as llama.cpp.
 const VOCABS: &[&str] = &[
@@ -92,4 +92,68 @@ fn llama_cpp_vocab_test_vectors() {
         eprintln!("{name}: {passed}/{} strings", cases.len());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A GGUF file read on demand (the tokenizer needs only its header).
+struct FileSource(std::cell::RefCell<std::fs::File>, u64);
+
+impl ByteSource for FileSource {
+    fn size(&self) -> u64 {
+        self.1
+    }
+    fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = self.0.borrow_mut();
+        let mut buf = vec![0; len as usize];
+        f.seek(SeekFrom::Start(offset))
+            .and_then(|_| f.read_exact(&mut buf))
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Ok(buf)
+    }
+    fn load_layer(&self, _layer: u32, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::new();
+        for r in ranges {
+            out.extend(self.read(r.offset, r.len)?);
+        }
+        Ok(out)
+    }
+}
+
+/// Gemma 3's SentencePiece vocabulary (no space prefix): the golden prompt
+/// tokens, as llama.cpp's server tokenized them (add_special, parse_special).
+#[test]
+fn gemma3_prompt_tokens_match_llama_cpp() {
+    let Some(path) = std::env::var_os("WASM_CHORD_GEMMA3") else {
+        eprintln!("WASM_CHORD_GEMMA3 not set: Gemma 3 tokenizer test skipped");
+        return;
+    };
+    let f = std::fs::File::open(&path).expect("open Gemma 3");
+    let size = f.metadata().expect("stat").len();
+    let tok = Tokenizer::from_source(&FileSource(f.into(), size)).expect("Gemma 3 tokenizer");
+    let golden = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/gemma-3-270m-q4_k_m.golden.json"
+    );
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden).expect("golden")).expect("json");
+    let cases = golden["cases"].as_array().expect("cases");
+    assert!(cases.len() >= 5);
+    for c in cases {
+        let want: Vec<u32> = serde_json::from_value(c["prompt_tokens"].clone()).expect("ids");
+        let prompt = c["prompt"].as_str().expect("prompt");
+        assert_eq!(tok.encode(prompt, true, true), want, "case {}", c["id"]);
+        // Decoding gives the prompt back (BOS is a control token).
+        assert_eq!(tok.decode(&want), prompt, "case {}", c["id"]);
+        // The streaming detokenizer renders llama.cpp's generated text.
+        let greedy: Vec<u32> = serde_json::from_value(c["greedy_tokens"].clone()).expect("ids");
+        let mut d = Detokenizer::new();
+        let mut text: String = greedy.iter().map(|&t| d.push(&tok, t)).collect();
+        text.push_str(&d.flush());
+        assert_eq!(
+            text,
+            c["greedy_text"].as_str().expect("text"),
+            "case {}",
+            c["id"]
+        );
+    }
 }

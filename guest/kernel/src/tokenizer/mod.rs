@@ -16,7 +16,9 @@ pub use load::from_gguf;
 
 use crate::{Error, Result};
 use special::Frag;
-use std::collections::HashMap;
+
+/// Token text → id (first id of a repeated text).
+type Ids = rustc_hash::FxHashMap<String, u32>;
 
 /// GGUF token types.
 pub mod token_type {
@@ -69,7 +71,7 @@ pub struct Tokenizer {
     /// Token types after llama.cpp's fix-ups (see `special::fix_types`).
     types: Vec<i32>,
     scores: Vec<f32>,
-    ids: HashMap<String, u32>,
+    ids: Ids,
     kind: Kind,
     specials: special::Specials,
     eog: Vec<u32>,
@@ -147,7 +149,8 @@ impl Tokenizer {
                 }
             })
             .collect();
-        let mut ids = HashMap::with_capacity(n);
+        let mut ids = Ids::default();
+        ids.reserve(n);
         for (i, t) in tokens.iter().enumerate() {
             ids.entry(t.clone()).or_insert(i as u32);
         }
