@@ -7,6 +7,7 @@
 //! The files come from `WASM_CHORD_VOCAB_DIR`; without it the test says it
 //! was skipped. With it, a missing file of `VOCABS` is a failure.
 
+use wasm_chord_kernel::model::{LoadOptions, Model};
 use wasm_chord_kernel::store::{ByteRange, ByteSource, MemSource, StoreError};
 use wasm_chord_kernel::tokenizer::{Detokenizer, Tokenizer};
 
@@ -90,6 +91,10 @@ fn llama_cpp_vocab_test_vectors() {
             }
         }
         eprintln!("{name}: {passed}/{} strings", cases.len());
+        // The product path: such a file loads as a model without weights.
+        let m =
+            Model::load(Box::new(MemSource::new(read(""))), &LoadOptions::default()).expect(name);
+        assert!(!m.has_weights() && m.tokenizer.n_vocab() == tok.n_vocab());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

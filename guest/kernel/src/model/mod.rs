@@ -5,6 +5,7 @@ pub mod forward;
 pub mod residency;
 pub mod session;
 pub mod split;
+mod vocab_only;
 pub mod weights;
 
 pub use config::Config;
@@ -56,7 +57,7 @@ impl Default for LoadOptions {
 }
 
 /// What a model is (mirrors the WIT `model-info`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelInfo {
     pub architecture: String,
     pub name: String,
@@ -101,6 +102,9 @@ impl Model {
             )));
         }
         let g = split::parse_all(src.as_ref())?;
+        if g.tensors.is_empty() {
+            return Model::vocab_only(&g, src);
+        }
         config::check_arch(&g)?;
         let tokenizer = crate::tokenizer::from_gguf(&g)?;
         let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
@@ -194,6 +198,11 @@ impl Model {
             cache: RefCell::new(cache),
             src,
         })
+    }
+
+    /// False for a vocabulary-only file (tokenizer, no weights).
+    pub fn has_weights(&self) -> bool {
+        self.info.n_tensors > 0
     }
 
     /// Layer cache counters, and what is resident.
