@@ -302,8 +302,9 @@ impl Tokenizer {
     }
 
     /// Token ids to text (invalid UTF-8 replaced); control tokens are omitted.
-    /// With a space prefix (SentencePiece), the first token loses its leading
-    /// space, as llama.cpp's `detokenize`.
+    /// As llama.cpp's `detokenize`: with a space prefix (SentencePiece) the
+    /// first token loses its leading space; most BPE vocabularies tidy spaces
+    /// before punctuation and contractions.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
@@ -314,8 +315,62 @@ impl Tokenizer {
             let strip = i == 0 && self.add_space_prefix && piece.first() == Some(&b' ');
             bytes.extend_from_slice(&piece[usize::from(strip)..]);
         }
+        if matches!(&self.kind, Kind::Bpe { pre, .. } if pre.clean_spaces) {
+            bytes = clean_spaces(bytes);
+        }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// llama.cpp's `clean_spaces`, three in-place passes ported as they are:
+/// " ?" " !" " ." " ," lose the space; " ' " becomes "'"; " 's" " 'm" " 're"
+/// " 've" lose the space.
+fn clean_spaces(mut t: Vec<u8>) -> Vec<u8> {
+    // First pass: a space before ? ! . ,
+    let n = t.len();
+    let mut total = n.min(1);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            total -= 1;
+        }
+        t[total] = x;
+        total += 1;
+    }
+    t.truncate(total);
+    // Second pass: a single apostrophe between spaces.
+    let n = t.len();
+    let mut total = n.min(1);
+    let mut i = 1;
+    while i < n {
+        let x = t[i];
+        if x == b'\'' && i + 1 < n && t[i - 1] == b' ' && t[i + 1] == b' ' {
+            total -= 1;
+            i += 1;
+            t[i] = 0;
+        }
+        t[total] = x;
+        total += 1;
+        i += 1;
+    }
+    t.truncate(total);
+    // Third pass: contractions.
+    let n = t.len();
+    let mut total = n.min(1);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && x == b'\'' && i + 1 < n {
+            let x1 = t[i + 1];
+            let x2 = if i + 2 < n { t[i + 2] } else { 0 };
+            if matches!(x1, b's' | b'm') || matches!((x1, x2), (b'r', b'e') | (b'v', b'e')) {
+                total -= 1;
+            }
+        }
+        t[total] = x;
+        total += 1;
+    }
+    t.truncate(total);
+    t
 }
 
 /// Streaming detokenizer: text is released only once its UTF-8 is complete.

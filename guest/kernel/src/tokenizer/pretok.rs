@@ -38,6 +38,8 @@ enum Step {
 pub struct PreTokenizer {
     chain: Vec<Step>,
     pub ignore_merges: bool,
+    /// Whether decoding tidies spaces before punctuation (llama.cpp's `clean_spaces`).
+    pub clean_spaces: bool,
 }
 
 /// Pre-tokenizer names this kernel knows.
@@ -135,9 +137,20 @@ impl PreTokenizer {
                 )))
             }
         };
+        let name = name.unwrap_or("default");
+        let clean_spaces = !matches!(
+            name,
+            "smollm"
+                | "command-r"
+                | "qwen2"
+                | "deepseek-r1-qwen"
+                | "deepseek-llm"
+                | "deepseek-coder"
+        );
         Ok(PreTokenizer {
             chain,
             ignore_merges,
+            clean_spaces,
         })
     }
 

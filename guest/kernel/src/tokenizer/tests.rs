@@ -42,6 +42,12 @@ fn bpe_merges_and_specials() {
     );
     assert!(t.is_eog(261));
     assert_eq!(t.decode(&[259, 260, 261]), "hello w");
+    // llama.cpp's clean_spaces when decoding (not when streaming).
+    let ids = t.encode("a , b ' c 're 't !", false, false);
+    assert_eq!(t.decode(&ids), "a, b'c're 't!");
+    let mut d = Detokenizer::new();
+    let streamed: String = ids.iter().map(|&i| d.push(&t, i)).collect();
+    assert_eq!(streamed, "a , b ' c 're 't !");
 }
 
 #[test]
