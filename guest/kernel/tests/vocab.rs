@@ -95,6 +95,13 @@ fn llama_cpp_vocab_test_vectors() {
         let m =
             Model::load(Box::new(MemSource::new(read(""))), &LoadOptions::default()).expect(name);
         assert!(!m.has_weights() && m.tokenizer.n_vocab() == tok.n_vocab());
+        if *name == "qwen2" {
+            // Tens of thousands of special tokens in a row (one pass).
+            let im_end = tok.encode("<|im_end|>", false, true);
+            assert_eq!(im_end.len(), 1);
+            let many = tok.encode(&"<|im_end|>".repeat(30_000), false, true);
+            assert_eq!(many, vec![im_end[0]; 30_000]);
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -54,8 +54,6 @@ const BOS_BY_DEFAULT: &[&str] = &[
     "pixtral",
     "midm-2.0",
     "lfm2",
-    "jina-v5-nano",
-    "tekken",
 ];
 
 /// The tokenizer described by `g`'s `tokenizer.ggml.*` metadata.

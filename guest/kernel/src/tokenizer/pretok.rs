@@ -61,7 +61,10 @@ pub const SUPPORTED: &[&str] = &[
     "llama-v3",
     "llama-bpe",
     "falcon3",
+    "falcon-h1",
     "pixtral",
+    "midm-2.0",
+    "lfm2",
     "dbrx",
     "smaug-bpe",
     "qwen2",
@@ -96,7 +99,8 @@ impl PreTokenizer {
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" => {
                 (vec![regex(r"\p{N}")?, Step::Gpt2], false)
             }
-            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => (vec![llama3], true),
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
+            | "midm-2.0" | "lfm2" => (vec![llama3], true),
             "dbrx" | "smaug-bpe" => (vec![llama3], false),
             "qwen2" | "stablelm2" | "deepseek-r1-qwen" => {
                 (vec![Step::Llama3 { max_digits: 1 }], false)
