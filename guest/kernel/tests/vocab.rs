@@ -25,7 +25,7 @@ const VOCABS: &[&str] = &[
 ];
 
 /// Also checked when their files are there.
-const EXTRA_VOCABS: &[&str] = &["mpt", "refact", "deepseek-coder"];
+const EXTRA_VOCABS: &[&str] = &["mpt", "refact", "deepseek-coder", "qwen35"];
 
 /// (input, expected ids) pairs of one vocabulary's test files.
 fn cases(inp: &str, out: &str) -> Vec<(String, Vec<u32>)> {

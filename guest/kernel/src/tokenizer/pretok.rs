@@ -7,7 +7,7 @@
 //! llama.cpp's `unicode_regex_split_custom_*`; the others run on
 //! regex-automata's linear-time engine. Every step is linear in the text.
 
-use super::unicode::{flags, LETTER, NUMBER, WHITESPACE};
+use super::unicode::{flags, LETTER, MARK, NUMBER, WHITESPACE};
 use crate::{Error, Result};
 use regex_automata::meta::Regex;
 
@@ -27,8 +27,9 @@ enum Step {
     /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)`
     Gpt2,
     /// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
-    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` (Llama 3: 3 digits, Qwen2: 1).
-    Llama3 { max_digits: usize },
+    /// ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+` (Llama 3: 3 digits, Qwen2: 1;
+    /// Qwen3.5 counts marks `\p{M}` as letters).
+    Llama3 { max_digits: usize, marks: bool },
     /// Any expression without look-around.
     Regex(Box<Regex>),
 }
@@ -70,6 +71,7 @@ pub const SUPPORTED: &[&str] = &[
     "qwen2",
     "stablelm2",
     "deepseek-r1-qwen",
+    "qwen35",
     "falcon",
     "deepseek-llm",
     "deepseek-coder",
@@ -84,7 +86,10 @@ fn regex(expr: &str) -> Result<Step> {
 impl PreTokenizer {
     /// The pre-tokenizer called `name` (None: llama.cpp's default).
     pub fn new(name: Option<&str>) -> Result<PreTokenizer> {
-        let llama3 = Step::Llama3 { max_digits: 3 };
+        let llama3 = Step::Llama3 {
+            max_digits: 3,
+            marks: false,
+        };
         let (chain, ignore_merges) = match name.unwrap_or("default") {
             "default" => (
                 vec![
@@ -102,9 +107,20 @@ impl PreTokenizer {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral"
             | "midm-2.0" | "lfm2" => (vec![llama3], true),
             "dbrx" | "smaug-bpe" => (vec![llama3], false),
-            "qwen2" | "stablelm2" | "deepseek-r1-qwen" => {
-                (vec![Step::Llama3 { max_digits: 1 }], false)
-            }
+            "qwen2" | "stablelm2" | "deepseek-r1-qwen" => (
+                vec![Step::Llama3 {
+                    max_digits: 1,
+                    marks: false,
+                }],
+                false,
+            ),
+            "qwen35" => (
+                vec![Step::Llama3 {
+                    max_digits: 1,
+                    marks: true,
+                }],
+                false,
+            ),
             "falcon" => (
                 vec![
                     regex(r"[\p{P}\$\+<=>\^~\|`]+")?,
@@ -147,6 +163,7 @@ impl PreTokenizer {
             "smollm"
                 | "command-r"
                 | "qwen2"
+                | "qwen35"
                 | "deepseek-r1-qwen"
                 | "deepseek-llm"
                 | "deepseek-coder"
@@ -168,7 +185,10 @@ impl PreTokenizer {
                 match step {
                     Step::Regex(re) => split_regex(re, frag, &mut next),
                     Step::Gpt2 => scratch.gpt2(frag, &mut next),
-                    Step::Llama3 { max_digits } => scratch.llama3(frag, *max_digits, &mut next),
+                    Step::Llama3 { max_digits, marks } => {
+                        let letters = if *marks { LETTER | MARK } else { LETTER };
+                        scratch.llama3(frag, *max_digits, letters, &mut next)
+                    }
                 }
             }
             frags = next;
@@ -225,10 +245,10 @@ impl Scratch {
         self.flags.get(i).copied().unwrap_or(0)
     }
 
-    /// `[^\s\p{L}\p{N}]` at `i` (and inside the fragment).
-    fn other(&self, i: usize) -> bool {
+    /// `[^\s{letters}\p{N}]` at `i` (and inside the fragment).
+    fn other(&self, i: usize, letters: u8) -> bool {
         let f = self.fl(i);
-        f != 0 && f & (WHITESPACE | LETTER | NUMBER) == 0
+        f != 0 && f & (WHITESPACE | letters | NUMBER) == 0
     }
 
     /// Length of the contraction `'s|'t|'re|'ve|'m|'ll|'d` at `pos` (0: none).
@@ -294,7 +314,7 @@ impl Scratch {
             // ` ?[^\s\p{L}\p{N}]+`
             if f2 != 0 && f2 & (WHITESPACE | LETTER | NUMBER) == 0 {
                 pos += space;
-                while self.other(pos) {
+                while self.other(pos, LETTER) {
                     pos += 1;
                 }
                 words.add(pos);
@@ -313,9 +333,15 @@ impl Scratch {
         }
     }
 
-    /// llama.cpp's `unicode_regex_split_custom_llama3` (`max_digits` 3) and
-    /// `_qwen2` (`max_digits` 1).
-    fn llama3<'t>(&mut self, frag: &'t str, max_digits: usize, out: &mut Vec<&'t str>) {
+    /// llama.cpp's `unicode_regex_split_custom_llama3` (`max_digits` 3),
+    /// `_qwen2` (`max_digits` 1) and `_qwen35` (1, `letters` with marks).
+    fn llama3<'t>(
+        &mut self,
+        frag: &'t str,
+        max_digits: usize,
+        letters: u8,
+        out: &mut Vec<&'t str>,
+    ) {
         self.load(frag);
         let n = self.chars.len();
         let mut words = Words::new(frag, &self.offs, out);
@@ -331,10 +357,10 @@ impl Scratch {
             }
             // `[^\r\n\p{L}\p{N}]?\p{L}+`
             if !(c == '\r' || c == '\n' || f & NUMBER != 0)
-                && (f & LETTER != 0 || self.fl(pos + 1) & LETTER != 0)
+                && (f & letters != 0 || self.fl(pos + 1) & letters != 0)
             {
                 pos += 1;
-                while self.fl(pos) & LETTER != 0 {
+                while self.fl(pos) & letters != 0 {
                     pos += 1;
                 }
                 words.add(pos);
@@ -355,9 +381,9 @@ impl Scratch {
             }
             // ` ?[^\s\p{L}\p{N}]+[\r\n]*`
             let f2 = if c == ' ' { self.fl(pos + 1) } else { f };
-            if f2 & (WHITESPACE | LETTER | NUMBER) == 0 {
+            if f2 & (WHITESPACE | letters | NUMBER) == 0 {
                 pos += usize::from(c == ' ');
-                while self.other(pos) {
+                while self.other(pos, letters) {
                     pos += 1;
                 }
                 while matches!(self.cpt(pos), Some('\r' | '\n')) {

@@ -6,30 +6,37 @@ use std::sync::OnceLock;
 pub const LETTER: u8 = 1;
 pub const NUMBER: u8 = 2;
 pub const WHITESPACE: u8 = 4;
+pub const MARK: u8 = 8;
 
-/// Sorted, disjoint ranges of `\p{L}` (from regex-syntax's Unicode tables).
-fn letters() -> &'static [(char, char)] {
-    static LETTERS: OnceLock<Vec<(char, char)>> = OnceLock::new();
-    LETTERS.get_or_init(|| {
-        use regex_syntax::hir::{Class, HirKind};
-        match regex_syntax::parse(r"\p{L}").map(|h| h.into_kind()) {
-            Ok(HirKind::Class(Class::Unicode(c))) => {
-                c.ranges().iter().map(|r| (r.start(), r.end())).collect()
-            }
-            // A constant class always parses to a Unicode class.
-            _ => Vec::new(),
+/// Sorted, disjoint ranges of a Unicode class (from regex-syntax's tables).
+fn ranges(class: &str) -> Vec<(char, char)> {
+    use regex_syntax::hir::{Class, HirKind};
+    match regex_syntax::parse(class).map(|h| h.into_kind()) {
+        Ok(HirKind::Class(Class::Unicode(c))) => {
+            c.ranges().iter().map(|r| (r.start(), r.end())).collect()
         }
-    })
+        // A constant class always parses to a Unicode class.
+        _ => Vec::new(),
+    }
 }
 
-fn is_letter(c: char) -> bool {
-    if c.is_ascii() {
-        return c.is_ascii_alphabetic();
-    }
-    let t = letters();
+fn in_ranges(t: &[(char, char)], c: char) -> bool {
     // The last range starting at or before `c`.
     let i = t.partition_point(|&(lo, _)| lo <= c);
     i > 0 && c <= t[i - 1].1
+}
+
+fn is_letter(c: char) -> bool {
+    static LETTERS: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    if c.is_ascii() {
+        return c.is_ascii_alphabetic();
+    }
+    in_ranges(LETTERS.get_or_init(|| ranges(r"\p{L}")), c)
+}
+
+fn is_mark(c: char) -> bool {
+    static MARKS: OnceLock<Vec<(char, char)>> = OnceLock::new();
+    !c.is_ascii() && in_ranges(MARKS.get_or_init(|| ranges(r"\p{M}")), c)
 }
 
 /// The classes of `c` (0 for punctuation, symbols, marks, controls...).
@@ -44,6 +51,9 @@ pub fn flags(c: char) -> u8 {
     }
     if is_letter(c) {
         f |= LETTER;
+    }
+    if is_mark(c) {
+        f |= MARK;
     }
     f
 }
@@ -65,6 +75,6 @@ mod tests {
         assert_eq!(flags('\u{85}'), WHITESPACE);
         assert_eq!(flags('!'), 0);
         assert_eq!(flags('🦙'), 0);
-        assert_eq!(flags('\u{301}'), 0);
+        assert_eq!(flags('\u{301}'), MARK);
     }
 }
