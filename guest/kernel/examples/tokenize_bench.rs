@@ -8,7 +8,10 @@
 //! ```
 //!
 //! `--write-inputs` also writes the two texts (`letter.txt`, `mixed.txt`) so
-//! that llama.cpp's `llama-tokenize -f FILE` can be timed on the same bytes.
+//! that llama.cpp's `llama-tokenize -f FILE` can be timed on the same bytes;
+//! `--dump DIR` writes our ids as `llama-tokenize --ids` prints them
+//! (`DIR/VOCAB-letter.txt`, ...: BOS as the model says, special tokens parsed,
+//! as that tool does by default).
 
 use std::time::Instant;
 use wasm_chord_kernel::store::MemSource;
@@ -70,6 +73,13 @@ fn main() {
         std::fs::write(dir.join("mixed.txt"), &mixed).expect("write");
         args.drain(i..i + 2);
     }
+    let mut dump = None;
+    if let Some(i) = args.iter().position(|a| a == "--dump") {
+        dump = Some(std::path::PathBuf::from(
+            args.get(i + 1).expect("--dump DIR"),
+        ));
+        args.drain(i..i + 2);
+    }
     for path in &args {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let t0 = Instant::now();
@@ -84,6 +94,18 @@ fn main() {
                 (Some(a), Some(b)) => format!(", cpu {:.0} ms", (b - a) as f64 / 1e6),
                 _ => String::new(),
             };
+            if let Some(dir) = &dump {
+                let stem = std::path::Path::new(path).file_stem().expect("file name");
+                let kind = if name.contains("letter") {
+                    "letter"
+                } else {
+                    "mixed"
+                };
+                let file = dir.join(format!("{}-{kind}.txt", stem.to_string_lossy()));
+                let ids = tok.encode(text, true, true);
+                let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+                std::fs::write(file, format!("[{}]\n", list.join(", "))).expect("write ids");
+            }
             print!(
                 "; {name}: {:.0} ms{cpu} ({} tokens)",
                 dt.as_secs_f64() * 1e3,
