@@ -13,7 +13,7 @@ const MAX_FF: u64 = 1 << 18;
 const MAX_HEADS: u64 = 1024;
 
 /// Transformer hyperparameters (llama2.c's `Config`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Config {
     /// `general.architecture`.
     pub arch: String,

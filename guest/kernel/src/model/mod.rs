@@ -6,15 +6,15 @@ pub mod residency;
 pub mod session;
 pub mod split;
 pub mod summary;
+mod vocab_only;
 pub mod weights;
 
 pub use config::Config;
 pub use residency::{CacheStats, Policy};
 pub use session::{GenerateOptions, Generation, Piece, Session, StopReason, TokenScore};
 
-use crate::gguf::{GgufFile, Value};
 use crate::store::ByteSource;
-use crate::tokenizer::{ChatMessage, Tokenizer, TokenizerData};
+use crate::tokenizer::{ChatMessage, Tokenizer};
 use crate::{Error, Result};
 use residency::LayerCache;
 use std::cell::RefCell;
@@ -58,7 +58,7 @@ impl Default for LoadOptions {
 }
 
 /// What a model is (mirrors the WIT `model-info`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModelInfo {
     pub architecture: String,
     pub name: String,
@@ -90,83 +90,6 @@ pub struct Model {
     src: Box<dyn ByteSource>,
 }
 
-fn string_array(g: &GgufFile, key: &str) -> Result<Vec<String>> {
-    match g.get(key) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| Error::InvalidModel(format!("{key}: expected strings")))
-            })
-            .collect(),
-        Some(v) => Err(Error::InvalidModel(format!(
-            "{key}: expected an array, found {}",
-            v.type_name()
-        ))),
-    }
-}
-
-fn id(g: &GgufFile, key: &str) -> Result<Option<u32>> {
-    Ok(g.get_u64(key)?.and_then(|v| u32::try_from(v).ok()))
-}
-
-/// The tokenizer described by `g`'s `tokenizer.ggml.*` metadata.
-fn tokenizer_from_gguf(g: &GgufFile) -> Result<Tokenizer> {
-    let model = g
-        .get_str("tokenizer.ggml.model")?
-        .ok_or_else(|| Error::InvalidModel("missing tokenizer.ggml.model".into()))?
-        .to_string();
-    let tokens = string_array(g, "tokenizer.ggml.tokens")?;
-    if tokens.is_empty() {
-        return Err(Error::InvalidModel("missing tokenizer.ggml.tokens".into()));
-    }
-    let token_types = match g.get("tokenizer.ggml.token_type") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_i64().map(|x| x as i32).ok_or_else(|| {
-                    Error::InvalidModel("tokenizer.ggml.token_type: expected integers".into())
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => Vec::new(),
-    };
-    let scores = match g.get("tokenizer.ggml.scores") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| {
-                v.as_f32().ok_or_else(|| {
-                    Error::InvalidModel("tokenizer.ggml.scores: expected floats".into())
-                })
-            })
-            .collect::<Result<Vec<_>>>()?,
-        _ => Vec::new(),
-    };
-    let is_spm = model == "llama";
-    Tokenizer::new(TokenizerData {
-        pre: g.get_str("tokenizer.ggml.pre")?.map(str::to_string),
-        merges: string_array(g, "tokenizer.ggml.merges")?,
-        tokens,
-        token_types,
-        scores,
-        bos: id(g, "tokenizer.ggml.bos_token_id")?,
-        eos: id(g, "tokenizer.ggml.eos_token_id")?,
-        eot: id(g, "tokenizer.ggml.eot_token_id")?,
-        unk: id(g, "tokenizer.ggml.unknown_token_id")?,
-        pad: id(g, "tokenizer.ggml.padding_token_id")?,
-        add_bos: g
-            .get_bool("tokenizer.ggml.add_bos_token")?
-            .unwrap_or(is_spm),
-        add_eos: g.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
-        add_space_prefix: g
-            .get_bool("tokenizer.ggml.add_space_prefix")?
-            .unwrap_or(is_spm),
-        model,
-    })
-}
-
 impl Model {
     /// Parse the GGUF behind `src`, plan residency, load what stays resident.
     pub fn load(src: Box<dyn ByteSource>, opts: &LoadOptions) -> Result<Model> {
@@ -180,8 +103,11 @@ impl Model {
             )));
         }
         let g = split::parse_all(src.as_ref())?;
+        if g.tensors.is_empty() {
+            return Model::vocab_only(&g, src);
+        }
         config::check_arch(&g)?;
-        let tokenizer = tokenizer_from_gguf(&g)?;
+        let tokenizer = crate::tokenizer::from_gguf(&g)?;
         let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
         let plans = weights::plan_layers(&g, &cfg)?;
         let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
@@ -273,6 +199,11 @@ impl Model {
             cache: RefCell::new(cache),
             src,
         })
+    }
+
+    /// False for a vocabulary-only file (tokenizer, no weights).
+    pub fn has_weights(&self) -> bool {
+        self.info.n_tensors > 0
     }
 
     /// Layer cache counters, and what is resident.

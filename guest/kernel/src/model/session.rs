@@ -23,6 +23,9 @@ pub struct Session {
 impl Session {
     /// A new session of `n_ctx` positions (0: default, capped by the training context).
     pub fn new(model: &Model, n_ctx: u32) -> Result<Session> {
+        if !model.has_weights() {
+            return Err(Error::Unsupported(super::vocab_only::NO_WEIGHTS.into()));
+        }
         let n_ctx = if n_ctx == 0 {
             DEFAULT_N_CTX.min(model.cfg.n_ctx_train)
         } else {

@@ -1,15 +1,24 @@
-//! Tokenizer from GGUF metadata: byte-level BPE (`tokenizer.ggml.model = gpt2`)
-//! with llama.cpp's pre-tokenizers and special-token handling; a streaming
-//! detokenizer that reassembles UTF-8 across tokens; chat templates.
+//! Tokenizer from GGUF metadata, as llama.cpp's `llama_vocab`: byte-level BPE
+//! (`tokenizer.ggml.model = gpt2`) with llama.cpp's pre-tokenizers, and
+//! SentencePiece (`llama`); special tokens split out of the text first; a
+//! streaming detokenizer that reassembles UTF-8 across tokens; chat templates.
 
 mod bpe;
 mod chat;
+mod load;
 mod pretok;
+mod special;
+mod spm;
+mod unicode;
 
 pub use chat::{apply_chat_template, ChatMessage};
+pub use load::from_gguf;
 
 use crate::{Error, Result};
-use std::collections::HashMap;
+use special::Frag;
+
+/// Token text → id (first id of a repeated text).
+type Ids = rustc_hash::FxHashMap<String, u32>;
 
 /// GGUF token types.
 pub mod token_type {
@@ -24,15 +33,17 @@ pub mod token_type {
 /// Everything the tokenizer needs, as read from `tokenizer.ggml.*`.
 #[derive(Clone, Debug, Default)]
 pub struct TokenizerData {
-    /// "gpt2" (byte-level BPE).
+    /// "gpt2" (byte-level BPE) or "llama" (SentencePiece).
     pub model: String,
     pub pre: Option<String>,
+    /// `general.name` (llama.cpp sets per-token attributes by model name).
+    pub name: Option<String>,
     pub tokens: Vec<String>,
     /// May be empty (all normal).
     pub token_types: Vec<i32>,
-    /// "left right" pairs, best first.
+    /// "left right" pairs, best first (BPE).
     pub merges: Vec<String>,
-    /// May be empty.
+    /// May be empty (SentencePiece merge priorities).
     pub scores: Vec<f32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
@@ -41,59 +52,67 @@ pub struct TokenizerData {
     pub pad: Option<u32>,
     pub add_bos: bool,
     pub add_eos: bool,
+    /// SentencePiece: prefix a space to text at the start and after special tokens.
     pub add_space_prefix: bool,
 }
 
-/// Texts that mark the end of a generation in common vocabularies (llama.cpp's list).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<EOT>",
-    "_<EOT>",
-    "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>",
-    "<|return|>",
-    "<|call|>",
-    "<|calls|>",
-    "<|flush|>",
-];
+/// The algorithm behind `tokenizer.ggml.model`.
+enum Kind {
+    Bpe {
+        bpe: bpe::Bpe,
+        pre: pretok::PreTokenizer,
+    },
+    Spm(spm::Spm),
+}
 
-/// A byte-level BPE tokenizer.
+/// A tokenizer: the vocabulary and the algorithm that maps text onto it.
 pub struct Tokenizer {
     tokens: Vec<String>,
+    /// Token types after llama.cpp's fix-ups (see `special::fix_types`).
     types: Vec<i32>,
-    ids: HashMap<String, u32>,
-    bpe: bpe::Bpe,
-    pre: pretok::PreTokenizer,
-    /// Tokens matched in raw text before BPE, longest first: (text, id, is_control).
-    specials: Vec<(String, u32, bool)>,
+    scores: Vec<f32>,
+    ids: Ids,
+    kind: Kind,
+    specials: special::Specials,
     eog: Vec<u32>,
     bos: Option<u32>,
     eos: Option<u32>,
     add_bos: bool,
     add_eos: bool,
+    add_space_prefix: bool,
+}
+
+/// The byte of a `<0xXX>` token.
+fn hex_byte(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
 }
 
 impl Tokenizer {
     pub fn new(d: TokenizerData) -> Result<Tokenizer> {
-        if d.model != "gpt2" {
-            return Err(Error::Unsupported(format!(
-                "tokenizer model '{}' (supported: gpt2 byte-level BPE; SentencePiece 'llama' comes later)",
-                d.model
-            )));
-        }
+        let is_spm = match d.model.as_str() {
+            "gpt2" => false,
+            "llama" => true,
+            other => {
+                return Err(Error::Unsupported(format!(
+                "tokenizer model '{other}' (supported: gpt2 byte-level BPE, llama SentencePiece)"
+            )))
+            }
+        };
         let n = d.tokens.len();
         if n == 0 || n > (1 << 24) {
             return Err(Error::InvalidModel(format!("vocabulary of {n} tokens")));
         }
-        if !d.token_types.is_empty() && d.token_types.len() != n {
-            return Err(Error::InvalidModel(format!(
-                "{} token types for {n} tokens",
-                d.token_types.len()
-            )));
+        for (what, len) in [
+            ("token types", d.token_types.len()),
+            ("scores", d.scores.len()),
+        ] {
+            if len != 0 && len < n {
+                return Err(Error::InvalidModel(format!("{len} {what} for {n} tokens")));
+            }
         }
         for (name, id) in [
             ("bos", d.bos),
@@ -110,49 +129,68 @@ impl Tokenizer {
                 }
             }
         }
-        let types = if d.token_types.is_empty() {
+        let mut types = if d.token_types.is_empty() {
             vec![token_type::NORMAL; n]
         } else {
-            d.token_types
+            d.token_types[..n].to_vec()
         };
-        let mut ids = HashMap::with_capacity(n);
-        for (i, t) in d.tokens.iter().enumerate() {
+        // Scores order SentencePiece merges; -0.0 and 0.0 tie, as in C++.
+        let scores: Vec<f32> = d.scores.iter().take(n).map(|s| s + 0.0).collect();
+        // As llama.cpp, an empty token gets a placeholder text.
+        let tokens: Vec<String> = d
+            .tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if t.is_empty() {
+                    format!("[EMPTY_{i}]")
+                } else {
+                    t
+                }
+            })
+            .collect();
+        let mut ids = Ids::default();
+        ids.reserve(n);
+        for (i, t) in tokens.iter().enumerate() {
             ids.entry(t.clone()).or_insert(i as u32);
         }
-        let bpe = bpe::Bpe::new(&ids, &d.merges)?;
-        let pre = pretok::PreTokenizer::new(d.pre.as_deref())?;
-        let mut specials: Vec<(String, u32, bool)> = types
-            .iter()
-            .enumerate()
-            .filter(|(i, &t)| {
-                matches!(
-                    t,
+        let mut eot = d.eot;
+        let eog = special::fix_types(&tokens, &mut types, d.eos, &mut eot);
+        // Phi-3: special tokens swallow the whitespace after them (llama.cpp's RSTRIP).
+        let name = d.name.unwrap_or_default().to_lowercase();
+        let mut strip = vec![(false, false); n];
+        if name.contains("phi-3") || name.contains("phi3") {
+            for (i, t) in tokens.iter().enumerate() {
+                let special = matches!(
+                    types[i],
                     token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN
-                ) && !d.tokens[*i].is_empty()
-            })
-            .map(|(i, &t)| (d.tokens[i].clone(), i as u32, t != token_type::USER_DEFINED))
-            .collect();
-        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
-        let mut eog: Vec<u32> = [d.eos, d.eot].into_iter().flatten().collect();
-        for (i, t) in d.tokens.iter().enumerate() {
-            if EOG_TEXTS.contains(&t.as_str()) && types[i] != token_type::NORMAL {
-                eog.push(i as u32);
+                );
+                let kept = ["<unk>", "<s>", "<|endoftext|>"].contains(&t.as_str());
+                strip[i].1 = (special || t == "</s>") && !kept;
             }
         }
-        eog.sort_unstable();
-        eog.dedup();
+        let specials = special::Specials::new(&tokens, &types, &strip)?;
+        let kind = if is_spm {
+            Kind::Spm(spm::Spm::new(&ids, d.unk))
+        } else {
+            Kind::Bpe {
+                bpe: bpe::Bpe::new(&ids, n, &d.merges),
+                pre: pretok::PreTokenizer::new(d.pre.as_deref())?,
+            }
+        };
         Ok(Tokenizer {
-            tokens: d.tokens,
+            tokens,
             types,
+            scores,
             ids,
-            bpe,
-            pre,
+            kind,
             specials,
             eog,
             bos: d.bos,
             eos: d.eos,
             add_bos: d.add_bos,
             add_eos: d.add_eos,
+            add_space_prefix: d.add_space_prefix,
         })
     }
 
@@ -178,40 +216,55 @@ impl Tokenizer {
     }
 
     /// Text to token ids. `add_special`: BOS/EOS as the metadata says;
-    /// `parse_special`: control tokens written in the text become those tokens.
+    /// `parse_special`: control tokens written in the text become those tokens
+    /// (user-defined tokens always do).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Vec<u32> {
         let mut out = Vec::new();
         if add_special && self.add_bos {
             out.extend(self.bos);
         }
-        let mut rest = text;
-        while !rest.is_empty() {
-            // The earliest special token in `rest` (longest wins at the same place).
-            let mut found: Option<(usize, &(String, u32, bool))> = None;
-            for sp in &self.specials {
-                if sp.2 && !parse_special {
-                    continue;
-                }
-                if let Some(at) = rest.find(sp.0.as_str()) {
-                    if found.is_none_or(|(best, _)| at < best) {
-                        found = Some((at, sp));
+        let frags = self.specials.split(text, parse_special);
+        match &self.kind {
+            Kind::Bpe { bpe, pre } => {
+                let mut scratch = bpe::Scratch::default();
+                for f in frags {
+                    match f {
+                        Frag::Token(id) => out.push(id),
+                        Frag::Text(t) => {
+                            for word in pre.split(t) {
+                                bpe.encode_word(
+                                    word,
+                                    &self.ids,
+                                    pre.ignore_merges,
+                                    &mut scratch,
+                                    &mut out,
+                                );
+                            }
+                        }
                     }
                 }
             }
-            let (plain, special) = match found {
-                Some((at, sp)) => (&rest[..at], Some(sp)),
-                None => (rest, None),
-            };
-            for word in self.pre.split(plain) {
-                self.bpe
-                    .encode_word(word, &self.ids, self.pre.ignore_merges, &mut out);
-            }
-            match special {
-                Some(sp) => {
-                    out.push(sp.1);
-                    rest = &rest[plain.len() + sp.0.len()..];
+            Kind::Spm(spm) => {
+                // A space is prefixed to the text at the start and after a special token.
+                let mut after_special = true;
+                for f in frags {
+                    match f {
+                        Frag::Token(id) => {
+                            out.push(id);
+                            after_special = true;
+                        }
+                        Frag::Text(t) => {
+                            let mut escaped = String::with_capacity(t.len() + 3);
+                            if self.add_space_prefix && after_special {
+                                escaped.push(spm::SPACE);
+                            }
+                            escaped
+                                .extend(t.chars().map(|c| if c == ' ' { spm::SPACE } else { c }));
+                            spm.encode(&escaped, &self.ids, &self.scores, &mut out);
+                            after_special = false;
+                        }
+                    }
                 }
-                None => break,
             }
         }
         if add_special && self.add_eos {
@@ -220,13 +273,23 @@ impl Tokenizer {
         out
     }
 
-    /// The bytes a token stands for: byte-level decoding for normal tokens,
-    /// the text itself for user-defined and control tokens.
+    /// The bytes a token stands for, as llama.cpp's `token_to_piece` with
+    /// `special`: byte-level decoding (BPE) or "▁" as a space (SentencePiece)
+    /// for normal tokens, the byte of `<0xXX>` tokens, the text itself for
+    /// user-defined and control tokens; nothing for unused ones.
     pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
         let text = self.tokens.get(id as usize)?;
+        let normal = |text: &str| match self.kind {
+            Kind::Bpe { .. } => bpe::decode_bytes(text),
+            Kind::Spm(_) => text.replace(spm::SPACE, " ").into_bytes(),
+        };
         Some(match self.types[id as usize] {
-            token_type::NORMAL | token_type::BYTE => bpe::decode_bytes(text),
-            _ => text.as_bytes().to_vec(),
+            token_type::NORMAL => normal(text),
+            token_type::BYTE => hex_byte(text).map_or_else(|| normal(text), |b| vec![b]),
+            token_type::CONTROL | token_type::USER_DEFINED | token_type::UNKNOWN => {
+                text.as_bytes().to_vec()
+            }
+            _ => Vec::new(),
         })
     }
 
@@ -239,15 +302,75 @@ impl Tokenizer {
     }
 
     /// Token ids to text (invalid UTF-8 replaced); control tokens are omitted.
+    /// As llama.cpp's `detokenize`: with a space prefix (SentencePiece) the
+    /// first token loses its leading space; most BPE vocabularies tidy spaces
+    /// before punctuation and contractions.
     pub fn decode(&self, ids: &[u32]) -> String {
         let mut bytes = Vec::new();
-        for &id in ids {
-            if self.renders(id) {
-                bytes.extend(self.token_bytes(id).unwrap_or_default());
+        for (i, &id) in ids.iter().enumerate() {
+            if !self.renders(id) {
+                continue;
             }
+            let piece = self.token_bytes(id).unwrap_or_default();
+            let strip = i == 0 && self.add_space_prefix && piece.first() == Some(&b' ');
+            bytes.extend_from_slice(&piece[usize::from(strip)..]);
+        }
+        if matches!(&self.kind, Kind::Bpe { pre, .. } if pre.clean_spaces) {
+            bytes = clean_spaces(bytes);
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// llama.cpp's `clean_spaces`, three in-place passes ported as they are:
+/// " ?" " !" " ." " ," lose the space; " ' " becomes "'"; " 's" " 'm" " 're"
+/// " 've" lose the space.
+fn clean_spaces(mut t: Vec<u8>) -> Vec<u8> {
+    // First pass: a space before ? ! . ,
+    let n = t.len();
+    let mut total = n.min(1);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && matches!(x, b'?' | b'!' | b'.' | b',') {
+            total -= 1;
+        }
+        t[total] = x;
+        total += 1;
+    }
+    t.truncate(total);
+    // Second pass: a single apostrophe between spaces.
+    let n = t.len();
+    let mut total = n.min(1);
+    let mut i = 1;
+    while i < n {
+        let x = t[i];
+        if x == b'\'' && i + 1 < n && t[i - 1] == b' ' && t[i + 1] == b' ' {
+            total -= 1;
+            i += 1;
+            t[i] = 0;
+        }
+        t[total] = x;
+        total += 1;
+        i += 1;
+    }
+    t.truncate(total);
+    // Third pass: contractions.
+    let n = t.len();
+    let mut total = n.min(1);
+    for i in 1..n {
+        let x = t[i];
+        if t[i - 1] == b' ' && x == b'\'' && i + 1 < n {
+            let x1 = t[i + 1];
+            let x2 = if i + 2 < n { t[i + 2] } else { 0 };
+            if matches!(x1, b's' | b'm') || matches!((x1, x2), (b'r', b'e') | (b'v', b'e')) {
+                total -= 1;
+            }
+        }
+        t[total] = x;
+        total += 1;
+    }
+    t.truncate(total);
+    t
 }
 
 /// Streaming detokenizer: text is released only once its UTF-8 is complete.

@@ -42,6 +42,12 @@ fn bpe_merges_and_specials() {
     );
     assert!(t.is_eog(261));
     assert_eq!(t.decode(&[259, 260, 261]), "hello w");
+    // llama.cpp's clean_spaces when decoding (not when streaming).
+    let ids = t.encode("a , b ' c 're 't !", false, false);
+    assert_eq!(t.decode(&ids), "a, b'c're 't!");
+    let mut d = Detokenizer::new();
+    let streamed: String = ids.iter().map(|&i| d.push(&t, i)).collect();
+    assert_eq!(streamed, "a , b ' c 're 't !");
 }
 
 #[test]
@@ -69,11 +75,11 @@ fn detokenizer_reassembles_utf8() {
 #[test]
 fn unsupported_models_are_named() {
     let d = TokenizerData {
-        model: "llama".into(),
+        model: "t5".into(),
         tokens: vec!["a".into()],
         ..Default::default()
     };
-    assert!(matches!(Tokenizer::new(d), Err(Error::Unsupported(m)) if m.contains("llama")));
+    assert!(matches!(Tokenizer::new(d), Err(Error::Unsupported(m)) if m.contains("t5")));
     let d = TokenizerData {
         model: "gpt2".into(),
         pre: Some("nope".into()),
@@ -81,6 +87,140 @@ fn unsupported_models_are_named() {
         ..Default::default()
     };
     assert!(matches!(Tokenizer::new(d), Err(Error::Unsupported(m)) if m.contains("nope")));
+}
+
+/// A small SentencePiece vocabulary: <unk> <s> </s>, byte tokens, pieces.
+fn tiny_spm(add_space_prefix: bool) -> Tokenizer {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    let mut types = vec![
+        token_type::UNKNOWN,
+        token_type::CONTROL,
+        token_type::CONTROL,
+    ];
+    let mut scores = vec![0.0; 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        types.push(token_type::BYTE);
+        scores.push(0.0);
+    }
+    // 259.. : pieces with scores (higher merges first).
+    for (t, s) in [
+        ("▁", -1.0),
+        ("a", -2.0),
+        ("b", -2.0),
+        ("ab", -3.0),
+        ("▁ab", -4.0),
+        ("ba", -2.5),
+        ("<x>", 0.0),
+    ] {
+        tokens.push(t.into());
+        types.push(token_type::NORMAL);
+        scores.push(s);
+    }
+    *types.last_mut().unwrap() = token_type::USER_DEFINED;
+    Tokenizer::new(TokenizerData {
+        model: "llama".into(),
+        tokens,
+        token_types: types,
+        scores,
+        bos: Some(1),
+        eos: Some(2),
+        unk: Some(0),
+        add_bos: true,
+        add_space_prefix,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+#[test]
+fn spm_merges_by_score_with_byte_fallback() {
+    let t = tiny_spm(true);
+    // "▁ab": "ab" (-3) beats "▁a" (not a token); then "▁ab" (-4).
+    assert_eq!(t.encode("ab", true, false), [1, 263]);
+    // "aba": "ab" and "ba" compete: "ba" scores higher (-2.5 > -3).
+    assert_eq!(t.encode("aba", false, false), [259, 260, 264]);
+    // Equal scores: the leftmost pair wins ("▁" + "bab" → "▁", "ba", "b").
+    assert_eq!(t.encode("bab", false, false), [259, 264, 261]);
+    // Unknown characters fall back to their UTF-8 bytes: "é" = C3 A9.
+    assert_eq!(t.encode("é", false, false), [259, 3 + 0xC3, 3 + 0xA9]);
+    // A user-defined token splits the text; the text after it gets a space prefix.
+    assert_eq!(t.encode("a<x>b", false, false), [259, 260, 265, 259, 261]);
+    // Control tokens only with parse_special.
+    assert_eq!(t.encode("</s>a", false, true), [2, 259, 260]);
+    assert_eq!(t.encode("", true, false), [1]);
+}
+
+#[test]
+fn spm_without_space_prefix_and_unk_fallback() {
+    let t = tiny_spm(false);
+    assert_eq!(t.encode("a b", false, false), [260, 259, 261]);
+    // Without byte tokens, unknown bytes become <unk>.
+    let d = TokenizerData {
+        model: "llama".into(),
+        tokens: ["<unk>", "a"].map(String::from).to_vec(),
+        token_types: vec![token_type::UNKNOWN, token_type::NORMAL],
+        unk: Some(0),
+        ..Default::default()
+    };
+    let t = Tokenizer::new(d).unwrap();
+    assert_eq!(t.encode("a€", false, false), [1, 0, 0, 0]);
+}
+
+#[test]
+fn spm_decodes_spaces_and_bytes() {
+    let t = tiny_spm(true);
+    // The leading space of the first piece is dropped, as llama.cpp's detokenize.
+    assert_eq!(t.decode(&[263, 259, 260]), "ab a");
+    // After BOS the space stays (llama.cpp: BOS consumes the stripping).
+    assert_eq!(t.decode(&[1, 263]), " ab");
+    assert_eq!(t.decode(&[3 + 0xC3, 3 + 0xA9, 265]), "é<x>");
+    // Streaming keeps the space and reassembles bytes.
+    let mut d = Detokenizer::new();
+    assert_eq!(d.push(&t, 263), " ab");
+    assert_eq!(d.push(&t, 3 + 0xC3), "");
+    assert_eq!(d.push(&t, 3 + 0xA9), "é");
+    assert_eq!(d.push(&t, 2), "");
+}
+
+#[test]
+fn bpe_ties_go_leftmost_and_stale_pairs_are_skipped() {
+    // Merges: "a a" first. "aaa" → "aa" + "a" (leftmost pair merges first).
+    let mut tokens: Vec<String> = (0..=255u8).map(|b| bpe::byte_char(b).to_string()).collect();
+    tokens.push("aa".into()); // 256
+    tokens.push("aaaa".into()); // 257
+    let t = Tokenizer::new(TokenizerData {
+        model: "gpt2".into(),
+        pre: Some("gpt2".into()),
+        tokens,
+        merges: ["a a", "aa aa"].map(String::from).to_vec(),
+        ..Default::default()
+    })
+    .unwrap();
+    let a = u32::from(b'a');
+    assert_eq!(t.encode("aaa", false, false), [256, a]);
+    assert_eq!(t.encode("aaaaa", false, false), [257, a]);
+    assert_eq!(t.encode("aaaaaa", false, false), [257, 256]);
+}
+
+#[test]
+fn many_specials_and_long_words_tokenize() {
+    // Adversarial sizes, not timed: 200 KB of one letter, 30,000 special tokens.
+    let t = tiny();
+    let text = "h".repeat(200_000);
+    let ids = t.encode(&text, false, false);
+    assert_eq!(ids.len(), 200_000);
+    assert!(ids.iter().all(|&i| i == u32::from(b'h')));
+    let text = "<|end|>".repeat(30_000);
+    let ids = t.encode(&text, false, true);
+    assert_eq!(ids, vec![261; 30_000]);
+    let s = tiny_spm(true);
+    // "▁abab…b": "ba" outscores "ab", so: "▁", "a", "ba" × 99,999, "b".
+    let ids = s.encode(&"ab".repeat(100_000), false, false);
+    let mut want = vec![259, 260];
+    want.extend(std::iter::repeat_n(264, 99_999));
+    want.push(261);
+    assert_eq!(ids, want);
 }
 
 #[test]
