@@ -20,8 +20,9 @@ const MAX_HEADS: u64 = 1024;
 const MAX_HEAD_DIM: u64 = 1 << 12;
 
 /// An architecture the forward pass knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Arch {
+    #[default]
     Llama,
     Gemma3,
 }
@@ -37,18 +38,20 @@ impl Arch {
 }
 
 /// Which dimensions of a head RoPE rotates together (llama.cpp's rope type).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RopeStyle {
     /// Pairs (2i, 2i + 1): `LLAMA_ROPE_TYPE_NORM` (llama).
+    #[default]
     Norm,
     /// Pairs (i, i + rope_dim / 2): `LLAMA_ROPE_TYPE_NEOX` (gemma, qwen, phi).
     Neox,
 }
 
 /// Activation of the gated feed-forward: `down(act(gate(x)) * up(x))`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FfnAct {
     /// SiLU (SwiGLU).
+    #[default]
     Silu,
     /// GELU, tanh approximation (GeGLU), as ggml computes it.
     GeluTanh,

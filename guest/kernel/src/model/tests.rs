@@ -345,7 +345,7 @@ fn summary_names_unsupported_types() {
         ]
     );
     let bad: Vec<_> = s.unsupported().collect();
-    assert_eq!(bad, [(GgmlType::Q4_K, 2), (GgmlType::IQ2_XXS, 1)]);
+    assert_eq!(bad, [(GgmlType::IQ2_XXS, 1)]);
 }
 
 /// A malformed header is an error from `summarize` too, not a panic.

@@ -131,7 +131,7 @@ fn vec_dot_types_match_ggml() {
     let mut tested = WEIGHT_TYPES.to_vec();
     tested.sort();
     assert_eq!(supported, tested);
-    assert!(GgmlType::supported_names().starts_with("F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, "));
+    assert!(GgmlType::supported_names().starts_with("F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "));
 }
 
 #[test]
