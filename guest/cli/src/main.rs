@@ -537,11 +537,15 @@ fn info(a: InfoArgs) -> Result<()> {
         human_bytes(i.file_size),
         i.file_size
     );
-    println!(
-        "weights:      {} ({} bytes)",
-        human_bytes(i.weight_bytes),
-        i.weight_bytes
-    );
+    if i.n_tensors == 0 {
+        println!("weights:      none (vocabulary-only file: tokenize and detokenize only)");
+    } else {
+        println!(
+            "weights:      {} ({} bytes)",
+            human_bytes(i.weight_bytes),
+            i.weight_bytes
+        );
+    }
     println!("tensors:      {}", i.n_tensors);
     println!("tensor types: {types}");
     println!("bos:          {}", token(i.bos_token));

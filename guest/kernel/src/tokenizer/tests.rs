@@ -224,6 +224,33 @@ fn many_specials_and_long_words_tokenize() {
 }
 
 #[test]
+fn random_texts_round_trip_through_the_streaming_detokenizer() {
+    const POOL: &[&str] = &[
+        "a", "b", "h", "e", "l", "o", " ", "  ", "\n", "\t", "'s", "7", "42", "é", "中", "🦙",
+        "\u{301}", "<x>", "<|end|>", "<", "|", "\u{3000}", "\r\n", ",", "!",
+    ];
+    let (bpe, spm) = (tiny(), tiny_spm(false));
+    let mut state: u64 = 1;
+    for _ in 0..300 {
+        let mut text = String::new();
+        for _ in 0..(state % 24) {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            text.push_str(POOL[(state >> 33) as usize % POOL.len()]);
+        }
+        for t in [&bpe, &spm] {
+            let ids = t.encode(&text, false, false);
+            let mut d = Detokenizer::new();
+            let mut back: String = ids.iter().map(|&i| d.push(t, i)).collect();
+            back.push_str(&d.flush());
+            assert_eq!(back, text, "{ids:?}");
+        }
+        state = state.wrapping_add(text.len() as u64);
+    }
+}
+
+#[test]
 fn chat_template_renders() {
     let tpl = "{% for m in messages %}<{{ m.role }}>{{ m.content | trim }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}";
     let msgs = [ChatMessage {
