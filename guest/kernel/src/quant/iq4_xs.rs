@@ -3,13 +3,8 @@
 
 use super::q8_k::{nearest_int, Q8_KAct, GROUP_MAX_EPS, QK_K};
 use super::{f16_le, f32_to_f16_le, QuantKind};
+use super::iq4_nl::{best_index_int8, KVALUES_IQ4NL};
 use crate::ggml_type::GgmlType;
-
-/// ggml's `kvalues_iq4nl`: the 16 values a 4-bit index stands for
-/// (shared with IQ4_NL).
-pub const KVALUES_IQ4NL: [i8; 16] = [
-    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
-];
 
 /// IQ4_XS block (ggml `block_iq4_xs`): 4.25 bits per weight.
 /// Sub-block s (32 weights) is `w = d * (ls - 32) * KVALUES_IQ4NL[q]`, ls
@@ -41,31 +36,6 @@ fn scales(b: &BlockIQ4_XS) -> [i32; 8] {
     })
 }
 
-/// ggml's `best_index_int8`: the index of the table value nearest `x`.
-fn best_index(x: f32) -> u8 {
-    let v = &KVALUES_IQ4NL;
-    if x <= v[0] as f32 {
-        return 0;
-    }
-    if x >= v[15] as f32 {
-        return 15;
-    }
-    let (mut ml, mut mu) = (0usize, 15usize);
-    while mu - ml > 1 {
-        let mav = (ml + mu) / 2;
-        if x < v[mav] as f32 {
-            mu = mav;
-        } else {
-            ml = mav;
-        }
-    }
-    if x - (v[mu - 1] as f32) < v[mu] as f32 - x {
-        (mu - 1) as u8
-    } else {
-        mu as u8
-    }
-}
-
 /// ggml's `quantize_row_iq4_nl_impl` for one IQ4_XS super-block (no
 /// importance weights, `ntry = 7`).
 fn quantize_block(x: &[f32], o: &mut BlockIQ4_XS) {
@@ -92,7 +62,7 @@ fn quantize_block(x: &[f32], o: &mut BlockIQ4_XS) {
             let (mut sumqx, mut sumq2) = (0f32, 0f32);
             let mut lb = lb;
             for j in 0..32 {
-                let k = best_index(id * xb[j]);
+                let k = best_index_int8(&KVALUES_IQ4NL, id * xb[j]);
                 if let Some(lb) = lb.as_deref_mut() {
                     lb[j] = k;
                 }
@@ -129,7 +99,7 @@ fn quantize_block(x: &[f32], o: &mut BlockIQ4_XS) {
         let dl = d * ls as f32;
         let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
         for j in 0..32 {
-            l[32 * ib + j] = best_index(idl * x[32 * ib + j]);
+            l[32 * ib + j] = best_index_int8(&KVALUES_IQ4NL, idl * x[32 * ib + j]);
         }
         let ls = (ls + 32) as u8;
         o.scales_l[ib / 2] |= (ls & 0x0f) << (4 * (ib % 2));
