@@ -98,10 +98,15 @@ impl QuantKind for Q5_0 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
         let s16 = i8x16_splat(16);
-        // Byte k of a lane group selects qh byte k / 8; bit k % 8 of it.
-        let sel_lo = i8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let sel_hi = i8x16(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+        // Byte k of a vector holds qh byte k / 8; bit k % 8 of it is tested.
         let bits = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
+        // Not a swizzle of a splat: LLVM turns that into a two-input shuffle
+        // whose second input is the accumulator, a false dependency that
+        // serializes the loop.
+        let bytes = |a: u8, b: u8| {
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            u64x2(a as u64 * ONES, b as u64 * ONES)
+        };
         let mut acc = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
@@ -113,10 +118,10 @@ impl QuantKind for Q5_0 {
                     v128_load(by.qs.as_ptr().add(16) as *const v128),
                 )
             };
-            let qh = u32x4_splat(u32::from_le_bytes(bx.qh));
+            let qh = bx.qh;
             // 0xff where the fifth bit is set.
-            let h_lo = i8x16_eq(v128_and(i8x16_swizzle(qh, sel_lo), bits), bits);
-            let h_hi = i8x16_eq(v128_and(i8x16_swizzle(qh, sel_hi), bits), bits);
+            let h_lo = i8x16_eq(v128_and(bytes(qh[0], qh[1]), bits), bits);
+            let h_hi = i8x16_eq(v128_and(bytes(qh[2], qh[3]), bits), bits);
             // (nibble | bit << 4) - 16 == nibble - (bit ? 0 : 16).
             let lo = i8x16_sub(v128_and(q, m4), v128_andnot(s16, h_lo));
             let hi = i8x16_sub(u8x16_shr(q, 4), v128_andnot(s16, h_hi));
