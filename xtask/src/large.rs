@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasm_chord_kernel::ggml_type::GgmlType;
 use wasm_chord_kernel::gguf::GgufFile;
 use wasm_chord_kernel::store::MemSource;
-use wasm_chord_kernel::synth::{self, SynthSpec, SynthVocab};
+use wasm_chord_kernel::synth::{self, SynthArch, SynthSpec, SynthVocab};
 
 /// 98 blocks of 2048 wide (GQA 16/4 heads, FFN 5632) in Q8_0: about 4.5 GiB.
 pub fn spec() -> SynthSpec {
@@ -24,6 +24,7 @@ pub fn spec() -> SynthSpec {
         weight_type: GgmlType::Q8_0,
         separate_output: false,
         seed: 20261123,
+        arch: SynthArch::Llama,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Synthetic llama-architecture GGUF models with seeded random weights.
+//! Synthetic GGUF models (llama, or gemma3) with seeded random weights.
 //!
 //! For tests (a tiny model that loads in milliseconds) and for the large-model
 //! benchmark (a multi-GiB file whose tensors sit beyond 4 GiB), written
@@ -23,6 +23,33 @@ pub struct SynthSpec {
     /// Write a separate `output.weight` (else the embedding is tied).
     pub separate_output: bool,
     pub seed: u64,
+    /// Architecture and its options.
+    pub arch: SynthArch,
+}
+
+/// The architecture of a synthetic model.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SynthArch {
+    /// llama: head width n_embd / n_head.
+    Llama,
+    /// gemma3 with heads of `head_dim` (any width), q/k norms and post-norms;
+    /// a sliding window of `n_swa` (0: none) on the layers that
+    /// `sliding_window_pattern = swa_period` selects; optional final soft cap.
+    Gemma3 {
+        head_dim: usize,
+        n_swa: u32,
+        swa_period: u32,
+        final_softcap: Option<f32>,
+    },
+}
+
+impl SynthArch {
+    fn name(&self) -> &'static str {
+        match self {
+            SynthArch::Llama => "llama",
+            SynthArch::Gemma3 { .. } => "gemma3",
+        }
+    }
 }
 
 /// Tokenizer metadata to embed.
@@ -111,21 +138,36 @@ fn gpt2_byte_char(b: u8) -> char {
 
 /// The tensors of the model: (name, dims ne0-first, type).
 fn tensor_list(s: &SynthSpec, n_vocab: usize) -> Vec<(String, Vec<u64>, GgmlType)> {
-    let (d, ff, hd) = (s.n_embd as u64, s.n_ff as u64, (s.n_embd / s.n_head) as u64);
-    let kv = hd * s.n_head_kv as u64;
+    let hd = match s.arch {
+        SynthArch::Llama => s.n_embd / s.n_head,
+        SynthArch::Gemma3 { head_dim, .. } => head_dim,
+    } as u64;
+    let gemma = s.arch != SynthArch::Llama;
+    let (d, ff) = (s.n_embd as u64, s.n_ff as u64);
+    let (q, kv) = (hd * s.n_head as u64, hd * s.n_head_kv as u64);
     let w = s.weight_type;
     let mut t = vec![("token_embd.weight".to_string(), vec![d, n_vocab as u64], w)];
     for l in 0..s.n_layers {
         let p = |n: &str| format!("blk.{l}.{n}.weight");
         t.push((p("attn_norm"), vec![d], GgmlType::F32));
-        t.push((p("attn_q"), vec![d, d], w));
+        t.push((p("attn_q"), vec![d, q], w));
         t.push((p("attn_k"), vec![d, kv], w));
         t.push((p("attn_v"), vec![d, kv], w));
-        t.push((p("attn_output"), vec![d, d], w));
+        if gemma {
+            t.push((p("attn_q_norm"), vec![hd], GgmlType::F32));
+            t.push((p("attn_k_norm"), vec![hd], GgmlType::F32));
+        }
+        t.push((p("attn_output"), vec![q, d], w));
+        if gemma {
+            t.push((p("post_attention_norm"), vec![d], GgmlType::F32));
+        }
         t.push((p("ffn_norm"), vec![d], GgmlType::F32));
         t.push((p("ffn_gate"), vec![d, ff], w));
         t.push((p("ffn_up"), vec![d, ff], w));
         t.push((p("ffn_down"), vec![ff, d], w));
+        if gemma {
+            t.push((p("post_ffw_norm"), vec![d], GgmlType::F32));
+        }
     }
     t.push(("output_norm.weight".into(), vec![d], GgmlType::F32));
     if s.separate_output {
@@ -136,21 +178,43 @@ fn tensor_list(s: &SynthSpec, n_vocab: usize) -> Vec<(String, Vec<u64>, GgmlType
 
 /// The writer with all metadata and tensor declarations (data comes from [`write`]).
 pub fn writer(s: &SynthSpec, v: &SynthVocab) -> GgufWriter {
+    let a = s.arch.name();
+    let key = |k: &str| format!("{a}.{k}");
     let mut w = GgufWriter::new();
-    w.kv("general.architecture", "llama".into())
+    w.kv("general.architecture", a.into())
         .kv(
             "general.name",
             format!("synthetic-{}L-{}d-{}", s.n_layers, s.n_embd, s.weight_type).into(),
         )
-        .kv("llama.block_count", (s.n_layers as u32).into())
-        .kv("llama.context_length", 4096u32.into())
-        .kv("llama.embedding_length", (s.n_embd as u32).into())
-        .kv("llama.feed_forward_length", (s.n_ff as u32).into())
-        .kv("llama.attention.head_count", (s.n_head as u32).into())
-        .kv("llama.attention.head_count_kv", (s.n_head_kv as u32).into())
-        .kv("llama.rope.freq_base", 10000.0f32.into())
-        .kv("llama.attention.layer_norm_rms_epsilon", 1e-5f32.into())
-        .kv("tokenizer.ggml.model", "gpt2".into())
+        .kv(&key("block_count"), (s.n_layers as u32).into())
+        .kv(&key("context_length"), 4096u32.into())
+        .kv(&key("embedding_length"), (s.n_embd as u32).into())
+        .kv(&key("feed_forward_length"), (s.n_ff as u32).into())
+        .kv(&key("attention.head_count"), (s.n_head as u32).into())
+        .kv(&key("attention.head_count_kv"), (s.n_head_kv as u32).into());
+    match s.arch {
+        SynthArch::Llama => {
+            w.kv(&key("rope.freq_base"), 10000.0f32.into())
+                .kv(&key("attention.layer_norm_rms_epsilon"), 1e-5f32.into());
+        }
+        SynthArch::Gemma3 {
+            head_dim,
+            n_swa,
+            swa_period,
+            final_softcap,
+        } => {
+            w.kv(&key("rope.freq_base"), 1e6f32.into())
+                .kv(&key("attention.layer_norm_rms_epsilon"), 1e-6f32.into())
+                .kv(&key("attention.key_length"), (head_dim as u32).into())
+                .kv(&key("attention.value_length"), (head_dim as u32).into())
+                .kv(&key("attention.sliding_window"), n_swa.into())
+                .kv(&key("attention.sliding_window_pattern"), swa_period.into());
+            if let Some(cap) = final_softcap {
+                w.kv(&key("final_logit_softcapping"), cap.into());
+            }
+        }
+    }
+    w.kv("tokenizer.ggml.model", "gpt2".into())
         .kv("tokenizer.ggml.pre", v.pre.clone().into())
         .kv(
             "tokenizer.ggml.tokens",

@@ -1,22 +1,66 @@
 //! Hyperparameters of a model, read from GGUF metadata.
+//!
+//! One [`Config`] describes every supported architecture: the common llama
+//! hyperparameters plus per-architecture options (RoPE style, sliding-window
+//! layers, extra norms, activation, soft-capping), read from the keys
+//! llama.cpp reads for that architecture (its `llama-model.cpp` /
+//! `models/<arch>.cpp`). The forward pass is one function driven by them.
 
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, Value};
 use crate::{Error, Result};
 
 /// Architectures whose forward pass this kernel implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama"];
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
 
 /// Upper bounds that keep a hostile header from asking for absurd buffers.
 const MAX_LAYERS: u64 = 1024;
 const MAX_EMBD: u64 = 1 << 16;
 const MAX_FF: u64 = 1 << 18;
 const MAX_HEADS: u64 = 1024;
+const MAX_HEAD_DIM: u64 = 1 << 12;
+
+/// An architecture the forward pass knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    Llama,
+    Gemma3,
+}
+
+impl Arch {
+    fn from_name(name: &str) -> Option<Arch> {
+        match name {
+            "llama" => Some(Arch::Llama),
+            "gemma3" => Some(Arch::Gemma3),
+            _ => None,
+        }
+    }
+}
+
+/// Which dimensions of a head RoPE rotates together (llama.cpp's rope type).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Pairs (2i, 2i + 1): `LLAMA_ROPE_TYPE_NORM` (llama).
+    Norm,
+    /// Pairs (i, i + rope_dim / 2): `LLAMA_ROPE_TYPE_NEOX` (gemma, qwen, phi).
+    Neox,
+}
+
+/// Activation of the gated feed-forward: `down(act(gate(x)) * up(x))`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnAct {
+    /// SiLU (SwiGLU).
+    Silu,
+    /// GELU, tanh approximation (GeGLU), as ggml computes it.
+    GeluTanh,
+}
 
 /// Transformer hyperparameters (llama2.c's `Config`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// `general.architecture`.
     pub arch: String,
+    /// The same, as the forward pass sees it.
+    pub kind: Arch,
     /// Transformer blocks.
     pub n_layers: usize,
     /// Residual stream width.
@@ -27,20 +71,46 @@ pub struct Config {
     pub n_head: usize,
     /// Key/value heads (n_head for plain multi-head attention).
     pub n_head_kv: usize,
-    /// Width of one head (n_embd / n_head).
+    /// Width of one head of q, k and v (`attention.key_length`; n_embd / n_head by default).
     pub head_dim: usize,
     /// Vocabulary size.
     pub n_vocab: usize,
     /// Training context length.
     pub n_ctx_train: usize,
-    /// RoPE frequency base.
+    /// RoPE frequency base (of the global layers when some use a sliding window).
     pub rope_base: f32,
     /// Rotated dimensions per head (<= head_dim).
     pub rope_dim: usize,
     /// Linear RoPE position scale (1 / rope.scaling.factor; 1.0 without scaling).
     pub rope_freq_scale: f32,
+    /// How RoPE pairs dimensions.
+    pub rope_style: RopeStyle,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
+    /// Sliding window: a query at position p attends to keys at p - n_swa < t <= p
+    /// (llama.cpp's `LLAMA_SWA_TYPE_STANDARD`) on the layers where `swa_layers[l]`.
+    /// 0: no layer uses one.
+    pub n_swa: usize,
+    /// (n_layers,) which layers use the sliding window (all false when n_swa is 0).
+    pub swa_layers: Vec<bool>,
+    /// RoPE frequency base and linear scale of the sliding-window layers.
+    pub rope_base_swa: f32,
+    pub rope_freq_scale_swa: f32,
+    /// Factor on the token embeddings (Gemma: sqrt(n_embd); 1.0 otherwise).
+    pub embd_scale: f32,
+    /// Factor on q·k before the softmax (1 / sqrt(head_dim) unless the architecture says otherwise).
+    pub attn_scale: f32,
+    /// Attention logits become `cap * tanh(logit / cap)` (Gemma 2); None: no capping.
+    pub attn_softcap: Option<f32>,
+    /// Output logits become `cap * tanh(logit / cap)`; None: no capping.
+    pub final_softcap: Option<f32>,
+    /// Per-head RMSNorm of q and k before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and feed-forward outputs before each residual
+    /// add (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// Activation of the gated feed-forward.
+    pub ffn_act: FfnAct,
 }
 
 /// The architecture named by `g`, if the kernel supports it.
@@ -57,6 +127,17 @@ pub fn check_arch(g: &GgufFile) -> Result<&str> {
     Ok(arch)
 }
 
+/// A positive, finite float, or an error naming `key`.
+fn positive(key: &str, v: f32) -> Result<f32> {
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::InvalidModel(format!(
+            "{key} = {v} must be a positive number"
+        )))
+    }
+}
+
 impl Config {
     /// Key/value width per token (n_head_kv * head_dim).
     pub fn kv_dim(&self) -> usize {
@@ -68,9 +149,25 @@ impl Config {
         self.n_head * self.head_dim
     }
 
+    /// The sliding window of layer `l`, if it has one.
+    pub fn window(&self, l: usize) -> Option<usize> {
+        (self.n_swa > 0 && self.swa_layers[l]).then_some(self.n_swa)
+    }
+
+    /// RoPE (frequency base, linear scale) of layer `l`.
+    pub fn rope_of(&self, l: usize) -> (f32, f32) {
+        if self.window(l).is_some() {
+            (self.rope_base_swa, self.rope_freq_scale_swa)
+        } else {
+            (self.rope_base, self.rope_freq_scale)
+        }
+    }
+
     /// Read and validate the hyperparameters of `g`.
     pub fn from_gguf(g: &GgufFile, n_vocab: usize) -> Result<Config> {
         let arch = check_arch(g)?.to_string();
+        let kind = Arch::from_name(&arch)
+            .ok_or_else(|| Error::Unsupported(format!("architecture '{arch}'")))?;
         let key = |k: &str| format!("{arch}.{k}");
         let req = |k: &str, max: u64| -> Result<usize> {
             let name = key(k);
@@ -83,6 +180,16 @@ impl Config {
                 )));
             }
             Ok(v as usize)
+        };
+        let opt = |k: &str, max: u64| -> Result<Option<usize>> {
+            let name = key(k);
+            match g.get_u64(&name)? {
+                None => Ok(None),
+                Some(v) if v >= 1 && v <= max => Ok(Some(v as usize)),
+                Some(v) => Err(Error::InvalidModel(format!(
+                    "{name} = {v} is out of range (1..={max})"
+                ))),
+            }
         };
         let n_layers = req("block_count", MAX_LAYERS)?;
         let n_embd = req("embedding_length", MAX_EMBD)?;
@@ -98,18 +205,20 @@ impl Config {
                 )))
             }
         };
-        if n_embd % n_head != 0 || n_head % n_head_kv != 0 {
+        // Head width: attention.key_length, else n_embd / n_head (llama.cpp's default).
+        let key_length = opt("attention.key_length", MAX_HEAD_DIM)?;
+        let value_length = opt("attention.value_length", MAX_HEAD_DIM)?;
+        if n_head % n_head_kv != 0 || (key_length.is_none() && n_embd % n_head != 0) {
             return Err(Error::InvalidModel(format!(
                 "inconsistent heads: n_embd {n_embd}, n_head {n_head}, n_head_kv {n_head_kv}"
             )));
         }
-        let head_dim = n_embd / n_head;
-        if let Some(kl) = g.get_u64(&key("attention.key_length"))? {
-            if kl as usize != head_dim {
-                return Err(Error::Unsupported(format!(
-                    "attention.key_length {kl} differs from n_embd / n_head = {head_dim}"
-                )));
-            }
+        let head_dim = key_length.unwrap_or(n_embd / n_head);
+        let v_dim = value_length.unwrap_or(n_embd / n_head);
+        if v_dim != head_dim {
+            return Err(Error::Unsupported(format!(
+                "attention.value_length {v_dim} differs from attention.key_length {head_dim}"
+            )));
         }
         let rope_dim = match g.get_u64(&key("rope.dimension_count"))? {
             None => head_dim,
@@ -143,8 +252,10 @@ impl Config {
             },
             Some(t) => return Err(Error::Unsupported(format!("rope scaling '{t}'"))),
         };
-        Ok(Config {
+
+        let mut c = Config {
             arch,
+            kind,
             n_layers,
             n_embd,
             n_ff,
@@ -156,7 +267,94 @@ impl Config {
             rope_base,
             rope_dim,
             rope_freq_scale,
+            rope_style: RopeStyle::Norm,
             norm_eps,
-        })
+            n_swa: 0,
+            swa_layers: vec![false; n_layers],
+            rope_base_swa: rope_base,
+            rope_freq_scale_swa: rope_freq_scale,
+            embd_scale: 1.0,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            attn_softcap: None,
+            final_softcap: None,
+            qk_norm: false,
+            post_norms: false,
+            ffn_act: FfnAct::Silu,
+        };
+        match kind {
+            Arch::Llama => {}
+            Arch::Gemma3 => c.gemma3(g)?,
+        }
+        Ok(c)
     }
+
+    /// Gemma 3 (llama.cpp's `models/gemma3.cpp`): embeddings times sqrt(n_embd),
+    /// per-head q/k norms, NEOX RoPE, post-attention and post-FFN norms, GeGLU;
+    /// five sliding-window layers (RoPE base `rope.freq_base_swa`, 10000 by
+    /// default, unscaled) to one global layer unless `sliding_window_pattern`
+    /// says otherwise. llama.cpp does not read `attn_logit_softcapping` for
+    /// Gemma 3 (only for Gemma 2), so neither does this.
+    fn gemma3(&mut self, g: &GgufFile) -> Result<()> {
+        let key = |k: &str| format!("{}.{k}", self.arch);
+        self.rope_style = RopeStyle::Neox;
+        self.qk_norm = true;
+        self.post_norms = true;
+        self.ffn_act = FfnAct::GeluTanh;
+        self.embd_scale = (self.n_embd as f32).sqrt();
+        // Gemma 3 27B (62 layers) scales by the query_pre_attn_scalar of its
+        // config, n_embd / n_head; the others by the head width.
+        let scale_dim = if self.n_layers == 62 {
+            self.n_embd / self.n_head
+        } else {
+            self.head_dim
+        };
+        self.attn_scale = 1.0 / (scale_dim as f32).sqrt();
+        if let Some(cap) = g.get_f32(&key("final_logit_softcapping"))? {
+            if cap != 0.0 {
+                self.final_softcap = Some(positive(&key("final_logit_softcapping"), cap)?);
+            }
+        }
+        let n_swa = g.get_u64(&key("attention.sliding_window"))?.unwrap_or(0);
+        if n_swa == 0 {
+            return Ok(());
+        }
+        self.n_swa = usize::try_from(n_swa).unwrap_or(usize::MAX).min(1 << 24);
+        self.swa_layers = swa_pattern(
+            g,
+            &key("attention.sliding_window_pattern"),
+            self.n_layers,
+            6,
+        )?;
+        self.rope_base_swa = match g.get_f32(&key("rope.freq_base_swa"))? {
+            Some(b) => positive(&key("rope.freq_base_swa"), b)?,
+            None => 10000.0,
+        };
+        self.rope_freq_scale_swa = 1.0;
+        Ok(())
+    }
+}
+
+/// Which layers use the sliding window (llama.cpp's `load_swa_pattern`):
+/// `key` is a per-layer array of bools, or a period n (default `default_n`)
+/// where layer l slides unless `l % n == n - 1`; n = 0 makes every layer slide.
+fn swa_pattern(g: &GgufFile, key: &str, n_layers: usize, default_n: u64) -> Result<Vec<bool>> {
+    if let Some(Value::Array(a)) = g.get(key) {
+        if a.len() != n_layers {
+            return Err(Error::InvalidModel(format!(
+                "{key} has {} entries for {n_layers} layers",
+                a.len()
+            )));
+        }
+        return a
+            .iter()
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| Error::InvalidModel(format!("{key}: expected booleans")))
+            })
+            .collect();
+    }
+    let n = g.get_u64(key)?.unwrap_or(default_n);
+    Ok((0..n_layers as u64)
+        .map(|l| n == 0 || l % n < n - 1)
+        .collect())
 }

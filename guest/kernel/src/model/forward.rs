@@ -1,11 +1,15 @@
-//! The transformer forward pass (llama architecture), batched over tokens.
+//! The transformer forward pass, batched over tokens.
 //!
-//! Reads like llama2.c's `run.c`: one `forward` with a comment per step.
+//! Reads like llama2.c's `run.c`: one `forward` with a comment per step. It
+//! is the llama block; the options of [`Config`] (and the optional tensors
+//! of [`super::weights::BlockWeights`]) add what other architectures change:
+//! embedding scale, q/k norms, NEOX RoPE, sliding-window layers, post-norms,
+//! GeGLU, logit soft-capping (Gemma 3).
 //! Every weight comes from the layer cache, so resident and streamed models
 //! share this one code path. Matmuls take quantized activations (`QActs`), as
 //! llama.cpp does, for speed and for parity with its arithmetic.
 
-use super::config::Config;
+use super::config::{Config, FfnAct, RopeStyle};
 use super::residency::LayerCache;
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
@@ -100,14 +104,29 @@ impl State {
     }
 }
 
+/// 1 / RMS of `x` (ggml's `rms_norm`: the sum of squares in f64).
+fn rms_inv(x: &[f32], eps: f32) -> f32 {
+    let ss: f64 = x.iter().map(|&v| (v as f64) * (v as f64)).sum();
+    1.0 / ((ss / x.len() as f64) as f32 + eps).sqrt()
+}
+
 /// RMSNorm of each row of `x` (rows of `w.len()`), times `w`, into `out`.
 fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let d = w.len();
     for (o, xr) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-        let scale = 1.0 / ((ss / d as f64) as f32 + eps).sqrt();
+        let scale = rms_inv(xr, eps);
         for ((o, &xv), &wv) in o.iter_mut().zip(xr).zip(w) {
             *o = (xv * scale) * wv;
+        }
+    }
+}
+
+/// RMSNorm of each row of `x` (rows of `w.len()`: one head), times `w`, in place.
+fn rmsnorm_rows(x: &mut [f32], w: &[f32], eps: f32) {
+    for xr in x.chunks_exact_mut(w.len()) {
+        let scale = rms_inv(xr, eps);
+        for (xv, &wv) in xr.iter_mut().zip(w) {
+            *xv = (*xv * scale) * wv;
         }
     }
 }
@@ -128,31 +147,70 @@ fn matmul_again(out: &mut [f32], w: &QTensor, x: &[f32], n: usize, acts: &mut QA
     }
 }
 
-/// cos/sin of each rotated pair at position `pos` (ggml's NORM RoPE).
-fn rope_table(c: &Config, pos: usize, table: &mut Vec<(f32, f32)>) {
+/// cos/sin of each rotated pair at position `pos` for RoPE frequency base
+/// `base` and linear scale `freq_scale` (ggml's rope cache, no YaRN).
+fn rope_table(c: &Config, base: f32, freq_scale: f32, pos: usize, table: &mut Vec<(f32, f32)>) {
     table.clear();
-    let theta_scale = c.rope_base.powf(-2.0 / c.rope_dim as f32);
+    let theta_scale = base.powf(-2.0 / c.rope_dim as f32);
     let mut theta = pos as f32;
     for _ in 0..c.rope_dim / 2 {
-        let t = theta * c.rope_freq_scale;
+        let t = theta * freq_scale;
         table.push((t.cos(), t.sin()));
         theta *= theta_scale;
     }
 }
 
-/// Rotate consecutive pairs of each head of `v` (n_heads * head_dim wide).
-fn rope(v: &mut [f32], head_dim: usize, table: &[(f32, f32)]) {
+/// Rotate the pairs of each head of `v` (n_heads * head_dim wide): pair i is
+/// (2i, 2i + 1) for NORM RoPE, (i, i + rope_dim / 2) for NEOX.
+fn rope(v: &mut [f32], head_dim: usize, style: RopeStyle, table: &[(f32, f32)]) {
+    let half = table.len();
     for head in v.chunks_exact_mut(head_dim) {
-        for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(table) {
-            let (x0, x1) = (pair[0], pair[1]);
-            pair[0] = x0 * cos - x1 * sin;
-            pair[1] = x0 * sin + x1 * cos;
+        match style {
+            RopeStyle::Norm => {
+                for (pair, &(cos, sin)) in head.chunks_exact_mut(2).zip(table) {
+                    let (x0, x1) = (pair[0], pair[1]);
+                    pair[0] = x0 * cos - x1 * sin;
+                    pair[1] = x0 * sin + x1 * cos;
+                }
+            }
+            RopeStyle::Neox => {
+                let (lo, hi) = head[..2 * half].split_at_mut(half);
+                for ((x0, x1), &(cos, sin)) in lo.iter_mut().zip(hi).zip(table) {
+                    let (a, b) = (*x0, *x1);
+                    *x0 = a * cos - b * sin;
+                    *x1 = a * sin + b * cos;
+                }
+            }
         }
     }
 }
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU (tanh form) as ggml's CPU backend computes it (`GGML_GELU_FP16`):
+/// looked up in a table indexed by x rounded to f16, whose entries are f16.
+fn gelu(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const GELU_COEF_A: f32 = 0.044715;
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let x = half::f16::from_f32(x).to_f32();
+    let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
+    half::f16::from_f32(y).to_f32()
+}
+
+/// `cap * tanh(x / cap)` on every element (soft-capping).
+fn softcap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x {
+        *v = (*v * inv).tanh() * cap;
+    }
 }
 
 /// Evaluate `tokens` at positions `pos0..`, appending to `kv`. For every
@@ -176,9 +234,10 @@ pub fn forward(
     let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
     let head_l = cache.head_index();
 
-    // 1. Token embeddings: dequantize one row of token_embd per token.
+    // 1. Token embeddings: dequantize one row of token_embd per token
+    //    (times embd_scale: Gemma's sqrt(n_embd)).
     let head = cache.layer(src, head_l)?;
-    let hw = head.head();
+    let hw = head.head()?;
     for (i, &t) in tokens.iter().enumerate() {
         if t as usize >= c.n_vocab {
             return Err(Error::InvalidInput(format!(
@@ -186,16 +245,21 @@ pub fn forward(
                 c.n_vocab
             )));
         }
-        quant::dequantize_row(&hw.token_embd, t as usize, &mut s.x[i * dim..(i + 1) * dim]);
+        let x = &mut s.x[i * dim..(i + 1) * dim];
+        quant::dequantize_row(&hw.token_embd, t as usize, x);
+        if c.embd_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= c.embd_scale);
+        }
     }
 
     for l in 0..c.n_layers {
         // Read ahead the next layer while this one computes.
         cache.prefetch(src, l + 1);
         let layer = cache.layer(src, l)?;
-        let w = layer.block();
+        let w = layer.block()?;
 
-        // 2. Attention: RMSNorm, then q, k, v projections.
+        // 2. Attention: RMSNorm, then q, k, v projections; per-head RMSNorm
+        //    of q and k where the architecture has it.
         rmsnorm(
             &mut s.xb[..n * dim],
             &s.x[..n * dim],
@@ -205,15 +269,33 @@ pub fn forward(
         matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
+        if let Some(qn) = w.q_norm {
+            rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
+        }
+        if let Some(kn) = w.k_norm {
+            rmsnorm_rows(&mut s.k[..n * kv_dim], kn, c.norm_eps);
+        }
 
-        // 3. RoPE on q and k; store k, v at their positions. (Kept in f32:
-        //    rounding them to f16 as llama.cpp's cache does moved far-tail
-        //    log-probabilities further from llama.cpp's, not closer.)
+        // 3. RoPE on q and k (this layer's base and scale); store k, v at
+        //    their positions. (Kept in f32: rounding them to f16 as
+        //    llama.cpp's cache does moved far-tail log-probabilities further
+        //    from llama.cpp's, not closer.)
+        let (base, freq_scale) = c.rope_of(l);
         for i in 0..n {
             let pos = pos0 + i;
-            rope_table(c, pos, &mut s.rope);
-            rope(&mut s.q[i * q_dim..(i + 1) * q_dim], hd, &s.rope);
-            rope(&mut s.k[i * kv_dim..(i + 1) * kv_dim], hd, &s.rope);
+            rope_table(c, base, freq_scale, pos, &mut s.rope);
+            rope(
+                &mut s.q[i * q_dim..(i + 1) * q_dim],
+                hd,
+                c.rope_style,
+                &s.rope,
+            );
+            rope(
+                &mut s.k[i * kv_dim..(i + 1) * kv_dim],
+                hd,
+                c.rope_style,
+                &s.rope,
+            );
             kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
                 .copy_from_slice(&s.k[i * kv_dim..(i + 1) * kv_dim]);
             kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
@@ -221,21 +303,26 @@ pub fn forward(
         }
 
         // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
+        //    On a sliding-window layer the query at pos sees keys pos - n_swa < t <= pos.
         let group = c.n_head / c.n_head_kv;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let window = c.window(l);
         for i in 0..n {
-            let n_pos = pos0 + i + 1;
+            let pos = pos0 + i;
+            let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
             for h in 0..c.n_head {
                 let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
                 let kvh = (h / group) * hd;
-                let scores = &mut s.scores[..n_pos];
-                let mut max = f32::NEG_INFINITY;
-                for (t, sc) in scores.iter_mut().enumerate() {
+                let scores = &mut s.scores[..pos + 1 - t0];
+                for (j, sc) in scores.iter_mut().enumerate() {
+                    let t = t0 + j;
                     let k = &kv.k[l][t * kv_dim + kvh..t * kv_dim + kvh + hd];
                     let dot: f32 = q.iter().zip(k).map(|(a, b)| a * b).sum();
-                    *sc = dot * scale;
-                    max = max.max(*sc);
+                    *sc = dot * c.attn_scale;
                 }
+                if let Some(cap) = c.attn_softcap {
+                    softcap(scores, cap);
+                }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let mut sum = 0f32;
                 for sc in scores.iter_mut() {
                     *sc = (*sc - max).exp();
@@ -244,7 +331,8 @@ pub fn forward(
                 let inv = 1.0 / sum;
                 let out = &mut s.att[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
                 out.fill(0.0);
-                for (t, &p) in scores.iter().enumerate() {
+                for (j, &p) in scores.iter().enumerate() {
+                    let t = t0 + j;
                     let v = &kv.v[l][t * kv_dim + kvh..t * kv_dim + kvh + hd];
                     let p = p * inv;
                     for (o, &vv) in out.iter_mut().zip(v) {
@@ -254,13 +342,20 @@ pub fn forward(
             }
         }
 
-        // 5. Output projection and residual.
+        // 5. Output projection (RMSNorm'd where the architecture has a
+        //    post-attention norm) and residual.
         matmul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts);
-        for (x, &d) in s.x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]) {
-            *x += d;
-        }
+        residual(
+            &mut s.x,
+            &mut s.xb,
+            &s.xb2,
+            w.attn_post_norm,
+            n * dim,
+            c.norm_eps,
+        );
 
-        // 6. Feed-forward: RMSNorm, SwiGLU (silu(gate) * up), down projection, residual.
+        // 6. Feed-forward: RMSNorm, act(gate) * up (SwiGLU or GeGLU), down
+        //    projection, post-FFN norm where present, residual.
         rmsnorm(
             &mut s.xb[..n * dim],
             &s.x[..n * dim],
@@ -269,16 +364,26 @@ pub fn forward(
         );
         matmul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts);
+        let act = match c.ffn_act {
+            FfnAct::Silu => silu,
+            FfnAct::GeluTanh => gelu,
+        };
         for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
-            *g = silu(*g) * u;
+            *g = act(*g) * u;
         }
         matmul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts);
-        for (x, &d) in s.x[..n * dim].iter_mut().zip(&s.xb2[..n * dim]) {
-            *x += d;
-        }
+        residual(
+            &mut s.x,
+            &mut s.xb,
+            &s.xb2,
+            w.ffn_post_norm,
+            n * dim,
+            c.norm_eps,
+        );
     }
 
-    // 7. Final RMSNorm and the output matrix, only for the rows that want logits.
+    // 7. Final RMSNorm and the output matrix, only for the rows that want
+    //    logits; soft-capped where the architecture says so.
     if logits_from < n {
         let rows = n - logits_from;
         rmsnorm(
@@ -291,6 +396,9 @@ pub fn forward(
             s.logits.resize(rows * c.n_vocab, 0.0);
         }
         matmul(&mut s.logits, &hw.output, &s.xb, rows, &mut s.acts);
+        if let Some(cap) = c.final_softcap {
+            softcap(&mut s.logits[..rows * c.n_vocab], cap);
+        }
         for r in 0..rows {
             sink(
                 logits_from + r,
@@ -299,4 +407,74 @@ pub fn forward(
         }
     }
     Ok(())
+}
+
+/// `x += out` over the first `len` values, with `out` RMSNorm'd by `norm`
+/// first when the architecture has that norm (`tmp` holds it).
+fn residual(
+    x: &mut [f32],
+    tmp: &mut [f32],
+    out: &[f32],
+    norm: Option<&[f32]>,
+    len: usize,
+    eps: f32,
+) {
+    let add = match norm {
+        Some(w) => {
+            rmsnorm(&mut tmp[..len], &out[..len], w, eps);
+            &tmp[..len]
+        }
+        None => &out[..len],
+    };
+    for (x, &d) in x[..len].iter_mut().zip(add) {
+        *x += d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neox_rope_rotates_i_with_i_plus_half() {
+        // Two heads of 8, all of it rotated: pair i is (i, i + 4).
+        let table: Vec<(f32, f32)> = (0..4)
+            .map(|i| ((i as f32).cos(), (i as f32).sin()))
+            .collect();
+        let x: Vec<f32> = (0..16).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut y = x.clone();
+        rope(&mut y, 8, RopeStyle::Neox, &table);
+        for h in 0..2 {
+            for (i, &(cos, sin)) in table.iter().enumerate() {
+                let (a, b) = (x[h * 8 + i], x[h * 8 + i + 4]);
+                assert_eq!(y[h * 8 + i], a * cos - b * sin);
+                assert_eq!(y[h * 8 + i + 4], a * sin + b * cos);
+            }
+        }
+        // NORM pairs neighbours instead.
+        let mut z = x.clone();
+        rope(&mut z, 8, RopeStyle::Norm, &table);
+        assert_eq!(z[1], x[0] * table[0].1 + x[1] * table[0].0);
+        assert_ne!(y, z);
+    }
+
+    #[test]
+    fn gelu_is_ggmls_f16_table() {
+        let exact = |x: f64| {
+            0.5 * x
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+        };
+        for i in -2000..2000 {
+            let x = i as f32 * 0.0045;
+            let g = gelu(x);
+            // An f16 value, within f16 rounding of the exact GELU.
+            assert_eq!(half::f16::from_f32(g).to_f32(), g);
+            assert!(
+                (g as f64 - exact(x as f64)).abs() <= 2e-3 * (1.0 + x.abs() as f64),
+                "{x}"
+            );
+        }
+        assert_eq!(gelu(-10.0), 0.0);
+        assert_eq!(gelu(12.5), 12.5);
+    }
 }

@@ -5,7 +5,7 @@ use super::*;
 use crate::ggml_type::GgmlType;
 use crate::sample::SamplerConfig;
 use crate::store::MemSource;
-use crate::synth::{self, SynthSpec, SynthVocab};
+use crate::synth::{self, SynthArch, SynthSpec, SynthVocab};
 
 fn spec(ty: GgmlType) -> SynthSpec {
     SynthSpec {
@@ -17,6 +17,7 @@ fn spec(ty: GgmlType) -> SynthSpec {
         weight_type: ty,
         separate_output: false,
         seed: 7,
+        arch: SynthArch::Llama,
     }
 }
 

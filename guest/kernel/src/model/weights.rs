@@ -12,12 +12,34 @@ use crate::quant::{self, QTensor};
 use crate::store::{ByteRange, ByteSource};
 use crate::{Error, Result};
 
+/// What a tensor of a layer is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    AttnNorm,
+    Wq,
+    Wk,
+    Wv,
+    Wo,
+    QNorm,
+    KNorm,
+    AttnPostNorm,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+    FfnPostNorm,
+    TokenEmbd,
+    OutputNorm,
+    Output,
+}
+
 /// One tensor inside a layer buffer.
 #[derive(Clone, Debug)]
 pub struct TensorPlan {
     pub name: String,
+    pub role: Role,
     pub ty: GgmlType,
-    /// Output dimension (GGUF ne1).
+    /// Output dimension (GGUF ne1; 1 for vectors).
     pub rows: usize,
     /// Input dimension (GGUF ne0).
     pub cols: usize,
@@ -32,42 +54,67 @@ pub struct TensorPlan {
 pub struct LayerPlan {
     /// Merged file ranges, in buffer order.
     pub ranges: Vec<ByteRange>,
-    /// Tensors in a fixed order (see [`BLOCK_TENSORS`] / [`HEAD_TENSORS`]).
+    /// Tensors in buffer order (see [`block_tensors`]; the head: token_embd,
+    /// output_norm, then output unless tied).
     pub tensors: Vec<TensorPlan>,
     /// Total bytes of the buffer.
     pub bytes: u64,
 }
 
-/// Tensor suffixes of a transformer block, in buffer order.
-pub const BLOCK_TENSORS: [&str; 9] = [
-    "attn_norm",
-    "attn_q",
-    "attn_k",
-    "attn_v",
-    "attn_output",
-    "ffn_norm",
-    "ffn_gate",
-    "ffn_up",
-    "ffn_down",
-];
-/// Tensors of the head layer, in buffer order (`output` is absent when tied).
-pub const HEAD_TENSORS: [&str; 3] = ["token_embd", "output_norm", "output"];
+/// Whether an architecture needs a block tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// Loading fails without it.
+    Required,
+    /// Used when the file has it (llama.cpp's `TENSOR_NOT_REQUIRED`).
+    Optional,
+}
 
-/// Expected (rows, cols) of block tensor `i` of [`BLOCK_TENSORS`]; norms are (1, n_embd).
-fn block_shape(c: &Config, i: usize) -> (usize, usize) {
-    match i {
-        0 | 5 => (1, c.n_embd),
-        1 => (c.q_dim(), c.n_embd),
-        2 | 3 => (c.kv_dim(), c.n_embd),
-        4 => (c.n_embd, c.q_dim()),
-        6 | 7 => (c.n_ff, c.n_embd),
-        _ => (c.n_embd, c.n_ff),
+/// One tensor of a transformer block: what it is for, its name after
+/// `blk.N.`, its (rows, cols), and whether it must be there.
+pub struct BlockTensor {
+    pub role: Role,
+    pub suffix: &'static str,
+    pub shape: (usize, usize),
+    pub need: Need,
+}
+
+/// The tensors of a block of `c`'s architecture, in buffer order. The
+/// llama set comes first, in the order older builds used; options add theirs.
+pub fn block_tensors(c: &Config) -> Vec<BlockTensor> {
+    let (d, q, kv, ff, hd) = (c.n_embd, c.q_dim(), c.kv_dim(), c.n_ff, c.head_dim);
+    let t = |role, suffix, shape| BlockTensor {
+        role,
+        suffix,
+        shape,
+        need: Need::Required,
+    };
+    let mut v = vec![
+        t(Role::AttnNorm, "attn_norm.weight", (1, d)),
+        t(Role::Wq, "attn_q.weight", (q, d)),
+        t(Role::Wk, "attn_k.weight", (kv, d)),
+        t(Role::Wv, "attn_v.weight", (kv, d)),
+        t(Role::Wo, "attn_output.weight", (d, q)),
+        t(Role::FfnNorm, "ffn_norm.weight", (1, d)),
+        t(Role::Gate, "ffn_gate.weight", (ff, d)),
+        t(Role::Up, "ffn_up.weight", (ff, d)),
+        t(Role::Down, "ffn_down.weight", (d, ff)),
+    ];
+    if c.qk_norm {
+        v.push(t(Role::QNorm, "attn_q_norm.weight", (1, hd)));
+        v.push(t(Role::KNorm, "attn_k_norm.weight", (1, hd)));
     }
+    if c.post_norms {
+        v.push(t(Role::AttnPostNorm, "post_attention_norm.weight", (1, d)));
+        v.push(t(Role::FfnPostNorm, "post_ffw_norm.weight", (1, d)));
+    }
+    v
 }
 
 fn plan_tensor(
     g: &GgufFile,
     name: &str,
+    role: Role,
     shape: (usize, usize),
     at: usize,
 ) -> Result<(TensorPlan, ByteRange)> {
@@ -100,6 +147,7 @@ fn plan_tensor(
     })?;
     let plan = TensorPlan {
         name: name.to_string(),
+        role,
         ty: t.ty,
         rows,
         cols,
@@ -143,42 +191,54 @@ fn finish(parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
 
 /// Plans of all layers: blocks `0..n_layers`, then the head.
 pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
+    let block = block_tensors(c);
     let mut plans = Vec::with_capacity(c.n_layers + 1);
     for l in 0..c.n_layers {
-        let mut parts = Vec::with_capacity(BLOCK_TENSORS.len());
+        let mut parts = Vec::with_capacity(block.len());
         let mut at = 0usize;
-        for (i, suffix) in BLOCK_TENSORS.iter().enumerate() {
-            let (p, r) = plan_tensor(
-                g,
-                &format!("blk.{l}.{suffix}.weight"),
-                block_shape(c, i),
-                at,
-            )?;
+        for bt in &block {
+            let name = format!("blk.{l}.{}", bt.suffix);
+            if bt.need == Need::Optional && g.tensor(&name).is_none() {
+                continue;
+            }
+            let (p, r) = plan_tensor(g, &name, bt.role, bt.shape, at)?;
             at += p.len;
             parts.push((p, r));
         }
         plans.push(finish(parts)?);
     }
     let mut parts = Vec::with_capacity(3);
-    let (emb, r) = plan_tensor(g, "token_embd.weight", (c.n_vocab, c.n_embd), 0)?;
+    let (emb, r) = plan_tensor(
+        g,
+        "token_embd.weight",
+        Role::TokenEmbd,
+        (c.n_vocab, c.n_embd),
+        0,
+    )?;
     let mut at = emb.len;
     parts.push((emb, r));
-    let (p, r) = plan_tensor(g, "output_norm.weight", (1, c.n_embd), at)?;
+    let (p, r) = plan_tensor(g, "output_norm.weight", Role::OutputNorm, (1, c.n_embd), at)?;
     at += p.len;
     parts.push((p, r));
     if g.tensor("output.weight").is_some() {
-        parts.push(plan_tensor(g, "output.weight", (c.n_vocab, c.n_embd), at)?);
+        parts.push(plan_tensor(
+            g,
+            "output.weight",
+            Role::Output,
+            (c.n_vocab, c.n_embd),
+            at,
+        )?);
     }
     plans.push(finish(parts)?);
     Ok(plans)
 }
 
-/// A layer in guest memory: one buffer, norms decoded to f32.
+/// A layer in guest memory: one buffer, vectors (norms, biases) decoded to f32.
 pub struct LayerData {
     pub plan_index: usize,
     buf: Vec<u8>,
-    /// Norm weights as f32, in plan order of the norm tensors.
-    norms: Vec<Vec<f32>>,
+    /// Per tensor of the plan: its values as f32 if it is a vector.
+    vecs: Vec<Option<Vec<f32>>>,
     tensors: Vec<TensorPlan>,
 }
 
@@ -193,17 +253,21 @@ impl LayerData {
                 plan.bytes
             )));
         }
-        let mut norms = Vec::new();
-        for t in plan.tensors.iter().filter(|t| t.rows == 1) {
-            let q = QTensor::new(t.ty, 1, t.cols, &buf[t.at..t.at + t.len])?;
-            let mut v = vec![0f32; t.cols];
-            quant::dequantize_row(&q, 0, &mut v);
-            norms.push(v);
+        let mut vecs = Vec::with_capacity(plan.tensors.len());
+        for t in &plan.tensors {
+            vecs.push(if t.rows == 1 {
+                let q = QTensor::new(t.ty, 1, t.cols, &buf[t.at..t.at + t.len])?;
+                let mut v = vec![0f32; t.cols];
+                quant::dequantize_row(&q, 0, &mut v);
+                Some(v)
+            } else {
+                None
+            });
         }
         Ok(LayerData {
             plan_index: index,
             buf,
-            norms,
+            vecs,
             tensors: plan.tensors.clone(),
         })
     }
@@ -213,58 +277,87 @@ impl LayerData {
         self.buf.len()
     }
 
-    /// Quantized view of tensor `i` (plan order).
-    pub fn tensor(&self, i: usize) -> QTensor<'_> {
-        let t = &self.tensors[i];
-        QTensor {
-            ty: t.ty,
-            rows: t.rows,
-            cols: t.cols,
-            data: &self.buf[t.at..t.at + t.len],
-        }
+    /// Index in the plan of the tensor for `role`, if the layer has one.
+    fn find(&self, role: Role) -> Option<usize> {
+        self.tensors.iter().position(|t| t.role == role)
+    }
+
+    /// Quantized view of the tensor for `role`, if the layer has one.
+    pub fn tensor(&self, role: Role) -> Option<QTensor<'_>> {
+        self.find(role).map(|i| {
+            let t = &self.tensors[i];
+            QTensor {
+                ty: t.ty,
+                rows: t.rows,
+                cols: t.cols,
+                data: &self.buf[t.at..t.at + t.len],
+            }
+        })
+    }
+
+    /// The vector (norm, bias) for `role` as f32, if the layer has one.
+    pub fn vector(&self, role: Role) -> Option<&[f32]> {
+        self.find(role).and_then(|i| self.vecs[i].as_deref())
+    }
+
+    fn need_tensor(&self, role: Role) -> Result<QTensor<'_>> {
+        self.tensor(role).ok_or_else(|| self.missing(role))
+    }
+
+    fn need_vector(&self, role: Role) -> Result<&[f32]> {
+        self.vector(role).ok_or_else(|| self.missing(role))
+    }
+
+    fn missing(&self, role: Role) -> Error {
+        Error::InvalidModel(format!("layer {} has no {role:?} tensor", self.plan_index))
     }
 
     /// Views of a transformer block.
-    pub fn block(&self) -> BlockWeights<'_> {
-        BlockWeights {
-            attn_norm: &self.norms[0],
-            wq: self.tensor(1),
-            wk: self.tensor(2),
-            wv: self.tensor(3),
-            wo: self.tensor(4),
-            ffn_norm: &self.norms[1],
-            w_gate: self.tensor(6),
-            w_up: self.tensor(7),
-            w_down: self.tensor(8),
-        }
+    pub fn block(&self) -> Result<BlockWeights<'_>> {
+        Ok(BlockWeights {
+            attn_norm: self.need_vector(Role::AttnNorm)?,
+            wq: self.need_tensor(Role::Wq)?,
+            wk: self.need_tensor(Role::Wk)?,
+            wv: self.need_tensor(Role::Wv)?,
+            q_norm: self.vector(Role::QNorm),
+            k_norm: self.vector(Role::KNorm),
+            wo: self.need_tensor(Role::Wo)?,
+            attn_post_norm: self.vector(Role::AttnPostNorm),
+            ffn_norm: self.need_vector(Role::FfnNorm)?,
+            w_gate: self.need_tensor(Role::Gate)?,
+            w_up: self.need_tensor(Role::Up)?,
+            w_down: self.need_tensor(Role::Down)?,
+            ffn_post_norm: self.vector(Role::FfnPostNorm),
+        })
     }
 
     /// Views of the head layer.
-    pub fn head(&self) -> HeadWeights<'_> {
-        let token_embd = self.tensor(0);
-        HeadWeights {
+    pub fn head(&self) -> Result<HeadWeights<'_>> {
+        let token_embd = self.need_tensor(Role::TokenEmbd)?;
+        Ok(HeadWeights {
             token_embd,
-            output_norm: &self.norms[0],
-            output: if self.tensors.len() > 2 {
-                self.tensor(2)
-            } else {
-                token_embd
-            },
-        }
+            output_norm: self.need_vector(Role::OutputNorm)?,
+            output: self.tensor(Role::Output).unwrap_or(token_embd),
+        })
     }
 }
 
-/// One transformer block's weights (views into a [`LayerData`]).
+/// One transformer block's weights (views into a [`LayerData`]). `Option`s
+/// are the tensors only some architectures have.
 pub struct BlockWeights<'a> {
-    pub attn_norm: &'a [f32], // (n_embd,)
-    pub wq: QTensor<'a>,      // (q_dim, n_embd)
-    pub wk: QTensor<'a>,      // (kv_dim, n_embd)
-    pub wv: QTensor<'a>,      // (kv_dim, n_embd)
-    pub wo: QTensor<'a>,      // (n_embd, q_dim)
-    pub ffn_norm: &'a [f32],  // (n_embd,)
-    pub w_gate: QTensor<'a>,  // (n_ff, n_embd)
-    pub w_up: QTensor<'a>,    // (n_ff, n_embd)
-    pub w_down: QTensor<'a>,  // (n_embd, n_ff)
+    pub attn_norm: &'a [f32],              // (n_embd,)
+    pub wq: QTensor<'a>,                   // (q_dim, n_embd)
+    pub wk: QTensor<'a>,                   // (kv_dim, n_embd)
+    pub wv: QTensor<'a>,                   // (kv_dim, n_embd)
+    pub q_norm: Option<&'a [f32]>,         // (head_dim,)
+    pub k_norm: Option<&'a [f32]>,         // (head_dim,)
+    pub wo: QTensor<'a>,                   // (n_embd, q_dim)
+    pub attn_post_norm: Option<&'a [f32]>, // (n_embd,)
+    pub ffn_norm: &'a [f32],               // (n_embd,)
+    pub w_gate: QTensor<'a>,               // (n_ff, n_embd)
+    pub w_up: QTensor<'a>,                 // (n_ff, n_embd)
+    pub w_down: QTensor<'a>,               // (n_embd, n_ff)
+    pub ffn_post_norm: Option<&'a [f32]>,  // (n_embd,)
 }
 
 /// Embedding and output weights.
