@@ -337,3 +337,5 @@ impl Model {
 mod tests;
 #[cfg(test)]
 mod tests_arch;
+#[cfg(test)]
+mod tests_neox;
