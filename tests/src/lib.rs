@@ -30,6 +30,11 @@ pub fn smollm2() -> PathBuf {
     env_path("WASM_CHORD_SMOLLM2")
 }
 
+/// Gemma-3-270M Q4_K_M (gemma3 architecture, SentencePiece vocabulary).
+pub fn gemma3() -> PathBuf {
+    env_path("WASM_CHORD_GEMMA3")
+}
+
 /// The project's fixtures folder.
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")

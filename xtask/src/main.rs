@@ -519,6 +519,7 @@ impl Ctx {
     fn test(&self) -> Result<()> {
         let bin = self.build()?;
         let model = self.fetch(&SMOLLM2)?;
+        let gemma3 = self.fetch(&GEMMA3)?;
         let variants = self.relaid()?;
         let kernel = self.kernel_wasm();
         let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
@@ -563,6 +564,7 @@ impl Ctx {
                 let mut c = self.cargo(["test", "--release", "--workspace"]);
                 c.env("WASM_CHORD_KERNEL", &kernel)
                     .env("WASM_CHORD_SMOLLM2", &model)
+                    .env("WASM_CHORD_GEMMA3", &gemma3)
                     .env("WASM_CHORD_VARIANTS_DIR", &variants)
                     .env("WASM_CHORD_BIN", &bin)
                     .env("WASM_CHORD_CLI_WASM", self.cli_wasm())

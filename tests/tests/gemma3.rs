@@ -1,0 +1,222 @@
+//! Gemma 3 (270M, Q4_K_M) through the component in wasmtime, against
+//! llama.cpp: greedy parity with the golden file, teacher-forced
+//! log-probabilities on its greedy paths, and a prompt longer than the
+//! sliding window (`fixtures/gemma-3-270m-q4_k_m.long.json`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use wasm_chord_tests::*;
+
+const GOLDEN: &str = "gemma-3-270m-q4_k_m.golden.json";
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasm-chord-gemma3-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `wasm-chord perplexity --tokens` on `seq`: one JSON object per scored
+/// position (1..len), with its top 50.
+fn score(seq: &[u32], file: PathBuf) -> Vec<serde_json::Value> {
+    std::fs::write(&file, serde_json::to_vec(seq).unwrap()).unwrap();
+    let args: Vec<OsString> = vec![
+        "perplexity".into(),
+        "-m".into(),
+        gemma3().into(),
+        "--tokens".into(),
+        file.clone().into(),
+        "--json".into(),
+        "--top-k".into(),
+        "50".into(),
+    ];
+    let out = run_cli(&args);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    let (summary, scored) = lines.split_last().expect("a summary line");
+    assert_eq!(summary["n_tokens"].as_u64(), Some(seq.len() as u64 - 1));
+    assert_eq!(scored.len(), seq.len() - 1);
+    scored.to_vec()
+}
+
+/// How our teacher-forced log-probabilities compare with llama.cpp's.
+#[derive(Default)]
+struct Agreement {
+    positions: usize,
+    same_top1: usize,
+    diffs: Vec<f64>,
+    worst: (f64, String),
+}
+
+impl Agreement {
+    /// Our scored position `s` against llama.cpp's choice `want` there and its top 5.
+    fn add(&mut self, what: &str, s: &serde_json::Value, want: u32, theirs: Option<&[(u32, f64)]>) {
+        let top: Vec<(u32, f64)> = serde_json::from_value(s["top"].clone()).unwrap();
+        assert_eq!(top.len(), 50, "{what}");
+        self.positions += 1;
+        if top[0].0 == want {
+            self.same_top1 += 1;
+        }
+        let token = s["token"].as_u64().unwrap() as u32;
+        for &(tok, lp) in theirs.unwrap_or_default() {
+            let ours = if tok == token {
+                s["logprob"].as_f64().unwrap()
+            } else {
+                top.iter()
+                    .find(|e| e.0 == tok)
+                    .map(|e| e.1)
+                    .unwrap_or_else(|| {
+                        panic!("{what}: llama.cpp's top-5 token {tok} not in our top-50")
+                    })
+            };
+            let d = (ours - lp).abs();
+            if d > self.worst.0 {
+                self.worst = (
+                    d,
+                    format!("{what} token {tok}: ours {ours:.4}, llama.cpp {lp:.4}"),
+                );
+            }
+            self.diffs.push(d);
+        }
+    }
+
+    /// Top-1 = llama.cpp's at >= 90% of positions; |Δ logprob| median <= 0.15, max <= 1.0.
+    fn check(mut self, label: &str) {
+        self.diffs.sort_by(f64::total_cmp);
+        let median = self.diffs[self.diffs.len() / 2];
+        let max = *self.diffs.last().unwrap();
+        let pct = 100.0 * self.same_top1 as f64 / self.positions as f64;
+        eprintln!(
+            "{label}: top-1 = llama.cpp's at {}/{} ({pct:.1}%); |logprob - llama.cpp's| over {} top-5 entries: median {median:.4}, max {max:.4} ({})",
+            self.same_top1,
+            self.positions,
+            self.diffs.len(),
+            self.worst.1
+        );
+        assert!(pct >= 90.0, "{label}: top-1 agreement {pct:.1}% < 90%");
+        assert!(
+            median <= 0.15,
+            "{label}: median |Δ logprob| {median} > 0.15"
+        );
+        assert!(max <= 1.0, "{label}: max |Δ logprob| {max} > 1.0");
+    }
+}
+
+#[test]
+fn gemma3_greedy_matches_llama_cpp() {
+    let golden = Golden::load(GOLDEN);
+    let dir = tmp_dir("greedy");
+    let mut exact = 0;
+    for case in &golden.cases {
+        let mut args: Vec<OsString> = vec![
+            "run".into(),
+            "-m".into(),
+            gemma3().into(),
+            "-n".into(),
+            golden.n_predict.to_string().into(),
+        ];
+        args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
+        if let Some(messages) = &case.messages {
+            let f = dir.join(format!("{}.json", case.id));
+            std::fs::write(&f, serde_json::to_vec(messages).unwrap()).unwrap();
+            args.extend(["--messages".into(), f.into()]);
+        } else {
+            args.extend(["-p".into(), case.prompt.clone().into()]);
+        }
+        let out = run_cli(&args);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            case.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (tokens, text, stats) = parse_run_json(&out.stdout);
+        assert_eq!(
+            stats["prompt_tokens"].as_u64(),
+            Some(case.prompt_tokens.len() as u64),
+            "{}: prompt tokens",
+            case.id
+        );
+        match check_greedy(case, &tokens, golden.near_tie()) {
+            Ok(None) => {
+                exact += 1;
+                assert_eq!(text, case.greedy_text, "{}", case.id);
+            }
+            Ok(Some(i)) => eprintln!(
+                "{}: parted from llama.cpp at step {i} (a near tie)",
+                case.id
+            ),
+            Err(e) => panic!("{e}\nours: {tokens:?}\ntext: {text:?}"),
+        }
+    }
+    eprintln!(
+        "gemma3: {exact}/{} cases token-for-token equal to llama.cpp",
+        golden.cases.len()
+    );
+}
+
+#[test]
+fn gemma3_teacher_forced_matches_llama_cpp_greedy() {
+    let golden = Golden::load(GOLDEN);
+    let dir = tmp_dir("teacher");
+    let mut agree = Agreement::default();
+    for case in &golden.cases {
+        let mut seq = case.prompt_tokens.clone();
+        seq.extend(&case.greedy_tokens);
+        let scored = score(&seq, dir.join(format!("{}.json", case.id)));
+        let n_prompt = case.prompt_tokens.len();
+        for (step, &want) in case.greedy_tokens.iter().enumerate() {
+            let s = &scored[n_prompt + step - 1];
+            assert_eq!(s["pos"].as_u64(), Some((n_prompt + step) as u64));
+            let what = format!("{} step {step}", case.id);
+            agree.add(&what, s, want, case.top5_logprobs[step].as_deref());
+        }
+    }
+    agree.check("gemma3 teacher-forced");
+}
+
+/// llama.cpp's teacher-forced log-probabilities on a prompt longer than the
+/// sliding window (see the fixture's `made_with`).
+#[derive(Deserialize)]
+struct Long {
+    n_swa: usize,
+    tokens: Vec<u32>,
+    scored: Vec<LongPos>,
+}
+
+#[derive(Deserialize)]
+struct LongPos {
+    pos: usize,
+    token: u32,
+    top5: Vec<(u32, f64)>,
+}
+
+#[test]
+fn gemma3_beyond_the_sliding_window_matches_llama_cpp() {
+    let path = fixtures().join("gemma-3-270m-q4_k_m.long.json");
+    let long: Long = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // The premise: every checked position lies beyond the window, where the
+    // local layers no longer see the start of the prompt.
+    assert!(!long.scored.is_empty());
+    assert!(long.scored.iter().all(|p| p.pos > long.n_swa));
+    let scored = score(&long.tokens, tmp_dir("long").join("long.json"));
+    let mut agree = Agreement::default();
+    for p in &long.scored {
+        let s = &scored[p.pos - 1];
+        assert_eq!(s["pos"].as_u64(), Some(p.pos as u64));
+        assert_eq!(s["token"].as_u64(), Some(u64::from(p.token)));
+        assert_eq!(long.tokens[p.pos], p.token);
+        let what = format!("position {}", p.pos);
+        agree.add(&what, s, p.top5[0].0, Some(p.top5.as_slice()));
+    }
+    agree.check("gemma3 beyond the sliding window");
+}
