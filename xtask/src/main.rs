@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod large;
+mod relay;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -63,6 +64,9 @@ enum Cmd {
 enum Which {
     Smollm2,
     Gemma3,
+    /// SmolLM2's weights re-laid as phi3, qwen2 and qwen3 (generated, into
+    /// $WASM_CHORD_CACHE/variants).
+    Relaid,
     All,
 }
 
@@ -154,6 +158,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if matches!(which, Which::Gemma3 | Which::All) {
                 ctx.fetch(&GEMMA3)?;
+            }
+            if matches!(which, Which::Relaid | Which::All) {
+                ctx.relaid()?;
             }
             Ok(())
         }
@@ -502,10 +509,19 @@ impl Ctx {
         Ok(())
     }
 
+    /// SmolLM2 re-laid as other architectures (see relay.rs), generated into
+    /// $WASM_CHORD_CACHE/variants unless there; returns that directory.
+    fn relaid(&self) -> Result<PathBuf> {
+        let smol = self.fetch(&SMOLLM2)?;
+        step("generate SmolLM2 re-laid as phi3, qwen2, qwen3");
+        relay::generate_all(&smol, &self.cache.join("variants"))
+    }
+
     fn test(&self) -> Result<()> {
         let bin = self.build()?;
         let model = self.fetch(&SMOLLM2)?;
         let gemma3 = self.fetch(&GEMMA3)?;
+        let variants = self.relaid()?;
         let kernel = self.kernel_wasm();
         let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
         let wasmtime = self.pip_tool(&WASMTIME)?;
@@ -550,6 +566,7 @@ impl Ctx {
                 c.env("WASM_CHORD_KERNEL", &kernel)
                     .env("WASM_CHORD_SMOLLM2", &model)
                     .env("WASM_CHORD_GEMMA3", &gemma3)
+                    .env("WASM_CHORD_VARIANTS_DIR", &variants)
                     .env("WASM_CHORD_BIN", &bin)
                     .env("WASM_CHORD_CLI_WASM", self.cli_wasm())
                     .env("WASM_CHORD_EMBED_BIN", self.exe("embed-rust"))

@@ -9,6 +9,7 @@ pub mod ggml_type;
 pub mod gguf;
 pub mod model;
 pub mod quant;
+pub mod relay;
 pub mod sample;
 pub mod store;
 pub mod synth;

@@ -10,7 +10,7 @@ use crate::gguf::{GgufFile, Value};
 use crate::{Error, Result};
 
 /// Architectures whose forward pass this kernel implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3"];
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
 
 /// Upper bounds that keep a hostile header from asking for absurd buffers.
 const MAX_LAYERS: u64 = 1024;
@@ -25,6 +25,9 @@ pub enum Arch {
     #[default]
     Llama,
     Gemma3,
+    Qwen2,
+    Qwen3,
+    Phi3,
 }
 
 impl Arch {
@@ -32,6 +35,9 @@ impl Arch {
         match name {
             "llama" => Some(Arch::Llama),
             "gemma3" => Some(Arch::Gemma3),
+            "qwen2" => Some(Arch::Qwen2),
+            "qwen3" => Some(Arch::Qwen3),
+            "phi3" => Some(Arch::Phi3),
             _ => None,
         }
     }
@@ -114,6 +120,11 @@ pub struct Config {
     pub post_norms: bool,
     /// Activation of the gated feed-forward.
     pub ffn_act: FfnAct,
+    /// Q, K and V are one tensor `attn_qkv` (rows of q, then k, then v), as
+    /// phi3 files have them.
+    pub fused_qkv: bool,
+    /// Gate and up are one tensor `ffn_up` (rows of gate, then up): phi3.
+    pub fused_gate_up: bool,
 }
 
 /// The architecture named by `g`, if the kernel supports it.
@@ -283,12 +294,67 @@ impl Config {
             qk_norm: false,
             post_norms: false,
             ffn_act: FfnAct::Silu,
+            // llama.cpp's create_tensor_qkv takes a fused attn_qkv first, for
+            // every architecture that loads Q/K/V through it.
+            fused_qkv: g.tensor("blk.0.attn_qkv.weight").is_some(),
+            fused_gate_up: false,
         };
         match kind {
             Arch::Llama => {}
             Arch::Gemma3 => c.gemma3(g)?,
+            Arch::Qwen2 | Arch::Qwen3 => c.qwen(kind)?,
+            Arch::Phi3 => c.phi3(g)?,
         }
         Ok(c)
+    }
+
+    /// Qwen2 and Qwen3 (llama.cpp's `models/qwen2.cpp`, `qwen3.cpp`): the
+    /// llama block with NEOX RoPE over the whole head; Q/K/V biases where the
+    /// file has them (qwen2's always do); Qwen3 adds per-head q/k RMSNorm.
+    /// Neither reads `attention.sliding_window` (Qwen2's `use_sliding_window`
+    /// is off in its released models), so neither does this.
+    fn qwen(&mut self, kind: Arch) -> Result<()> {
+        self.rope_style = RopeStyle::Neox;
+        self.qk_norm = kind == Arch::Qwen3;
+        if self.rope_dim != self.head_dim {
+            return Err(Error::InvalidModel(format!(
+                "{}: rope.dimension_count {} differs from the head width {}",
+                self.arch, self.rope_dim, self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Phi-3 (llama.cpp's `models/phi3.cpp`): NEOX RoPE, fused gate-up
+    /// `ffn_up` (SwiGLU over its two halves), and a fused `attn_qkv` unless the
+    /// file has separate Q/K/V. llama.cpp reads `attention.sliding_window` and
+    /// then disables it ("Phi SWA is currently disabled"), so it is ignored
+    /// here too. Phi-3-mini-4k declares no RoPE scaling; the 128k models'
+    /// LongRoPE (`rope_factors_long`/`_short` and `rope.scaling.attn_factor`)
+    /// is refused.
+    fn phi3(&mut self, g: &GgufFile) -> Result<()> {
+        let key = |k: &str| format!("{}.{k}", self.arch);
+        self.rope_style = RopeStyle::Neox;
+        self.fused_gate_up = true;
+        if self.q_dim() != self.n_embd {
+            return Err(Error::InvalidModel(format!(
+                "phi3: n_head * head_dim = {} differs from n_embd {}",
+                self.q_dim(),
+                self.n_embd
+            )));
+        }
+        let longrope = ["rope_factors_long.weight", "rope_factors_short.weight"]
+            .iter()
+            .any(|t| g.tensor(t).is_some());
+        let attn_factor = g.get_f32(&key("rope.scaling.attn_factor"))?;
+        if longrope || attn_factor.is_some_and(|f| f != 1.0) {
+            return Err(Error::Unsupported(
+                "phi3 LongRoPE scaling (rope_factors_long/rope_factors_short, rope.scaling.attn_factor: \
+                 the 128k-context models) is not supported; the 4k-context models are"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Gemma 3 (llama.cpp's `models/gemma3.cpp`): embeddings times sqrt(n_embd),

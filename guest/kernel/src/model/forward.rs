@@ -185,6 +185,15 @@ fn rope(v: &mut [f32], head_dim: usize, style: RopeStyle, table: &[(f32, f32)]) 
     }
 }
 
+/// Add `b` to each row of `x` (rows of `b.len()`).
+fn add_bias(x: &mut [f32], b: &[f32]) {
+    for row in x.chunks_exact_mut(b.len()) {
+        for (v, &bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -256,10 +265,11 @@ pub fn forward(
         // Read ahead the next layer while this one computes.
         cache.prefetch(src, l + 1);
         let layer = cache.layer(src, l)?;
-        let w = layer.block()?;
+        let w = layer.block(c)?;
 
-        // 2. Attention: RMSNorm, then q, k, v projections; per-head RMSNorm
-        //    of q and k where the architecture has it.
+        // 2. Attention: RMSNorm, then q, k, v projections (plus their biases
+        //    where the file has them); per-head RMSNorm of q and k where the
+        //    architecture has it.
         rmsnorm(
             &mut s.xb[..n * dim],
             &s.x[..n * dim],
@@ -269,6 +279,11 @@ pub fn forward(
         matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
         matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
+        for (x, b) in [(&mut s.q, w.bq), (&mut s.k, w.bk), (&mut s.v, w.bv)] {
+            if let Some(b) = b {
+                add_bias(&mut x[..n * b.len()], b);
+            }
+        }
         if let Some(qn) = w.q_norm {
             rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
         }

@@ -269,3 +269,5 @@ impl Model {
 mod tests;
 #[cfg(test)]
 mod tests_arch;
+#[cfg(test)]
+mod tests_neox;

@@ -31,6 +31,15 @@ pub enum Role {
     TokenEmbd,
     OutputNorm,
     Output,
+    /// Fused q, k, v rows (phi3's `attn_qkv`); viewed as [`Role::Wq`] etc.
+    Wqkv,
+    /// Fused gate and up rows (phi3's `ffn_up`); viewed as gate and up.
+    GateUp,
+    QBias,
+    KBias,
+    VBias,
+    /// Bias of a fused `attn_qkv`.
+    QkvBias,
 }
 
 /// One tensor inside a layer buffer.
@@ -89,17 +98,35 @@ pub fn block_tensors(c: &Config) -> Vec<BlockTensor> {
         shape,
         need: Need::Required,
     };
-    let mut v = vec![
-        t(Role::AttnNorm, "attn_norm.weight", (1, d)),
-        t(Role::Wq, "attn_q.weight", (q, d)),
-        t(Role::Wk, "attn_k.weight", (kv, d)),
-        t(Role::Wv, "attn_v.weight", (kv, d)),
-        t(Role::Wo, "attn_output.weight", (d, q)),
-        t(Role::FfnNorm, "ffn_norm.weight", (1, d)),
-        t(Role::Gate, "ffn_gate.weight", (ff, d)),
-        t(Role::Up, "ffn_up.weight", (ff, d)),
-        t(Role::Down, "ffn_down.weight", (d, ff)),
-    ];
+    let opt = |role, suffix, shape| BlockTensor {
+        role,
+        suffix,
+        shape,
+        need: Need::Optional,
+    };
+    let mut v = vec![t(Role::AttnNorm, "attn_norm.weight", (1, d))];
+    if c.fused_qkv {
+        v.push(t(Role::Wqkv, "attn_qkv.weight", (q + 2 * kv, d)));
+        v.push(opt(Role::QkvBias, "attn_qkv.bias", (1, q + 2 * kv)));
+    } else {
+        v.push(t(Role::Wq, "attn_q.weight", (q, d)));
+        v.push(t(Role::Wk, "attn_k.weight", (kv, d)));
+        v.push(t(Role::Wv, "attn_v.weight", (kv, d)));
+    }
+    v.push(t(Role::Wo, "attn_output.weight", (d, q)));
+    v.push(t(Role::FfnNorm, "ffn_norm.weight", (1, d)));
+    if c.fused_gate_up {
+        v.push(t(Role::GateUp, "ffn_up.weight", (2 * ff, d)));
+    } else {
+        v.push(t(Role::Gate, "ffn_gate.weight", (ff, d)));
+        v.push(t(Role::Up, "ffn_up.weight", (ff, d)));
+    }
+    v.push(t(Role::Down, "ffn_down.weight", (d, ff)));
+    // Separate Q/K/V biases: optional wherever llama.cpp's create_tensor_qkv
+    // loads them (qwen2 files always have them), also beside a fused weight.
+    v.push(opt(Role::QBias, "attn_q.bias", (1, q)));
+    v.push(opt(Role::KBias, "attn_k.bias", (1, kv)));
+    v.push(opt(Role::VBias, "attn_v.bias", (1, kv)));
     if c.qk_norm {
         v.push(t(Role::QNorm, "attn_q_norm.weight", (1, hd)));
         v.push(t(Role::KNorm, "attn_k_norm.weight", (1, hd)));
@@ -313,20 +340,54 @@ impl LayerData {
         Error::InvalidModel(format!("layer {} has no {role:?} tensor", self.plan_index))
     }
 
-    /// Views of a transformer block.
-    pub fn block(&self) -> Result<BlockWeights<'_>> {
+    /// Views of a transformer block. Fused tensors are split into row-range
+    /// views of one buffer (no copies): `attn_qkv` into q, k and v, phi3's
+    /// `ffn_up` into gate and up.
+    pub fn block(&self, c: &Config) -> Result<BlockWeights<'_>> {
+        let (q, kv, ff) = (c.q_dim(), c.kv_dim(), c.n_ff);
+        let (wq, wk, wv) = match self.tensor(Role::Wqkv) {
+            Some(qkv) => (
+                row_view(&qkv, 0, q),
+                row_view(&qkv, q, kv),
+                row_view(&qkv, q + kv, kv),
+            ),
+            None => (
+                self.need_tensor(Role::Wq)?,
+                self.need_tensor(Role::Wk)?,
+                self.need_tensor(Role::Wv)?,
+            ),
+        };
+        let (w_gate, w_up) = match self.tensor(Role::GateUp) {
+            Some(gu) => (row_view(&gu, 0, ff), row_view(&gu, ff, ff)),
+            None => (self.need_tensor(Role::Gate)?, self.need_tensor(Role::Up)?),
+        };
+        let (bq, bk, bv) = match self.vector(Role::QkvBias) {
+            Some(b) => (
+                Some(&b[..q]),
+                Some(&b[q..q + kv]),
+                Some(&b[q + kv..q + 2 * kv]),
+            ),
+            None => (
+                self.vector(Role::QBias),
+                self.vector(Role::KBias),
+                self.vector(Role::VBias),
+            ),
+        };
         Ok(BlockWeights {
             attn_norm: self.need_vector(Role::AttnNorm)?,
-            wq: self.need_tensor(Role::Wq)?,
-            wk: self.need_tensor(Role::Wk)?,
-            wv: self.need_tensor(Role::Wv)?,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
             q_norm: self.vector(Role::QNorm),
             k_norm: self.vector(Role::KNorm),
             wo: self.need_tensor(Role::Wo)?,
             attn_post_norm: self.vector(Role::AttnPostNorm),
             ffn_norm: self.need_vector(Role::FfnNorm)?,
-            w_gate: self.need_tensor(Role::Gate)?,
-            w_up: self.need_tensor(Role::Up)?,
+            w_gate,
+            w_up,
             w_down: self.need_tensor(Role::Down)?,
             ffn_post_norm: self.vector(Role::FfnPostNorm),
         })
@@ -343,6 +404,19 @@ impl LayerData {
     }
 }
 
+/// Rows `r0..r0 + n` of `t`, as a view of the same bytes. Rows of every
+/// type are whole blocks, so a row range is a byte range; the plan checked
+/// the fused tensor's shape, so the range is inside it.
+fn row_view<'a>(t: &QTensor<'a>, r0: usize, n: usize) -> QTensor<'a> {
+    let row = t.data.len() / t.rows;
+    QTensor {
+        ty: t.ty,
+        rows: n,
+        cols: t.cols,
+        data: &t.data[r0 * row..(r0 + n) * row],
+    }
+}
+
 /// One transformer block's weights (views into a [`LayerData`]). `Option`s
 /// are the tensors only some architectures have.
 pub struct BlockWeights<'a> {
@@ -350,6 +424,9 @@ pub struct BlockWeights<'a> {
     pub wq: QTensor<'a>,                   // (q_dim, n_embd)
     pub wk: QTensor<'a>,                   // (kv_dim, n_embd)
     pub wv: QTensor<'a>,                   // (kv_dim, n_embd)
+    pub bq: Option<&'a [f32]>,             // (q_dim,)
+    pub bk: Option<&'a [f32]>,             // (kv_dim,)
+    pub bv: Option<&'a [f32]>,             // (kv_dim,)
     pub q_norm: Option<&'a [f32]>,         // (head_dim,)
     pub k_norm: Option<&'a [f32]>,         // (head_dim,)
     pub wo: QTensor<'a>,                   // (n_embd, q_dim)

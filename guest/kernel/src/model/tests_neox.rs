@@ -1,0 +1,185 @@
+//! qwen2, qwen3 and phi3 on a synthetic llama model re-laid by
+//! [`crate::relay`]: fused views, biases, q/k norms, NEOX RoPE, metadata errors.
+
+use super::config::{Arch, RopeStyle};
+use super::*;
+use crate::ggml_type::GgmlType;
+use crate::gguf::{GgufFile, GgufWriter, Value};
+use crate::relay::{self, Layout};
+use crate::store::MemSource;
+use crate::synth::{self, SynthArch, SynthSpec, SynthVocab};
+
+fn llama_bytes() -> Vec<u8> {
+    let spec = SynthSpec {
+        n_layers: 2,
+        n_embd: 64,
+        n_ff: 128,
+        n_head: 4,
+        n_head_kv: 2,
+        weight_type: GgmlType::Q8_0,
+        separate_output: false,
+        seed: 5,
+        arch: SynthArch::Llama,
+    };
+    synth::to_bytes(&spec, &SynthVocab::bytes())
+}
+
+fn relaid(layout: Layout) -> GgufWriter {
+    let bytes = llama_bytes();
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    relay::relay(&bytes, &g, layout).unwrap()
+}
+
+fn load(bytes: Vec<u8>) -> Result<Model> {
+    Model::load(Box::new(MemSource::new(bytes)), &LoadOptions::default())
+}
+
+/// Logits of every position of a fixed token list, in one batch.
+fn logits(m: &Model) -> Vec<f32> {
+    let toks: Vec<u32> = (0..20u32).map(|i| (i * 29 + 3) % 256).collect();
+    let mut s = Session::new(m, toks.len() as u32).unwrap();
+    let mut out = Vec::new();
+    s.eval(m, &toks, 0, &mut |_, l| out.extend_from_slice(l))
+        .unwrap();
+    out
+}
+
+#[test]
+fn configs_follow_the_architecture() {
+    let phi3 = load(relaid(Layout::Phi3).to_bytes()).unwrap();
+    let c = &phi3.cfg;
+    assert_eq!((c.kind, c.rope_style), (Arch::Phi3, RopeStyle::Neox));
+    assert!(c.fused_qkv && c.fused_gate_up && !c.qk_norm);
+    assert_eq!(c.n_swa, 0, "llama.cpp disables phi3's sliding window");
+
+    let qwen2 = load(relaid(Layout::Qwen2 { bias_scale: 0.05 }).to_bytes()).unwrap();
+    let c = &qwen2.cfg;
+    assert_eq!((c.kind, c.rope_style), (Arch::Qwen2, RopeStyle::Neox));
+    assert!(!c.fused_qkv && !c.fused_gate_up && !c.qk_norm);
+
+    let qwen3 = load(relaid(Layout::Qwen3).to_bytes()).unwrap();
+    let c = &qwen3.cfg;
+    assert_eq!((c.kind, c.rope_style), (Arch::Qwen3, RopeStyle::Neox));
+    assert!(c.qk_norm && !c.fused_qkv);
+}
+
+#[test]
+fn fused_views_equal_separate_tensors_bit_for_bit() {
+    // phi3's fused rows are the same bytes as qwen2's separate tensors, and
+    // zero biases add nothing: the two files compute the same logits.
+    let phi3 = logits(&load(relaid(Layout::Phi3).to_bytes()).unwrap());
+    let qwen2 = logits(&load(relaid(Layout::Qwen2 { bias_scale: 0.0 }).to_bytes()).unwrap());
+    assert!(phi3.iter().all(|x| x.is_finite()));
+    assert_eq!(phi3, qwen2);
+}
+
+#[test]
+fn neox_on_unpermuted_rows_is_the_llama_function() {
+    // Un-permuting Q/K rows turns NORM RoPE into NEOX RoPE exactly (up to the
+    // order of float sums): the re-laid model is the source model.
+    let llama = logits(&load(llama_bytes()).unwrap());
+    let qwen2 = logits(&load(relaid(Layout::Qwen2 { bias_scale: 0.0 }).to_bytes()).unwrap());
+    let max = llama
+        .iter()
+        .zip(&qwen2)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(max < 1e-3, "max |Δ logit| {max}");
+}
+
+#[test]
+fn biases_and_qk_norms_change_the_function() {
+    let zero = logits(&load(relaid(Layout::Qwen2 { bias_scale: 0.0 }).to_bytes()).unwrap());
+    let bias = logits(&load(relaid(Layout::Qwen2 { bias_scale: 0.5 }).to_bytes()).unwrap());
+    let qwen3 = logits(&load(relaid(Layout::Qwen3).to_bytes()).unwrap());
+    let differs = |a: &[f32], b: &[f32]| a.iter().zip(b).any(|(x, y)| (x - y).abs() > 1e-3);
+    assert!(bias.iter().chain(&qwen3).all(|x| x.is_finite()));
+    assert!(differs(&zero, &bias), "the biases were not applied");
+    assert!(differs(&zero, &qwen3), "the q/k norms were not applied");
+}
+
+/// `w` with metadata `key` set to `v` (replacing it when present).
+fn with_kv(w: &GgufWriter, key: &str, v: Value) -> Vec<u8> {
+    let bytes = w.to_bytes();
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    let mut out = GgufWriter::new();
+    for (k, val) in g.metadata.iter().filter(|(k, _)| k != key) {
+        out.kv(k, val.clone());
+    }
+    out.kv(key, v);
+    for t in &g.tensors {
+        let d = &bytes[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        out.tensor(&t.name, &t.dims, t.ty, d.to_vec());
+    }
+    out.to_bytes()
+}
+
+fn load_err(bytes: Vec<u8>) -> Error {
+    match load(bytes) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn unsupported_and_invalid_metadata_are_typed_errors() {
+    let phi3 = relaid(Layout::Phi3);
+    // LongRoPE (Phi-3 128k) is refused by name.
+    let e = load_err(with_kv(
+        &phi3,
+        "phi3.rope.scaling.attn_factor",
+        Value::F32(1.19),
+    ));
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("LongRoPE")),
+        "{e}"
+    );
+    let mut w = phi3.clone();
+    w.tensor(
+        "rope_factors_long.weight",
+        &[8],
+        GgmlType::F32,
+        vec![0; 8 * 4],
+    );
+    let e = load_err(w.to_bytes());
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("LongRoPE")),
+        "{e}"
+    );
+    // A unit attention factor is no scaling.
+    load(with_kv(
+        &phi3,
+        "phi3.rope.scaling.attn_factor",
+        Value::F32(1.0),
+    ))
+    .unwrap();
+
+    // qwen rotates whole heads.
+    let qwen2 = relaid(Layout::Qwen2 { bias_scale: 0.0 });
+    let e = load_err(with_kv(&qwen2, "qwen2.rope.dimension_count", Value::U32(8)));
+    assert!(
+        matches!(&e, Error::InvalidModel(m) if m.contains("rope.dimension_count")),
+        "{e}"
+    );
+
+    // A bias of the wrong length is named.
+    let bytes = qwen2.to_bytes();
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        let d = bytes[t.offset as usize..(t.offset + t.n_bytes) as usize].to_vec();
+        if t.name == "blk.1.attn_k.bias" {
+            w.tensor(&t.name, &[8], t.ty, vec![0; 32]);
+        } else {
+            w.tensor(&t.name, &t.dims, t.ty, d);
+        }
+    }
+    let e = load_err(w.to_bytes());
+    assert!(
+        matches!(&e, Error::InvalidModel(m) if m.contains("blk.1.attn_k.bias")),
+        "{e}"
+    );
+}

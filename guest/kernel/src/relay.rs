@@ -1,0 +1,306 @@
+//! SmolLM2-style llama models re-laid in the tensor layouts and metadata of
+//! other architectures: phi3 (fused `attn_qkv`, fused gate-up `ffn_up`),
+//! qwen2 (Q/K/V biases) and qwen3 (per-head Q/K RMSNorm).
+//!
+//! Moving whole rows of a quantized matrix is exact, so a re-laid file
+//! computes the source's function where the layout allows (phi3, qwen2 with
+//! zero biases) — a way to test other architectures with real weights
+//! (`cargo xtask fetch relaid`) and to compare layouts on synthetic ones.
+//!
+//! llama uses NORM RoPE (rotating pairs 2i, 2i+1) while these architectures
+//! use NEOX RoPE (pairs i, i + d/2). llama.cpp's converter permutes the Q/K
+//! rows of llama checkpoints so that NORM RoPE computes what HF's rotate-half
+//! does; [`relay`] undoes that permutation on Q and K rows, which makes NEOX
+//! RoPE compute the source's function again.
+
+use crate::ggml_type::GgmlType;
+use crate::gguf::{GgufFile, GgufWriter, TensorInfo, Value};
+use crate::{Error, Result};
+
+/// The tensor layout a variant is written in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Layout {
+    /// Fused `attn_qkv`, fused gate-up `ffn_up`.
+    Phi3,
+    /// Q/K/V biases; `bias_scale` 0 writes zero biases.
+    Qwen2 { bias_scale: f32 },
+    /// Per-head Q/K RMSNorm weights (all ones).
+    Qwen3,
+}
+
+impl Layout {
+    fn arch(self) -> &'static str {
+        match self {
+            Layout::Phi3 => "phi3",
+            Layout::Qwen2 { .. } => "qwen2",
+            Layout::Qwen3 => "qwen3",
+        }
+    }
+}
+
+/// Hyperparameters of the source needed to move rows.
+struct Shape {
+    n_head: usize,
+    n_head_kv: usize,
+    head_dim: usize,
+}
+
+fn read_shape(g: &GgufFile) -> Result<Shape> {
+    let get = |k: &str| -> Result<usize> {
+        let v = g
+            .get_u64(k)?
+            .ok_or_else(|| bad(format!("the source has no {k}")))?;
+        Ok(v as usize)
+    };
+    let n_embd = get("llama.embedding_length")?;
+    let n_head = get("llama.attention.head_count")?;
+    let n_head_kv = get("llama.attention.head_count_kv")?;
+    if n_head == 0 || n_embd % n_head != 0 || (n_embd / n_head) % 2 != 0 {
+        return Err(bad(format!(
+            "unexpected heads: n_embd {n_embd}, n_head {n_head}"
+        )));
+    }
+    Ok(Shape {
+        n_head,
+        n_head_kv,
+        head_dim: n_embd / n_head,
+    })
+}
+
+fn bad(msg: String) -> Error {
+    Error::InvalidModel(format!("relay: {msg}"))
+}
+
+/// The data of tensor `t` inside the file bytes.
+fn data<'a>(bytes: &'a [u8], t: &TensorInfo) -> Result<&'a [u8]> {
+    usize::try_from(t.offset)
+        .ok()
+        .and_then(|o| bytes.get(o..o.checked_add(t.n_bytes as usize)?))
+        .ok_or_else(|| bad(format!("tensor {} is outside the file", t.name)))
+}
+
+/// Undo llama.cpp's llama Q/K row permutation: within each head, NEOX row
+/// `k < d/2` is the converter's row `2k`, row `d/2 + i` is row `2i + 1`.
+fn unpermute_rows(t: &TensorInfo, src: &[u8], n_heads: usize, head_dim: usize) -> Result<Vec<u8>> {
+    let rows = t.n_rows() as usize;
+    if rows != n_heads * head_dim {
+        return Err(bad(format!(
+            "{}: {rows} rows, expected {n_heads} heads of {head_dim}",
+            t.name
+        )));
+    }
+    let rb = src.len() / rows;
+    let half = head_dim / 2;
+    let mut out = Vec::with_capacity(src.len());
+    for h in 0..n_heads {
+        for k in 0..head_dim {
+            let from = h * head_dim + if k < half { 2 * k } else { 2 * (k - half) + 1 };
+            out.extend_from_slice(&src[from * rb..(from + 1) * rb]);
+        }
+    }
+    Ok(out)
+}
+
+/// SplitMix64: a tiny deterministic generator for the biases.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-scale, scale), exactly representable (24-bit grid).
+    fn uniform(&mut self, scale: f32) -> f32 {
+        let u = (self.next() >> 40) as f32 / (1u64 << 24) as f32;
+        (2.0 * u - 1.0) * scale
+    }
+}
+
+fn f32_bytes(v: impl IntoIterator<Item = f32>) -> Vec<u8> {
+    v.into_iter().flat_map(f32::to_le_bytes).collect()
+}
+
+/// Bias of `n` values for tensor `which` (0 q, 1 k, 2 v) of block `l`.
+fn bias(l: usize, which: u64, n: usize, scale: f32) -> Vec<u8> {
+    if scale == 0.0 {
+        return vec![0; n * 4];
+    }
+    let mut rng = SplitMix(0x5EED_0000 ^ ((l as u64) << 8) ^ which);
+    f32_bytes((0..n).map(|_| rng.uniform(scale)))
+}
+
+/// The re-laid file, in memory.
+pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
+    if g.architecture() != Some("llama") {
+        return Err(bad("the source must be a llama model".into()));
+    }
+    let shape = read_shape(g)?;
+    let arch = layout.arch();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        if k == "general.alignment" {
+            continue;
+        }
+        let v = if k == "general.architecture" {
+            Value::String(arch.into())
+        } else {
+            v.clone()
+        };
+        match k.strip_prefix("llama.") {
+            Some(rest) => w.kv(&format!("{arch}.{rest}"), v),
+            None => w.kv(k, v),
+        };
+    }
+    let ctx = g
+        .get_u64("llama.context_length")?
+        .ok_or_else(|| bad("the source has no llama.context_length".into()))?;
+    match layout {
+        Layout::Phi3 => {
+            // What Phi-3-mini-4k's conversion declares: the original context
+            // and a sliding window (which llama.cpp disables for phi3).
+            w.kv(
+                "phi3.rope.scaling.original_context_length",
+                Value::U32(ctx as u32),
+            );
+            w.kv("phi3.attention.sliding_window", Value::U32(2047));
+        }
+        Layout::Qwen3 => {
+            let hd = Value::U32(shape.head_dim as u32);
+            w.kv("qwen3.attention.key_length", hd.clone());
+            w.kv("qwen3.attention.value_length", hd);
+        }
+        Layout::Qwen2 { .. } => {}
+    }
+
+    let tensor = |name: &str| -> Result<&TensorInfo> {
+        g.tensor(name)
+            .ok_or_else(|| bad(format!("the source has no tensor {name}")))
+    };
+    for t in &g.tensors {
+        let name = t.name.as_str();
+        let Some(rest) = name.strip_prefix("blk.") else {
+            w.tensor(name, &t.dims, t.ty, data(bytes, t)?.to_vec());
+            continue;
+        };
+        let (l, suffix) = rest
+            .split_once('.')
+            .ok_or_else(|| bad(format!("tensor {name}: no block index")))?;
+        let l: usize = l
+            .parse()
+            .map_err(|_| bad(format!("tensor {name}: bad block index")))?;
+        let blk = |s: &str| format!("blk.{l}.{s}");
+        let q_rows =
+            |t: &TensorInfo| unpermute_rows(t, data(bytes, t)?, shape.n_head, shape.head_dim);
+        let k_rows =
+            |t: &TensorInfo| unpermute_rows(t, data(bytes, t)?, shape.n_head_kv, shape.head_dim);
+        match (layout, suffix) {
+            (Layout::Phi3, "attn_q.weight") => {
+                let (k, v) = (
+                    tensor(&blk("attn_k.weight"))?,
+                    tensor(&blk("attn_v.weight"))?,
+                );
+                if k.ty != t.ty || v.ty != t.ty || k.dims[0] != t.dims[0] || v.dims[0] != t.dims[0]
+                {
+                    return Err(bad(format!(
+                        "block {l}: Q, K and V differ in type or width: cannot fuse"
+                    )));
+                }
+                let mut qkv = q_rows(t)?;
+                qkv.extend(k_rows(k)?);
+                qkv.extend_from_slice(data(bytes, v)?);
+                let rows = t.n_rows() + k.n_rows() + v.n_rows();
+                w.tensor(&blk("attn_qkv.weight"), &[t.dims[0], rows], t.ty, qkv);
+            }
+            (Layout::Phi3, "attn_k.weight" | "attn_v.weight" | "ffn_gate.weight") => {}
+            (Layout::Phi3, "ffn_up.weight") => {
+                let gate = tensor(&blk("ffn_gate.weight"))?;
+                if gate.ty != t.ty || gate.dims != t.dims {
+                    return Err(bad(format!(
+                        "block {l}: gate and up differ in type or shape: cannot fuse"
+                    )));
+                }
+                let mut gu = data(bytes, gate)?.to_vec();
+                gu.extend_from_slice(data(bytes, t)?);
+                w.tensor(name, &[t.dims[0], 2 * t.n_rows()], t.ty, gu);
+            }
+            (_, "attn_q.weight") => {
+                w.tensor(name, &t.dims, t.ty, q_rows(t)?);
+                extra_after(&mut w, layout, l, 0, t.n_rows() as usize, shape.head_dim);
+            }
+            (_, "attn_k.weight") => {
+                w.tensor(name, &t.dims, t.ty, k_rows(t)?);
+                extra_after(&mut w, layout, l, 1, t.n_rows() as usize, shape.head_dim);
+            }
+            (_, "attn_v.weight") => {
+                w.tensor(name, &t.dims, t.ty, data(bytes, t)?.to_vec());
+                extra_after(&mut w, layout, l, 2, t.n_rows() as usize, shape.head_dim);
+            }
+            _ => {
+                w.tensor(name, &t.dims, t.ty, data(bytes, t)?.to_vec());
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// The tensors a layout adds after Q (`which` 0), K (1) or V (2) of block `l`
+/// with `rows` output rows: qwen2's biases, qwen3's per-head norms.
+fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: usize, hd: usize) {
+    let part = ["attn_q", "attn_k", "attn_v"][which as usize];
+    match layout {
+        Layout::Qwen2 { bias_scale } => {
+            w.tensor(
+                &format!("blk.{l}.{part}.bias"),
+                &[rows as u64],
+                GgmlType::F32,
+                bias(l, which, rows, bias_scale),
+            );
+        }
+        Layout::Qwen3 if which < 2 => {
+            w.tensor(
+                &format!("blk.{l}.{part}_norm.weight"),
+                &[hd as u64],
+                GgmlType::F32,
+                f32_bytes(std::iter::repeat_n(1.0f32, hd)),
+            );
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_moves_whole_rows() {
+        // 1 head of 4 rows, 1 byte each: converter rows [a0 b0 a1 b1] -> [a0 a1 b0 b1].
+        let t = TensorInfo {
+            name: "t".into(),
+            dims: vec![1, 4],
+            ty: GgmlType::F32,
+            offset: 0,
+            n_bytes: 4,
+        };
+        let out = unpermute_rows(&t, &[10, 20, 11, 21], 1, 4).unwrap();
+        assert_eq!(out, vec![10, 11, 20, 21]);
+    }
+
+    #[test]
+    fn biases_are_deterministic_and_small() {
+        let a = bias(3, 1, 64, 0.5);
+        assert_eq!(a, bias(3, 1, 64, 0.5));
+        assert_ne!(a, bias(3, 2, 64, 0.5));
+        let vals: Vec<f32> = a
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert!(vals.iter().all(|v| v.abs() <= 0.5));
+        assert!(vals.iter().any(|v| *v != 0.0));
+        assert!(bias(0, 0, 8, 0.0).iter().all(|&b| b == 0));
+    }
+}
