@@ -1,9 +1,9 @@
 //! IQ4_XS: 256 weights per super-block in 8 sub-blocks of 32, each with a
 //! 6-bit signed scale; 4-bit indices into a non-linear table of 16 values.
 
+use super::iq4_nl::{best_index_int8, KVALUES_IQ4NL};
 use super::q8_k::{nearest_int, Q8_KAct, GROUP_MAX_EPS, QK_K};
 use super::{f16_le, f32_to_f16_le, QuantKind};
-use super::iq4_nl::{best_index_int8, KVALUES_IQ4NL};
 use crate::ggml_type::GgmlType;
 
 /// IQ4_XS block (ggml `block_iq4_xs`): 4.25 bits per weight.
