@@ -17,20 +17,62 @@ use crate::{sha256_file, step, Ctx, SMOLLM2};
 /// DST TYPE 2` of llama.cpp 11434. Builds with GGML_NATIVE=OFF and =ON (on an
 /// AVX-512 machine) write the same bytes.
 pub const VARIANTS: &[(&str, &str)] = &[
-    ("F16", "a269e3181fcbb25046f99f64ba8d3c159165b211c2ff4ffca7ba1bb219d2ccd0"),
-    ("BF16", "994c74505f109ce900a91772a38324b6635a16c1499111f1df4fb031233033d7"),
-    ("Q4_0", "aa4256f3b46eb4add75ece1c0eeac1c6e4f1ec0c93e6fbe64fe1770f4ad09ae8"),
-    ("Q4_1", "941f309b54caaad6747569ba43712bcde44a2be3bae16c3282ff499c37c54af5"),
-    ("Q5_0", "2f90a7511cf340144dda963a9fd73f708601517f0f8038d31c9069654526be44"),
-    ("Q5_1", "d0fe3cbb20771ac9dab0f4dd5aaa259785158177f6503d4dca32f4495dcffaea"),
-    ("Q8_0", "7b46609d11703c058397e5cfe4cc6e4b2508cb1eb4c80ddc472a5d421fbdb508"),
-    ("Q2_K", "1733ab14bc423774519aa464e0d74e190617e877c9d0aa07a698b500d1788895"),
-    ("Q3_K_M", "01045a8fee6c962e4f7b0f80dccf937503738f61f987c305378fd3f527eac9d4"),
-    ("Q4_K_M", "dc0f3a02e821146247a0af6895adf9872124f368682cb110cb9ed09ff2a9f9f1"),
-    ("Q5_K_M", "8170c7ef444692b3b2fe63459c326def0358807ef9be6e3cb020efb86a71015e"),
-    ("Q6_K", "a969ae2086dd4945a7c61594bf72b2bcc3b7df8571c92aed8f213918673a7f80"),
-    ("IQ4_NL", "b4d1842a26d8952bd7b609eb2062f7352aeb609c1ac5017542be18f83bc1776e"),
-    ("IQ4_XS", "5a4caecc8f966f75ff79b8f1522f76aedd2381d0722df17254e212f01526c7ba"),
+    (
+        "F16",
+        "a269e3181fcbb25046f99f64ba8d3c159165b211c2ff4ffca7ba1bb219d2ccd0",
+    ),
+    (
+        "BF16",
+        "994c74505f109ce900a91772a38324b6635a16c1499111f1df4fb031233033d7",
+    ),
+    (
+        "Q4_0",
+        "aa4256f3b46eb4add75ece1c0eeac1c6e4f1ec0c93e6fbe64fe1770f4ad09ae8",
+    ),
+    (
+        "Q4_1",
+        "941f309b54caaad6747569ba43712bcde44a2be3bae16c3282ff499c37c54af5",
+    ),
+    (
+        "Q5_0",
+        "2f90a7511cf340144dda963a9fd73f708601517f0f8038d31c9069654526be44",
+    ),
+    (
+        "Q5_1",
+        "d0fe3cbb20771ac9dab0f4dd5aaa259785158177f6503d4dca32f4495dcffaea",
+    ),
+    (
+        "Q8_0",
+        "7b46609d11703c058397e5cfe4cc6e4b2508cb1eb4c80ddc472a5d421fbdb508",
+    ),
+    (
+        "Q2_K",
+        "1733ab14bc423774519aa464e0d74e190617e877c9d0aa07a698b500d1788895",
+    ),
+    (
+        "Q3_K_M",
+        "01045a8fee6c962e4f7b0f80dccf937503738f61f987c305378fd3f527eac9d4",
+    ),
+    (
+        "Q4_K_M",
+        "dc0f3a02e821146247a0af6895adf9872124f368682cb110cb9ed09ff2a9f9f1",
+    ),
+    (
+        "Q5_K_M",
+        "8170c7ef444692b3b2fe63459c326def0358807ef9be6e3cb020efb86a71015e",
+    ),
+    (
+        "Q6_K",
+        "a969ae2086dd4945a7c61594bf72b2bcc3b7df8571c92aed8f213918673a7f80",
+    ),
+    (
+        "IQ4_NL",
+        "b4d1842a26d8952bd7b609eb2062f7352aeb609c1ac5017542be18f83bc1776e",
+    ),
+    (
+        "IQ4_XS",
+        "5a4caecc8f966f75ff79b8f1522f76aedd2381d0722df17254e212f01526c7ba",
+    ),
 ];
 
 impl Ctx {
