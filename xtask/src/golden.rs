@@ -53,6 +53,10 @@ impl Server {
             .arg(&args.model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["-c", "2048", "-np", "1", "--no-webui"])
+            // One thread: the outputs do not depend on the thread count (the
+            // Q4_1 golden reproduces exactly with 1 and 2), and ggml's spinning
+            // thread pool is 20-50x slower on a busy machine.
+            .args(["-t", "1"])
             .args(&args.server_args)
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
