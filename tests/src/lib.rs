@@ -5,7 +5,7 @@
 //! reference model and sets the environment variables read here.
 
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn env_path(var: &str) -> PathBuf {
@@ -28,6 +28,17 @@ pub fn kernel() -> PathBuf {
 /// SmolLM2-135M-Instruct Q4_1.
 pub fn smollm2() -> PathBuf {
     env_path("WASM_CHORD_SMOLLM2")
+}
+
+/// SmolLM2-135M-Instruct requantized by llama.cpp into each tested type:
+/// `smollm2-TYPE.gguf` (`cargo xtask fetch variants`).
+pub fn variants_dir() -> PathBuf {
+    env_path("WASM_CHORD_VARIANTS_DIR")
+}
+
+/// llama.cpp's tokenizer test files `ggml-vocab-NAME.gguf` (+ `.inp`, `.out`).
+pub fn vocab_dir() -> PathBuf {
+    env_path("WASM_CHORD_VOCAB_DIR")
 }
 
 /// Gemma-3-270M Q4_K_M (gemma3 architecture, SentencePiece vocabulary).
@@ -180,4 +191,287 @@ pub fn assert_clean_error(out: &Output, what: &str) -> String {
         );
     }
     stderr
+}
+
+/// A fresh temporary folder for one test (`name` should be unique per test).
+pub fn tmp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("wasm-chord-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
+/// Teacher-forced scoring against a golden file (see [`teacher_forced`]).
+#[derive(Debug, Clone)]
+pub struct TeacherForced {
+    /// Scored steps (every generated token of every case).
+    pub steps: usize,
+    /// Steps where our top-1 is llama.cpp's greedy token.
+    pub same_top1: usize,
+    /// |our logprob - llama.cpp's| over llama.cpp's top-5 entries, sorted.
+    pub diffs: Vec<f64>,
+    /// Where the largest difference is.
+    pub worst: String,
+    /// llama.cpp top-5 entries missing from our top-50 (each a failure).
+    pub missing: Vec<String>,
+}
+
+impl TeacherForced {
+    /// Percentage of steps whose top-1 is llama.cpp's greedy token.
+    pub fn top1_percent(&self) -> f64 {
+        100.0 * self.same_top1 as f64 / self.steps.max(1) as f64
+    }
+
+    pub fn median(&self) -> f64 {
+        self.diffs
+            .get(self.diffs.len() / 2)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.diffs.last().copied().unwrap_or(f64::NAN)
+    }
+
+    /// The acceptance rule: top-1 agreement >= `min_top1` percent, median and
+    /// max |Δ logprob| within bounds, no llama.cpp top-5 entry missing from our top-50.
+    pub fn check(&self, min_top1: f64, max_median: f64, max_max: f64) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if self.steps == 0 || self.diffs.is_empty() {
+            bad.push("nothing was compared".to_string());
+        }
+        let pct = self.top1_percent();
+        if pct.is_nan() || pct < min_top1 {
+            bad.push(format!("top-1 agreement {pct:.1}% < {min_top1}%"));
+        }
+        let median = self.median();
+        if median.is_nan() || median > max_median {
+            bad.push(format!("median |Δ logprob| {median:.4} > {max_median}"));
+        }
+        let max = self.max();
+        if max.is_nan() || max > max_max {
+            bad.push(format!(
+                "max |Δ logprob| {max:.4} > {max_max} ({})",
+                self.worst
+            ));
+        }
+        if let Some(first) = self.missing.first() {
+            bad.push(format!(
+                "{} llama.cpp top-5 entries not in our top-50, first: {first}",
+                self.missing.len()
+            ));
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("; "))
+        }
+    }
+
+    /// The default rule: >= 90% top-1, median <= 0.15, max <= 1.0.
+    pub fn check_default(&self) -> Result<(), String> {
+        self.check(90.0, 0.15, 1.0)
+    }
+}
+
+impl std::fmt::Display for TeacherForced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "teacher-forced: top-1 = llama.cpp's greedy at {}/{} ({:.1}%); |logprob - llama.cpp's| over {} top-5 entries: median {:.4}, max {:.4} ({})",
+            self.same_top1,
+            self.steps,
+            self.top1_percent(),
+            self.diffs.len(),
+            self.median(),
+            self.max(),
+            self.worst
+        )?;
+        if !self.missing.is_empty() {
+            write!(
+                f,
+                "; {} entries missing from our top-50",
+                self.missing.len()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Score each case's prompt + llama.cpp's greedy tokens teacher-forced with
+/// `wasm-chord perplexity -m MODEL --tokens F --json --top-k 50` and compare
+/// every step with the golden file: is our top-1 llama.cpp's greedy token, and
+/// how far are our log-probabilities of llama.cpp's top-5 from its own.
+/// Panics when the CLI fails or prints something malformed.
+pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
+    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+    let dir = tmp_dir(&format!("teacher-{stem}"));
+    let mut r = TeacherForced {
+        steps: 0,
+        same_top1: 0,
+        diffs: Vec::new(),
+        worst: String::new(),
+        missing: Vec::new(),
+    };
+    let mut worst = 0.0f64;
+    for case in &golden.cases {
+        let mut seq = case.prompt_tokens.clone();
+        seq.extend(&case.greedy_tokens);
+        let f = dir.join(format!("{}.json", case.id));
+        std::fs::write(&f, serde_json::to_vec(&seq).unwrap()).unwrap();
+        let out = run_cli(&[
+            "perplexity".as_ref(),
+            "-m".as_ref(),
+            model.as_os_str(),
+            "--tokens".as_ref(),
+            f.as_os_str(),
+            "--json".as_ref(),
+            "--top-k".as_ref(),
+            "50".as_ref(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: wasm-chord perplexity failed: {}",
+            case.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<serde_json::Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+            .collect();
+        let (summary, scored) = lines.split_last().expect("perplexity printed nothing");
+        assert_eq!(summary["n_tokens"].as_u64(), Some(seq.len() as u64 - 1));
+        assert!(summary["perplexity"].as_f64().unwrap() > 1.0);
+        assert_eq!(scored.len(), seq.len() - 1, "{}", case.id);
+        let n_prompt = case.prompt_tokens.len();
+        for (step, &want) in case.greedy_tokens.iter().enumerate() {
+            let s = &scored[n_prompt + step - 1];
+            let pos = n_prompt + step;
+            assert_eq!(s["pos"].as_u64(), Some(pos as u64));
+            assert_eq!(s["token"].as_u64(), Some(u64::from(want)));
+            let top: Vec<(u32, f64)> = serde_json::from_value(s["top"].clone()).unwrap();
+            assert_eq!(top.len(), 50);
+            r.steps += 1;
+            if top[0].0 == want {
+                r.same_top1 += 1;
+            }
+            let Some(theirs) = &case.top5_logprobs[step] else {
+                continue;
+            };
+            for &(tok, lp) in theirs {
+                let ours = if tok == want {
+                    s["logprob"].as_f64()
+                } else {
+                    top.iter().find(|e| e.0 == tok).map(|e| e.1)
+                };
+                let Some(ours) = ours else {
+                    r.missing
+                        .push(format!("{} step {step} token {tok} ({lp:.4})", case.id));
+                    continue;
+                };
+                let d = (ours - lp).abs();
+                if d > worst {
+                    worst = d;
+                    r.worst = format!(
+                        "{} step {step} token {tok}: ours {ours:.4}, llama.cpp {lp:.4}",
+                        case.id
+                    );
+                }
+                r.diffs.push(d);
+            }
+        }
+    }
+    r.diffs.sort_by(f64::total_cmp);
+    r
+}
+
+/// Free-running greedy decoding against a golden file (see [`greedy_parity`]).
+#[derive(Debug, Clone, Default)]
+pub struct GreedyParity {
+    pub cases: usize,
+    /// Cases token-for-token equal to llama.cpp's.
+    pub exact: usize,
+    /// (case, step) where we parted from llama.cpp at a near tie.
+    pub parted: Vec<(String, usize)>,
+    /// Failures of the fixture rule, one line each.
+    pub failures: Vec<String>,
+}
+
+impl std::fmt::Display for GreedyParity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "greedy: {}/{} cases token-for-token equal to llama.cpp",
+            self.exact, self.cases
+        )?;
+        if !self.parted.is_empty() {
+            let p: Vec<String> = self
+                .parted
+                .iter()
+                .map(|(id, i)| format!("{id}@{i}"))
+                .collect();
+            write!(f, "; parted at near ties: {}", p.join(", "))?;
+        }
+        if !self.failures.is_empty() {
+            write!(f, "; {} failed", self.failures.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Run every case of `golden` with `wasm-chord run --temp 0 --ignore-eos
+/// --json` on `model` and apply the fixture rule ([`check_greedy`]); the
+/// prompt must tokenize to the golden's token count, and equal tokens must
+/// give equal text. Panics when the CLI fails.
+pub fn greedy_parity(model: &Path, golden: &Golden) -> GreedyParity {
+    let stem = model.file_stem().unwrap_or_default().to_string_lossy();
+    let dir = tmp_dir(&format!("greedy-{stem}"));
+    let mut r = GreedyParity {
+        cases: golden.cases.len(),
+        ..Default::default()
+    };
+    for case in &golden.cases {
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "run".into(),
+            "-m".into(),
+            model.into(),
+            "-n".into(),
+            golden.n_predict.to_string().into(),
+        ];
+        args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
+        if let Some(messages) = &case.messages {
+            let f = dir.join(format!("{}.json", case.id));
+            std::fs::write(&f, serde_json::to_vec(messages).unwrap()).unwrap();
+            args.extend(["--messages".into(), f.into()]);
+        } else {
+            args.extend(["-p".into(), case.prompt.clone().into()]);
+        }
+        let out = run_cli(&args);
+        assert!(
+            out.status.success(),
+            "{}: wasm-chord run failed: {}",
+            case.id,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (tokens, text, stats) = parse_run_json(&out.stdout);
+        if stats["prompt_tokens"].as_u64() != Some(case.prompt_tokens.len() as u64) {
+            r.failures.push(format!(
+                "{}: {} prompt tokens, llama.cpp {}",
+                case.id,
+                stats["prompt_tokens"],
+                case.prompt_tokens.len()
+            ));
+            continue;
+        }
+        match check_greedy(case, &tokens, golden.near_tie()) {
+            Ok(None) if text != case.greedy_text => r.failures.push(format!(
+                "{}: same tokens, other text: {text:?} vs {:?}",
+                case.id, case.greedy_text
+            )),
+            Ok(None) => r.exact += 1,
+            Ok(Some(i)) => r.parted.push((case.id.clone(), i)),
+            Err(e) => r.failures.push(format!("{e}; ours: {tokens:?} {text:?}")),
+        }
+    }
+    r
 }

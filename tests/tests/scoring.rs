@@ -7,12 +7,6 @@ use std::path::PathBuf;
 
 use wasm_chord_tests::*;
 
-fn tmp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("wasm-chord-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn perplexity(extra: &[OsString]) -> std::process::Output {
     let mut args: Vec<OsString> = vec!["perplexity".into(), "-m".into(), smollm2().into()];
     args.extend(extra.iter().cloned());
@@ -75,86 +69,11 @@ fn ppl_text_matches_llama_perplexity() {
 #[test]
 fn teacher_forced_matches_llama_cpp_greedy() {
     let golden = Golden::load("smollm2-135m-instruct-q4_1.golden.json");
-    let dir = tmp_dir("teacher");
-    let (mut total, mut same_top1) = (0usize, 0usize);
-    let mut diffs: Vec<f64> = Vec::new();
-    let mut worst = (0.0f64, String::new());
-    for case in &golden.cases {
-        let mut seq = case.prompt_tokens.clone();
-        seq.extend(&case.greedy_tokens);
-        let f = dir.join(format!("{}.json", case.id));
-        std::fs::write(&f, serde_json::to_vec(&seq).unwrap()).unwrap();
-        let out = perplexity(&[
-            "--tokens".into(),
-            f.into(),
-            "--json".into(),
-            "--top-k".into(),
-            "50".into(),
-        ]);
-        let stdout = stdout_ok(&out, &case.id);
-        let lines: Vec<serde_json::Value> = stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-            .collect();
-        let (summary, scored) = lines.split_last().unwrap();
-        assert_eq!(summary["n_tokens"].as_u64(), Some(seq.len() as u64 - 1));
-        assert!(summary["perplexity"].as_f64().unwrap() > 1.0);
-        assert_eq!(scored.len(), seq.len() - 1, "{}", case.id);
-        let n_prompt = case.prompt_tokens.len();
-        for (step, &want) in case.greedy_tokens.iter().enumerate() {
-            let s = &scored[n_prompt + step - 1];
-            let pos = n_prompt + step;
-            assert_eq!(s["pos"].as_u64(), Some(pos as u64));
-            assert_eq!(s["token"].as_u64(), Some(u64::from(want)));
-            let top: Vec<(u32, f64)> = serde_json::from_value(s["top"].clone()).unwrap();
-            assert_eq!(top.len(), 50);
-            total += 1;
-            if top[0].0 == want {
-                same_top1 += 1;
-            }
-            let Some(theirs) = &case.top5_logprobs[step] else {
-                continue;
-            };
-            for &(tok, lp) in theirs {
-                let ours = if tok == want {
-                    s["logprob"].as_f64().unwrap()
-                } else {
-                    top.iter()
-                        .find(|e| e.0 == tok)
-                        .map(|e| e.1)
-                        .unwrap_or_else(|| {
-                            panic!(
-                                "{} step {step}: llama.cpp's top-5 token {tok} not in our top-50",
-                                case.id
-                            )
-                        })
-                };
-                let d = (ours - lp).abs();
-                if d > worst.0 {
-                    worst = (
-                        d,
-                        format!(
-                            "{} step {step} token {tok}: ours {ours:.4}, llama.cpp {lp:.4}",
-                            case.id
-                        ),
-                    );
-                }
-                diffs.push(d);
-            }
-        }
+    let report = teacher_forced(&smollm2(), &golden);
+    eprintln!("{report}");
+    if let Err(e) = report.check_default() {
+        panic!("{e}");
     }
-    diffs.sort_by(f64::total_cmp);
-    let median = diffs[diffs.len() / 2];
-    let max = *diffs.last().unwrap();
-    let pct = 100.0 * same_top1 as f64 / total as f64;
-    eprintln!(
-        "teacher-forced: top-1 = llama.cpp's greedy at {same_top1}/{total} ({pct:.1}%); |logprob - llama.cpp's| over {} top-5 entries: median {median:.4}, max {max:.4} ({})",
-        diffs.len(),
-        worst.1
-    );
-    assert!(pct >= 90.0, "top-1 agreement {pct:.1}% < 90%");
-    assert!(median <= 0.15, "median |Δ logprob| {median} > 0.15");
-    assert!(max <= 1.0, "max |Δ logprob| {max} > 1.0 ({})", worst.1);
 }
 
 /// A short text for the KL-divergence tests: the start of the fixture.

@@ -10,8 +10,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod bench;
+mod golden;
 mod large;
+mod llama;
 mod relay;
+mod variants;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,7 +33,8 @@ struct Cli {
 enum Cmd {
     /// Build the kernel component (wasm32-wasip2) and the `wasm-chord` CLI.
     Build,
-    /// Download a reference model into $WASM_CHORD_CACHE/models (checked by sha256).
+    /// Download a reference model into $WASM_CHORD_CACHE/models (checked by sha256),
+    /// or make the requantized SmolLM2 variants (builds llama.cpp's llama-quantize).
     Fetch {
         /// Which model.
         #[arg(value_enum, default_value_t = Which::Smollm2)]
@@ -52,6 +57,36 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Make a golden file (tests/fixtures/README.md) with llama.cpp's llama-server:
+    /// the cases of an existing golden file, greedy, top-5 log-probabilities per step.
+    Golden {
+        /// llama.cpp's `llama-server` binary.
+        #[arg(long)]
+        server: PathBuf,
+        /// The model file.
+        #[arg(long)]
+        model: PathBuf,
+        /// A golden file whose cases (ids, prompts, messages, n_predict) are used.
+        #[arg(long)]
+        cases: PathBuf,
+        /// Where to write the new golden file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The file's `near_tie` (absent: the README's default, 0.75).
+        #[arg(long)]
+        near_tie: Option<f64>,
+        /// More arguments for `llama-server` (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        server_args: Vec<String>,
+    },
+    /// `wasm-chord bench` (one thread: the kernel's) on SmolLM2 Q4_K_M (a variant)
+    /// and Gemma-3-270M Q4_K_M; with `--llama-bench`, llama.cpp's on the same
+    /// files with `-t 1`, and the ratio.
+    BenchCoverage {
+        /// llama.cpp's `llama-bench` binary.
+        #[arg(long)]
+        llama_bench: Option<PathBuf>,
+    },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2.
     Bench {
         /// Arguments for `wasm-chord bench` (after `--`).
@@ -67,6 +102,8 @@ enum Which {
     /// SmolLM2's weights re-laid as phi3, qwen2 and qwen3 (generated, into
     /// $WASM_CHORD_CACHE/variants).
     Relaid,
+    /// SmolLM2 requantized into every tested type ($WASM_CHORD_CACHE/variants).
+    Variants,
     All,
 }
 
@@ -162,6 +199,9 @@ fn run(cli: Cli) -> Result<()> {
             if matches!(which, Which::Relaid | Which::All) {
                 ctx.relaid()?;
             }
+            if matches!(which, Which::Variants | Which::All) {
+                ctx.fetch_variants()?;
+            }
             Ok(())
         }
         Cmd::Run { args } => {
@@ -187,6 +227,22 @@ fn run(cli: Cli) -> Result<()> {
             ctx.exec(&mut cmd)
         }
         Cmd::Test => ctx.test(),
+        Cmd::BenchCoverage { llama_bench } => ctx.bench_coverage(llama_bench.as_deref()),
+        Cmd::Golden {
+            server,
+            model,
+            cases,
+            out,
+            near_tie,
+            server_args,
+        } => golden::golden(&golden::GoldenArgs {
+            server,
+            model,
+            cases,
+            out,
+            near_tie,
+            server_args,
+        }),
         Cmd::Large { args } => {
             let bin = ctx.build()?;
             let smol = ctx.fetch(&SMOLLM2)?;
@@ -514,14 +570,17 @@ impl Ctx {
     fn relaid(&self) -> Result<PathBuf> {
         let smol = self.fetch(&SMOLLM2)?;
         step("generate SmolLM2 re-laid as phi3, qwen2, qwen3");
-        relay::generate_all(&smol, &self.cache.join("variants"))
+        relay::generate_all(&smol, &self.variants_dir())
     }
 
     fn test(&self) -> Result<()> {
         let bin = self.build()?;
         let model = self.fetch(&SMOLLM2)?;
         let gemma3 = self.fetch(&GEMMA3)?;
-        let variants = self.relaid()?;
+        let variants = self.fetch_variants()?;
+        // The re-laid architectures go into the same folder.
+        self.relaid()?;
+        let vocab = self.llama_vocab()?;
         let kernel = self.kernel_wasm();
         let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
         let wasmtime = self.pip_tool(&WASMTIME)?;
@@ -567,6 +626,7 @@ impl Ctx {
                     .env("WASM_CHORD_SMOLLM2", &model)
                     .env("WASM_CHORD_GEMMA3", &gemma3)
                     .env("WASM_CHORD_VARIANTS_DIR", &variants)
+                    .env("WASM_CHORD_VOCAB_DIR", &vocab)
                     .env("WASM_CHORD_BIN", &bin)
                     .env("WASM_CHORD_CLI_WASM", self.cli_wasm())
                     .env("WASM_CHORD_EMBED_BIN", self.exe("embed-rust"))

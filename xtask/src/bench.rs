@@ -1,0 +1,140 @@
+//! `cargo xtask bench-coverage`: `wasm-chord bench` on the k-quant models
+//! (SmolLM2 Q4_K_M from the variants, Gemma-3-270M Q4_K_M), and when given,
+//! llama.cpp's `llama-bench` with one thread on the same files in the same
+//! run, with the ratio of the two.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{show, step, Ctx, GEMMA3};
+
+/// One measured speed.
+struct Speed {
+    test: String,
+    ts: f64,
+}
+
+/// Prompt and generation lengths, repetitions.
+const N_PROMPT: u32 = 128;
+const N_GEN: u32 = 64;
+const REPS: u32 = 3;
+
+fn json_of(cmd: &mut Command) -> Result<Value> {
+    let shown = show(cmd);
+    let out = cmd
+        .output()
+        .with_context(|| format!("cannot start `{shown}`"))?;
+    if !out.status.success() {
+        bail!(
+            "`{shown}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| format!("`{shown}` printed no JSON"))
+}
+
+/// `wasm-chord bench --json`: its rows' test names and median tokens/s.
+fn ours(bin: &Path, kernel: &Path, model: &Path) -> Result<Vec<Speed>> {
+    let v = json_of(
+        Command::new(bin)
+            .arg("bench")
+            .arg("-m")
+            .arg(model)
+            .args(["-p", &N_PROMPT.to_string(), "-n", &N_GEN.to_string()])
+            .args(["-r", &REPS.to_string(), "--json"])
+            .env("WASM_CHORD_KERNEL", kernel),
+    )?;
+    v.as_array()
+        .context("wasm-chord bench: not an array")?
+        .iter()
+        .map(|r| {
+            Ok(Speed {
+                test: r["test"].as_str().context("test")?.to_string(),
+                ts: r["median_ts"].as_f64().context("median_ts")?,
+            })
+        })
+        .collect()
+}
+
+/// `llama-bench -t 1 -o json`: pp/tg tests and their average tokens/s.
+fn theirs(llama_bench: &Path, model: &Path) -> Result<Vec<Speed>> {
+    let v = json_of(
+        Command::new(llama_bench)
+            .arg("-m")
+            .arg(model)
+            .args([
+                "-t",
+                "1",
+                "-p",
+                &N_PROMPT.to_string(),
+                "-n",
+                &N_GEN.to_string(),
+            ])
+            .args(["-r", &REPS.to_string(), "-o", "json"]),
+    )?;
+    v.as_array()
+        .context("llama-bench: not an array")?
+        .iter()
+        .map(|r| {
+            let (p, g) = (r["n_prompt"].as_u64(), r["n_gen"].as_u64());
+            let test = match (p, g) {
+                (Some(p), Some(0)) => format!("pp{p}"),
+                (Some(0), Some(g)) => format!("tg{g}"),
+                _ => bail!("llama-bench: unexpected test {r}"),
+            };
+            Ok(Speed {
+                test,
+                ts: r["avg_ts"].as_f64().context("avg_ts")?,
+            })
+        })
+        .collect()
+}
+
+impl Ctx {
+    pub fn bench_coverage(&self, llama_bench: Option<&Path>) -> Result<()> {
+        let bin = self.build()?;
+        let kernel = self.kernel_wasm();
+        let variants = self.fetch_variants()?;
+        let models: Vec<(&str, PathBuf)> = vec![
+            ("SmolLM2-135M Q4_K_M", variants.join("smollm2-Q4_K_M.gguf")),
+            ("Gemma-3-270M Q4_K_M", self.fetch(&GEMMA3)?),
+        ];
+        let mut rows = Vec::new();
+        for (name, model) in &models {
+            step(&format!("wasm-chord bench: {name}"));
+            let ours = ours(&bin, &kernel, model)?;
+            let theirs = match llama_bench {
+                Some(lb) => {
+                    step(&format!("llama-bench -t 1: {name}"));
+                    theirs(lb, model)?
+                }
+                None => Vec::new(),
+            };
+            for s in ours {
+                let t = theirs.iter().find(|t| t.test == s.test).map(|t| t.ts);
+                rows.push((name.to_string(), s.test, s.ts, t));
+            }
+        }
+        step("results (tokens/s; one thread each)");
+        println!(
+            "| {:<20} | {:<6} | {:>10} | {:>10} | {:>6} |",
+            "model", "test", "wasm-chord", "llama.cpp", "ratio"
+        );
+        println!(
+            "| {:-<20} | {:-<6} | {:->9}: | {:->9}: | {:->5}: |",
+            "", "", "", "", ""
+        );
+        for (name, test, ours, theirs) in rows {
+            let (t, ratio) = match theirs {
+                Some(t) => (format!("{t:.2}"), format!("{:.2}", ours / t)),
+                None => ("-".into(), "-".into()),
+            };
+            println!("| {name:<20} | {test:<6} | {ours:>10.2} | {t:>10} | {ratio:>6} |");
+        }
+        Ok(())
+    }
+}
