@@ -114,74 +114,19 @@ impl Agreement {
 #[test]
 fn gemma3_greedy_matches_llama_cpp() {
     let golden = Golden::load(GOLDEN);
-    let dir = tmp_dir("greedy");
-    let mut exact = 0;
-    for case in &golden.cases {
-        let mut args: Vec<OsString> = vec![
-            "run".into(),
-            "-m".into(),
-            gemma3().into(),
-            "-n".into(),
-            golden.n_predict.to_string().into(),
-        ];
-        args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
-        if let Some(messages) = &case.messages {
-            let f = dir.join(format!("{}.json", case.id));
-            std::fs::write(&f, serde_json::to_vec(messages).unwrap()).unwrap();
-            args.extend(["--messages".into(), f.into()]);
-        } else {
-            args.extend(["-p".into(), case.prompt.clone().into()]);
-        }
-        let out = run_cli(&args);
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            case.id,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (tokens, text, stats) = parse_run_json(&out.stdout);
-        assert_eq!(
-            stats["prompt_tokens"].as_u64(),
-            Some(case.prompt_tokens.len() as u64),
-            "{}: prompt tokens",
-            case.id
-        );
-        match check_greedy(case, &tokens, golden.near_tie()) {
-            Ok(None) => {
-                exact += 1;
-                assert_eq!(text, case.greedy_text, "{}", case.id);
-            }
-            Ok(Some(i)) => eprintln!(
-                "{}: parted from llama.cpp at step {i} (a near tie)",
-                case.id
-            ),
-            Err(e) => panic!("{e}\nours: {tokens:?}\ntext: {text:?}"),
-        }
-    }
-    eprintln!(
-        "gemma3: {exact}/{} cases token-for-token equal to llama.cpp",
-        golden.cases.len()
-    );
+    let greedy = greedy_parity(&gemma3(), &golden);
+    eprintln!("gemma3: {greedy}");
+    assert!(greedy.failures.is_empty(), "{}", greedy.failures.join("\n"));
 }
 
 #[test]
 fn gemma3_teacher_forced_matches_llama_cpp_greedy() {
     let golden = Golden::load(GOLDEN);
-    let dir = tmp_dir("teacher");
-    let mut agree = Agreement::default();
-    for case in &golden.cases {
-        let mut seq = case.prompt_tokens.clone();
-        seq.extend(&case.greedy_tokens);
-        let scored = score(&seq, dir.join(format!("{}.json", case.id)));
-        let n_prompt = case.prompt_tokens.len();
-        for (step, &want) in case.greedy_tokens.iter().enumerate() {
-            let s = &scored[n_prompt + step - 1];
-            assert_eq!(s["pos"].as_u64(), Some((n_prompt + step) as u64));
-            let what = format!("{} step {step}", case.id);
-            agree.add(&what, s, want, case.top5_logprobs[step].as_deref());
-        }
+    let scored = teacher_forced(&gemma3(), &golden);
+    eprintln!("gemma3: {scored}");
+    if let Err(e) = scored.check_default() {
+        panic!("gemma3 teacher-forced: {e}");
     }
-    agree.check("gemma3 teacher-forced");
 }
 
 /// llama.cpp's teacher-forced log-probabilities on a prompt longer than the
