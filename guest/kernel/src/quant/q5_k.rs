@@ -1,10 +1,8 @@
 //! Q5_K: 256 weights per super-block in 8 sub-blocks of 32, each with a
 //! 6-bit scale and 6-bit min; 5-bit unsigned quants.
 
-use super::q8_k::{
-    make_qkx2_quants, nearest_int, pack_scales_mins_k4, scales_mins_k4, Q8_KAct, QK_K,
-};
-use super::{f16_le, f32_to_f16_le, QuantKind};
+use super::q8_k::{quantize_k4_levels, scales_mins_k4, Q8_KAct, QK_K};
+use super::{f16_le, QuantKind};
 use crate::ggml_type::GgmlType;
 
 /// Q5_K block (ggml `block_q5_K`): 5.5 bits per weight.
@@ -44,41 +42,7 @@ fn quants(b: &BlockQ5_K) -> [u8; QK_K] {
 /// ggml's `quantize_row_q5_K_ref` for one super-block.
 fn quantize_block(x: &[f32], o: &mut BlockQ5_K) {
     let mut l = [0u8; QK_K];
-    let mut scales = [0f32; 8];
-    let mut mins = [0f32; 8];
-    let (mut max_scale, mut max_min) = (0f32, 0f32);
-    for j in 0..8 {
-        let xb = &x[32 * j..32 * j + 32];
-        let sum_x2: f32 = xb.iter().map(|v| v * v).sum();
-        let av_x = (sum_x2 / 32.0).sqrt();
-        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xb[i].abs());
-        let lb = &mut l[32 * j..32 * j + 32];
-        (scales[j], mins[j]) = make_qkx2_quants(31, xb, &weights, lb, -0.5, 0.1, 15, false);
-        max_scale = max_scale.max(scales[j]);
-        max_min = max_min.max(mins[j]);
-    }
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
-    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
-    let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
-    let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
-    o.scales = pack_scales_mins_k4(&ls, &lm);
-    o.d = f32_to_f16_le(max_scale / 63.0);
-    o.dmin = f32_to_f16_le(max_min / 63.0);
-    let (d, dmin) = (f16_le(o.d), f16_le(o.dmin));
-    for j in 0..8 {
-        let dj = d * ls[j] as f32;
-        if dj == 0.0 {
-            continue;
-        }
-        let dm = dmin * lm[j] as f32;
-        for i in 0..32 {
-            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, 31) as u8;
-        }
-    }
+    (o.d, o.dmin, o.scales) = quantize_k4_levels(x, 31, -0.5, 15, &mut l);
     o.qh = [0; QK_K / 8];
     for k in 0..4 {
         for i in 0..32 {

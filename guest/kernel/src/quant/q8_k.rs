@@ -1,7 +1,7 @@
 //! Q8_K: the 256-element activation block the k-quants (Q2_K..Q6_K) and
 //! IQ4_XS are dotted against, and helpers shared by those weight types.
 
-use super::ActBlock;
+use super::{f16_le, f32_to_f16_le, ActBlock};
 use crate::ggml_type::GgmlType;
 
 /// Elements per k-quant super-block.
@@ -264,3 +264,55 @@ pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 
 /// ggml's `GROUP_MAX_EPS`: groups with a smaller max |x| quantize to zero.
 pub(crate) const GROUP_MAX_EPS: f32 = 1e-15;
+
+/// The part of ggml's `quantize_row_q4_K_ref` / `quantize_row_q5_K_ref`
+/// that Q4_K and Q5_K share: per sub-block of 32 a scale and min by
+/// `make_qkx2_quants(nmax, .., rmin, 0.1, nstep)`, both rounded to 6 bits
+/// against the super-block's `d` / `dmin`, then every weight's level in
+/// `0..=nmax` written to `l`. Returns (d, dmin, packed scales), f16 bytes.
+pub(crate) fn quantize_k4_levels(
+    x: &[f32],
+    nmax: i32,
+    rmin: f32,
+    nstep: i32,
+    l: &mut [u8; QK_K],
+) -> ([u8; 2], [u8; 2], [u8; 12]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let (mut max_scale, mut max_min) = (0f32, 0f32);
+    for j in 0..8 {
+        let xb = &x[32 * j..32 * j + 32];
+        let sum_x2: f32 = xb.iter().map(|v| v * v).sum();
+        let av_x = (sum_x2 / 32.0).sqrt();
+        let weights: [f32; 32] = std::array::from_fn(|i| av_x + xb[i].abs());
+        let lb = &mut l[32 * j..32 * j + 32];
+        (scales[j], mins[j]) = make_qkx2_quants(nmax, xb, &weights, lb, rmin, 0.1, nstep, false);
+        max_scale = max_scale.max(scales[j]);
+        max_min = max_min.max(mins[j]);
+    }
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let ls: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_scale * scales[j]) as u8).min(63));
+    let lm: [u8; 8] = std::array::from_fn(|j| (nearest_int(inv_min * mins[j]) as u8).min(63));
+    let packed = pack_scales_mins_k4(&ls, &lm);
+    let (d16, dmin16) = (
+        f32_to_f16_le(max_scale / 63.0),
+        f32_to_f16_le(max_min / 63.0),
+    );
+    let (d, dmin) = (f16_le(d16), f16_le(dmin16));
+    for j in 0..8 {
+        let dj = d * ls[j] as f32;
+        if dj == 0.0 {
+            continue;
+        }
+        let dm = dmin * lm[j] as f32;
+        for i in 0..32 {
+            l[32 * j + i] = nearest_int((x[32 * j + i] + dm) / dj).clamp(0, nmax) as u8;
+        }
+    }
+    (d16, dmin16, packed)
+}
