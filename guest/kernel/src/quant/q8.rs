@@ -43,10 +43,26 @@ pub struct Q8_1Act {
 }
 const _: () = assert!(std::mem::size_of::<Q8_1Act>() == 40);
 
-/// ggml's reference 8-bit block quantizer: returns (d as f32 before f16
-/// rounding, qs). `q = round(x / d)` with `d = max|x| / 127`.
+/// ggml's 8-bit activation quantizer as its x86 build runs it
+/// (`quantize_row_q8_0`/`_q8_1` in `arch/x86/quants.c`, the build the goldens
+/// come from): returns (d as f32 before f16 rounding, qs) with
+/// `d = max|x| / 127` and `q = round_ties_even(x * (127 / max|x|))`.
+/// `round_ties_even` is also wasm's native `f32.nearest`.
 #[inline]
-fn quantize_q8_block(x: &[f32]) -> (f32, [i8; QK8]) {
+fn quantize_q8_act_block(x: &[f32]) -> (f32, [i8; QK8]) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    let mut qs = [0i8; QK8];
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (v * id).round_ties_even() as i8;
+    }
+    (amax / 127.0, qs)
+}
+
+/// ggml's reference quantizer (`quantize_row_q8_0_ref`, what llama-quantize
+/// writes): `q = round(x / d)`, ties away from zero, with `d = max|x| / 127`.
+#[inline]
+fn quantize_q8_ref_block(x: &[f32]) -> (f32, [i8; QK8]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
@@ -68,7 +84,7 @@ impl ActBlock for Q8_0Act {
     const BLOCK: usize = QK8;
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
-            let (d, qs) = quantize_q8_block(xb);
+            let (d, qs) = quantize_q8_act_block(xb);
             *o = Q8_0Act {
                 d: f16_round(d),
                 qs,
@@ -89,7 +105,7 @@ impl ActBlock for Q8_1Act {
     const BLOCK: usize = QK8;
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
-            let (d, qs) = quantize_q8_block(xb);
+            let (d, qs) = quantize_q8_act_block(xb);
             let sum: i32 = qs.iter().map(|&q| q as i32).sum();
             *o = Q8_1Act {
                 d: f16_round(d),
@@ -128,7 +144,7 @@ impl QuantKind for Q8_0 {
 
     fn quantize(x: &[f32], out: &mut [BlockQ8_0]) {
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK8)) {
-            let (d, qs) = quantize_q8_block(xb);
+            let (d, qs) = quantize_q8_ref_block(xb);
             *o = BlockQ8_0 {
                 d: f32_to_f16_le(d),
                 qs,
