@@ -46,9 +46,14 @@ pub fn gemma3() -> PathBuf {
     env_path("WASM_CHORD_GEMMA3")
 }
 
-/// The project's fixtures folder.
+/// The project's fixtures folder. (`cargo test` sets CARGO_MANIFEST_DIR at
+/// run time; it wins over the compile-time value, which belongs to whichever
+/// checkout built this binary first when checkouts share a target dir.)
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+        .join("fixtures")
 }
 
 /// Run `wasm-chord ARGS` with the kernel set; returns the output.

@@ -279,7 +279,13 @@ struct Ctx {
 
 impl Ctx {
     fn new() -> Result<Self> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        // `cargo run` sets CARGO_MANIFEST_DIR at run time too. Prefer it to the
+        // compile-time value: cargo reuses a build made in another checkout of
+        // the same sources (same target dir), and that one's path is baked in.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+        let root = manifest_dir
             .parent()
             .context("xtask is not inside the workspace")?
             .to_path_buf();
