@@ -9,17 +9,26 @@
 use wasm_chord_tests::*;
 
 /// Max |Δ logprob| over llama.cpp's top-5 that a type is held to: the
-/// issue's 1.0, except where we measured more and have not found why yet.
+/// issue's 1.0, except where we measured more on these prompts.
+///
+/// The max over ~960 far-tail entries is at llama.cpp's own noise floor.
+/// Measured (this machine kind, `cargo xtask golden … -- -ub 1` against the
+/// committed goldens, compared up to the first differing token): llama.cpp
+/// evaluating the prompt one token at a time instead of in one batch moves
+/// its own top-5 log-probabilities on the k-quant mixes by median 0.04-0.08
+/// and max 0.61 (Q2_K), 0.95 (Q3_K_M), 0.78 (Q4_K_M), 0.84 (Q5_K_M),
+/// 0.76 (Q6_K), 0.66 (IQ4_NL), 0.88 (IQ4_XS): its batched k-quant kernels
+/// are not its single-token ones. The 8-bit activation types (Q4_0 … Q8_0)
+/// are batch-invariant in llama.cpp, yet every 8-bit rounding amplifies a
+/// last-bit difference in an f32 sum (ours are 4-lane wasm SIMD, its are
+/// 8- or 16-lane AVX) into a quantum: a float64 exact forward pass sits as
+/// far from llama.cpp (median 0.06) as we do. Our numbers: median 0.05-0.10
+/// for every quantized type; these two had a far-tail entry above 1.0.
 fn max_bound(ty: &str) -> f64 {
     match ty {
-        // Known gap (coverage issue, still open): these k-quant mixes score
-        // median 0.085-0.10 (Q4_1: 0.063) and a far-tail entry 1.09-1.33 off
-        // llama.cpp's (Q2_K 1.09, Q4_K_M 1.33, Q5_K_M 1.16). Their block
-        // arithmetic equals ggml's C reference bit for bit; the cause is not
-        // found yet (a suspect, unverified: llama.cpp's x86 repacked Q4_K
-        // path and its own activation quantizer). Held here so they cannot
-        // get worse.
-        "Q2_K" | "Q4_K_M" | "Q5_K_M" => 1.5,
+        // Q4_1: 1.08 (chat-mountain step 26, an entry at logprob -8.6);
+        // Q3_K_M: 1.05 (python step 22, at -12.2).
+        "Q4_1" | "Q3_K_M" => 1.25,
         _ => 1.0,
     }
 }
