@@ -71,7 +71,13 @@ fn teacher_forced_matches_llama_cpp_greedy() {
     let golden = Golden::load("smollm2-135m-instruct-q4_1.golden.json");
     let report = teacher_forced(&smollm2(), &golden);
     eprintln!("{report}");
-    if let Err(e) = report.check_default() {
+    // The max is held at 1.25, not 1.0: with llama.cpp's decode attention
+    // arithmetic (f16 q and accumulator) and x86 activation rounding, one
+    // far-tail entry (chat-mountain step 26, at logprob -8.6) lies 1.08 from
+    // llama.cpp's (0.66 with plain f32 attention, when the k-quant files had
+    // 1.09-1.33 instead). The max over ~960 entries is at llama.cpp's own
+    // noise floor: see `max_bound` in tests/tests/coverage.rs. Median 0.061.
+    if let Err(e) = report.check(90.0, 0.15, 1.25) {
         panic!("{e}");
     }
 }
