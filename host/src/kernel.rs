@@ -140,8 +140,9 @@ impl Kernel {
     }
 }
 
-/// The engine every kernel uses (its settings are part of the cache key).
-fn new_engine() -> Result<Engine, HostError> {
+/// The engine every kernel (and the launcher's app) uses; its settings are
+/// part of the cache key.
+pub(crate) fn new_engine() -> Result<Engine, HostError> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.wasm_simd(true);
@@ -193,8 +194,18 @@ pub fn load_or_compile(
     wasm: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<(Component, bool, Option<PathBuf>), HostError> {
+    load_or_compile_named(engine, wasm, cache_dir, "kernel component")
+}
+
+/// [`load_or_compile`], naming the component `what` in error messages.
+pub(crate) fn load_or_compile_named(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+    what: &str,
+) -> Result<(Component, bool, Option<PathBuf>), HostError> {
     let Some(dir) = cache_dir else {
-        return Ok((compile(engine, wasm)?, false, None));
+        return Ok((compile(engine, wasm, what)?, false, None));
     };
     let dir = dir.join("compiled");
     let file = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
@@ -207,12 +218,9 @@ pub fn load_or_compile(
             return Ok((c, true, Some(file)));
         }
     }
-    let compiled = engine.precompile_component(wasm).map_err(|e| {
-        HostError::Kernel(format!(
-            "cannot compile the kernel component: {}",
-            first_line(&e)
-        ))
-    })?;
+    let compiled = engine
+        .precompile_component(wasm)
+        .map_err(|e| HostError::Kernel(format!("cannot compile the {what}: {}", first_line(&e))))?;
     // Best effort: write to a temporary file, then rename into place.
     let stored = std::fs::create_dir_all(&dir).is_ok() && {
         let tmp = dir.join(format!(
@@ -231,20 +239,16 @@ pub fn load_or_compile(
     // SAFETY: `compiled` was produced just now by `precompile_component` on this engine.
     let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
         HostError::Kernel(format!(
-            "cannot load the compiled kernel: {}",
+            "cannot load the compiled {what}: {}",
             first_line(&e)
         ))
     })?;
     Ok((component, false, stored.then_some(file)))
 }
 
-fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component, HostError> {
-    Component::from_binary(engine, wasm).map_err(|e| {
-        HostError::Kernel(format!(
-            "cannot compile the kernel component: {}",
-            first_line(&e)
-        ))
-    })
+fn compile(engine: &Engine, wasm: &[u8], what: &str) -> Result<Component, HostError> {
+    Component::from_binary(engine, wasm)
+        .map_err(|e| HostError::Kernel(format!("cannot compile the {what}: {}", first_line(&e))))
 }
 
 #[cfg(test)]

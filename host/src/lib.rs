@@ -21,6 +21,7 @@
 pub mod bindings;
 pub mod error;
 pub mod kernel;
+pub mod launcher;
 pub mod runtime;
 pub mod split;
 mod store;
