@@ -239,4 +239,17 @@ fn json_run_end_to_end() {
         .expect("run wasm-chord");
     let _ = std::fs::remove_file(&bad);
     assert_error(&o, "invalid model:");
+
+    // A guest that traps (here: out of memory under a 100 MB cap): one line, exit 1.
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-p", "hi", "-n", "2", "--max-guest-memory", "100000000"])
+        .output()
+        .expect("run wasm-chord");
+    assert_error(&o, "the wasm-chord component trapped: ");
+    let err = stderr(&o);
+    assert!(err.contains("raise --max-guest-memory"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
 }
