@@ -86,7 +86,7 @@ pub struct State {
 }
 
 impl State {
-    fn ensure(&mut self, c: &Config, n: usize, n_ctx: usize) {
+    fn ensure(&mut self, c: &Config, n: usize, _n_ctx: usize) {
         let grow = |v: &mut Vec<f32>, len: usize| {
             if v.len() < len {
                 v.resize(len, 0.0);
