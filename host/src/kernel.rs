@@ -10,8 +10,8 @@ use wasmtime::component::{Component, HasData, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::bindings::{KernelPre, LayerStoreHost};
-use crate::error::HostError;
-use crate::runtime::HostState;
+use crate::error::{first_line, HostError};
+use crate::state::HostState;
 
 /// Default guest memory cap: 4 GiB (all a wasm32 guest can address).
 pub const DEFAULT_MAX_GUEST_MEMORY: u64 = 4 << 30;
@@ -149,12 +149,6 @@ pub(crate) fn new_engine() -> Result<Engine, HostError> {
     config.wasm_relaxed_simd(true);
     Engine::new(&config)
         .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
-}
-
-/// The first line of an error's message (no backtraces, no context chain).
-pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
-    let s = e.to_string();
-    s.lines().next().unwrap_or("").trim().to_string()
 }
 
 /// Feeds `Hash` output into a SHA-256.

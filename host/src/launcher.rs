@@ -32,7 +32,8 @@ use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::LayerStoreHost;
-use crate::kernel::{default_cache_dir, first_line, load_or_compile_named, new_engine};
+use crate::error::first_line;
+use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
 use crate::store::{ByteRange, FileStore, ModelStore, Source, SourceCounters, StoreError};
 use crate::DEFAULT_MAX_GUEST_MEMORY;
 
@@ -409,7 +410,7 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
                 first_line(&e)
             ))
         })
-        .and_then(|cmd| Ok(cmd.wasi_cli_run().call_run(&mut store)));
+        .map(|cmd| cmd.wasi_cli_run().call_run(&mut store));
     if let (Some(p), Some(t)) = (&progress, ticker) {
         p.stop(t);
     }
