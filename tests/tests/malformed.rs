@@ -193,7 +193,17 @@ fn model_truncated_mid_layer_fails_at_load_in_both_modes() {
     let cut = t.file("smol-cut.gguf", &bytes[..bytes.len() / 2]);
     for mode in ["resident", "stream"] {
         expect_error(
-            &["run", "-m", &cut, "-p", "hi", "-n", "4", "--residency", mode],
+            &[
+                "run",
+                "-m",
+                &cut,
+                "-p",
+                "hi",
+                "-n",
+                "4",
+                "--residency",
+                mode,
+            ],
             "truncated in a layer",
             "past the end",
         );
