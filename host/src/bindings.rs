@@ -2,7 +2,7 @@
 
 use wasmtime::component::{Resource, ResourceTable};
 
-use crate::store::{ByteRange, ModelStore, SourceCounters, StoreError, TrackedSource};
+use crate::store::{ModelStore, SourceCounters, TrackedSource};
 use std::sync::Arc;
 
 wasmtime::component::bindgen!({
@@ -12,7 +12,7 @@ wasmtime::component::bindgen!({
         "wasm-chord:runtime/layer-store.source": crate::store::TrackedSource,
     },
     imports: { default: trappable },
-    additional_derives: [serde::Serialize],
+    additional_derives: [serde::Serialize, PartialEq],
 });
 
 use self::wasm_chord::runtime::layer_store as ls;
@@ -27,37 +27,6 @@ pub struct LayerStoreHost<'a> {
     pub opened: &'a mut Vec<(String, Arc<SourceCounters>)>,
 }
 
-impl From<StoreError> for ls::StoreError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(m) => ls::StoreError::NotFound(m),
-            StoreError::OutOfRange(m) => ls::StoreError::OutOfRange(m),
-            StoreError::Io(m) => ls::StoreError::Io(m),
-            StoreError::TooLarge(n) => ls::StoreError::TooLarge(n),
-        }
-    }
-}
-
-impl From<ls::StoreError> for StoreError {
-    fn from(e: ls::StoreError) -> Self {
-        match e {
-            ls::StoreError::NotFound(m) => StoreError::NotFound(m),
-            ls::StoreError::OutOfRange(m) => StoreError::OutOfRange(m),
-            ls::StoreError::Io(m) => StoreError::Io(m),
-            ls::StoreError::TooLarge(n) => StoreError::TooLarge(n),
-        }
-    }
-}
-
-fn ranges(r: &[ls::ByteRange]) -> Vec<ByteRange> {
-    r.iter()
-        .map(|r| ByteRange {
-            offset: r.offset,
-            len: r.len,
-        })
-        .collect()
-}
-
 impl ls::Host for LayerStoreHost<'_> {
     fn open(
         &mut self,
@@ -65,7 +34,7 @@ impl ls::Host for LayerStoreHost<'_> {
     ) -> wasmtime::Result<Result<Resource<TrackedSource>, ls::StoreError>> {
         let source = match self.store.open(&name) {
             Ok(s) => s,
-            Err(e) => return Ok(Err(e.into())),
+            Err(e) => return Ok(Err(e)),
         };
         let tracked = TrackedSource::new(name.clone(), source, self.store.is_enabled());
         self.opened.push((name, tracked.counters()));
@@ -88,7 +57,7 @@ impl ls::HostSource for LayerStoreHost<'_> {
         offset: u64,
         len: u64,
     ) -> wasmtime::Result<Result<Vec<u8>, ls::StoreError>> {
-        Ok(self.table.get(&this)?.read(offset, len).map_err(Into::into))
+        Ok(self.table.get(&this)?.read(offset, len))
     }
 
     fn load_layer(
@@ -97,11 +66,7 @@ impl ls::HostSource for LayerStoreHost<'_> {
         _layer: u32,
         r: Vec<ls::ByteRange>,
     ) -> wasmtime::Result<Result<Vec<u8>, ls::StoreError>> {
-        Ok(self
-            .table
-            .get(&this)?
-            .load_layer(&ranges(&r))
-            .map_err(Into::into))
+        Ok(self.table.get(&this)?.load_layer(&r))
     }
 
     fn prefetch(
@@ -110,21 +75,12 @@ impl ls::HostSource for LayerStoreHost<'_> {
         _layer: u32,
         r: Vec<ls::ByteRange>,
     ) -> wasmtime::Result<()> {
-        self.table.get(&this)?.prefetch(&ranges(&r));
+        self.table.get(&this)?.prefetch(&r);
         Ok(())
     }
 
     fn stats(&mut self, this: Resource<TrackedSource>) -> wasmtime::Result<ls::StoreStats> {
-        let s = self.table.get(&this)?.stats();
-        Ok(ls::StoreStats {
-            total_bytes: s.total_bytes,
-            bytes_served: s.bytes_served,
-            reads: s.reads,
-            layer_loads: s.layer_loads,
-            read_nanos: s.read_nanos,
-            max_offset_served: s.max_offset_served,
-            memory64: s.memory64,
-        })
+        Ok(self.table.get(&this)?.stats())
     }
 
     fn drop(&mut self, this: Resource<TrackedSource>) -> wasmtime::Result<()> {

@@ -39,12 +39,21 @@ pub enum HostError {
     StaleModel,
 }
 
-fn store_message(e: &StoreError) -> String {
+/// A store error in words, one line (the `not-found` message already says
+/// what could not be opened).
+pub fn store_message(e: &StoreError) -> String {
     match e {
-        // Already says what could not be opened.
         StoreError::NotFound(m) => m.clone(),
-        other => format!("layer store: {other}"),
+        StoreError::OutOfRange(m) => format!("layer store: out of range: {m}"),
+        StoreError::Io(m) => format!("layer store: I/O error: {m}"),
+        StoreError::TooLarge(n) => format!("layer store: request of {n} bytes is too large"),
     }
+}
+
+/// The first line of an error's message (no backtraces, no context chain).
+pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or("").trim().to_string()
 }
 
 impl From<wit::Error> for HostError {
@@ -52,7 +61,7 @@ impl From<wit::Error> for HostError {
         match e {
             wit::Error::InvalidModel(m) => HostError::InvalidModel(m),
             wit::Error::Unsupported(m) => HostError::Unsupported(m),
-            wit::Error::Store(s) => HostError::Store(s.into()),
+            wit::Error::Store(s) => HostError::Store(s),
             wit::Error::ContextFull(m) => HostError::ContextFull(m),
             wit::Error::InvalidInput(m) => HostError::InvalidInput(m),
             wit::Error::OutOfMemory(m) => HostError::OutOfMemory(m),

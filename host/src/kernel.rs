@@ -10,8 +10,8 @@ use wasmtime::component::{Component, HasData, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::bindings::{KernelPre, LayerStoreHost};
-use crate::error::HostError;
-use crate::runtime::HostState;
+use crate::error::{first_line, HostError};
+use crate::state::HostState;
 
 /// Default guest memory cap: 4 GiB (all a wasm32 guest can address).
 pub const DEFAULT_MAX_GUEST_MEMORY: u64 = 4 << 30;
@@ -140,20 +140,15 @@ impl Kernel {
     }
 }
 
-/// The engine every kernel uses (its settings are part of the cache key).
-fn new_engine() -> Result<Engine, HostError> {
+/// The engine every kernel (and the launcher's app) uses; its settings are
+/// part of the cache key.
+pub(crate) fn new_engine() -> Result<Engine, HostError> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.wasm_simd(true);
     config.wasm_relaxed_simd(true);
     Engine::new(&config)
         .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
-}
-
-/// The first line of an error's message (no backtraces, no context chain).
-pub(crate) fn first_line(e: &impl std::fmt::Display) -> String {
-    let s = e.to_string();
-    s.lines().next().unwrap_or("").trim().to_string()
 }
 
 /// Feeds `Hash` output into a SHA-256.
@@ -193,8 +188,18 @@ pub fn load_or_compile(
     wasm: &[u8],
     cache_dir: Option<&Path>,
 ) -> Result<(Component, bool, Option<PathBuf>), HostError> {
+    load_or_compile_named(engine, wasm, cache_dir, "kernel component")
+}
+
+/// [`load_or_compile`], naming the component `what` in error messages.
+pub(crate) fn load_or_compile_named(
+    engine: &Engine,
+    wasm: &[u8],
+    cache_dir: Option<&Path>,
+    what: &str,
+) -> Result<(Component, bool, Option<PathBuf>), HostError> {
     let Some(dir) = cache_dir else {
-        return Ok((compile(engine, wasm)?, false, None));
+        return Ok((compile(engine, wasm, what)?, false, None));
     };
     let dir = dir.join("compiled");
     let file = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
@@ -207,12 +212,9 @@ pub fn load_or_compile(
             return Ok((c, true, Some(file)));
         }
     }
-    let compiled = engine.precompile_component(wasm).map_err(|e| {
-        HostError::Kernel(format!(
-            "cannot compile the kernel component: {}",
-            first_line(&e)
-        ))
-    })?;
+    let compiled = engine
+        .precompile_component(wasm)
+        .map_err(|e| HostError::Kernel(format!("cannot compile the {what}: {}", first_line(&e))))?;
     // Best effort: write to a temporary file, then rename into place.
     let stored = std::fs::create_dir_all(&dir).is_ok() && {
         let tmp = dir.join(format!(
@@ -231,20 +233,16 @@ pub fn load_or_compile(
     // SAFETY: `compiled` was produced just now by `precompile_component` on this engine.
     let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
         HostError::Kernel(format!(
-            "cannot load the compiled kernel: {}",
+            "cannot load the compiled {what}: {}",
             first_line(&e)
         ))
     })?;
     Ok((component, false, stored.then_some(file)))
 }
 
-fn compile(engine: &Engine, wasm: &[u8]) -> Result<Component, HostError> {
-    Component::from_binary(engine, wasm).map_err(|e| {
-        HostError::Kernel(format!(
-            "cannot compile the kernel component: {}",
-            first_line(&e)
-        ))
-    })
+fn compile(engine: &Engine, wasm: &[u8], what: &str) -> Result<Component, HostError> {
+    Component::from_binary(engine, wasm)
+        .map_err(|e| HostError::Kernel(format!("cannot compile the {what}: {}", first_line(&e))))
 }
 
 #[cfg(test)]

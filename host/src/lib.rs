@@ -21,9 +21,12 @@
 pub mod bindings;
 pub mod error;
 pub mod kernel;
+pub mod launcher;
 pub mod runtime;
-pub mod split;
+mod state;
 mod store;
+
+pub use store::split;
 
 pub use error::HostError;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};

@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::exports::wasm_chord::runtime::inference as wit;
-use crate::bindings::LayerStoreHost;
-use crate::error::HostError;
-use crate::kernel::{first_line, Kernel};
+use crate::error::{first_line, HostError};
+use crate::kernel::Kernel;
+use crate::state::{HostState, MemoryTracker};
 use crate::store::{ModelStore, SourceCounters, StoreStats};
 
 pub use wit::{
@@ -62,87 +62,6 @@ impl LoadOptions {
             max_memory: 0,
             cache_layers: 0,
             cache_policy: CachePolicy::Pinned,
-        }
-    }
-}
-
-/// Tracks guest linear memory (sum over memories) and its peak, and applies
-/// the [`StoreLimits`] cap.
-struct MemoryTracker {
-    limits: StoreLimits,
-    current: u64,
-    peak: u64,
-}
-
-impl ResourceLimiter for MemoryTracker {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let ok = self.limits.memory_growing(current, desired, maximum)?;
-        if ok {
-            let grow = desired.saturating_sub(current) as u64;
-            self.current = self.current.saturating_add(grow);
-            self.peak = self.peak.max(self.current);
-        }
-        Ok(ok)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        // The growth was counted when it was allowed; a failed growth is
-        // rare (the OS refused) and leaves the count slightly high.
-        self.limits.memory_grow_failed(error)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.limits.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.limits.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.limits.memories()
-    }
-}
-
-/// Data of the wasmtime store every kernel instance runs in.
-pub struct HostState {
-    wasi: WasiCtx,
-    table: ResourceTable,
-    memory: MemoryTracker,
-    models: Arc<dyn ModelStore>,
-    opened: Vec<(String, Arc<SourceCounters>)>,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl HostState {
-    /// What the `layer-store` import sees of the store data.
-    pub(crate) fn layer_store(&mut self) -> LayerStoreHost<'_> {
-        LayerStoreHost {
-            store: &*self.models,
-            table: &mut self.table,
-            opened: &mut self.opened,
         }
     }
 }

@@ -83,12 +83,24 @@ fn directory_model_is_reported() {
 }
 
 #[test]
-fn missing_kernel_is_explained() {
+fn missing_app_is_explained() {
     // An existing file that is not a model (run time value: see tests/src/lib.rs).
     let model = std::env::var("CARGO_MANIFEST_DIR")
         .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string())
         + "/Cargo.toml";
-    let o = wasm_chord(&["info", "-m", &model, "--kernel", "/nonexistent/kernel.wasm"]);
+    let o = wasm_chord(&["info", "-m", &model, "--app", "/nonexistent/app.wasm"]);
+    assert_error(
+        &o,
+        "cannot read the app component '/nonexistent/app.wasm': No such file or directory",
+    );
+    // The native-only subcommands still take the kernel.
+    let o = wasm_chord(&[
+        "bench",
+        "-m",
+        &model,
+        "--kernel",
+        "/nonexistent/kernel.wasm",
+    ]);
     assert_error(
         &o,
         "cannot read kernel component '/nonexistent/kernel.wasm'",
@@ -96,16 +108,67 @@ fn missing_kernel_is_explained() {
 }
 
 #[test]
-fn usage_errors_exit_2() {
-    let o = wasm_chord(&["run", "-p", "hi"]);
+fn bad_launcher_flags_exit_2() {
+    let o = wasm_chord(&[
+        "run",
+        "-m",
+        "x.gguf",
+        "-p",
+        "hi",
+        "--max-guest-memory",
+        "lots",
+    ]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    let o = wasm_chord(&["run", "-m", "x.gguf"]);
-    assert_eq!(
-        o.status.code(),
-        Some(2),
-        "prompt or messages required: {}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains("--max-guest-memory must be a number of bytes"));
+}
+
+/// Through the launcher a usage error exits 1: WASI 0.2's `exit` carries
+/// only success or failure. The native-only `bench` still exits 2.
+#[test]
+fn usage_errors_fail() {
+    for (args, code) in [
+        (&["run", "-p", "hi"][..], 1),
+        (&["run", "-m", "x.gguf"], 1),
+        (&["bench", "-p", "1"], 2),
+    ] {
+        let o = wasm_chord(args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Usage: wasm-chord"), "{}", stderr(&o));
+        assert!(o.stdout.is_empty());
+    }
+}
+
+/// Model paths relative to the current directory, through `..`, and
+/// absolute reach the guest and the store as with any command-line tool.
+#[test]
+fn paths_resolve_like_a_native_tool() {
+    let root = std::env::temp_dir().join(format!("wasm-chord-paths-{}", std::process::id()));
+    let work = root.join("work");
+    std::fs::create_dir_all(work.join("sub")).expect("dirs");
+    std::fs::write(root.join("bad.gguf"), b"PK\x03\x04 not a gguf").expect("write");
+    std::fs::write(work.join("sub/bad.gguf"), b"PK\x03\x04 not a gguf").expect("write");
+    let abs = root.join("bad.gguf");
+    for model in ["sub/bad.gguf", "../bad.gguf", abs.to_str().expect("utf8")] {
+        let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+            .args(["info", "-m", model])
+            .current_dir(&work)
+            .output()
+            .expect("run wasm-chord");
+        // The guest found the file and the kernel read it through the store.
+        assert_error(&o, "invalid model:");
+    }
+    for model in ["sub/none.gguf", "../none.gguf"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+            .args(["info", "-m", model])
+            .current_dir(&work)
+            .output()
+            .expect("run wasm-chord");
+        assert_error(
+            &o,
+            &format!("cannot open model '{model}': No such file or directory"),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&root);
 }
 
 #[test]
@@ -179,4 +242,17 @@ fn json_run_end_to_end() {
         .expect("run wasm-chord");
     let _ = std::fs::remove_file(&bad);
     assert_error(&o, "invalid model:");
+
+    // A guest that traps (here: out of memory under a 100 MB cap): one line, exit 1.
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-p", "hi", "-n", "2", "--max-guest-memory", "100000000"])
+        .output()
+        .expect("run wasm-chord");
+    assert_error(&o, "the wasm-chord component trapped: ");
+    let err = stderr(&o);
+    assert!(err.contains("raise --max-guest-memory"), "{err}");
+    assert!(!err.contains("backtrace"), "{err}");
 }

@@ -191,9 +191,19 @@ fn model_truncated_mid_layer_fails_at_load_in_both_modes() {
     let bytes = std::fs::read(smollm2()).unwrap();
     // Cut inside the tensor data (a block's weights), far from the header.
     let cut = t.file("smol-cut.gguf", &bytes[..bytes.len() / 2]);
-    for mode in ["--resident", "--stream"] {
+    for mode in ["resident", "stream"] {
         expect_error(
-            &["run", "-m", &cut, "-p", "hi", "-n", "4", mode],
+            &[
+                "run",
+                "-m",
+                &cut,
+                "-p",
+                "hi",
+                "-n",
+                "4",
+                "--residency",
+                mode,
+            ],
             "truncated in a layer",
             "past the end",
         );

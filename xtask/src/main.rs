@@ -320,6 +320,12 @@ impl Ctx {
         self.target.join("release").join("wasm-chord-cli.wasm")
     }
 
+    /// The composed CLI with the kernel, `layer-store` left imported: what the
+    /// native `wasm-chord` launcher runs with its memory-mapped store.
+    fn app_wasm(&self) -> PathBuf {
+        self.target.join("release").join("wasm-chord-app.wasm")
+    }
+
     /// Install `tool` (pinned) into $WASM_CHORD_CACHE/tools unless it is there;
     /// returns the path of its binary.
     fn pip_tool(&self, tool: &PipTool) -> Result<PathBuf> {
@@ -361,7 +367,8 @@ impl Ctx {
     }
 
     /// Compose the kernel with the wasi:filesystem layer store and the CLI
-    /// front into one command component that imports only WASI.
+    /// front into one command component that imports only WASI, and the
+    /// front with the kernel alone into the native launcher's app.
     ///
     /// Two `wasm-tools compose` steps: kernel + fs-store gives a component
     /// exporting `inference`; the front then takes it (and an fs-store for the
@@ -396,6 +403,18 @@ impl Ctx {
                 .args(["-d", "wasm-chord-fs-store.wasm"])
                 .arg("-o")
                 .arg(&out)
+                .current_dir(&work),
+        )?;
+        // The launcher's app: front + kernel only. Every `layer-store` import
+        // (the kernel's, and the front's if its world imports it) stays one
+        // import of the result, for the host to satisfy.
+        step("compose wasm-chord-app.wasm (cli + kernel, layer-store imported)");
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
+                .args(["-d", "wasm-chord-kernel.wasm"])
+                .arg("-o")
+                .arg(self.app_wasm())
                 .current_dir(&work),
         )?;
         Ok(out)
@@ -482,6 +501,7 @@ impl Ctx {
         let composed = self.compose(&wasm_dir)?;
         println!("    kernel: {}", dest.display());
         println!("    cli:    {}", self.cli_bin().display());
+        println!("    app (launcher): {}", self.app_wasm().display());
         println!("    wasi command: {}", composed.display());
         Ok(self.cli_bin())
     }

@@ -3,7 +3,7 @@
 //! starting at `k * SHARD_STRIDE`. The kernel parses each region as a GGUF
 //! file and loads the model from all of them.
 
-use crate::store::{ByteRange, MmapSource, Source, StoreError};
+use super::{ByteRange, Source, StoreError};
 use std::path::{Path, PathBuf};
 
 /// Address-space stride between shards (1 TiB): shard `k` starts at `k << 40`.
@@ -30,19 +30,27 @@ pub fn shard_paths(path: &Path) -> Option<Vec<PathBuf>> {
     )
 }
 
-/// Several memory-mapped shards behind one 64-bit address space.
-#[derive(Debug)]
+/// Several shards (any [`Source`]s) behind one 64-bit address space.
 pub struct SplitSource {
-    shards: Vec<MmapSource>,
+    shards: Vec<Box<dyn Source>>,
+}
+
+impl std::fmt::Debug for SplitSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SplitSource")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SplitSource {
-    pub fn new(shards: Vec<MmapSource>) -> Self {
+    /// Shard `k` of `shards` is served at offsets from `k * SHARD_STRIDE`.
+    pub fn new(shards: Vec<Box<dyn Source>>) -> Self {
         SplitSource { shards }
     }
 
     /// The shard holding `[offset, offset + len)` and the offset inside it.
-    fn locate(&self, offset: u64, len: u64) -> Result<(&MmapSource, u64), StoreError> {
+    fn locate(&self, offset: u64, len: u64) -> Result<(&dyn Source, u64), StoreError> {
         let k = offset / SHARD_STRIDE;
         let shard = self.shards.get(k as usize).ok_or_else(|| {
             StoreError::OutOfRange(format!(
@@ -58,7 +66,7 @@ impl SplitSource {
                 k + 1
             )));
         }
-        Ok((shard, inner))
+        Ok((shard.as_ref(), inner))
     }
 }
 

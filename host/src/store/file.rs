@@ -1,0 +1,328 @@
+//! [`FileStore`]: model files from the local file system, memory-mapped.
+
+use std::fs::File;
+use std::path::Path;
+
+use super::split::{shard_paths, SplitSource};
+use super::{
+    check_range, total_len, ByteRange, ModelStore, Source, StoreError, DEFAULT_MAX_REQUEST,
+};
+
+/// Serves files from the local file system, memory-mapped.
+///
+/// Model names are paths. The file is mapped, never copied whole into the
+/// host heap; each request copies only the bytes asked for.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    max_request: u64,
+}
+
+impl Default for FileStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FileStore {
+    /// A file store that serves at most [`DEFAULT_MAX_REQUEST`] bytes per request.
+    pub fn new() -> Self {
+        Self {
+            max_request: DEFAULT_MAX_REQUEST,
+        }
+    }
+
+    /// Change the largest request served at once (bytes).
+    pub fn with_max_request(mut self, max_request: u64) -> Self {
+        self.max_request = max_request;
+        self
+    }
+
+    /// Open `path` directly (what [`ModelStore::open`] does).
+    pub fn open_path(&self, path: &Path) -> Result<MmapSource, StoreError> {
+        let shown = path.display();
+        let meta = std::fs::metadata(path).map_err(|e| {
+            StoreError::NotFound(format!("cannot open '{shown}': {}", io_reason(&e)))
+        })?;
+        if meta.is_dir() {
+            return Err(StoreError::NotFound(format!(
+                "cannot open '{shown}': is a directory, not a regular file"
+            )));
+        }
+        if !meta.is_file() {
+            return Err(StoreError::NotFound(format!(
+                "cannot open '{shown}': not a regular file"
+            )));
+        }
+        let file = File::open(path).map_err(|e| {
+            StoreError::NotFound(format!("cannot open '{shown}': {}", io_reason(&e)))
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|e| StoreError::Io(format!("cannot stat '{shown}': {}", io_reason(&e))))?
+            .len();
+        let map = if size == 0 {
+            None
+        } else {
+            // SAFETY: the mapping is read-only. Like every mmap-based reader we
+            // rely on the file not being truncated while it is served; a
+            // concurrent truncation is outside this program's control.
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| StoreError::Io(format!("cannot map '{shown}': {}", io_reason(&e))))?;
+            Some(map)
+        };
+        Ok(MmapSource {
+            map,
+            size,
+            max_request: self.max_request,
+        })
+    }
+}
+
+/// The message of an I/O error without the "(os error N)" suffix.
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+impl ModelStore for FileStore {
+    fn open(&self, name: &str) -> Result<Box<dyn Source>, StoreError> {
+        let path = Path::new(name);
+        if let Some(paths) = shard_paths(path) {
+            let shards = paths
+                .iter()
+                .map(|p| Ok(Box::new(self.open_path(p)?) as Box<dyn Source>))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            return Ok(Box::new(SplitSource::new(shards)));
+        }
+        Ok(Box::new(self.open_path(path)?))
+    }
+
+    fn is_enabled(&self) -> bool {
+        true
+    }
+}
+
+/// A memory-mapped file served by [`FileStore`].
+#[derive(Debug)]
+pub struct MmapSource {
+    map: Option<memmap2::Mmap>,
+    size: u64,
+    max_request: u64,
+}
+
+impl MmapSource {
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
+impl Source for MmapSource {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let (start, end) = check_range(offset, len, self.size, self.max_request)?;
+        Ok(self.bytes()[start..end].to_vec())
+    }
+
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+        let total = total_len(ranges)?;
+        if total > self.max_request {
+            return Err(StoreError::TooLarge(total));
+        }
+        let mut bounds = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            bounds.push(check_range(r.offset, r.len, self.size, self.max_request)?);
+        }
+        let cap = usize::try_from(total).map_err(|_| StoreError::TooLarge(total))?;
+        let mut out = Vec::with_capacity(cap);
+        let bytes = self.bytes();
+        for (start, end) in bounds {
+            out.extend_from_slice(&bytes[start..end]);
+        }
+        Ok(out)
+    }
+
+    fn prefetch(&self, ranges: &[ByteRange]) {
+        #[cfg(unix)]
+        if let Some(map) = &self.map {
+            for r in ranges {
+                // Only a hint: ignore ranges outside the file and errors.
+                if let Ok((start, end)) = check_range(r.offset, r.len, self.size, u64::MAX) {
+                    // madvise wants a page-aligned start.
+                    let aligned = start & !4095;
+                    let _ = map.advise_range(memmap2::Advice::WillNeed, aligned, end - aligned);
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ranges;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn temp_file(bytes: &[u8]) -> (std::path::PathBuf, impl Drop) {
+        struct Cleanup(std::path::PathBuf);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wasm-chord-store-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("model.bin");
+        let mut f = File::create(&path).expect("create");
+        f.write_all(bytes).expect("write");
+        (path, Cleanup(dir))
+    }
+
+    #[test]
+    fn file_store_reads_and_gathers() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let (path, _g) = temp_file(&data);
+        let store = FileStore::new();
+        let src = store.open(path.to_str().expect("utf8")).expect("open");
+        assert_eq!(src.size(), 10_000);
+        assert_eq!(src.read_at(0, 4).expect("read"), vec![0, 1, 2, 3]);
+        assert_eq!(src.read_at(9_999, 1).expect("read"), vec![data[9_999]]);
+        assert_eq!(
+            src.read_at(10_000, 0).expect("empty read at end"),
+            Vec::<u8>::new()
+        );
+        let got = src
+            .load_layer(&[
+                ByteRange { offset: 10, len: 2 },
+                ByteRange {
+                    offset: 300,
+                    len: 3,
+                },
+            ])
+            .expect("gather");
+        assert_eq!(got, vec![10, 11, 44, 45, 46]);
+        src.prefetch(&[
+            ByteRange {
+                offset: 5000,
+                len: 100,
+            },
+            ByteRange {
+                offset: u64::MAX,
+                len: 5,
+            },
+        ]);
+        assert!(store.is_enabled());
+    }
+
+    #[test]
+    fn file_store_bounds() {
+        let (path, _g) = temp_file(&[7u8; 100]);
+        let store = FileStore::new();
+        let src = store.open(path.to_str().expect("utf8")).expect("open");
+        match src.read_at(90, 20) {
+            Err(StoreError::OutOfRange(m)) => {
+                assert!(m.contains("90..110") && m.contains("100 bytes"), "{m}")
+            }
+            other => panic!("expected out-of-range, got {other:?}"),
+        }
+        assert!(matches!(
+            src.read_at(101, 0),
+            Err(StoreError::OutOfRange(_))
+        ));
+        match src.read_at(u64::MAX, 2) {
+            Err(StoreError::OutOfRange(m)) => assert!(m.contains("overflows"), "{m}"),
+            other => panic!("expected out-of-range, got {other:?}"),
+        }
+        assert_eq!(
+            src.read_at(0, u64::MAX),
+            Err(StoreError::TooLarge(u64::MAX))
+        );
+        assert_eq!(
+            src.read_at(0, DEFAULT_MAX_REQUEST + 1),
+            Err(StoreError::TooLarge(DEFAULT_MAX_REQUEST + 1))
+        );
+        let overflow = [
+            ByteRange {
+                offset: 0,
+                len: u64::MAX,
+            },
+            ByteRange { offset: 0, len: 2 },
+        ];
+        assert!(matches!(
+            src.load_layer(&overflow),
+            Err(StoreError::TooLarge(_))
+        ));
+        let past = [
+            ByteRange { offset: 0, len: 2 },
+            ByteRange { offset: 99, len: 2 },
+        ];
+        assert!(matches!(
+            src.load_layer(&past),
+            Err(StoreError::OutOfRange(_))
+        ));
+        let small = FileStore::new().with_max_request(10);
+        let src = small.open(path.to_str().expect("utf8")).expect("open");
+        assert_eq!(src.read_at(0, 11), Err(StoreError::TooLarge(11)));
+        let two = [
+            ByteRange { offset: 0, len: 6 },
+            ByteRange { offset: 10, len: 6 },
+        ];
+        assert_eq!(src.load_layer(&two), Err(StoreError::TooLarge(12)));
+        // Refused requests leave the source serving valid ones.
+        assert_eq!(src.read_at(95, 5), Ok(vec![7u8; 5]));
+        let ok = [
+            ByteRange { offset: 0, len: 4 },
+            ByteRange { offset: 96, len: 4 },
+        ];
+        assert_eq!(src.load_layer(&ok), Ok(vec![7u8; 8]));
+    }
+
+    #[test]
+    fn file_store_open_errors() {
+        let store = FileStore::new();
+        match store.open("/definitely/not/here.gguf") {
+            Err(StoreError::NotFound(m)) => {
+                assert_eq!(
+                    m,
+                    "cannot open '/definitely/not/here.gguf': No such file or directory"
+                )
+            }
+            other => panic!("expected not-found, got {:?}", other.map(|s| s.size())),
+        }
+        let dir = std::env::temp_dir();
+        match store.open(dir.to_str().expect("utf8")) {
+            Err(StoreError::NotFound(m)) => {
+                assert!(m.contains("is a directory, not a regular file"), "{m}")
+            }
+            other => panic!("expected not-found, got {:?}", other.map(|s| s.size())),
+        }
+        #[cfg(unix)]
+        match store.open("/dev/null") {
+            Err(StoreError::NotFound(m)) => assert!(m.contains("not a regular file"), "{m}"),
+            other => panic!("expected not-found, got {:?}", other.map(|s| s.size())),
+        }
+    }
+
+    #[test]
+    fn empty_file() {
+        let (path, _g) = temp_file(&[]);
+        let src = FileStore::new()
+            .open(path.to_str().expect("utf8"))
+            .expect("open");
+        assert_eq!(src.size(), 0);
+        assert_eq!(src.read_at(0, 0).expect("empty"), Vec::<u8>::new());
+        assert!(matches!(src.read_at(0, 1), Err(StoreError::OutOfRange(_))));
+    }
+}
