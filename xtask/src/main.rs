@@ -392,6 +392,17 @@ impl Ctx {
                 .arg(&out)
                 .current_dir(&work),
         )?;
+        // (nodecli) The CLI composed with the kernel only: imports layer-store
+        // and WASI, for launchers that bring their own store.
+        let app = self.target.join("release").join("wasm-chord-app.wasm");
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
+                .args(["-d", "wasm-chord-kernel.wasm"])
+                .arg("-o")
+                .arg(&app)
+                .current_dir(&work),
+        )?;
         Ok(out)
     }
 
