@@ -184,3 +184,15 @@ describe('Node launcher = native CLI (stdout and exit code)', () => {
     assert.doesNotMatch(js.stderr, /RuntimeError|at .*wasm-function/);
   });
 });
+
+describe('launcher preopens', () => {
+  test('cwd, directories of existing paths and of new files in existing directories', async () => {
+    const { preopensFor } = await import('../bin/wasm-chord.mjs');
+    const dir = tempDir();
+    fs.mkdirSync(path.join(dir, 'a'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'a', 'f.txt'), 'x');
+    const got = preopensFor(['run', '-m', 'model.gguf', '--messages', 'a/f.txt', '--out=a/new.bin',
+      '-p', 'no/such/dir/x', path.join(dir, 'a')], dir);
+    assert.deepEqual(got, { '.': dir, [dir]: dir, [path.join(dir, 'a')]: path.join(dir, 'a'), a: path.join(dir, 'a') });
+  });
+});
