@@ -86,7 +86,7 @@ pub struct State {
 }
 
 impl State {
-    fn ensure(&mut self, c: &Config, n: usize, n_ctx: usize) {
+    fn ensure(&mut self, c: &Config, n: usize) {
         let grow = |v: &mut Vec<f32>, len: usize| {
             if v.len() < len {
                 v.resize(len, 0.0);
@@ -240,7 +240,7 @@ pub fn forward(
 ) -> Result<()> {
     let n = tokens.len();
     debug_assert!((1..=UBATCH).contains(&n) && pos0 + n <= kv.n_ctx);
-    s.ensure(c, n, kv.n_ctx);
+    s.ensure(c, n);
     let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
     let head_l = cache.head_index();
 
