@@ -37,6 +37,8 @@ wit_bindgen::generate!({
 #[derive(Debug, Parser)]
 #[command(
     name = "wasm-chord",
+    // Usage lines say `wasm-chord` whatever argv[0] the launcher passes.
+    bin_name = "wasm-chord",
     version,
     about,
     long_about = None,
