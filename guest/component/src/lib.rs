@@ -252,6 +252,19 @@ impl wit::GuestModel for ModelRes {
         }
     }
 
+    fn store_stats(&self) -> ls::StoreStats {
+        let s = self.model.source().stats();
+        ls::StoreStats {
+            total_bytes: s.total_bytes,
+            bytes_served: s.bytes_served,
+            reads: s.reads,
+            layer_loads: s.layer_loads,
+            read_nanos: s.read_nanos,
+            max_offset_served: s.max_offset_served,
+            memory64: s.memory64,
+        }
+    }
+
     fn new_session(&self, n_ctx: u32) -> Result<wit::Session, wit::Error> {
         let session = k::model::Session::new(&self.model, n_ctx).map_err(err)?;
         Ok(wit::Session::new(SessionRes {

@@ -5,6 +5,7 @@
 //! Model bytes come only through [`store::ByteSource`].
 
 pub mod error;
+pub mod eval;
 pub mod ggml_type;
 pub mod gguf;
 pub mod model;

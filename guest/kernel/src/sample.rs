@@ -188,11 +188,19 @@ fn softmax_in_place(c: &mut [(u32, f32)], t: f32) {
     }
 }
 
+/// The log-sum-exp of `row` in two parts, as llama.cpp's perplexity tool
+/// computes it: the maximum `m` and `ln(sum(exp(x - m)))` (each term's `expf`
+/// in f32, the sum in f64). `log(sum(exp(x))) = m + the second part`.
+pub fn log_sum_exp(row: &[f32]) -> (f32, f64) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&l| f64::from((l - max).exp())).sum();
+    (max, sum.ln())
+}
+
 /// Numerically stable log-softmax of `logits` into `out`.
 pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
+    let (max, ln_sum) = log_sum_exp(logits);
+    let lse = f64::from(max) + ln_sum;
     for (o, &l) in out.iter_mut().zip(logits) {
         *o = (l as f64 - lse) as f32;
     }

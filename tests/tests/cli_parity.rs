@@ -1,0 +1,463 @@
+//! One CLI, two launchers: the same arguments through today's native
+//! `wasm-chord` and through stock `wasmtime run` of the composed
+//! `wasm-chord-cli.wasm` must print byte-identical stdout and exit alike.
+//! Lines that hold wall-clock timings (`run --json`'s stats) are compared
+//! with the timing fields removed; everything else is compared byte for byte.
+//!
+//! `cargo xtask test` sets WASM_CHORD_BIN, WASM_CHORD_KERNEL, WASM_CHORD_SMOLLM2,
+//! WASMTIME_BIN and WASM_CHORD_CLI_WASM.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use wasm_chord_tests::*;
+
+fn env_path(var: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests with `cargo xtask test`"))
+}
+
+/// `wasmtime run --dir D... wasm-chord-cli.wasm ARGS`.
+fn wasmtime_run(dirs: &[&Path], args: &[OsString]) -> Output {
+    let mut cmd = Command::new(env_path("WASMTIME_BIN"));
+    cmd.args(["run", "-C", "cache=y"]);
+    for d in dirs {
+        cmd.arg("--dir").arg(d);
+    }
+    cmd.arg(env_path("WASM_CHORD_CLI_WASM"))
+        .args(args)
+        .output()
+        .expect("spawn wasmtime")
+}
+
+fn models_dir() -> PathBuf {
+    smollm2().parent().unwrap().to_path_buf()
+}
+
+fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
+    list.iter().map(|a| a.as_ref().to_os_string()).collect()
+}
+
+/// Run `a` through both launchers (the guest with `dirs` preopened).
+fn both(dirs: &[&Path], a: &[OsString]) -> (Output, Output) {
+    let mut all = vec![models_dir()];
+    all.extend(dirs.iter().map(|d| d.to_path_buf()));
+    let refs: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
+    (run_cli(a), wasmtime_run(&refs, a))
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Same exit code and byte-identical stdout.
+fn assert_same(what: &str, native: &Output, guest: &Output) {
+    assert_eq!(
+        native.status.code(),
+        guest.status.code(),
+        "{what}: exit codes differ\nnative: {}\nguest: {}",
+        show(native),
+        show(guest)
+    );
+    assert!(
+        native.stdout == guest.stdout,
+        "{what}: stdout differs\nnative: {}\nguest: {}",
+        show(native),
+        show(guest)
+    );
+}
+
+fn assert_ok(what: &str, o: &Output) {
+    assert!(o.status.success(), "{what}: {}", show(o));
+}
+
+#[test]
+fn tokenize_and_info_are_identical() {
+    let m = smollm2();
+    for a in [
+        args(&[&"tokenize", &"-m", &m, &"Hello world, <|im_start|>user\nhi"]),
+        args(&[&"tokenize", &"--no-special", &"-m", &m, &"<|im_start|> x"]),
+        args(&[&"info", &"--json", &"-m", &m]),
+        args(&[&"info", &"-m", &m]),
+        args(&[&"info", &"--json", &"--stream", &"-m", &m]),
+    ] {
+        let (n, g) = both(&[], &a);
+        assert_ok("native", &n);
+        assert_same(&format!("{a:?}"), &n, &g);
+    }
+}
+
+/// The `--json` stats line without its wall-clock fields.
+fn untimed(line: &str) -> serde_json::Value {
+    let mut v: serde_json::Value = serde_json::from_str(line).expect("stats line is JSON");
+    let s = v["stats"].as_object_mut().expect("a stats object");
+    for k in [
+        "prompt_tokens_per_second",
+        "generated_tokens_per_second",
+        "load_time_ms",
+    ] {
+        assert!(s.remove(k).is_some(), "stats lack {k}: {line}");
+    }
+    assert!(s["cache"]
+        .as_object_mut()
+        .unwrap()
+        .remove("load_nanos")
+        .is_some());
+    assert!(s["store"]
+        .as_object_mut()
+        .unwrap()
+        .remove("read_nanos")
+        .is_some());
+    v
+}
+
+#[test]
+fn run_json_is_identical_but_for_timings() {
+    let m = smollm2();
+    for extra in [&[][..], &["--stream", "--cache-layers", "4"][..]] {
+        let mut a = args(&[
+            &"run",
+            &"-m",
+            &m,
+            &"-p",
+            &"The capital of France is",
+            &"-n",
+            &"6",
+            &"--temp",
+            &"0",
+            &"--seed",
+            &"7",
+            &"--json",
+        ]);
+        a.extend(extra.iter().map(OsString::from));
+        let (n, g) = both(&[], &a);
+        assert_ok("native", &n);
+        assert_eq!(
+            n.status.code(),
+            g.status.code(),
+            "{}\n{}",
+            show(&n),
+            show(&g)
+        );
+        let (nt, gt) = (
+            String::from_utf8(n.stdout).unwrap(),
+            String::from_utf8(g.stdout).unwrap(),
+        );
+        let (nl, gl): (Vec<&str>, Vec<&str>) = (nt.lines().collect(), gt.lines().collect());
+        assert_eq!(nl.len(), 7, "{nt}");
+        assert_eq!(
+            nl[..6],
+            gl[..gl.len().saturating_sub(1)],
+            "token lines ({extra:?})"
+        );
+        assert_eq!(
+            untimed(nl[6]),
+            untimed(gl[gl.len() - 1]),
+            "stats ({extra:?})"
+        );
+    }
+}
+
+#[test]
+fn perplexity_of_the_fixture_text_is_identical() {
+    let f = fixtures().join("ppl-text.md");
+    let a = args(&[&"perplexity", &"-m", &smollm2(), &"-c", &"128", &"-f", &f]);
+    let (n, g) = both(&[&fixtures()], &a);
+    assert_ok("native", &n);
+    assert_same("perplexity -c 128 -f ppl-text.md", &n, &g);
+    assert!(String::from_utf8_lossy(&n.stdout).contains("Final estimate: PPL = "));
+}
+
+#[test]
+fn perplexity_json_scores_of_tokens_are_identical() {
+    let dir = tmp_dir("parity-tokens");
+    let m = smollm2();
+    let tok = run_cli(&args(&[
+        &"tokenize",
+        &"-m",
+        &m,
+        &"The quick brown fox jumps over the lazy dog. It was not amused, and said so at length.",
+    ]));
+    assert_ok("tokenize", &tok);
+    let file = dir.join("tokens.json");
+    std::fs::write(&file, &tok.stdout).unwrap();
+    for extra in [
+        &["--json", "--top-k", "5"][..],
+        &[][..],
+        &["--json", "--top-k", "0", "-c", "64"][..],
+    ] {
+        let mut a = args(&[&"perplexity", &"-m", &m, &"--tokens", &file]);
+        a.extend(extra.iter().map(OsString::from));
+        let (n, g) = both(&[&dir], &a);
+        assert_ok("native", &n);
+        assert_same(&format!("--tokens {extra:?}"), &n, &g);
+    }
+}
+
+/// A text of a few 64-token chunks: the first lines of the fixture text.
+fn short_text(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(fixtures().join("ppl-text.md")).unwrap();
+    let mut end = 1400.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let path = dir.join("short.txt");
+    std::fs::write(&path, &text[..end]).unwrap();
+    path
+}
+
+#[test]
+fn kl_divergence_base_files_cross_launchers() {
+    let dir = tmp_dir("parity-kld");
+    let m = smollm2();
+    let text = short_text(&dir);
+    let (nb, gb) = (dir.join("native.kld"), dir.join("guest.kld"));
+    let write = |base: &Path| {
+        args(&[
+            &"perplexity",
+            &"-m",
+            &m,
+            &"-c",
+            &"64",
+            &"-f",
+            &text,
+            &"--kl-divergence-base",
+            &base,
+        ])
+    };
+    let n = run_cli(&write(&nb));
+    assert_ok("native writes", &n);
+    let g = wasmtime_run(&[&models_dir(), &dir], &write(&gb));
+    assert_same("writing a base file", &n, &g);
+    let (nbytes, gbytes) = (std::fs::read(&nb).unwrap(), std::fs::read(&gb).unwrap());
+    assert!(nbytes.len() > 20 && nbytes.starts_with(b"_logits_"));
+    assert!(
+        nbytes == gbytes,
+        "the base files differ ({} vs {} bytes)",
+        nbytes.len(),
+        gbytes.len()
+    );
+
+    // Each reads the other's file, as a report and as JSON (with and without the text).
+    for (reader_reads, file) in [("guest reads native's", &nb), ("native reads guest's", &gb)] {
+        for extra in [&[][..], &["--json", "--top-k", "3"][..]] {
+            let mut a = args(&[
+                &"perplexity",
+                &"-m",
+                &m,
+                &"--kl-divergence-base",
+                file,
+                &"--kl-divergence",
+            ]);
+            a.extend(extra.iter().map(OsString::from));
+            let (n, g) = both(&[&dir], &a);
+            assert_ok("native reads", &n);
+            assert_same(&format!("{reader_reads} {extra:?}"), &n, &g);
+        }
+    }
+    let a = args(&[
+        &"perplexity",
+        &"-m",
+        &m,
+        &"-f",
+        &text,
+        &"--kl-divergence-base",
+        &nb,
+        &"--kl-divergence",
+    ]);
+    let (n, g) = both(&[&dir], &a);
+    assert_ok("native with text", &n);
+    assert_same("--kl-divergence with the text", &n, &g);
+    let report = String::from_utf8_lossy(&g.stdout);
+    assert!(
+        report.contains("====== KL divergence statistics ======"),
+        "{report}"
+    );
+}
+
+#[test]
+fn bad_input_fails_alike() {
+    let dir = tmp_dir("parity-bad");
+    let m = smollm2();
+    let missing = dir.join("missing.gguf");
+    let not_gguf = fixtures().join("ppl-text.md");
+    let truncated = dir.join("truncated.kld");
+    let mut head = b"_logits_".to_vec();
+    for v in [64i32, 49152, 1] {
+        head.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&truncated, &head).unwrap();
+    let not_kld = dir.join("not.kld");
+    std::fs::write(&not_kld, b"GGUF and then some").unwrap();
+    let cases: Vec<(&str, Vec<OsString>)> = vec![
+        (
+            "missing model",
+            args(&[&"tokenize", &"-m", &missing, &"hi"]),
+        ),
+        (
+            "missing model (run)",
+            args(&[&"run", &"-m", &missing, &"-p", &"hi"]),
+        ),
+        ("not a model", args(&[&"info", &"-m", &not_gguf])),
+        (
+            "not a model (json)",
+            args(&[&"info", &"--json", &"-m", &not_gguf]),
+        ),
+        ("a directory as model", args(&[&"info", &"-m", &dir])),
+        (
+            "missing -f",
+            args(&[&"perplexity", &"-m", &m, &"-f", &dir.join("none.txt")]),
+        ),
+        (
+            "missing --tokens",
+            args(&[
+                &"perplexity",
+                &"-m",
+                &m,
+                &"--tokens",
+                &dir.join("none.json"),
+            ]),
+        ),
+        (
+            "bad -n",
+            args(&[&"run", &"-m", &m, &"-p", &"hi", &"-n", &"0"]),
+        ),
+        (
+            "bad --top-p",
+            args(&[&"run", &"-m", &m, &"-p", &"hi", &"--top-p", &"2"]),
+        ),
+        (
+            "too small -c",
+            args(&[&"perplexity", &"-m", &m, &"-c", &"3", &"-p", &"hello there"]),
+        ),
+        ("nothing to score", args(&[&"perplexity", &"-m", &m])),
+        (
+            "truncated base file",
+            args(&[
+                &"perplexity",
+                &"-m",
+                &m,
+                &"--kl-divergence-base",
+                &truncated,
+                &"--kl-divergence",
+            ]),
+        ),
+        (
+            "not a base file",
+            args(&[
+                &"perplexity",
+                &"-m",
+                &m,
+                &"--kl-divergence-base",
+                &not_kld,
+                &"--kl-divergence",
+            ]),
+        ),
+        ("bench -r 0", args(&[&"bench", &"-m", &m, &"-r", &"0"])),
+    ];
+    for (what, a) in cases {
+        let (n, g) = both(&[&dir, &fixtures()], &a);
+        assert_same(what, &n, &g);
+        assert_clean_error(&n, &format!("native: {what}"));
+        assert_clean_error(&g, &format!("wasmtime: {what}"));
+    }
+    // Usage errors: clap exits 2 natively; WASI 0.2's `exit` carries only
+    // success or failure, so under `wasmtime run` the code is 1. Both fail
+    // with nothing on stdout.
+    for a in [
+        args(&[&"run", &"--bogus"]),
+        args(&[
+            &"perplexity",
+            &"-m",
+            &m,
+            &"-f",
+            &not_gguf,
+            &"--tokens",
+            &not_gguf,
+        ]),
+    ] {
+        let (n, g) = both(&[], &a);
+        assert_eq!(n.status.code(), Some(2), "{}", show(&n));
+        assert_eq!(g.status.code(), Some(1), "{}", show(&g));
+        assert!(n.stdout.is_empty() && g.stdout.is_empty());
+    }
+}
+
+/// A 20-byte base file whose header sizes overflow 64-bit arithmetic: the
+/// one CLI rejects it cleanly (today's native CLI aborts on a huge allocation).
+#[test]
+fn overflowing_base_file_is_a_clean_error() {
+    let dir = tmp_dir("parity-overflow");
+    let file = dir.join("overflow.kld");
+    let mut b = b"_logits_".to_vec();
+    for v in [1145324614i32, 22, 1 << 30] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&file, &b).unwrap();
+    let a = args(&[
+        &"perplexity",
+        &"-m",
+        &smollm2(),
+        &"--kl-divergence-base",
+        &file,
+        &"--kl-divergence",
+    ]);
+    let g = wasmtime_run(&[&models_dir(), &dir], &a);
+    let err = assert_clean_error(&g, "overflowing base file");
+    assert!(err.contains("impossible header"), "{err}");
+    assert!(g.stdout.is_empty());
+}
+
+#[test]
+fn help_names_the_launcher_flags() {
+    let g = wasmtime_run(&[], &args(&[&"--help"]));
+    assert_ok("--help", &g);
+    let s = String::from_utf8_lossy(&g.stdout);
+    for w in [
+        "run",
+        "tokenize",
+        "info",
+        "bench",
+        "perplexity",
+        "--kernel",
+        "--max-guest-memory",
+    ] {
+        assert!(s.contains(w), "--help lacks {w}: {s}");
+    }
+}
+
+#[test]
+fn bench_runs_in_the_guest() {
+    let a = args(&[
+        &"bench",
+        &"-m",
+        &smollm2(),
+        &"-p",
+        &"16",
+        &"-n",
+        &"4",
+        &"-r",
+        &"1",
+        &"--json",
+    ]);
+    let (n, g) = both(&[], &a);
+    assert_ok("native bench", &n);
+    assert_ok("guest bench", &g);
+    let parse =
+        |o: &Output| -> Vec<serde_json::Value> { serde_json::from_slice(&o.stdout).unwrap() };
+    let (nr, gr) = (parse(&n), parse(&g));
+    assert_eq!(nr.len(), 2);
+    for (x, y) in nr.iter().zip(&gr) {
+        for k in ["model", "size_bytes", "params", "test", "n_prompt", "n_gen"] {
+            assert_eq!(x[k], y[k], "{k}");
+        }
+        assert!(y["median_ts"].as_f64().unwrap() > 0.0, "{y}");
+    }
+}
