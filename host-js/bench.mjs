@@ -3,17 +3,26 @@
 // prompt and greedy settings, in one run: `npm run bench [-- -n 64 -r 3]`.
 // Model: $WASM_CHORD_SMOLLM2 (or -m); native CLI: $WASM_CHORD_BIN.
 import { spawnSync } from 'node:child_process';
-import { parse } from './src/cli-args.js';
+import { parseArgs } from 'node:util';
 import { kernel, loadOptions, generateOptions, generate, NodeFileStore, wasmFeatures } from './src/node.js';
 import { MODEL, NATIVE_BIN } from './test/helpers.js';
 
-const { values: v } = parse(process.argv.slice(2), {
-  model: { short: 'm', type: 'string', default: MODEL },
-  'n-predict': { short: 'n', type: 'int', default: 64 },
-  repetitions: { short: 'r', type: 'int', default: 3 },
-  prompt: { short: 'p', type: 'string', default: 'The capital of France is' },
+const { values: v } = parseArgs({
+  args: process.argv.slice(2),
+  options: {
+    model: { short: 'm', type: 'string', default: MODEL },
+    'n-predict': { short: 'n', type: 'string', default: '64' },
+    repetitions: { short: 'r', type: 'string', default: '3' },
+    prompt: { short: 'p', type: 'string', default: 'The capital of France is' },
+  },
 });
-const n = v['n-predict'];
+const int = (name) => {
+  const x = Number(v[name]);
+  if (!Number.isInteger(x) || x < 1) throw new Error(`--${name} must be a positive integer, not '${v[name]}'`);
+  return x;
+};
+const n = int('n-predict');
+v.repetitions = int('repetitions');
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 function native() {

@@ -20,11 +20,6 @@ import { _setPreopens } from '@bytecodealliance/preview2-shim/filesystem';
 import { setModelStore } from '../src/layer-store.js';
 import { NodeFileStore } from '../src/stores/node-file.js';
 
-// LEGACY: subcommands the guest CLI does not have yet, still served by the JS
-// port (src/legacy-cli.js). Deleting this set, its branch in main() and
-// src/{legacy-cli,cli-args,perplexity,kld}.js is the whole follow-up.
-const LEGACY = new Set(['perplexity']);
-
 const APP = fileURLToPath(new URL('../gen/cli/cli.js', import.meta.url));
 
 /** Directories to preopen, as { guest path: host path }. */
@@ -92,10 +87,6 @@ async function runComponent(argv) {
 }
 
 async function main(argv) {
-  if (LEGACY.has(argv[0])) {
-    const { legacyMain } = await import('../src/legacy-cli.js');
-    return legacyMain(argv);
-  }
   return runComponent(argv);
 }
 

@@ -2,21 +2,13 @@
 //!
 //! This executable is a launcher: it runs the composed CLI component
 //! (`wasm-chord-app.wasm`, see [`wasm_chord::launcher`]) with the
-//! memory-mapped layer store. Until the guest CLI has every subcommand, the
-//! ones it lacks (`NATIVE_ONLY`) still run the native CLI in `cli/`; when it
-//! has them, delete `cli/`, `NATIVE_ONLY` and its branch below.
-
-mod cli;
+//! memory-mapped layer store. Every subcommand is the guest's (`guest/cli`).
 
 use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::Parser;
 use wasm_chord::launcher::{self, LauncherArgs};
-
-/// Subcommands the guest CLI does not have yet: served by the native `cli/`.
-const NATIVE_ONLY: &[&str] = &["bench", "perplexity"];
 
 fn main() -> ExitCode {
     // A bug must not print a panic dump: one line, like every other error.
@@ -34,24 +26,12 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&e.to_string(), e.exit_code()),
     };
-    if args.subcommand().is_some_and(|s| NATIVE_ONLY.contains(&s)) {
-        return native(argv);
-    }
     match launcher::run(&args) {
         Ok(code) => {
             let _ = std::io::stdout().flush();
             exit_code(code)
         }
         Err(e) => fail(&e.to_string(), e.exit_code()),
-    }
-}
-
-/// The native CLI (`bench`, `perplexity`), with the original arguments.
-fn native(argv: Vec<OsString>) -> ExitCode {
-    let args = cli::Cli::parse_from(argv);
-    match cli::run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("{e:#}"), 1),
     }
 }
 

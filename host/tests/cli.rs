@@ -93,18 +93,6 @@ fn missing_app_is_explained() {
         &o,
         "cannot read the app component '/nonexistent/app.wasm': No such file or directory",
     );
-    // The native-only subcommands still take the kernel.
-    let o = wasm_chord(&[
-        "bench",
-        "-m",
-        &model,
-        "--kernel",
-        "/nonexistent/kernel.wasm",
-    ]);
-    assert_error(
-        &o,
-        "cannot read kernel component '/nonexistent/kernel.wasm'",
-    );
 }
 
 #[test]
@@ -123,13 +111,13 @@ fn bad_launcher_flags_exit_2() {
 }
 
 /// Through the launcher a usage error exits 1: WASI 0.2's `exit` carries
-/// only success or failure. The native-only `bench` still exits 2.
+/// only success or failure.
 #[test]
 fn usage_errors_fail() {
     for (args, code) in [
         (&["run", "-p", "hi"][..], 1),
         (&["run", "-m", "x.gguf"], 1),
-        (&["bench", "-p", "1"], 2),
+        (&["bench", "-p", "1"], 1),
     ] {
         let o = wasm_chord(args);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
