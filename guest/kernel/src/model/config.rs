@@ -6,6 +6,7 @@
 //! llama.cpp reads for that architecture (its `llama-model.cpp` /
 //! `models/<arch>.cpp`). The forward pass is one function driven by them.
 
+use crate::ggml_type::GgmlType;
 use crate::gguf::{GgufFile, Value};
 use crate::{Error, Result};
 
@@ -94,6 +95,10 @@ pub struct Config {
     pub rope_freq_scale: f32,
     /// How RoPE pairs dimensions.
     pub rope_style: RopeStyle,
+    /// (rope_dim / 2,) RoPE frequency factors (`rope_freqs.weight`, Llama 3.x):
+    /// pair i turns at theta_i / factor_i, as ggml_rope_ext's freq_factors.
+    /// Empty: all 1. Filled by `Model::load` from the tensor, not from keys.
+    pub rope_freq_factors: Vec<f32>,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Sliding window: a query at position p attends to keys at p - n_swa < t <= p
@@ -282,6 +287,7 @@ impl Config {
             rope_dim,
             rope_freq_scale,
             rope_style: RopeStyle::Norm,
+            rope_freq_factors: Vec::new(),
             norm_eps,
             n_swa: 0,
             swa_layers: vec![false; n_layers],
@@ -426,4 +432,38 @@ fn swa_pattern(g: &GgufFile, key: &str, n_layers: usize, default_n: u64) -> Resu
     Ok((0..n_layers as u64)
         .map(|l| n == 0 || l % n < n - 1)
         .collect())
+}
+
+/// The RoPE frequency factors of `rope_freqs.weight` (Llama 3.x files), read
+/// from `src`: F32, (rope_dim / 2,), each finite and > 0. llama.cpp creates the
+/// tensor as optional for llama and its relatives and, when present, passes it
+/// to every layer's rope (`get_rope_factors`). Empty when the file has none.
+pub fn rope_freq_factors(
+    g: &GgufFile,
+    src: &dyn crate::store::ByteSource,
+    c: &Config,
+) -> Result<Vec<f32>> {
+    let name = "rope_freqs.weight";
+    let Some(t) = g.tensor(name) else {
+        return Ok(Vec::new());
+    };
+    let n = c.rope_dim / 2;
+    if t.dims.as_slice() != [n as u64] || t.ty != GgmlType::F32 {
+        return Err(Error::InvalidModel(format!(
+            "tensor {name} is {} {:?}, expected F32 [{n}]",
+            t.ty, t.dims
+        )));
+    }
+    let bytes = src.read(t.offset, 4 * n as u64)?;
+    if bytes.len() != 4 * n {
+        return Err(Error::InvalidModel(format!("tensor {name}: short read")));
+    }
+    let f: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        return Err(Error::InvalidModel(format!("tensor {name} holds {bad}")));
+    }
+    Ok(f)
 }

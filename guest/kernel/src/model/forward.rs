@@ -86,7 +86,7 @@ pub struct State {
 }
 
 impl State {
-    fn ensure(&mut self, c: &Config, n: usize, n_ctx: usize) {
+    fn ensure(&mut self, c: &Config, n: usize, _n_ctx: usize) {
         let grow = |v: &mut Vec<f32>, len: usize| {
             if v.len() < len {
                 v.resize(len, 0.0);
@@ -149,13 +149,22 @@ fn matmul_again(out: &mut [f32], w: &QTensor, x: &[f32], n: usize, acts: &mut QA
 }
 
 /// cos/sin of each rotated pair at position `pos` for RoPE frequency base
-/// `base` and linear scale `freq_scale` (ggml's rope cache, no YaRN).
-fn rope_table(c: &Config, base: f32, freq_scale: f32, pos: usize, table: &mut Vec<(f32, f32)>) {
+/// `base`, linear scale `freq_scale` and the file's frequency factors
+/// (ggml's rope cache: theta_i = pos * base^(-2i/rope_dim) / factor_i * freq_scale).
+/// `factors` empty: all 1.
+fn rope_table(
+    rope_dim: usize,
+    factors: &[f32],
+    (base, freq_scale): (f32, f32),
+    pos: usize,
+    table: &mut Vec<(f32, f32)>,
+) {
     table.clear();
-    let theta_scale = base.powf(-2.0 / c.rope_dim as f32);
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
     let mut theta = pos as f32;
-    for _ in 0..c.rope_dim / 2 {
-        let t = theta * freq_scale;
+    for i in 0..rope_dim / 2 {
+        let ff = factors.get(i).copied().unwrap_or(1.0);
+        let t = theta / ff * freq_scale;
         table.push((t.cos(), t.sin()));
         theta *= theta_scale;
     }
@@ -296,10 +305,16 @@ pub fn forward(
         //    their positions. (Kept in f32: rounding them to f16 as
         //    llama.cpp's cache does moved far-tail log-probabilities further
         //    from llama.cpp's, not closer.)
-        let (base, freq_scale) = c.rope_of(l);
+        let base_scale = c.rope_of(l);
         for i in 0..n {
             let pos = pos0 + i;
-            rope_table(c, base, freq_scale, pos, &mut s.rope);
+            rope_table(
+                c.rope_dim,
+                &c.rope_freq_factors,
+                base_scale,
+                pos,
+                &mut s.rope,
+            );
             rope(
                 &mut s.q[i * q_dim..(i + 1) * q_dim],
                 hd,
@@ -551,6 +566,27 @@ mod tests {
         rope(&mut z, 8, RopeStyle::Norm, &table);
         assert_eq!(z[1], x[0] * table[0].1 + x[1] * table[0].0);
         assert_ne!(y, z);
+    }
+
+    #[test]
+    fn rope_freq_factors_divide_theta() {
+        // rope_dim 8, base 10000, pos 7, linear scale 0.5, factors (1, 2, 4, 8):
+        // theta_i = 7 * 10000^(-2i/8) / f_i * 0.5, against float64.
+        let f = [1.0f32, 2.0, 4.0, 8.0];
+        let mut t = Vec::new();
+        rope_table(8, &f, (10000.0, 0.5), 7, &mut t);
+        for (i, &(cos, sin)) in t.iter().enumerate() {
+            let theta = 7.0 * 10000f64.powf(-2.0 * i as f64 / 8.0) / f[i] as f64 * 0.5;
+            assert!((cos as f64 - theta.cos()).abs() < 1e-6, "pair {i}");
+            assert!((sin as f64 - theta.sin()).abs() < 1e-6, "pair {i}");
+        }
+        // Pair 0 by hand: theta 3.5.
+        assert!((t[0].0 - 3.5f32.cos()).abs() < 1e-6);
+        // No factors is factors of 1.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        rope_table(8, &[], (10000.0, 1.0), 5, &mut a);
+        rope_table(8, &[1.0; 4], (10000.0, 1.0), 5, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]
