@@ -75,3 +75,9 @@ fn qwen3_qk_norms() {
 fn llama3_rope_freqs() {
     check("smollm2-as-llama3-ropefreqs.gguf", "llama");
 }
+
+/// qwen2 (NEOX RoPE) with YaRN: factor 4, original context 2048.
+#[test]
+fn qwen2_yarn() {
+    check("smollm2-as-qwen2-yarn.gguf", "qwen2");
+}

@@ -43,7 +43,7 @@ pub struct Variant {
 const BIAS_SCALE: f32 = 0.05;
 
 /// The files made from SmolLM2-135M-Instruct Q4_1.
-pub const VARIANTS: [Variant; 5] = [
+pub const VARIANTS: [Variant; 6] = [
     Variant {
         file: "smollm2-as-phi3.gguf",
         layout: Layout::Phi3,
@@ -70,6 +70,11 @@ pub const VARIANTS: [Variant; 5] = [
         file: "smollm2-as-llama3-ropefreqs.gguf",
         layout: Layout::LlamaRopeFreqs { old_ctx: 128 },
         sha256: "afbcec1f58373b7e835b06b03389805f05f8852be42c1f9de58ff3dea47acbf2",
+    },
+    Variant {
+        file: "smollm2-as-qwen2-yarn.gguf",
+        layout: Layout::Qwen2Yarn,
+        sha256: "223a3eb8edb919f612f81bed305a729e64b05223dcb0e9fed6d804427831af36",
     },
 ];
 

@@ -26,6 +26,9 @@ pub enum Layout {
     Qwen2 { bias_scale: f32 },
     /// Per-head Q/K RMSNorm weights (all ones).
     Qwen3,
+    /// qwen2 with zero biases plus YaRN keys (factor 4, original context
+    /// 2048): a different function that tests a kernel's YaRN.
+    Qwen2Yarn,
     /// Still llama (NORM RoPE, rows untouched) plus a `rope_freqs.weight`
     /// holding Llama 3.x frequency factors ([`llama3_rope_factors`] with
     /// `old_ctx`), which changes the function: tests that a kernel applies them.
@@ -36,7 +39,7 @@ impl Layout {
     fn arch(self) -> &'static str {
         match self {
             Layout::Phi3 => "phi3",
-            Layout::Qwen2 { .. } => "qwen2",
+            Layout::Qwen2 { .. } | Layout::Qwen2Yarn => "qwen2",
             Layout::Qwen3 => "qwen3",
             Layout::LlamaRopeFreqs { .. } => "llama",
         }
@@ -178,6 +181,14 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
             w.kv("qwen3.attention.key_length", hd.clone());
             w.kv("qwen3.attention.value_length", hd);
         }
+        Layout::Qwen2Yarn => {
+            w.kv("qwen2.rope.scaling.type", Value::String("yarn".into()));
+            w.kv("qwen2.rope.scaling.factor", Value::F32(4.0));
+            w.kv(
+                "qwen2.rope.scaling.original_context_length",
+                Value::U32(2048),
+            );
+        }
         Layout::Qwen2 { .. } | Layout::LlamaRopeFreqs { .. } => {}
     }
     if let Layout::LlamaRopeFreqs { old_ctx } = layout {
@@ -307,6 +318,14 @@ fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: u
                 &[rows as u64],
                 GgmlType::F32,
                 bias(l, which, rows, bias_scale),
+            );
+        }
+        Layout::Qwen2Yarn => {
+            w.tensor(
+                &format!("blk.{l}.{part}.bias"),
+                &[rows as u64],
+                GgmlType::F32,
+                bias(l, which, rows, 0.0),
             );
         }
         Layout::Qwen3 if which < 2 => {

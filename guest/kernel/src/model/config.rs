@@ -44,6 +44,36 @@ impl Arch {
     }
 }
 
+/// ggml's `rope_yarn` parameters as llama.cpp's context sets them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    /// 1 with `rope.scaling.type = yarn`, else 0 (no ramp, no extra mscale).
+    pub ext_factor: f32,
+    /// Factor on cos/sin (cparams.yarn_attn_factor: for YaRN
+    /// get_mscale(factor) / (1 + 0.1 ln factor), times `rope.scaling.attn_factor`).
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// `rope.scaling.original_context_length`, else the training context.
+    pub n_ctx_orig: usize,
+}
+
+impl Default for Yarn {
+    fn default() -> Yarn {
+        Yarn::NONE
+    }
+}
+
+impl Yarn {
+    pub const NONE: Yarn = Yarn {
+        ext_factor: 0.0,
+        attn_factor: 1.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        n_ctx_orig: 0,
+    };
+}
+
 /// Which dimensions of a head RoPE rotates together (llama.cpp's rope type).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RopeStyle {
@@ -99,6 +129,8 @@ pub struct Config {
     /// pair i turns at theta_i / factor_i, as ggml_rope_ext's freq_factors.
     /// Empty: all 1. Filled by `Model::load` from the tensor, not from keys.
     pub rope_freq_factors: Vec<f32>,
+    /// YaRN and RoPE magnitude scaling (ggml's rope_yarn).
+    pub yarn: Yarn,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Sliding window: a query at position p attends to keys at p - n_swa < t <= p
@@ -263,14 +295,42 @@ impl Config {
                 "invalid rope.freq_base {rope_base} or rms epsilon {norm_eps}"
             )));
         }
-        let rope_freq_scale = match g.get_str(&key("rope.scaling.type"))? {
-            None | Some("none") => 1.0,
-            Some("linear") => match g.get_f32(&key("rope.scaling.factor"))? {
+        let scaling_factor = || -> Result<f32> {
+            Ok(match g.get_f32(&key("rope.scaling.factor"))? {
                 Some(f) if f.is_finite() && f > 0.0 => 1.0 / f,
                 _ => 1.0,
-            },
+            })
+        };
+        let (rope_freq_scale, is_yarn) = match g.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => (1.0, false),
+            Some("linear") => (scaling_factor()?, false),
+            Some("yarn") => (scaling_factor()?, true),
             Some(t) => return Err(Error::Unsupported(format!("rope scaling '{t}'"))),
         };
+        let n_ctx_orig = match g.get_u64(&key("rope.scaling.original_context_length"))? {
+            Some(c) if c >= 1 => c.min(1 << 24) as usize,
+            _ => n_ctx_train,
+        };
+        let rope_attn = g.get_f32(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0);
+        if !(rope_attn.is_finite() && rope_attn > 0.0) {
+            return Err(Error::InvalidModel(format!(
+                "invalid rope.scaling.attn_factor {rope_attn}"
+            )));
+        }
+        // llama.cpp's llama_context: ext_factor 1 for YaRN; its mscale
+        // get_mscale(factor) = 1 + 0.1 ln factor, cancelled by the same
+        // factor that ggml's rope_yarn multiplies in again.
+        let mut yarn = Yarn {
+            n_ctx_orig,
+            ..Yarn::NONE
+        };
+        if is_yarn {
+            let factor = 1.0 / rope_freq_scale;
+            let mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+            yarn.ext_factor = 1.0;
+            yarn.attn_factor = mscale(factor) * (1.0 / (1.0 + 0.1 * factor.ln()));
+        }
+        yarn.attn_factor *= rope_attn;
 
         let mut c = Config {
             arch,
@@ -288,6 +348,7 @@ impl Config {
             rope_freq_scale,
             rope_style: RopeStyle::Norm,
             rope_freq_factors: Vec::new(),
+            yarn,
             norm_eps,
             n_swa: 0,
             swa_layers: vec![false; n_layers],
