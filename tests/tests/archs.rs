@@ -68,3 +68,16 @@ fn qwen2_biases() {
 fn qwen3_qk_norms() {
     check("smollm2-as-qwen3.gguf", "qwen3");
 }
+
+/// llama with Llama 3.x `rope_freqs.weight` factors (1 to 8, old context 512
+/// so that the prompts' positions reach the scaled pairs).
+#[test]
+fn llama3_rope_freqs() {
+    check("smollm2-as-llama3-ropefreqs.gguf", "llama");
+}
+
+/// qwen2 (NEOX RoPE) with YaRN: factor 4, original context 2048.
+#[test]
+fn qwen2_yarn() {
+    check("smollm2-as-qwen2-yarn.gguf", "qwen2");
+}

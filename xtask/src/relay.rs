@@ -43,7 +43,7 @@ pub struct Variant {
 const BIAS_SCALE: f32 = 0.05;
 
 /// The files made from SmolLM2-135M-Instruct Q4_1.
-pub const VARIANTS: [Variant; 4] = [
+pub const VARIANTS: [Variant; 6] = [
     Variant {
         file: "smollm2-as-phi3.gguf",
         layout: Layout::Phi3,
@@ -65,6 +65,16 @@ pub const VARIANTS: [Variant; 4] = [
         file: "smollm2-as-qwen3.gguf",
         layout: Layout::Qwen3,
         sha256: "02ef5a5f57b7304b3aca55c81e8b3c43189aa117ca6cee2da0dcf282f2762632",
+    },
+    Variant {
+        file: "smollm2-as-llama3-ropefreqs.gguf",
+        layout: Layout::LlamaRopeFreqs { old_ctx: 128 },
+        sha256: "afbcec1f58373b7e835b06b03389805f05f8852be42c1f9de58ff3dea47acbf2",
+    },
+    Variant {
+        file: "smollm2-as-qwen2-yarn.gguf",
+        layout: Layout::Qwen2Yarn,
+        sha256: "223a3eb8edb919f612f81bed305a729e64b05223dcb0e9fed6d804427831af36",
     },
 ];
 

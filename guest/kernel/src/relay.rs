@@ -26,14 +26,22 @@ pub enum Layout {
     Qwen2 { bias_scale: f32 },
     /// Per-head Q/K RMSNorm weights (all ones).
     Qwen3,
+    /// qwen2 with zero biases plus YaRN keys (factor 4, original context
+    /// 2048): a different function that tests a kernel's YaRN.
+    Qwen2Yarn,
+    /// Still llama (NORM RoPE, rows untouched) plus a `rope_freqs.weight`
+    /// holding Llama 3.x frequency factors ([`llama3_rope_factors`] with
+    /// `old_ctx`), which changes the function: tests that a kernel applies them.
+    LlamaRopeFreqs { old_ctx: u32 },
 }
 
 impl Layout {
     fn arch(self) -> &'static str {
         match self {
             Layout::Phi3 => "phi3",
-            Layout::Qwen2 { .. } => "qwen2",
+            Layout::Qwen2 { .. } | Layout::Qwen2Yarn => "qwen2",
             Layout::Qwen3 => "qwen3",
+            Layout::LlamaRopeFreqs { .. } => "llama",
         }
     }
 }
@@ -173,7 +181,25 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
             w.kv("qwen3.attention.key_length", hd.clone());
             w.kv("qwen3.attention.value_length", hd);
         }
-        Layout::Qwen2 { .. } => {}
+        Layout::Qwen2Yarn => {
+            w.kv("qwen2.rope.scaling.type", Value::String("yarn".into()));
+            w.kv("qwen2.rope.scaling.factor", Value::F32(4.0));
+            w.kv(
+                "qwen2.rope.scaling.original_context_length",
+                Value::U32(2048),
+            );
+        }
+        Layout::Qwen2 { .. } | Layout::LlamaRopeFreqs { .. } => {}
+    }
+    if let Layout::LlamaRopeFreqs { old_ctx } = layout {
+        let base = g.get_f32("llama.rope.freq_base")?.unwrap_or(10000.0);
+        let f = llama3_rope_factors(base, shape.head_dim, 8.0, 1.0, 4.0, old_ctx as f32);
+        w.tensor(
+            "rope_freqs.weight",
+            &[f.len() as u64],
+            GgmlType::F32,
+            f32_bytes(f),
+        );
     }
 
     let tensor = |name: &str| -> Result<&TensorInfo> {
@@ -198,6 +224,9 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
         let k_rows =
             |t: &TensorInfo| unpermute_rows(t, data(bytes, t)?, shape.n_head_kv, shape.head_dim);
         match (layout, suffix) {
+            (Layout::LlamaRopeFreqs { .. }, _) => {
+                w.tensor(name, &t.dims, t.ty, data(bytes, t)?.to_vec());
+            }
             (Layout::Phi3, "attn_q.weight") => {
                 let (k, v) = (
                     tensor(&blk("attn_k.weight"))?,
@@ -247,6 +276,37 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
     Ok(w)
 }
 
+/// Llama 3.x RoPE frequency factors (what HF's `_compute_llama3_parameters`
+/// and llama.cpp's converter write to `rope_freqs`): 1 where the wavelength
+/// is below `old_ctx / high`, `factor` above `old_ctx / low`, a smooth blend
+/// between. One per rotated pair of a head of `dim`.
+pub fn llama3_rope_factors(
+    base: f32,
+    dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old_ctx: f32,
+) -> Vec<f32> {
+    let old_ctx = old_ctx as f64;
+    let (low_wl, high_wl) = (old_ctx / low, old_ctx / high);
+    (0..dim / 2)
+        .map(|i| {
+            let freq = 1.0 / (base as f64).powf(2.0 * i as f64 / dim as f64);
+            let wl = 2.0 * std::f64::consts::PI / freq;
+            let f = if wl < high_wl {
+                1.0
+            } else if wl > low_wl {
+                factor
+            } else {
+                let smooth = (old_ctx / wl - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
+}
+
 /// The tensors a layout adds after Q (`which` 0), K (1) or V (2) of block `l`
 /// with `rows` output rows: qwen2's biases, qwen3's per-head norms.
 fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: usize, hd: usize) {
@@ -258,6 +318,14 @@ fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: u
                 &[rows as u64],
                 GgmlType::F32,
                 bias(l, which, rows, bias_scale),
+            );
+        }
+        Layout::Qwen2Yarn => {
+            w.tensor(
+                &format!("blk.{l}.{part}.bias"),
+                &[rows as u64],
+                GgmlType::F32,
+                bias(l, which, rows, 0.0),
             );
         }
         Layout::Qwen3 if which < 2 => {
@@ -288,6 +356,28 @@ mod tests {
         };
         let out = unpermute_rows(&t, &[10, 20, 11, 21], 1, 4).unwrap();
         assert_eq!(out, vec![10, 11, 20, 21]);
+    }
+
+    #[test]
+    fn llama3_factors_match_hf() {
+        // Llama 3.1's rope_scaling (factor 8, low 1, high 4, old context
+        // 8192), base 500000, head 128: HF's inv_freq / scaled inv_freq.
+        let f = llama3_rope_factors(500000.0, 128, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+        // A pair in the blend: wavelength 2π·500000^(2i/128) between 2048 and 8192.
+        let i = (0..64)
+            .find(|&i| {
+                let wl = 2.0 * std::f64::consts::PI * 500000f64.powf(2.0 * i as f64 / 128.0);
+                wl > 2048.0 && wl < 8192.0
+            })
+            .unwrap();
+        let wl = 2.0 * std::f64::consts::PI * 500000f64.powf(2.0 * i as f64 / 128.0);
+        let smooth = (8192.0 / wl - 1.0) / 3.0;
+        let want = 1.0 / ((1.0 - smooth) / 8.0 + smooth);
+        assert!((f[i] as f64 - want).abs() < 1e-5 && f[i] > 1.0 && f[i] < 8.0);
     }
 
     #[test]

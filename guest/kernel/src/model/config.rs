@@ -6,6 +6,7 @@
 //! llama.cpp reads for that architecture (its `llama-model.cpp` /
 //! `models/<arch>.cpp`). The forward pass is one function driven by them.
 
+use crate::ggml_type::GgmlType;
 use crate::gguf::{GgufFile, Value};
 use crate::{Error, Result};
 
@@ -41,6 +42,36 @@ impl Arch {
             _ => None,
         }
     }
+}
+
+/// ggml's `rope_yarn` parameters as llama.cpp's context sets them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Yarn {
+    /// 1 with `rope.scaling.type = yarn`, else 0 (no ramp, no extra mscale).
+    pub ext_factor: f32,
+    /// Factor on cos/sin (cparams.yarn_attn_factor: for YaRN
+    /// get_mscale(factor) / (1 + 0.1 ln factor), times `rope.scaling.attn_factor`).
+    pub attn_factor: f32,
+    pub beta_fast: f32,
+    pub beta_slow: f32,
+    /// `rope.scaling.original_context_length`, else the training context.
+    pub n_ctx_orig: usize,
+}
+
+impl Default for Yarn {
+    fn default() -> Yarn {
+        Yarn::NONE
+    }
+}
+
+impl Yarn {
+    pub const NONE: Yarn = Yarn {
+        ext_factor: 0.0,
+        attn_factor: 1.0,
+        beta_fast: 32.0,
+        beta_slow: 1.0,
+        n_ctx_orig: 0,
+    };
 }
 
 /// Which dimensions of a head RoPE rotates together (llama.cpp's rope type).
@@ -94,6 +125,12 @@ pub struct Config {
     pub rope_freq_scale: f32,
     /// How RoPE pairs dimensions.
     pub rope_style: RopeStyle,
+    /// (rope_dim / 2,) RoPE frequency factors (`rope_freqs.weight`, Llama 3.x):
+    /// pair i turns at theta_i / factor_i, as ggml_rope_ext's freq_factors.
+    /// Empty: all 1. Filled by `Model::load` from the tensor, not from keys.
+    pub rope_freq_factors: Vec<f32>,
+    /// YaRN and RoPE magnitude scaling (ggml's rope_yarn).
+    pub yarn: Yarn,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Sliding window: a query at position p attends to keys at p - n_swa < t <= p
@@ -258,14 +295,42 @@ impl Config {
                 "invalid rope.freq_base {rope_base} or rms epsilon {norm_eps}"
             )));
         }
-        let rope_freq_scale = match g.get_str(&key("rope.scaling.type"))? {
-            None | Some("none") => 1.0,
-            Some("linear") => match g.get_f32(&key("rope.scaling.factor"))? {
+        let scaling_factor = || -> Result<f32> {
+            Ok(match g.get_f32(&key("rope.scaling.factor"))? {
                 Some(f) if f.is_finite() && f > 0.0 => 1.0 / f,
                 _ => 1.0,
-            },
+            })
+        };
+        let (rope_freq_scale, is_yarn) = match g.get_str(&key("rope.scaling.type"))? {
+            None | Some("none") => (1.0, false),
+            Some("linear") => (scaling_factor()?, false),
+            Some("yarn") => (scaling_factor()?, true),
             Some(t) => return Err(Error::Unsupported(format!("rope scaling '{t}'"))),
         };
+        let n_ctx_orig = match g.get_u64(&key("rope.scaling.original_context_length"))? {
+            Some(c) if c >= 1 => c.min(1 << 24) as usize,
+            _ => n_ctx_train,
+        };
+        let rope_attn = g.get_f32(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0);
+        if !(rope_attn.is_finite() && rope_attn > 0.0) {
+            return Err(Error::InvalidModel(format!(
+                "invalid rope.scaling.attn_factor {rope_attn}"
+            )));
+        }
+        // llama.cpp's llama_context: ext_factor 1 for YaRN; its mscale
+        // get_mscale(factor) = 1 + 0.1 ln factor, cancelled by the same
+        // factor that ggml's rope_yarn multiplies in again.
+        let mut yarn = Yarn {
+            n_ctx_orig,
+            ..Yarn::NONE
+        };
+        if is_yarn {
+            let factor = 1.0 / rope_freq_scale;
+            let mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+            yarn.ext_factor = 1.0;
+            yarn.attn_factor = mscale(factor) * (1.0 / (1.0 + 0.1 * factor.ln()));
+        }
+        yarn.attn_factor *= rope_attn;
 
         let mut c = Config {
             arch,
@@ -282,6 +347,8 @@ impl Config {
             rope_dim,
             rope_freq_scale,
             rope_style: RopeStyle::Norm,
+            rope_freq_factors: Vec::new(),
+            yarn,
             norm_eps,
             n_swa: 0,
             swa_layers: vec![false; n_layers],
@@ -426,4 +493,38 @@ fn swa_pattern(g: &GgufFile, key: &str, n_layers: usize, default_n: u64) -> Resu
     Ok((0..n_layers as u64)
         .map(|l| n == 0 || l % n < n - 1)
         .collect())
+}
+
+/// The RoPE frequency factors of `rope_freqs.weight` (Llama 3.x files), read
+/// from `src`: F32, (rope_dim / 2,), each finite and > 0. llama.cpp creates the
+/// tensor as optional for llama and its relatives and, when present, passes it
+/// to every layer's rope (`get_rope_factors`). Empty when the file has none.
+pub fn rope_freq_factors(
+    g: &GgufFile,
+    src: &dyn crate::store::ByteSource,
+    c: &Config,
+) -> Result<Vec<f32>> {
+    let name = "rope_freqs.weight";
+    let Some(t) = g.tensor(name) else {
+        return Ok(Vec::new());
+    };
+    let n = c.rope_dim / 2;
+    if t.dims.as_slice() != [n as u64] || t.ty != GgmlType::F32 {
+        return Err(Error::InvalidModel(format!(
+            "tensor {name} is {} {:?}, expected F32 [{n}]",
+            t.ty, t.dims
+        )));
+    }
+    let bytes = src.read(t.offset, 4 * n as u64)?;
+    if bytes.len() != 4 * n {
+        return Err(Error::InvalidModel(format!("tensor {name}: short read")));
+    }
+    let f: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if let Some(bad) = f.iter().find(|x| !(x.is_finite() && **x > 0.0)) {
+        return Err(Error::InvalidModel(format!("tensor {name} holds {bad}")));
+    }
+    Ok(f)
 }

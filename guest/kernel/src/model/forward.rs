@@ -9,7 +9,7 @@
 //! share this one code path. Matmuls take quantized activations (`QActs`), as
 //! llama.cpp does, for speed and for parity with its arithmetic.
 
-use super::config::{Config, FfnAct, RopeStyle};
+use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
@@ -149,16 +149,55 @@ fn matmul_again(out: &mut [f32], w: &QTensor, x: &[f32], n: usize, acts: &mut QA
 }
 
 /// cos/sin of each rotated pair at position `pos` for RoPE frequency base
-/// `base` and linear scale `freq_scale` (ggml's rope cache, no YaRN).
-fn rope_table(c: &Config, base: f32, freq_scale: f32, pos: usize, table: &mut Vec<(f32, f32)>) {
+/// `base`, linear scale `freq_scale`, the file's frequency factors (empty:
+/// all 1) and YaRN (ggml's rope cache and `rope_yarn`): theta_extrap =
+/// pos * base^(-2i/rope_dim) / factor_i, theta_interp = freq_scale *
+/// theta_extrap; YaRN mixes them by a ramp over the correction dims and
+/// scales cos/sin by attn_factor * (1 + 0.1 ln(1 / freq_scale)).
+fn rope_table(
+    rope_dim: usize,
+    factors: &[f32],
+    y: &Yarn,
+    (base, freq_scale): (f32, f32),
+    pos: usize,
+    table: &mut Vec<(f32, f32)>,
+) {
     table.clear();
-    let theta_scale = base.powf(-2.0 / c.rope_dim as f32);
+    let theta_scale = base.powf(-2.0 / rope_dim as f32);
+    let corr = yarn_corr_dims(rope_dim, y.n_ctx_orig, base, y.beta_fast, y.beta_slow);
+    let mut mscale = y.attn_factor;
+    if y.ext_factor != 0.0 {
+        mscale *= 1.0 + 0.1 * (1.0 / freq_scale).ln();
+    }
     let mut theta = pos as f32;
-    for _ in 0..c.rope_dim / 2 {
-        let t = theta * freq_scale;
-        table.push((t.cos(), t.sin()));
+    for i in 0..rope_dim / 2 {
+        let ff = factors.get(i).copied().unwrap_or(1.0);
+        let extrap = theta / ff;
+        let interp = freq_scale * extrap;
+        let t = if y.ext_factor != 0.0 {
+            let ramp = {
+                let v = (i as f32 - corr[0]) / (corr[1] - corr[0]).max(0.001);
+                1.0 - v.clamp(0.0, 1.0)
+            } * y.ext_factor;
+            interp * (1.0 - ramp) + extrap * ramp
+        } else {
+            interp
+        };
+        table.push((t.cos() * mscale, t.sin() * mscale));
         theta *= theta_scale;
     }
+}
+
+/// ggml_rope_yarn_corr_dims: the dims where YaRN's ramp starts and ends.
+fn yarn_corr_dims(n_dims: usize, n_ctx_orig: usize, base: f32, fast: f32, slow: f32) -> [f32; 2] {
+    let dim = |n_rot: f32| {
+        n_dims as f32 * (n_ctx_orig as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
+            / (2.0 * base.ln())
+    };
+    [
+        dim(fast).floor().max(0.0),
+        dim(slow).ceil().min(n_dims as f32 - 1.0),
+    ]
 }
 
 /// Rotate the pairs of each head of `v` (n_heads * head_dim wide): pair i is
@@ -296,10 +335,17 @@ pub fn forward(
         //    their positions. (Kept in f32: rounding them to f16 as
         //    llama.cpp's cache does moved far-tail log-probabilities further
         //    from llama.cpp's, not closer.)
-        let (base, freq_scale) = c.rope_of(l);
+        let base_scale = c.rope_of(l);
         for i in 0..n {
             let pos = pos0 + i;
-            rope_table(c, base, freq_scale, pos, &mut s.rope);
+            rope_table(
+                c.rope_dim,
+                &c.rope_freq_factors,
+                &c.yarn,
+                base_scale,
+                pos,
+                &mut s.rope,
+            );
             rope(
                 &mut s.q[i * q_dim..(i + 1) * q_dim],
                 hd,
@@ -551,6 +597,55 @@ mod tests {
         rope(&mut z, 8, RopeStyle::Norm, &table);
         assert_eq!(z[1], x[0] * table[0].1 + x[1] * table[0].0);
         assert_ne!(y, z);
+    }
+
+    #[test]
+    fn rope_freq_factors_divide_theta() {
+        // rope_dim 8, base 10000, pos 7, linear scale 0.5, factors (1, 2, 4, 8):
+        // theta_i = 7 * 10000^(-2i/8) / f_i * 0.5, against float64.
+        let f = [1.0f32, 2.0, 4.0, 8.0];
+        let mut t = Vec::new();
+        rope_table(8, &f, &Yarn::NONE, (10000.0, 0.5), 7, &mut t);
+        for (i, &(cos, sin)) in t.iter().enumerate() {
+            let theta = 7.0 * 10000f64.powf(-2.0 * i as f64 / 8.0) / f[i] as f64 * 0.5;
+            assert!((cos as f64 - theta.cos()).abs() < 1e-6, "pair {i}");
+            assert!((sin as f64 - theta.sin()).abs() < 1e-6, "pair {i}");
+        }
+        // Pair 0 by hand: theta 3.5.
+        assert!((t[0].0 - 3.5f32.cos()).abs() < 1e-6);
+        // No factors is factors of 1.
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        rope_table(8, &[], &Yarn::NONE, (10000.0, 1.0), 5, &mut a);
+        rope_table(8, &[1.0; 4], &Yarn::NONE, (10000.0, 1.0), 5, &mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn yarn_matches_a_float64_reference() {
+        // rope_dim 64, base 100000, factor 4, original context 2048, beta 32/1,
+        // pos 37. ggml_rope_yarn_corr_dims: 64 ln(2048 / (32 2π)) / (2 ln 1e5)
+        // = 6.45 -> 6; 64 ln(2048 / 2π) / (2 ln 1e5) = 16.08 -> 17.
+        let y = Yarn {
+            ext_factor: 1.0,
+            attn_factor: 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            n_ctx_orig: 2048,
+        };
+        assert_eq!(yarn_corr_dims(64, 2048, 1e5, 32.0, 1.0), [6.0, 17.0]);
+        let mut t = Vec::new();
+        rope_table(64, &[], &y, (1e5, 0.25), 37, &mut t);
+        let mscale = 1.0 + 0.1 * 4f64.ln();
+        for (i, &(cos, sin)) in t.iter().enumerate() {
+            let extrap = 37.0 * 1e5f64.powf(-2.0 * i as f64 / 64.0);
+            let interp = 0.25 * extrap;
+            let ramp = 1.0 - ((i as f64 - 6.0) / 11.0).clamp(0.0, 1.0);
+            let theta = interp * (1.0 - ramp) + extrap * ramp;
+            assert!((cos as f64 - theta.cos() * mscale).abs() < 2e-5, "pair {i}");
+            assert!((sin as f64 - theta.sin() * mscale).abs() < 2e-5, "pair {i}");
+        }
+        // Pairs up to 6 extrapolate (theta unscaled), from 17 interpolate.
+        assert!((t[0].1 as f64 - 37f64.sin() * mscale).abs() < 2e-5);
     }
 
     #[test]

@@ -108,7 +108,8 @@ impl Model {
         }
         config::check_arch(&g)?;
         let tokenizer = crate::tokenizer::from_gguf(&g)?;
-        let cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
+        let mut cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
+        cfg.rope_freq_factors = config::rope_freq_factors(&g, src.as_ref(), &cfg)?;
         let plans = weights::plan_layers(&g, &cfg)?;
         let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
         let head_bytes = plans.last().map(|p| p.bytes).unwrap_or(0);
