@@ -426,7 +426,7 @@ fn help_names_the_launcher_flags() {
         "info",
         "bench",
         "perplexity",
-        "--kernel",
+        "--app",
         "--max-guest-memory",
     ] {
         assert!(s.contains(w), "--help lacks {w}: {s}");

@@ -43,8 +43,8 @@ wit_bindgen::generate!({
     about,
     long_about = None,
     after_help = "The native launcher also accepts, before or after the subcommand's own flags:\n  \
-                  --kernel PATH              kernel component (.wasm) to run\n  \
-                  --max-guest-memory BYTES   cap on the kernel's linear memory (default 4 GiB)"
+                  --app PATH                 the composed CLI component (wasm-chord-app.wasm) to run\n  \
+                  --max-guest-memory BYTES   cap on each guest linear memory (default 4 GiB)"
 )]
 struct Cli {
     #[command(subcommand)]
