@@ -69,6 +69,24 @@ impl From<wit::Error> for HostError {
     }
 }
 
+/// A short, one-line reason for a wasmtime error: the trap code or the
+/// root cause, without the wasm backtrace.
+pub(crate) fn trap_reason(e: &wasmtime::Error) -> String {
+    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
+        let line = first_line(trap);
+        return line
+            .strip_prefix("wasm trap: ")
+            .unwrap_or(&line)
+            .to_string();
+    }
+    let root = first_line(&e.root_cause());
+    if root.is_empty() {
+        first_line(e)
+    } else {
+        root
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

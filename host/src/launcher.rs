@@ -32,7 +32,7 @@ use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::LayerStoreHost;
-use crate::error::first_line;
+use crate::error::{first_line, trap_reason};
 use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
 use crate::store::{ByteRange, FileStore, ModelStore, Source, SourceCounters, StoreError};
 use crate::DEFAULT_MAX_GUEST_MEMORY;
@@ -429,23 +429,6 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             }
             Err(LaunchError::Trap(reason))
         }
-    }
-}
-
-/// A trap's code or an error's root cause, one line, no wasm backtrace.
-fn trap_reason(e: &wasmtime::Error) -> String {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        let line = first_line(trap);
-        return line
-            .strip_prefix("wasm trap: ")
-            .unwrap_or(&line)
-            .to_string();
-    }
-    let root = first_line(&e.root_cause());
-    if root.is_empty() {
-        first_line(e)
-    } else {
-        root
     }
 }
 

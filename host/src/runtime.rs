@@ -15,7 +15,7 @@ use wasmtime::{Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::exports::wasm_chord::runtime::inference as wit;
-use crate::error::{first_line, HostError};
+use crate::error::{trap_reason, HostError};
 use crate::kernel::Kernel;
 use crate::state::{HostState, MemoryTracker};
 use crate::store::{ModelStore, SourceCounters, StoreStats};
@@ -609,23 +609,5 @@ impl Runtime {
             }
         }
         Ok(())
-    }
-}
-
-/// A short, one-line reason for a wasmtime error: the trap code or the
-/// root cause, without the wasm backtrace.
-fn trap_reason(e: &wasmtime::Error) -> String {
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        let line = first_line(trap);
-        return line
-            .strip_prefix("wasm trap: ")
-            .unwrap_or(&line)
-            .to_string();
-    }
-    let root = first_line(&e.root_cause());
-    if root.is_empty() {
-        first_line(e)
-    } else {
-        root
     }
 }

@@ -8,7 +8,8 @@ use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn env_path(var: &str) -> PathBuf {
+/// The path in environment variable `var` (set by `cargo xtask test`).
+pub fn env_path(var: &str) -> PathBuf {
     match std::env::var_os(var) {
         Some(p) => PathBuf::from(p),
         None => panic!("{var} is not set: run the tests with `cargo xtask test`, which builds the kernel, fetches the models and sets it"),
@@ -44,6 +45,21 @@ pub fn vocab_dir() -> PathBuf {
 /// Gemma-3-270M Q4_K_M (gemma3 architecture, SentencePiece vocabulary).
 pub fn gemma3() -> PathBuf {
     env_path("WASM_CHORD_GEMMA3")
+}
+
+/// `wasmtime run --dir D... wasm-chord-cli.wasm ARGS`: the composed CLI under
+/// stock wasmtime (`WASMTIME_BIN`, `WASM_CHORD_CLI_WASM`), with wasmtime's
+/// compilation cache so every run after the first starts fast.
+pub fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(dirs: &[&Path], args: &[S]) -> Output {
+    let mut cmd = Command::new(env_path("WASMTIME_BIN"));
+    cmd.args(["run", "-C", "cache=y"]);
+    for d in dirs {
+        cmd.arg("--dir").arg(d);
+    }
+    cmd.arg(env_path("WASM_CHORD_CLI_WASM"))
+        .args(args)
+        .output()
+        .expect("spawn wasmtime")
 }
 
 /// The project's fixtures folder. (`cargo test` sets CARGO_MANIFEST_DIR at

@@ -9,28 +9,9 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use wasm_chord_tests::*;
-
-fn env_path(var: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{var} is not set: run the tests with `cargo xtask test`"))
-}
-
-/// `wasmtime run --dir D... wasm-chord-cli.wasm ARGS`.
-fn wasmtime_run(dirs: &[&Path], args: &[OsString]) -> Output {
-    let mut cmd = Command::new(env_path("WASMTIME_BIN"));
-    cmd.args(["run", "-C", "cache=y"]);
-    for d in dirs {
-        cmd.arg("--dir").arg(d);
-    }
-    cmd.arg(env_path("WASM_CHORD_CLI_WASM"))
-        .args(args)
-        .output()
-        .expect("spawn wasmtime")
-}
 
 fn models_dir() -> PathBuf {
     smollm2().parent().unwrap().to_path_buf()

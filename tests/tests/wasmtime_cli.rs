@@ -6,35 +6,15 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use wasm_chord_tests::*;
-
-fn env_path(var: &str) -> PathBuf {
-    std::env::var_os(var)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("{var} is not set: run the tests with `cargo xtask test`"))
-}
 
 /// A scratch directory for this test process (preopened for messages files).
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("wasm-chord-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// `wasmtime run --dir D... wasm-chord-cli.wasm ARGS`.
-fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(dirs: &[&Path], args: &[S]) -> Output {
-    let mut cmd = Command::new(env_path("WASMTIME_BIN"));
-    // The compilation cache makes every run after the first start fast.
-    cmd.args(["run", "-C", "cache=y"]);
-    for d in dirs {
-        cmd.arg("--dir").arg(d);
-    }
-    cmd.arg(env_path("WASM_CHORD_CLI_WASM"))
-        .args(args)
-        .output()
-        .expect("spawn wasmtime")
 }
 
 fn models_dir() -> PathBuf {
