@@ -692,6 +692,9 @@ impl Ctx {
         let mut env = std::ffi::OsString::from("--env=WASM_CHORD_SMOLLM2=");
         env.push(model);
         runner.push(env);
+        // The test's own CARGO_MANIFEST_DIR (cargo sets it for the runner): a
+        // binary reused from another checkout has that one's path compiled in.
+        runner.push("--env=CARGO_MANIFEST_DIR".into());
         // Cargo splits a runner given in the environment at whitespace.
         if let Some(bad) = runner
             .iter()

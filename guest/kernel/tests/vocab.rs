@@ -142,10 +142,11 @@ fn gemma3_prompt_tokens_match_llama_cpp() {
     let f = std::fs::File::open(&path).expect("open Gemma 3");
     let size = f.metadata().expect("stat").len();
     let tok = Tokenizer::from_source(&FileSource(f.into(), size)).expect("Gemma 3 tokenizer");
-    let golden = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/gemma-3-270m-q4_k_m.golden.json"
-    );
+    let golden = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../tests/fixtures/gemma-3-270m-q4_k_m.golden.json");
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(golden).expect("golden")).expect("json");
     let cases = golden["cases"].as_array().expect("cases");

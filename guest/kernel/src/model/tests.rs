@@ -255,10 +255,11 @@ struct Case {
 #[test]
 fn smollm2_tokenizer_and_template_match_llama_cpp() {
     let Some(m) = smollm2() else { return };
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/smollm2-135m-instruct-q4_1.golden.json"
-    );
+    let path = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../tests/fixtures/smollm2-135m-instruct-q4_1.golden.json");
     let golden: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let cases: Vec<Case> = serde_json::from_value(golden["cases"].clone()).unwrap();
@@ -368,10 +369,11 @@ fn summary_of_a_malformed_file_is_an_error() {
 fn real_model_perplexity() {
     let path = std::env::var("WASM_CHORD_PPL_GGUF").expect("set WASM_CHORD_PPL_GGUF");
     let n_ctx: usize = std::env::var("WASM_CHORD_PPL_CTX").map_or(128, |v| v.parse().unwrap());
-    let text_path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/ppl-text.md"
-    );
+    let text_path = std::path::PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../tests/fixtures/ppl-text.md");
     let text = std::fs::read_to_string(text_path).expect("read ppl-text.md");
     let m = load(
         &std::fs::read(&path).expect("read the GGUF"),
