@@ -1,10 +1,10 @@
 #!/usr/bin/env node
-// wasm-chord for Node: a launcher of the one command line, the guest/cli
-// component (a wasi:cli/run command) transpiled by jco into gen/cli/ with its
-// `inference` import linked to the jco-transpiled kernel (`npm run build`; see
-// scripts/build.mjs for why not the wasm composition). This file only supplies
-// what a host supplies: the `layer-store` import (NodeFileStore: model names are
-// host paths), argv, stdio, preopens, and the exit code.
+// wasm-chord for Node: a launcher of the one command line, the composed
+// wasm-chord-app.wasm (guest/cli ∘ kernel, a wasi:cli/run command; the same
+// component the native launcher runs) transpiled by jco into gen/app/ (`npm run
+// build`). This file only supplies what a host supplies: the `layer-store`
+// import (NodeFileStore: model names are host paths), argv, stdio, preopens,
+// and the exit code.
 //
 // Preopens (the same rule as the native launcher): the current directory as
 // `.` and under its absolute path, and the directory of every argument that
@@ -16,11 +16,25 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { _setArgs, _setCwd, _setEnv } from '@bytecodealliance/preview2-shim/cli';
-import { _setPreopens } from '@bytecodealliance/preview2-shim/filesystem';
+import { _setPreopens, types } from '@bytecodealliance/preview2-shim/filesystem';
 import { setModelStore } from '../src/layer-store.js';
 import { NodeFileStore } from '../src/stores/node-file.js';
 
-const APP = fileURLToPath(new URL('../gen/cli/cli.js', import.meta.url));
+const APP = fileURLToPath(new URL('../gen/app/app.js', import.meta.url));
+
+// wasi-libc asks for `mutate-directory` on every file it opens for writing
+// (O_CREAT); wasmtime grants it, preview2-shim (0.26) answers "unsupported" —
+// so a guest could not create an output file (a KL-divergence base file).
+// The flag only means something for directories: drop it for file opens.
+function allowFileCreation() {
+  const openAt = types.Descriptor.prototype.openAt;
+  types.Descriptor.prototype.openAt = function (pathFlags, p, openFlags, descriptorFlags) {
+    const flags = !openFlags.directory && descriptorFlags.mutateDirectory
+      ? { ...descriptorFlags, mutateDirectory: false }
+      : descriptorFlags;
+    return openAt.call(this, pathFlags, p, openFlags, flags);
+  };
+}
 
 /** Directories to preopen, as { guest path: host path }. */
 export function preopensFor(argv, cwd = process.cwd()) {
@@ -63,6 +77,7 @@ async function runComponent(argv) {
   _setCwd('/');
   _setPreopens(preopensFor(argv));
   setModelStore(new NodeFileStore());
+  allowFileCreation();
   let cli;
   try {
     cli = await import(APP);

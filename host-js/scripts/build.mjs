@@ -1,7 +1,7 @@
 // `npm run build`: transpile the kernel component with jco into gen/ (Node,
 // bundlers) and gen/browser/ (unbundled Web Workers).
-// The kernel comes from $WASM_CHORD_KERNEL, the guest CLI from $WASM_CHORD_CLI_GUEST (default:
-// wasm32-wasip2/release-wasm/wasm-chord-cli.wasm of the target dir), else the default cargo location
+// The kernel comes from $WASM_CHORD_KERNEL, the composed CLI from $WASM_CHORD_APP (default:
+// wasm-chord-app.wasm beside the kernel), else the default cargo location
 // ($CARGO_TARGET_DIR or ~/.cache/wasm-chord/target, release/wasm-chord-kernel.wasm).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -56,20 +56,15 @@ transpile(browserOut, [
   ...['cli', 'clocks', 'filesystem', 'http', 'io', 'random', 'sockets']
     .map((pkg) => `wasi:${pkg}/*=${shim}/${pkg}.js#*`),
 ]);
-// gen/cli/: the one command line (guest/cli, a wasi:cli/run command) that
-// bin/wasm-chord.mjs runs. Its `inference` import is linked in JS to the kernel
-// transpiled above (gen/kernel.js), its layer-store import to our JS module, WASI
-// to the preview2-shim (node). Not the wasm composition cli ∘ kernel: jco 1.17.9
-// mishandles the kernel's resources passed between the two nested components
-// (the kernel traps in wit-bindgen's resource.rs, `rep_as_ref` on a dead rep).
-const cli = process.env.WASM_CHORD_CLI_GUEST
-  || path.join(path.dirname(path.dirname(wasm)), 'wasm32-wasip2', 'release-wasm', 'wasm-chord-cli.wasm');
-if (fs.existsSync(cli)) {
-  transpile(path.join(out, 'cli'), [
-    'wasm-chord:runtime/inference=../kernel.js#inference',
-    'wasm-chord:runtime/layer-store=../../src/layer-store.js',
-  ], cli, 'cli');
+// gen/app/: the one command line that bin/wasm-chord.mjs runs: the composed
+// wasm-chord-app.wasm (guest/cli ∘ kernel, `cargo xtask build` makes it), the
+// same component the native launcher runs; its layer-store import goes to our
+// JS module, WASI to the preview2-shim (node).
+const app = process.env.WASM_CHORD_APP
+  || path.join(path.dirname(wasm), 'wasm-chord-app.wasm');
+if (fs.existsSync(app)) {
+  transpile(path.join(out, 'app'), ['wasm-chord:runtime/layer-store=../../src/layer-store.js'], app, 'app');
 } else {
-  console.error(`warning: no guest CLI component at '${cli}' (run \`cargo xtask build\` or set WASM_CHORD_CLI_GUEST): bin/wasm-chord.mjs will not work`);
+  console.error(`warning: no composed CLI component at '${app}' (run \`cargo xtask build\` or set WASM_CHORD_APP): bin/wasm-chord.mjs will not work`);
 }
 console.log(`kernel transpiled into ${path.relative(process.cwd(), out) || '.'}/ and ${path.relative(process.cwd(), browserOut)}/`);

@@ -94,7 +94,7 @@ export class Source {
   }
 
   stats() {
-    return { totalBytes: this.#size, ...this.#stats, memory64: false };
+    return { totalBytes: this.#size, ...this.#stats, memory64: isEnabled() };
   }
 
   #checkLen(len) {
@@ -136,7 +136,11 @@ export function sourceStats(name) {
   return opened.get(name)?.stats();
 }
 
-/** WIT `is-enabled`: JS hosts keep models in 32-bit memory (below 3.5 GiB). */
+/**
+ * WIT `is-enabled`: whether the model store serves offsets beyond 4 GiB (then
+ * the kernel streams models larger than its memory). A store says so with a
+ * `memory64: true` property (NodeFileStore); others keep models below 3.5 GiB.
+ */
 export function isEnabled() {
-  return false;
+  return current?.memory64 === true;
 }

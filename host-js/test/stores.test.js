@@ -37,6 +37,35 @@ test('source: reads, gathers layers, counts, and refuses bad ranges with WIT sto
   assert.equal(isEnabled(), false);
 });
 
+test('is-enabled: a NodeFileStore serves 64-bit offsets, a memory store does not', () => {
+  setModelStore(new MemoryStore());
+  assert.equal(isEnabled(), false);
+  setModelStore(new NodeFileStore());
+  assert.equal(isEnabled(), true);
+});
+
+test('a model above 3.5 GiB from a 32-bit store is refused clearly', async () => {
+  // A 4 GiB model whose first MiB is SmolLM2's header: served by a store
+  // without `memory64`, so the kernel cannot stream it and says why.
+  const head = Buffer.alloc(1 << 20);
+  const fd = fs.openSync(MODEL, 'r');
+  fs.readSync(fd, head, 0, head.length, 0);
+  fs.closeSync(fd);
+  const big = {
+    open: () => ({
+      size: 4 * 2 ** 30,
+      readInto(offset, dest) {
+        dest.fill(0);
+        if (offset < head.length) dest.set(head.subarray(offset, Math.min(head.length, offset + dest.length)));
+      },
+    }),
+  };
+  const { Model } = await kernel(big);
+  assert.equal(isEnabled(), false);
+  assert.throws(() => Model.load(loadOptions('big')), (e) => /^unsupported: the model is 4\.00 GiB; .*at most 3\.5 GiB/.test(errorMessage(e)));
+  setModelStore(new NodeFileStore());
+});
+
 test('node file store: not-found for missing files and directories', () => {
   const dir = tempDir();
   assert.throws(() => new NodeFileStore().open(path.join(dir, 'x.gguf')), (e) => e.payload.tag === 'not-found'

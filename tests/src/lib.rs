@@ -62,6 +62,25 @@ pub fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(dirs: &[&Path], args: &[S]) -> Ou
         .expect("spawn wasmtime")
 }
 
+/// The Node launcher, `node host-js/bin/wasm-chord.mjs ARGS`: the composed CLI
+/// transpiled by jco (`cd host-js && npm ci && npm run build` first; `cargo
+/// xtask test` does). Node is `node` on PATH unless `WASM_CHORD_NODE` names it.
+pub fn node_run<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
+    let node = std::env::var_os("WASM_CHORD_NODE").unwrap_or_else(|| "node".into());
+    let launcher = fixtures().join("../../host-js/bin/wasm-chord.mjs");
+    Command::new(&node)
+        .arg(&launcher)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} {}: {e}",
+                node.to_string_lossy(),
+                launcher.display()
+            )
+        })
+}
+
 /// The project's fixtures folder. (`cargo test` sets CARGO_MANIFEST_DIR at
 /// run time; it wins over the compile-time value, which belongs to whichever
 /// checkout built this binary first when checkouts share a target dir.)

@@ -1,11 +1,13 @@
-//! One CLI, two launchers: the same arguments through today's native
-//! `wasm-chord` and through stock `wasmtime run` of the composed
-//! `wasm-chord-cli.wasm` must print byte-identical stdout and exit alike.
-//! Lines that hold wall-clock timings (`run --json`'s stats) are compared
-//! with the timing fields removed; everything else is compared byte for byte.
+//! One CLI, three launchers: the same arguments through the native
+//! `wasm-chord` launcher, stock `wasmtime run` of the composed
+//! `wasm-chord-cli.wasm`, and the Node launcher (`host-js/bin/wasm-chord.mjs`,
+//! the composed component transpiled by jco) must print byte-identical stdout
+//! and exit alike. Lines that hold wall-clock timings (`run --json`'s stats)
+//! are compared with the timing fields removed; everything else is compared
+//! byte for byte.
 //!
 //! `cargo xtask test` sets WASM_CHORD_BIN, WASM_CHORD_KERNEL, WASM_CHORD_SMOLLM2,
-//! WASMTIME_BIN and WASM_CHORD_CLI_WASM.
+//! WASMTIME_BIN and WASM_CHORD_CLI_WASM, and transpiles host-js first.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -21,12 +23,16 @@ fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     list.iter().map(|a| a.as_ref().to_os_string()).collect()
 }
 
-/// Run `a` through both launchers (the guest with `dirs` preopened).
-fn both(dirs: &[&Path], a: &[OsString]) -> (Output, Output) {
+/// The launchers, in the order `launch` returns their outputs.
+const LAUNCHERS: [&str; 3] = ["native", "wasmtime run", "node"];
+
+/// Run `a` through every launcher (the stock-wasmtime guest with `dirs`
+/// preopened; the others preopen what the arguments name themselves).
+fn launch(dirs: &[&Path], a: &[OsString]) -> [Output; 3] {
     let mut all = vec![models_dir()];
     all.extend(dirs.iter().map(|d| d.to_path_buf()));
     let refs: Vec<&Path> = all.iter().map(PathBuf::as_path).collect();
-    (run_cli(a), wasmtime_run(&refs, a))
+    [run_cli(a), wasmtime_run(&refs, a), node_run(a)]
 }
 
 fn show(o: &Output) -> String {
@@ -38,21 +44,24 @@ fn show(o: &Output) -> String {
     )
 }
 
-/// Same exit code and byte-identical stdout.
-fn assert_same(what: &str, native: &Output, guest: &Output) {
-    assert_eq!(
-        native.status.code(),
-        guest.status.code(),
-        "{what}: exit codes differ\nnative: {}\nguest: {}",
-        show(native),
-        show(guest)
-    );
-    assert!(
-        native.stdout == guest.stdout,
-        "{what}: stdout differs\nnative: {}\nguest: {}",
-        show(native),
-        show(guest)
-    );
+/// Every launcher exits like the native one, with byte-identical stdout.
+fn assert_same(what: &str, outs: &[Output; 3]) {
+    let native = &outs[0];
+    for (name, o) in LAUNCHERS.iter().zip(outs).skip(1) {
+        assert_eq!(
+            native.status.code(),
+            o.status.code(),
+            "{what}: exit codes differ\nnative: {}\n{name}: {}",
+            show(native),
+            show(o)
+        );
+        assert!(
+            native.stdout == o.stdout,
+            "{what}: stdout differs\nnative: {}\n{name}: {}",
+            show(native),
+            show(o)
+        );
+    }
 }
 
 fn assert_ok(what: &str, o: &Output) {
@@ -60,7 +69,7 @@ fn assert_ok(what: &str, o: &Output) {
 }
 
 #[test]
-fn tokenize_and_info_are_identical() {
+fn tokenize_info_and_sampled_run_are_identical() {
     let m = smollm2();
     for a in [
         args(&[&"tokenize", &"-m", &m, &"Hello world, <|im_start|>user\nhi"]),
@@ -68,10 +77,23 @@ fn tokenize_and_info_are_identical() {
         args(&[&"info", &"--json", &"-m", &m]),
         args(&[&"info", &"-m", &m]),
         args(&[&"info", &"--json", &"--stream", &"-m", &m]),
+        args(&[
+            &"run",
+            &"-m",
+            &m,
+            &"-p",
+            &"Once upon a time",
+            &"-n",
+            &"12",
+            &"--seed",
+            &"7",
+            &"--temp",
+            &"0.9",
+        ]),
     ] {
-        let (n, g) = both(&[], &a);
-        assert_ok("native", &n);
-        assert_same(&format!("{a:?}"), &n, &g);
+        let outs = launch(&[], &a);
+        assert_ok("native", &outs[0]);
+        assert_same(&format!("{a:?}"), &outs);
     }
 }
 
@@ -118,31 +140,26 @@ fn run_json_is_identical_but_for_timings() {
             &"--json",
         ]);
         a.extend(extra.iter().map(OsString::from));
-        let (n, g) = both(&[], &a);
-        assert_ok("native", &n);
-        assert_eq!(
-            n.status.code(),
-            g.status.code(),
-            "{}\n{}",
-            show(&n),
-            show(&g)
-        );
-        let (nt, gt) = (
-            String::from_utf8(n.stdout).unwrap(),
-            String::from_utf8(g.stdout).unwrap(),
-        );
-        let (nl, gl): (Vec<&str>, Vec<&str>) = (nt.lines().collect(), gt.lines().collect());
-        assert_eq!(nl.len(), 7, "{nt}");
-        assert_eq!(
-            nl[..6],
-            gl[..gl.len().saturating_sub(1)],
-            "token lines ({extra:?})"
-        );
-        assert_eq!(
-            untimed(nl[6]),
-            untimed(gl[gl.len() - 1]),
-            "stats ({extra:?})"
-        );
+        let outs = launch(&[], &a);
+        assert_ok("native", &outs[0]);
+        let native = String::from_utf8(outs[0].stdout.clone()).unwrap();
+        let nl: Vec<&str> = native.lines().collect();
+        assert_eq!(nl.len(), 7, "{native}");
+        for (name, o) in LAUNCHERS.iter().zip(&outs).skip(1) {
+            assert_ok(name, o);
+            let text = String::from_utf8(o.stdout.clone()).unwrap();
+            let gl: Vec<&str> = text.lines().collect();
+            assert_eq!(
+                nl[..6],
+                gl[..gl.len().saturating_sub(1)],
+                "{name}: token lines ({extra:?})"
+            );
+            assert_eq!(
+                untimed(nl[6]),
+                untimed(gl[gl.len() - 1]),
+                "{name}: stats ({extra:?})"
+            );
+        }
     }
 }
 
@@ -150,10 +167,10 @@ fn run_json_is_identical_but_for_timings() {
 fn perplexity_of_the_fixture_text_is_identical() {
     let f = fixtures().join("ppl-text.md");
     let a = args(&[&"perplexity", &"-m", &smollm2(), &"-c", &"128", &"-f", &f]);
-    let (n, g) = both(&[&fixtures()], &a);
-    assert_ok("native", &n);
-    assert_same("perplexity -c 128 -f ppl-text.md", &n, &g);
-    assert!(String::from_utf8_lossy(&n.stdout).contains("Final estimate: PPL = "));
+    let outs = launch(&[&fixtures()], &a);
+    assert_ok("native", &outs[0]);
+    assert_same("perplexity -c 128 -f ppl-text.md", &outs);
+    assert!(String::from_utf8_lossy(&outs[0].stdout).contains("Final estimate: PPL = "));
 }
 
 #[test]
@@ -176,9 +193,9 @@ fn perplexity_json_scores_of_tokens_are_identical() {
     ] {
         let mut a = args(&[&"perplexity", &"-m", &m, &"--tokens", &file]);
         a.extend(extra.iter().map(OsString::from));
-        let (n, g) = both(&[&dir], &a);
-        assert_ok("native", &n);
-        assert_same(&format!("--tokens {extra:?}"), &n, &g);
+        let outs = launch(&[&dir], &a);
+        assert_ok("native", &outs[0]);
+        assert_same(&format!("--tokens {extra:?}"), &outs);
     }
 }
 
@@ -199,7 +216,10 @@ fn kl_divergence_base_files_cross_launchers() {
     let dir = tmp_dir("parity-kld");
     let m = smollm2();
     let text = short_text(&dir);
-    let (nb, gb) = (dir.join("native.kld"), dir.join("guest.kld"));
+    let files: Vec<PathBuf> = LAUNCHERS
+        .iter()
+        .map(|l| dir.join(format!("{}.kld", l.replace(' ', "-"))))
+        .collect();
     let write = |base: &Path| {
         args(&[
             &"perplexity",
@@ -213,21 +233,29 @@ fn kl_divergence_base_files_cross_launchers() {
             &base,
         ])
     };
-    let n = run_cli(&write(&nb));
-    assert_ok("native writes", &n);
-    let g = wasmtime_run(&[&models_dir(), &dir], &write(&gb));
-    assert_same("writing a base file", &n, &g);
-    let (nbytes, gbytes) = (std::fs::read(&nb).unwrap(), std::fs::read(&gb).unwrap());
-    assert!(nbytes.len() > 20 && nbytes.starts_with(b"_logits_"));
-    assert!(
-        nbytes == gbytes,
-        "the base files differ ({} vs {} bytes)",
-        nbytes.len(),
-        gbytes.len()
-    );
+    // Each launcher writes its own base file.
+    let written = [
+        run_cli(&write(&files[0])),
+        wasmtime_run(&[&models_dir(), &dir], &write(&files[1])),
+        node_run(&write(&files[2])),
+    ];
+    assert_ok("native writes", &written[0]);
+    assert_same("writing a base file", &written);
+    let native = std::fs::read(&files[0]).unwrap();
+    assert!(native.len() > 20 && native.starts_with(b"_logits_"));
+    for (name, f) in LAUNCHERS.iter().zip(&files).skip(1) {
+        let bytes = std::fs::read(f).unwrap_or_else(|e| panic!("{name} wrote no base file: {e}"));
+        assert!(
+            bytes == native,
+            "{name}'s base file differs from native's ({} vs {} bytes)",
+            bytes.len(),
+            native.len()
+        );
+    }
 
-    // Each reads the other's file, as a report and as JSON (with and without the text).
-    for (reader_reads, file) in [("guest reads native's", &nb), ("native reads guest's", &gb)] {
+    // Every launcher reads every launcher's file, as a report and as JSON
+    // (with and without the text).
+    for (writer, file) in LAUNCHERS.iter().zip(&files) {
         for extra in [&[][..], &["--json", "--top-k", "3"][..]] {
             let mut a = args(&[
                 &"perplexity",
@@ -238,9 +266,9 @@ fn kl_divergence_base_files_cross_launchers() {
                 &"--kl-divergence",
             ]);
             a.extend(extra.iter().map(OsString::from));
-            let (n, g) = both(&[&dir], &a);
-            assert_ok("native reads", &n);
-            assert_same(&format!("{reader_reads} {extra:?}"), &n, &g);
+            let outs = launch(&[&dir], &a);
+            assert_ok("native reads", &outs[0]);
+            assert_same(&format!("reading {writer}'s file {extra:?}"), &outs);
         }
     }
     let a = args(&[
@@ -250,13 +278,13 @@ fn kl_divergence_base_files_cross_launchers() {
         &"-f",
         &text,
         &"--kl-divergence-base",
-        &nb,
+        &files[2],
         &"--kl-divergence",
     ]);
-    let (n, g) = both(&[&dir], &a);
-    assert_ok("native with text", &n);
-    assert_same("--kl-divergence with the text", &n, &g);
-    let report = String::from_utf8_lossy(&g.stdout);
+    let outs = launch(&[&dir], &a);
+    assert_ok("native with text", &outs[0]);
+    assert_same("--kl-divergence with the text", &outs);
+    let report = String::from_utf8_lossy(&outs[1].stdout);
     assert!(
         report.contains("====== KL divergence statistics ======"),
         "{report}"
@@ -342,12 +370,21 @@ fn bad_input_fails_alike() {
             ]),
         ),
         ("bench -r 0", args(&[&"bench", &"-m", &m, &"-r", &"0"])),
+        (
+            "bad --temp",
+            args(&[&"run", &"-m", &m, &"-p", &"hi", &"--temp", &"-1"]),
+        ),
+        (
+            "missing --messages",
+            args(&[&"run", &"-m", &m, &"--messages", &dir.join("none.json")]),
+        ),
     ];
     for (what, a) in cases {
-        let (n, g) = both(&[&dir, &fixtures()], &a);
-        assert_same(what, &n, &g);
-        assert_clean_error(&n, &format!("native: {what}"));
-        assert_clean_error(&g, &format!("wasmtime: {what}"));
+        let outs = launch(&[&dir, &fixtures()], &a);
+        assert_same(what, &outs);
+        for (name, o) in LAUNCHERS.iter().zip(&outs) {
+            assert_clean_error(o, &format!("{name}: {what}"));
+        }
     }
     // Usage errors: clap would exit 2, but WASI 0.2's `exit` carries only
     // success or failure, so under every launcher the code is 1. Both fail
@@ -364,10 +401,11 @@ fn bad_input_fails_alike() {
             &not_gguf,
         ]),
     ] {
-        let (n, g) = both(&[], &a);
-        assert_eq!(n.status.code(), Some(1), "{}", show(&n));
-        assert_eq!(g.status.code(), Some(1), "{}", show(&g));
-        assert!(n.stdout.is_empty() && g.stdout.is_empty());
+        for (name, o) in LAUNCHERS.iter().zip(&launch(&[], &a)) {
+            assert_eq!(o.status.code(), Some(1), "{name}: {}", show(o));
+            assert!(o.stdout.is_empty(), "{name}: {}", show(o));
+            assert!(o.stderr.starts_with(b"error: "), "{name}: {}", show(o));
+        }
     }
 }
 
@@ -390,10 +428,11 @@ fn overflowing_base_file_is_a_clean_error() {
         &file,
         &"--kl-divergence",
     ]);
-    let g = wasmtime_run(&[&models_dir(), &dir], &a);
-    let err = assert_clean_error(&g, "overflowing base file");
-    assert!(err.contains("impossible header"), "{err}");
-    assert!(g.stdout.is_empty());
+    for (name, o) in LAUNCHERS.iter().zip(&launch(&[&dir], &a)) {
+        let err = assert_clean_error(o, &format!("{name}: overflowing base file"));
+        assert!(err.contains("impossible header"), "{name}: {err}");
+        assert!(o.stdout.is_empty(), "{name}: {}", show(o));
+    }
 }
 
 #[test]
@@ -428,17 +467,20 @@ fn bench_runs_in_the_guest() {
         &"1",
         &"--json",
     ]);
-    let (n, g) = both(&[], &a);
-    assert_ok("native bench", &n);
-    assert_ok("guest bench", &g);
+    let outs = launch(&[], &a);
     let parse =
         |o: &Output| -> Vec<serde_json::Value> { serde_json::from_slice(&o.stdout).unwrap() };
-    let (nr, gr) = (parse(&n), parse(&g));
+    for (name, o) in LAUNCHERS.iter().zip(&outs) {
+        assert_ok(name, o);
+    }
+    let nr = parse(&outs[0]);
     assert_eq!(nr.len(), 2);
-    for (x, y) in nr.iter().zip(&gr) {
-        for k in ["model", "size_bytes", "params", "test", "n_prompt", "n_gen"] {
-            assert_eq!(x[k], y[k], "{k}");
+    for (name, o) in LAUNCHERS.iter().zip(&outs).skip(1) {
+        for (x, y) in nr.iter().zip(&parse(o)) {
+            for k in ["model", "size_bytes", "params", "test", "n_prompt", "n_gen"] {
+                assert_eq!(x[k], y[k], "{name}: {k}");
+            }
+            assert!(y["median_ts"].as_f64().unwrap() > 0.0, "{name}: {y}");
         }
-        assert!(y["median_ts"].as_f64().unwrap() > 0.0, "{y}");
     }
 }

@@ -646,6 +646,15 @@ impl Ctx {
                     "warnings",
                 ]),
             ),
+            // The Node launcher is one of the three the CLI suite runs.
+            (
+                "npm ci (host-js)",
+                self.npm(&["ci", "--no-audit", "--no-fund"], &kernel, &model, &bin),
+            ),
+            (
+                "npm run build (jco transpile)",
+                self.npm(&["run", "build"], &kernel, &model, &bin),
+            ),
             ("tests", {
                 let mut c = self.cargo(["test", "--release", "--workspace"]);
                 c.env("WASM_CHORD_KERNEL", &kernel)
@@ -720,30 +729,25 @@ impl Ctx {
         Ok(c)
     }
 
-    /// The JS host (host-js/): install, transpile the kernel with jco, run the
+    /// `npm ARGS` in host-js/ with the kernel, model and launcher paths set.
+    fn npm(&self, args: &[&str], kernel: &Path, model: &Path, bin: &Path) -> Command {
+        let mut c = Command::new(if cfg!(windows) { "npm.cmd" } else { "npm" });
+        c.args(args)
+            .current_dir(self.root.join("host-js"))
+            .env("WASM_CHORD_KERNEL", kernel)
+            .env("WASM_CHORD_SMOLLM2", model)
+            .env("WASM_CHORD_BIN", bin)
+            .env("CARGO_TARGET_DIR", &self.target);
+        c
+    }
+
+    /// The JS host (host-js/), installed and transpiled by earlier steps: the
     /// Node tests, then the browser test in Debian's chromium (installed if missing).
     fn test_js(&self, kernel: &Path, model: &Path, bin: &Path) -> Result<()> {
-        let dir = self.root.join("host-js");
-        let npm = |args: &[&str]| {
-            let mut c = Command::new(if cfg!(windows) { "npm.cmd" } else { "npm" });
-            c.args(args)
-                .current_dir(&dir)
-                .env("WASM_CHORD_KERNEL", kernel)
-                .env("WASM_CHORD_SMOLLM2", model)
-                .env("WASM_CHORD_BIN", bin)
-                .env("CARGO_TARGET_DIR", &self.target);
-            c
-        };
-        let steps: [(&str, &[&str]); 3] = [
-            ("npm ci (host-js)", &["ci", "--no-audit", "--no-fund"]),
-            ("npm run build (jco transpile)", &["run", "build"]),
-            ("node --test (JS host)", &["test"]),
-        ];
-        for (name, args) in steps {
-            step(name);
-            self.exec(&mut npm(args))
-                .with_context(|| format!("step '{name}' failed"))?;
-        }
+        let npm = |args: &[&str]| self.npm(args, kernel, model, bin);
+        step("node --test (JS host)");
+        self.exec(&mut npm(&["test"]))
+            .context("step 'node --test (JS host)' failed")?;
         let chromium = Path::new("/usr/bin/chromium");
         if cfg!(target_os = "linux") && !chromium.exists() {
             step("apt-get install chromium (for the browser test)");

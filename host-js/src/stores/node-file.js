@@ -49,6 +49,11 @@ class FileBackend {
 
 /** Opens model files by path. */
 export class NodeFileStore {
+  /** Positions are JS numbers (exact to 2^53): files beyond 4 GiB are served. */
+  get memory64() {
+    return true;
+  }
+
   open(path) {
     let fd;
     try {
