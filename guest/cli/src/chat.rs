@@ -200,9 +200,13 @@ impl Chat<'_> {
         // The reply needs at least one position after the prompt.
         if prompt.len() >= n_ctx as usize {
             self.messages.pop();
+            let remedy = if self.messages.len() == self.n_fixed {
+                "send a shorter one, or a larger --n-ctx"
+            } else {
+                "send a shorter one, or /reset to start a new conversation"
+            };
             eprintln!(
-                "this message does not fit: the conversation would take {} of {n_ctx} context tokens; \
-                 send a shorter one, or /reset to start a new conversation",
+                "this message does not fit: the conversation would take {} of {n_ctx} context tokens; {remedy}",
                 prompt.len()
             );
             return Ok(true);
@@ -360,15 +364,21 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     let mut out = stdout.lock();
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
-    let mut line = String::new();
+    let mut bytes = Vec::new();
     loop {
         eprint!("> ");
-        line.clear();
-        if input.read_line(&mut line).context("cannot read stdin")? == 0 {
+        bytes.clear();
+        if input
+            .read_until(b'\n', &mut bytes)
+            .context("cannot read stdin")?
+            == 0
+        {
             // End of input: end the prompt line.
             eprintln!();
             return Ok(());
         }
+        // Invalid UTF-8 becomes U+FFFD rather than ending the chat.
+        let line = String::from_utf8_lossy(&bytes);
         let line = line.strip_suffix('\n').unwrap_or(&line);
         match parse_line(line) {
             Input::Skip => {}
