@@ -34,10 +34,10 @@ export function tempDir() {
   return dir;
 }
 
-/** Run a CLI; returns { status, stdout, stderr }. */
-export function runCli(cmd, args) {
+/** Run a CLI (with `input` on its stdin, if given); returns { status, stdout, stderr }. */
+export function runCli(cmd, args, input = undefined) {
   const [exe, pre] = cmd === 'js' ? [process.execPath, [CLI]] : [NATIVE_BIN, []];
-  const r = spawnSync(exe, [...pre, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  const r = spawnSync(exe, [...pre, ...args], { encoding: 'utf8', maxBuffer: 64 << 20, input });
   if (r.error) throw r.error;
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }

@@ -484,6 +484,20 @@ impl Runtime {
         self.call(|api, store| api.session().call_reset(&mut *store, h))
     }
 
+    /// The tokens `session` holds: those in its KV cache, then the last
+    /// sampled token of its last generation (evaluated by the next one).
+    pub fn tokens(&mut self, session: Session) -> Result<Vec<u32>, HostError> {
+        let h = self.session_handle(session)?;
+        self.call(|api, store| api.session().call_tokens(&mut *store, h))
+    }
+
+    /// Keep only the first `len` of [`Runtime::tokens`] of `session`.
+    pub fn truncate(&mut self, session: Session, len: u32) -> Result<(), HostError> {
+        let h = self.session_handle(session)?;
+        self.call(|api, store| api.session().call_truncate(&mut *store, h, len))?
+            .map_err(HostError::from)
+    }
+
     /// Feed `prompt` after what `session` holds and generate, calling
     /// `on_piece` for each piece as it comes; `ControlFlow::Break` stops early.
     pub fn generate(

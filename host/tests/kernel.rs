@@ -83,6 +83,26 @@ fn generate_greedy_and_cache_reuse() {
     assert_eq!(st.total_bytes, info.file_size);
     assert!(st.memory64 && st.bytes_served > 0);
 
+    // The session holds the prompt and the reply; rewound to all but the
+    // last prompt token, it gives the same reply again from that token.
+    let reply: Vec<u32> = pieces.iter().map(|p| p.token).collect();
+    let mut held = prompt.clone();
+    held.extend(&reply);
+    assert_eq!(rt.tokens(s).expect("tokens"), held);
+    assert!(matches!(
+        rt.truncate(s, held.len() as u32 + 1),
+        Err(HostError::InvalidInput(_))
+    ));
+    rt.truncate(s, prompt.len() as u32 - 1).expect("truncate");
+    assert_eq!(rt.tokens(s).expect("tokens"), prompt[..prompt.len() - 1]);
+    let mut again = Vec::new();
+    rt.generate(s, &prompt[prompt.len() - 1..], &opts, |p| {
+        again.push(p.token);
+        ControlFlow::Continue(())
+    })
+    .expect("generate after truncate");
+    assert_eq!(again, reply);
+
     // Cancel from the callback.
     rt.reset(s).expect("reset");
     let stats = rt

@@ -51,15 +51,41 @@ pub fn gemma3() -> PathBuf {
 /// stock wasmtime (`WASMTIME_BIN`, `WASM_CHORD_CLI_WASM`), with wasmtime's
 /// compilation cache so every run after the first starts fast.
 pub fn wasmtime_run<S: AsRef<std::ffi::OsStr>>(dirs: &[&Path], args: &[S]) -> Output {
+    wasmtime_command(dirs, args)
+        .output()
+        .expect("spawn wasmtime")
+}
+
+/// The command [`wasmtime_run`] runs.
+pub fn wasmtime_command<S: AsRef<std::ffi::OsStr>>(dirs: &[&Path], args: &[S]) -> Command {
     let mut cmd = Command::new(env_path("WASMTIME_BIN"));
     cmd.args(["run", "-C", "cache=y"]);
     for d in dirs {
         cmd.arg("--dir").arg(d);
     }
-    cmd.arg(env_path("WASM_CHORD_CLI_WASM"))
-        .args(args)
-        .output()
-        .expect("spawn wasmtime")
+    cmd.arg(env_path("WASM_CHORD_CLI_WASM")).args(args);
+    cmd
+}
+
+/// Run `cmd` with `input` on its stdin (then closed); returns the output.
+pub fn output_with_stdin(mut cmd: Command, input: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    // From a thread: the child may write more than a pipe holds before it has read all.
+    let input = input.to_string();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("wait for the child");
+    // A child that exits before reading everything closes the pipe: not an
+    // error here (the caller checks the output).
+    let _ = writer.join().expect("stdin writer");
+    out
 }
 
 /// The Node launcher, `node host-js/bin/wasm-chord.mjs ARGS`: the composed CLI
@@ -93,11 +119,14 @@ pub fn fixtures() -> PathBuf {
 
 /// Run `wasm-chord ARGS` with the kernel set; returns the output.
 pub fn run_cli<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
-    Command::new(bin())
-        .args(args)
-        .env("WASM_CHORD_KERNEL", kernel())
-        .output()
-        .expect("spawn wasm-chord")
+    cli_command(args).output().expect("spawn wasm-chord")
+}
+
+/// The command [`run_cli`] runs.
+pub fn cli_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env("WASM_CHORD_KERNEL", kernel());
+    cmd
 }
 
 /// One case of a golden file (llama.cpp's outputs).

@@ -18,6 +18,7 @@
 
 mod args;
 mod bench;
+mod chat;
 mod info;
 mod perplexity;
 mod run;
@@ -55,6 +56,9 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (or chat messages), streaming it to stdout.
     Run(run::RunArgs),
+    /// Chat with the model on stdin/stdout, in its chat template; each turn
+    /// evaluates only the new tokens (the KV cache is kept across turns).
+    Chat(chat::ChatArgs),
     /// Print the token ids of TEXT as a JSON array.
     Tokenize(tokenize::TokenizeArgs),
     /// Describe a model: architecture, sizes, tensor types, special tokens.
@@ -83,6 +87,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(a) => run::run(a),
+        Command::Chat(a) => chat::chat(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Info(a) => info::info(a),
         Command::Bench(a) => bench::bench(a),

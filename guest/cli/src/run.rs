@@ -28,6 +28,19 @@ pub struct RunArgs {
     /// the model's chat template (with the generation prompt) instead of --prompt.
     #[arg(long, value_name = "FILE.json")]
     messages: Option<PathBuf>,
+    #[command(flatten)]
+    pub gen: GenArgs,
+    /// Print one JSON object per token ({"token", "text"}), then one {"stats"} line.
+    #[arg(long)]
+    json: bool,
+    /// Print load time, speeds and peak guest memory to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// Generation flags shared by `run` and `chat`: length, sampling, context.
+#[derive(Debug, Args)]
+pub struct GenArgs {
     /// Number of tokens to generate (at least 1).
     #[arg(
         short = 'n',
@@ -82,20 +95,14 @@ pub struct RunArgs {
     ignore_eos: bool,
     /// Context size (0: the kernel's default, 4096 capped at the training context).
     #[arg(long, value_name = "N", default_value_t = 0)]
-    n_ctx: u32,
-    /// Print one JSON object per token ({"token", "text"}), then one {"stats"} line.
-    #[arg(long)]
-    json: bool,
-    /// Print load time, speeds and peak guest memory to stderr.
-    #[arg(long)]
-    stats: bool,
+    pub n_ctx: u32,
 }
 
 /// One `--json` line per token.
 #[derive(serde::Serialize)]
-struct TokenLine<'a> {
-    token: u32,
-    text: &'a str,
+pub struct TokenLine<'a> {
+    pub token: u32,
+    pub text: &'a str,
 }
 
 /// The last `--json` line.
@@ -123,9 +130,9 @@ struct Message {
     content: String,
 }
 
-impl RunArgs {
+impl GenArgs {
     /// Check every numeric argument before any work is done.
-    fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> Result<()> {
         if self.n_predict == 0 {
             bail!("-n must be at least 1 (got 0)");
         }
@@ -147,7 +154,7 @@ impl RunArgs {
         Ok(())
     }
 
-    fn generate_options(&self) -> GenerateOptions {
+    pub fn generate_options(&self) -> GenerateOptions {
         GenerateOptions {
             max_tokens: self.n_predict,
             sampling: Sampling {
@@ -197,7 +204,7 @@ pub fn rate(n: u32, t: Duration) -> f64 {
 }
 
 pub fn run(a: RunArgs) -> Result<()> {
-    a.validate()?;
+    a.gen.validate()?;
     crate::args::check_model(&a.load.model)?;
     let messages = a.messages.as_ref().map(read_messages).transpose()?;
     let (model, load_time) = a.load.load()?;
@@ -207,13 +214,13 @@ pub fn run(a: RunArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with -p or chat messages with --messages"),
     };
     let prompt = model.tokenize(&text, true, true).map_err(kernel_error)?;
-    let session = model.new_session(a.n_ctx).map_err(kernel_error)?;
+    let session = model.new_session(a.gen.n_ctx).map_err(kernel_error)?;
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let started = Instant::now();
     let generation = session
-        .generate(&prompt, &a.generate_options())
+        .generate(&prompt, &a.gen.generate_options())
         .map_err(kernel_error)?;
     let prompt_time = started.elapsed();
     let gen_started = Instant::now();

@@ -306,6 +306,17 @@ impl wit::GuestSession for SessionRes {
         self.session.borrow_mut().reset()
     }
 
+    fn tokens(&self) -> Vec<u32> {
+        self.session.borrow().tokens()
+    }
+
+    fn truncate(&self, len: u32) -> Result<(), wit::Error> {
+        self.session
+            .borrow_mut()
+            .truncate(len as usize)
+            .map_err(err)
+    }
+
     fn generate(
         &self,
         prompt: Vec<u32>,

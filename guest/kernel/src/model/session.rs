@@ -60,6 +60,34 @@ impl Session {
         self.pending.clear();
     }
 
+    /// The tokens the session holds, in order: those evaluated into the KV
+    /// cache, then the last sampled token of a finished generation (evaluated
+    /// at the start of the next one).
+    pub fn tokens(&self) -> Vec<u32> {
+        let mut all = Vec::with_capacity(self.tokens.len() + self.pending.len());
+        all.extend_from_slice(&self.tokens);
+        all.extend_from_slice(&self.pending);
+        all
+    }
+
+    /// Keep only the first `len` of [`Session::tokens`]: the next evaluation
+    /// continues after them (the KV cache rows beyond are overwritten).
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        let held = self.tokens.len() + self.pending.len();
+        if len > held {
+            return Err(Error::InvalidInput(format!(
+                "cannot truncate the session to {len} tokens: it holds {held}"
+            )));
+        }
+        if len <= self.tokens.len() {
+            self.tokens.truncate(len);
+            self.pending.clear();
+        } else {
+            self.pending.truncate(len - self.tokens.len());
+        }
+        Ok(())
+    }
+
     /// Evaluate `tokens` after what the session holds; `sink(i, logits)` for
     /// every index `i >= logits_from` of `tokens`.
     pub fn eval(

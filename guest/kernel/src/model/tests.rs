@@ -226,6 +226,48 @@ fn generation_lengths_context_and_stop_strings() {
 }
 
 #[test]
+fn truncate_rewinds_the_kv_cache() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    // A fresh session fed TOKENS[..10] then TOKENS[20..30] ...
+    let mut fresh = TOKENS[..10].to_vec();
+    fresh.extend_from_slice(&TOKENS[20..30]);
+    let want = all_logits(&m, &fresh, 20);
+    // ... equals one that held TOKENS[..20], was cut back to 10 and fed the rest.
+    let mut s = Session::new(&m, 64).unwrap();
+    s.eval(&m, &TOKENS[..20], 20, &mut |_, _| {}).unwrap();
+    s.truncate(10).unwrap();
+    assert_eq!(s.n_past(), 10);
+    assert_eq!(s.tokens(), TOKENS[..10]);
+    let mut got = Vec::new();
+    s.eval(&m, &TOKENS[20..30], 0, &mut |_, l| got.extend_from_slice(l))
+        .unwrap();
+    assert_eq!(got, want[10 * m.cfg.n_vocab..]);
+    assert_eq!(s.tokens(), fresh);
+    // Beyond what it holds is refused; truncating to everything is a no-op.
+    assert!(matches!(s.truncate(21), Err(Error::InvalidInput(_))));
+    s.truncate(20).unwrap();
+    assert_eq!(s.tokens(), fresh);
+
+    // A generation's last sampled token is held (pending) and can be cut too.
+    let mut s = Session::new(&m, 64).unwrap();
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], greedy(3, vec![])).unwrap();
+    let mut gen = Vec::new();
+    while let Some(p) = g.next(&m, &mut s).unwrap() {
+        gen.push(p.token);
+    }
+    assert_eq!(gen.len(), 3);
+    let mut held = TOKENS[..5].to_vec();
+    held.extend_from_slice(&gen);
+    assert_eq!(s.tokens(), held);
+    assert_eq!(s.n_past(), 7, "the last sampled token is not evaluated yet");
+    s.truncate(7).unwrap();
+    assert_eq!(s.tokens(), held[..7]);
+    s.truncate(3).unwrap();
+    assert_eq!((s.n_past(), s.tokens()), (3, TOKENS[..3].to_vec()));
+}
+
+#[test]
 fn out_of_vocabulary_token_is_an_error() {
     let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
     let m = load(&bytes, &LoadOptions::default());
