@@ -362,9 +362,13 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             wasi.env(k, v);
         }
     }
+    // A cap given on the command line is the guest's memory budget too (the
+    // CLI plans the layer cache with it unless --max-memory says otherwise);
+    // without one the kernel keeps its own default, as under any launcher.
+    if let Some(max) = args.max_guest_memory {
+        wasi.env("WASM_CHORD_MAX_GUEST_MEMORY", max.to_string());
+    }
     let max = args.max_guest_memory.unwrap_or(DEFAULT_MAX_GUEST_MEMORY);
-    // The cap, for a front that wants to plan its budget with it.
-    wasi.env("WASM_CHORD_MAX_GUEST_MEMORY", max.to_string());
     for p in preopens(&args.guest, &cwd) {
         let perms = if p.writable {
             FsPerms::ReadWrite

@@ -177,15 +177,51 @@ fn help_describes_every_flag() {
 }
 
 /// With the real kernel and SmolLM2 (set by `cargo xtask test`): JSON output.
-#[test]
-fn json_run_end_to_end() {
-    let (Some(kernel), Some(model)) = (
+/// WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2, which `cargo xtask test` sets.
+fn kernel_and_model() -> (std::ffi::OsString, std::ffi::OsString) {
+    match (
         std::env::var_os("WASM_CHORD_KERNEL"),
         std::env::var_os("WASM_CHORD_SMOLLM2"),
-    ) else {
-        eprintln!("skipped: set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2");
-        return;
-    };
+    ) {
+        (Some(k), Some(m)) => (k, m),
+        _ => panic!("set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 (cargo xtask test does)"),
+    }
+}
+
+/// `--max-guest-memory` is also the guest's budget: a cap below the model's
+/// weights makes the kernel stream them instead of trapping at the cap.
+#[test]
+fn guest_memory_cap_is_the_budget() {
+    let (kernel, model) = kernel_and_model();
+    let cap: u64 = 120_000_000;
+    let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-p", "The capital of France is", "-n", "4", "--temp", "0"])
+        .args(["--json", "--max-guest-memory", &cap.to_string()])
+        .env("WASM_CHORD_KERNEL", &kernel)
+        .output()
+        .expect("run wasm-chord");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let last = out.lines().last().expect("a stats line");
+    let v: serde_json::Value = serde_json::from_str(last).expect("JSON");
+    let stats = &v["stats"];
+    let (resident, total) = (
+        stats["cache"]["resident_layers"].as_u64().unwrap(),
+        stats["cache"]["total_layers"].as_u64().unwrap(),
+    );
+    assert!(resident < total, "streamed: {stats}");
+    assert!(
+        stats["peak_guest_memory_bytes"].as_u64().unwrap() <= cap,
+        "{stats}"
+    );
+}
+
+#[test]
+fn json_run_end_to_end() {
+    let (kernel, model) = kernel_and_model();
     let o = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
         .arg("run")
         .arg("-m")
@@ -236,7 +272,9 @@ fn json_run_end_to_end() {
         .arg("run")
         .arg("-m")
         .arg(&model)
+        // (a budget above the cap: the guest plans to hold every layer)
         .args(["-p", "hi", "-n", "2", "--max-guest-memory", "100000000"])
+        .args(["--max-memory", "3000000000"])
         .output()
         .expect("run wasm-chord");
     assert_error(&o, "the wasm-chord component trapped: ");

@@ -15,15 +15,14 @@ fn env_path(name: &str) -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-fn setup() -> Option<(PathBuf, String)> {
+fn setup() -> (PathBuf, String) {
     let (Some(kernel), Some(model)) = (
         env_path("WASM_CHORD_KERNEL"),
         env_path("WASM_CHORD_SMOLLM2"),
     ) else {
-        eprintln!("skipped: set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 (cargo xtask test does)");
-        return None;
+        panic!("set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 to existing files (cargo xtask test does)");
     };
-    Some((kernel, model.to_str().expect("utf8 model path").to_string()))
+    (kernel, model.to_str().expect("utf8 model path").to_string())
 }
 
 fn cache_dir(tag: &str) -> PathBuf {
@@ -32,9 +31,7 @@ fn cache_dir(tag: &str) -> PathBuf {
 
 #[test]
 fn generate_greedy_and_cache_reuse() {
-    let Some((kernel_path, model)) = setup() else {
-        return;
-    };
+    let (kernel_path, model) = setup();
     let dir = cache_dir("gen");
     let options = KernelOptions {
         cache_dir: Some(dir.clone()),
@@ -115,9 +112,7 @@ fn generate_greedy_and_cache_reuse() {
 
 #[test]
 fn store_errors_are_typed() {
-    let Some((kernel_path, _)) = setup() else {
-        return;
-    };
+    let (kernel_path, _) = setup();
     let kernel = Kernel::from_file(&kernel_path, &KernelOptions::default()).expect("kernel");
     let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
     match rt.load(&LoadOptions::new("/nonexistent/x.gguf")) {
@@ -140,9 +135,7 @@ fn store_errors_are_typed() {
 /// of memory); after a trap the runtime builds a fresh instance.
 #[test]
 fn trap_survival() {
-    let Some((kernel_path, model)) = setup() else {
-        return;
-    };
+    let (kernel_path, model) = setup();
     let kernel = Kernel::from_file(
         &kernel_path,
         &KernelOptions {

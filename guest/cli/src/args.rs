@@ -55,6 +55,17 @@ enum PolicyArg {
     Lru,
 }
 
+/// The native launcher's `--max-guest-memory`, which it passes as
+/// `WASM_CHORD_MAX_GUEST_MEMORY`: the default budget (0: none given).
+fn launcher_cap() -> Result<u64> {
+    match std::env::var("WASM_CHORD_MAX_GUEST_MEMORY") {
+        Ok(v) => v
+            .parse()
+            .with_context(|| format!("WASM_CHORD_MAX_GUEST_MEMORY is not a byte count: '{v}'")),
+        Err(_) => Ok(0),
+    }
+}
+
 impl LoadArgs {
     pub fn options(&self) -> Result<LoadOptions> {
         let name = self
@@ -70,7 +81,10 @@ impl LoadArgs {
                 ResidencyArg::Resident => Residency::Resident,
                 ResidencyArg::Stream => Residency::Streaming,
             },
-            max_memory: self.max_memory,
+            max_memory: match self.max_memory {
+                0 => launcher_cap()?,
+                n => n,
+            },
             cache_layers: self.cache_layers,
             cache_policy: match self.cache_policy {
                 PolicyArg::Pinned => CachePolicy::Pinned,

@@ -44,6 +44,11 @@ impl KvCache {
         Ok(KvCache { k, v, n_ctx })
     }
 
+    /// Bytes one position takes (K and V of every layer, f32 slots).
+    pub fn bytes_per_position(c: &Config) -> u64 {
+        c.kv_dim() as u64 * 8 * c.n_layers as u64
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
         self.k

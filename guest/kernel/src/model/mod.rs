@@ -26,6 +26,9 @@ pub const MAX_32BIT_MODEL: u64 = 3584 << 20;
 pub const RESIDENT_LIMIT: u64 = 3 << 30;
 /// Default guest memory budget of a streamed model.
 pub const DEFAULT_STREAM_BUDGET: u64 = 1 << 30;
+/// Least part of a budget kept for scratch buffers, the vocabulary and the
+/// allocator (at least an eighth of the budget is).
+const SCRATCH_RESERVE: u64 = 16 << 20;
 
 /// Requested residency mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +91,9 @@ pub struct Model {
     pub info: ModelInfo,
     cache: RefCell<LayerCache>,
     src: Box<dyn ByteSource>,
+    /// Bytes of the guest budget left for a session's KV cache when the
+    /// load had a budget (given, or the streaming default); `None`: no budget.
+    kv_budget: Option<u64>,
 }
 
 impl Model {
@@ -165,6 +171,23 @@ impl Model {
             }
             (k - 1).min(cfg.n_layers as u64) as usize
         };
+        // What is left of a known budget for the KV cache: the weights held
+        // (every layer, or the head and the cached layers plus one in
+        // flight) and a reserve for scratch buffers and the vocabulary come first.
+        let budget = match (opts.max_memory, stream) {
+            (0, false) => None,
+            (0, true) => Some(DEFAULT_STREAM_BUDGET),
+            (b, _) => Some(b),
+        };
+        let held = if stream {
+            head_bytes.saturating_add((capacity as u64 + 1).saturating_mul(max_block))
+        } else {
+            weight_bytes
+        };
+        let kv_budget = budget.map(|b| {
+            b.saturating_sub(held)
+                .saturating_sub((b / 8).max(SCRATCH_RESERVE))
+        });
         let mut cache = LayerCache::new(plans, capacity, opts.policy);
         cache.warm(src.as_ref())?;
 
@@ -199,7 +222,14 @@ impl Model {
             info,
             cache: RefCell::new(cache),
             src,
+            kv_budget,
         })
+    }
+
+    /// Bytes of the load's memory budget left for a KV cache (`None`: the
+    /// load had no budget).
+    pub fn kv_budget(&self) -> Option<u64> {
+        self.kv_budget
     }
 
     /// False for a vocabulary-only file (tokenizer, no weights).

@@ -9,6 +9,9 @@ use crate::{Error, Result};
 
 /// Context size when the caller asks for the default.
 pub const DEFAULT_N_CTX: usize = 4096;
+/// The default context shrinks to fit a memory budget, in steps of this, but
+/// not below it.
+const MIN_DEFAULT_N_CTX: usize = 256;
 
 /// A conversation: the KV cache and the tokens it holds.
 pub struct Session {
@@ -20,6 +23,29 @@ pub struct Session {
     pending: Vec<u32>,
 }
 
+/// The default context: 4096 positions capped at the training context, and
+/// at what the load's memory budget leaves for the KV cache.
+fn default_n_ctx(model: &Model) -> Result<usize> {
+    let n = DEFAULT_N_CTX.min(model.cfg.n_ctx_train);
+    let Some(budget) = model.kv_budget() else {
+        return Ok(n);
+    };
+    let per_position = KvCache::bytes_per_position(&model.cfg);
+    let fit = usize::try_from(budget / per_position.max(1)).unwrap_or(usize::MAX);
+    if fit >= n {
+        return Ok(n);
+    }
+    if fit < MIN_DEFAULT_N_CTX.min(n) {
+        return Err(Error::OutOfMemory(format!(
+            "the memory budget leaves {} MiB for the KV cache: {fit} positions of {per_position} bytes, \
+             under the {} a default context needs (raise the budget or ask for a smaller context)",
+            budget >> 20,
+            MIN_DEFAULT_N_CTX.min(n)
+        )));
+    }
+    Ok(fit / MIN_DEFAULT_N_CTX * MIN_DEFAULT_N_CTX)
+}
+
 impl Session {
     /// A new session of `n_ctx` positions (0: default, capped by the training context).
     pub fn new(model: &Model, n_ctx: u32) -> Result<Session> {
@@ -27,7 +53,7 @@ impl Session {
             return Err(Error::Unsupported(super::vocab_only::NO_WEIGHTS.into()));
         }
         let n_ctx = if n_ctx == 0 {
-            DEFAULT_N_CTX.min(model.cfg.n_ctx_train)
+            default_n_ctx(model)?
         } else {
             n_ctx as usize
         };

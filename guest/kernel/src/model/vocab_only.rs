@@ -40,6 +40,7 @@ impl Model {
             info,
             cache: RefCell::new(LayerCache::new(Vec::new(), 0, Policy::Pinned)),
             src,
+            kv_budget: None,
         })
     }
 }
