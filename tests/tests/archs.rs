@@ -72,9 +72,19 @@ fn qwen2_biases() {
     check("smollm2-as-qwen2-bias.gguf", "qwen2");
 }
 
+/// Unit q/k norm weights: attention flattened, a model that mostly repeats
+/// newlines; still far from a kernel that skips the norms.
 #[test]
 fn qwen3_qk_norms() {
     check("smollm2-as-qwen3.gguf", "qwen3");
+}
+
+/// q/k norm weights near SmolLM2's per-layer head RMS, with a ±10% ripple
+/// over the dimensions: varied text; a kernel ignoring the weights, or only
+/// the ripple, fails (see fixtures/archs/README.md).
+#[test]
+fn qwen3_qk_norm_weights() {
+    check("smollm2-as-qwen3-norms.gguf", "qwen3");
 }
 
 /// llama with Llama 3.x `rope_freqs.weight` factors (1 to 8, old context 512

@@ -14,6 +14,9 @@
 //!   biases: another function, still a working model.
 //! - `smollm2-as-qwen3.gguf`: per-head Q/K RMSNorm with unit weights: another
 //!   function (q and k are normalized per head), still a working model.
+//! - `smollm2-as-qwen3-norms.gguf`: Q/K norm weights near SmolLM2's per-layer
+//!   q/k head RMS (with a ripple): normalizing keeps the attention's scale,
+//!   a model that writes varied text, and non-unit weights are tested.
 //! - `smollm2-as-llama3-ropefreqs.gguf`, `smollm2-as-qwen2-yarn.gguf`: RoPE
 //!   scaling (Llama 3.x factors; YaRN).
 //! - `smollm2-as-mistral3.gguf`: mistral3 with YaRN (its own betas and log
@@ -52,7 +55,7 @@ pub struct Variant {
 const BIAS_SCALE: f32 = 0.05;
 
 /// The files made from SmolLM2-135M-Instruct Q4_1.
-pub const VARIANTS: [Variant; 8] = [
+pub const VARIANTS: [Variant; 9] = [
     Variant {
         file: "smollm2-as-phi3.gguf",
         layout: Layout::Phi3,
@@ -74,6 +77,11 @@ pub const VARIANTS: [Variant; 8] = [
         file: "smollm2-as-qwen3.gguf",
         layout: Layout::Qwen3,
         sha256: "02ef5a5f57b7304b3aca55c81e8b3c43189aa117ca6cee2da0dcf282f2762632",
+    },
+    Variant {
+        file: "smollm2-as-qwen3-norms.gguf",
+        layout: Layout::Qwen3Norms,
+        sha256: "dea66224f004dc25d5e359585e259a07c29ea2fb5c8b37a6dc85f09804343cbf",
     },
     Variant {
         file: "smollm2-as-llama3-ropefreqs.gguf",

@@ -27,6 +27,13 @@ pub enum Layout {
     Qwen2 { bias_scale: f32 },
     /// Per-head Q/K RMSNorm weights (all ones).
     Qwen3,
+    /// Per-head Q/K RMSNorm weights near the RMS that SmolLM2's q and k
+    /// heads have in each layer ([`QWEN3_Q_RMS`], [`QWEN3_K_RMS`]) with a
+    /// ±10% ripple over the dimensions: normalizing q and k then keeps the
+    /// attention's scale, so the model writes varied text (unit weights
+    /// flatten attention into a model that repeats newlines), and a kernel
+    /// ignoring the weights or their order is caught.
+    Qwen3Norms,
     /// qwen2 with zero biases plus YaRN keys (factor 4, original context
     /// 2048): a different function that tests a kernel's YaRN.
     Qwen2Yarn,
@@ -44,6 +51,35 @@ pub enum Layout {
     /// [`LONGROPE_ORIG_CTX`] and the attention factor Phi-3's converter
     /// derives from it.
     Phi3LongRope,
+}
+
+/// Mean per-head RMS of q, per layer, of SmolLM2-135M (Q4_1) before RoPE,
+/// measured with an exact float64 forward pass over the first three cases
+/// of the re-laid goldens (prompt and llama.cpp's greedy tokens).
+pub const QWEN3_Q_RMS: [f32; 30] = [
+    1.083, 1.457, 1.418, 1.658, 1.585, 1.618, 1.581, 1.733, 1.655, 1.641, 1.626, 1.447, 1.761,
+    1.908, 1.773, 1.797, 2.056, 1.98, 2.0, 2.059, 1.872, 1.829, 1.846, 1.703, 1.758, 2.097, 2.039,
+    2.216, 1.886, 1.993,
+];
+/// The same for k.
+pub const QWEN3_K_RMS: [f32; 30] = [
+    1.279, 2.207, 2.116, 1.967, 2.045, 1.973, 2.048, 1.96, 1.936, 2.178, 2.294, 2.589, 2.107,
+    2.235, 1.987, 2.114, 2.243, 1.906, 2.264, 2.241, 1.986, 2.065, 2.151, 2.004, 1.782, 2.136,
+    2.069, 2.274, 1.897, 1.853,
+];
+
+/// The q (`which` 0) or k (1) norm weights of block `l` of
+/// [`Layout::Qwen3Norms`] for heads of `hd`.
+pub fn qwen3_norm_weights(l: usize, which: u64, hd: usize) -> Vec<f32> {
+    let table = if which == 0 {
+        &QWEN3_Q_RMS
+    } else {
+        &QWEN3_K_RMS
+    };
+    let c = table[l % table.len()];
+    (0..hd)
+        .map(|d| c * (1.0 + 0.1 * ((d % 7) as f32 - 3.0) / 3.0))
+        .collect()
 }
 
 /// The original context of [`Layout::Mistral3`]: small, so that the
@@ -93,7 +129,7 @@ impl Layout {
             Layout::Phi3 | Layout::Phi3LongRope => "phi3",
             Layout::Mistral3 => "mistral3",
             Layout::Qwen2 { .. } | Layout::Qwen2Yarn => "qwen2",
-            Layout::Qwen3 => "qwen3",
+            Layout::Qwen3 | Layout::Qwen3Norms => "qwen3",
             Layout::LlamaRopeFreqs { .. } => "llama",
         }
     }
@@ -258,7 +294,7 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
                 w.kv(&format!("mistral3.{k}"), v);
             }
         }
-        Layout::Qwen3 => {
+        Layout::Qwen3 | Layout::Qwen3Norms => {
             let hd = Value::U32(shape.head_dim as u32);
             w.kv("qwen3.attention.key_length", hd.clone());
             w.kv("qwen3.attention.value_length", hd);
@@ -419,6 +455,14 @@ fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: u
                 &[hd as u64],
                 GgmlType::F32,
                 f32_bytes(std::iter::repeat_n(1.0f32, hd)),
+            );
+        }
+        Layout::Qwen3Norms if which < 2 => {
+            w.tensor(
+                &format!("blk.{l}.{part}_norm.weight"),
+                &[hd as u64],
+                GgmlType::F32,
+                f32_bytes(qwen3_norm_weights(l, which, hd)),
             );
         }
         _ => {}

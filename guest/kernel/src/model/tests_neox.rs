@@ -101,6 +101,12 @@ fn biases_and_qk_norms_change_the_function() {
     assert!(bias.iter().chain(&qwen3).all(|x| x.is_finite()));
     assert!(differs(&zero, &bias), "the biases were not applied");
     assert!(differs(&zero, &qwen3), "the q/k norms were not applied");
+    let weighted = logits(&load(relaid(Layout::Qwen3Norms).to_bytes()).unwrap());
+    assert!(weighted.iter().all(|x| x.is_finite()));
+    assert!(
+        differs(&qwen3, &weighted),
+        "the q/k norm weights were not applied"
+    );
 }
 
 /// `w` with metadata `key` set to `v` (replacing it when present).
