@@ -275,3 +275,48 @@ fn mistral3_reads_yarn_and_temperature_keys() {
     .unwrap();
     assert_eq!(plain.cfg.yarn.attn_factor, 1.0);
 }
+
+#[test]
+fn llama_reads_rope_scaling_as_llama_cpp() {
+    let llama = relaid(Layout::LlamaRopeFreqs { old_ctx: 128 });
+    // No scaling type: llama.cpp's default is linear, so a factor alone scales.
+    let m = load(with_kv(
+        &llama,
+        "llama.rope.scaling.factor",
+        Value::F32(2.0),
+    ))
+    .unwrap();
+    assert_eq!(m.cfg.rope_freq_scale, 0.5);
+    assert!(!m.cfg.longrope && !m.cfg.rope_freq_factors.is_empty());
+    // longrope: the long/short factors, and not rope_freqs (which llama.cpp
+    // does not create then).
+    let bytes = with_kv(
+        &llama,
+        "llama.rope.scaling.type",
+        Value::String("longrope".into()),
+    );
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        let d = &bytes[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        w.tensor(&t.name, &t.dims, t.ty, d.to_vec());
+    }
+    let n = g.tensor("rope_freqs.weight").unwrap().dims[0] as usize;
+    let long: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+    w.tensor(
+        "rope_factors_long.weight",
+        &[n as u64],
+        GgmlType::F32,
+        long.iter().flat_map(|f| f.to_le_bytes()).collect(),
+    );
+    let m = load(w.to_bytes()).unwrap();
+    let c = &m.cfg;
+    assert!(c.longrope && c.rope_freq_factors.is_empty());
+    assert_eq!(c.rope_factors_long, long);
+    assert!(c.rope_factors_short.is_empty());
+    assert_eq!(c.rope_factors(c.yarn.n_ctx_orig + 1), &long[..]);
+    assert!(c.rope_factors(c.yarn.n_ctx_orig).is_empty());
+}
