@@ -372,8 +372,16 @@ impl std::fmt::Display for TeacherForced {
 /// how far are our log-probabilities of llama.cpp's top-5 from its own.
 /// Panics when the CLI fails or prints something malformed.
 pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
+    teacher_forced_ctx(model, golden, None)
+}
+
+/// [`teacher_forced`] in a session of `n_ctx` positions (`--n-ctx`; None:
+/// the sequence's length), for models whose function depends on the
+/// context size as llama.cpp's does (LongRoPE).
+pub fn teacher_forced_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> TeacherForced {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let dir = tmp_dir(&format!("teacher-{stem}"));
+    let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
+    let dir = tmp_dir(&format!("teacher-{stem}{ctx_tag}"));
     let mut r = TeacherForced {
         steps: 0,
         same_top1: 0,
@@ -387,16 +395,20 @@ pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
         seq.extend(&case.greedy_tokens);
         let f = dir.join(format!("{}.json", case.id));
         std::fs::write(&f, serde_json::to_vec(&seq).unwrap()).unwrap();
-        let out = run_cli(&[
-            "perplexity".as_ref(),
-            "-m".as_ref(),
-            model.as_os_str(),
-            "--tokens".as_ref(),
-            f.as_os_str(),
-            "--json".as_ref(),
-            "--top-k".as_ref(),
-            "50".as_ref(),
-        ]);
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "perplexity".into(),
+            "-m".into(),
+            model.into(),
+            "--tokens".into(),
+            f.clone().into(),
+            "--json".into(),
+            "--top-k".into(),
+            "50".into(),
+        ];
+        if let Some(n) = n_ctx {
+            args.extend(["--n-ctx".into(), n.to_string().into()]);
+        }
+        let out = run_cli(&args);
         assert!(
             out.status.success(),
             "{}: wasm-chord perplexity failed: {}",
@@ -493,8 +505,15 @@ impl std::fmt::Display for GreedyParity {
 /// prompt must tokenize to the golden's token count, and equal tokens must
 /// give equal text. Panics when the CLI fails.
 pub fn greedy_parity(model: &Path, golden: &Golden) -> GreedyParity {
+    greedy_parity_ctx(model, golden, None)
+}
+
+/// [`greedy_parity`] in a session of `n_ctx` positions (`--n-ctx`; None:
+/// the CLI's default).
+pub fn greedy_parity_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> GreedyParity {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
-    let dir = tmp_dir(&format!("greedy-{stem}"));
+    let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
+    let dir = tmp_dir(&format!("greedy-{stem}{ctx_tag}"));
     let mut r = GreedyParity {
         cases: golden.cases.len(),
         ..Default::default()
@@ -508,6 +527,9 @@ pub fn greedy_parity(model: &Path, golden: &Golden) -> GreedyParity {
             golden.n_predict.to_string().into(),
         ];
         args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
+        if let Some(n) = n_ctx {
+            args.extend(["--n-ctx".into(), n.to_string().into()]);
+        }
         if let Some(messages) = &case.messages {
             let f = dir.join(format!("{}.json", case.id));
             std::fs::write(&f, serde_json::to_vec(messages).unwrap()).unwrap();

@@ -595,7 +595,7 @@ impl Ctx {
     /// $WASM_CHORD_CACHE/variants unless there; returns that directory.
     fn relaid(&self) -> Result<PathBuf> {
         let smol = self.fetch(&SMOLLM2)?;
-        step("generate SmolLM2 re-laid as phi3, qwen2, qwen3");
+        step("generate SmolLM2 re-laid as phi3, qwen2, qwen3, mistral3");
         relay::generate_all(&smol, &self.variants_dir())
     }
 

@@ -14,13 +14,25 @@
 //!   biases: another function, still a working model.
 //! - `smollm2-as-qwen3.gguf`: per-head Q/K RMSNorm with unit weights: another
 //!   function (q and k are normalized per head), still a working model.
+//! - `smollm2-as-qwen3-norms.gguf`: Q/K norm weights near SmolLM2's per-layer
+//!   q/k head RMS (with a ripple): normalizing keeps the attention's scale,
+//!   a model that writes varied text, and non-unit weights are tested.
+//! - `smollm2-as-llama3-ropefreqs.gguf`, `smollm2-as-qwen2-yarn.gguf`: RoPE
+//!   scaling (Llama 3.x factors; YaRN).
+//! - `smollm2-as-mistral3.gguf`: mistral3 with YaRN (its own betas and log
+//!   multiplier), the Llama-4 attention temperature and a declared sliding
+//!   window (not enforced by llama.cpp for mistral3 or llama).
+//! - `smollm2-as-phi3-longrope.gguf`: phi3 with LongRoPE long/short factors
+//!   and attention factor (original context 1024: a context above it takes
+//!   the long factors).
 //!
 //! The rows move in the kernel's `relay` module (Q/K rows are un-permuted
 //! for NEOX RoPE there); this file names the variants and pins their hashes.
 //!
-//! No window: llama.cpp reads no `attention.sliding_window` for `llama`
-//! (Mistral files are `llama`), `qwen2` or `qwen3`, and disables it for
-//! `phi3` — so no sliding-window variant is made.
+//! No enforced window: llama.cpp reads no `attention.sliding_window` for
+//! `llama` (Mistral 7B files), `mistral3`, `qwen2` or `qwen3`, and disables
+//! it for `phi3` — so no variant can test a window against it (Gemma 3's
+//! real file does).
 //!
 //! The output is a pure function of the input file: every file is checked
 //! against its pinned sha256.
@@ -43,7 +55,7 @@ pub struct Variant {
 const BIAS_SCALE: f32 = 0.05;
 
 /// The files made from SmolLM2-135M-Instruct Q4_1.
-pub const VARIANTS: [Variant; 6] = [
+pub const VARIANTS: [Variant; 9] = [
     Variant {
         file: "smollm2-as-phi3.gguf",
         layout: Layout::Phi3,
@@ -67,6 +79,11 @@ pub const VARIANTS: [Variant; 6] = [
         sha256: "02ef5a5f57b7304b3aca55c81e8b3c43189aa117ca6cee2da0dcf282f2762632",
     },
     Variant {
+        file: "smollm2-as-qwen3-norms.gguf",
+        layout: Layout::Qwen3Norms,
+        sha256: "dea66224f004dc25d5e359585e259a07c29ea2fb5c8b37a6dc85f09804343cbf",
+    },
+    Variant {
         file: "smollm2-as-llama3-ropefreqs.gguf",
         layout: Layout::LlamaRopeFreqs { old_ctx: 128 },
         sha256: "afbcec1f58373b7e835b06b03389805f05f8852be42c1f9de58ff3dea47acbf2",
@@ -75,6 +92,16 @@ pub const VARIANTS: [Variant; 6] = [
         file: "smollm2-as-qwen2-yarn.gguf",
         layout: Layout::Qwen2Yarn,
         sha256: "223a3eb8edb919f612f81bed305a729e64b05223dcb0e9fed6d804427831af36",
+    },
+    Variant {
+        file: "smollm2-as-mistral3.gguf",
+        layout: Layout::Mistral3,
+        sha256: "d39a1c4e3e2aec583e0cf39563a0ed1fa120a49bafe61eadc51a3292326dbcd1",
+    },
+    Variant {
+        file: "smollm2-as-phi3-longrope.gguf",
+        layout: Layout::Phi3LongRope,
+        sha256: "d8258f826b0812010d120ecbae5165cabbab4d0b3d0914e17c9f56f35ce89e0d",
     },
 ];
 

@@ -1,6 +1,7 @@
 //! SmolLM2-style llama models re-laid in the tensor layouts and metadata of
-//! other architectures: phi3 (fused `attn_qkv`, fused gate-up `ffn_up`),
-//! qwen2 (Q/K/V biases) and qwen3 (per-head Q/K RMSNorm).
+//! other architectures: phi3 (fused `attn_qkv`, fused gate-up `ffn_up`;
+//! with LongRoPE factors), qwen2 (Q/K/V biases), qwen3 (per-head Q/K
+//! RMSNorm), mistral3 (llama's layout, its YaRN and temperature keys).
 //!
 //! Moving whole rows of a quantized matrix is exact, so a re-laid file
 //! computes the source's function where the layout allows (phi3, qwen2 with
@@ -26,6 +27,13 @@ pub enum Layout {
     Qwen2 { bias_scale: f32 },
     /// Per-head Q/K RMSNorm weights (all ones).
     Qwen3,
+    /// Per-head Q/K RMSNorm weights near the RMS that SmolLM2's q and k
+    /// heads have in each layer ([`QWEN3_Q_RMS`], [`QWEN3_K_RMS`]) with a
+    /// ±10% ripple over the dimensions: normalizing q and k then keeps the
+    /// attention's scale, so the model writes varied text (unit weights
+    /// flatten attention into a model that repeats newlines), and a kernel
+    /// ignoring the weights or their order is caught.
+    Qwen3Norms,
     /// qwen2 with zero biases plus YaRN keys (factor 4, original context
     /// 2048): a different function that tests a kernel's YaRN.
     Qwen2Yarn,
@@ -33,14 +41,95 @@ pub enum Layout {
     /// holding Llama 3.x frequency factors ([`llama3_rope_factors`] with
     /// `old_ctx`), which changes the function: tests that a kernel applies them.
     LlamaRopeFreqs { old_ctx: u32 },
+    /// mistral3 (llama rows untouched) with Ministral-3-style keys:
+    /// [`MISTRAL3_KEYS`] — YaRN with its own betas and log multiplier, the
+    /// Llama-4 attention temperature stepping every original context, and a
+    /// sliding window that llama.cpp does not enforce for mistral3.
+    Mistral3,
+    /// [`Layout::Phi3`] plus LongRoPE: `rope_factors_long`/`_short`
+    /// ([`longrope_factors`]), an original context of
+    /// [`LONGROPE_ORIG_CTX`] and the attention factor Phi-3's converter
+    /// derives from it.
+    Phi3LongRope,
+}
+
+/// Mean per-head RMS of q, per layer, of SmolLM2-135M (Q4_1) before RoPE,
+/// measured with an exact float64 forward pass over the first three cases
+/// of the re-laid goldens (prompt and llama.cpp's greedy tokens).
+pub const QWEN3_Q_RMS: [f32; 30] = [
+    1.083, 1.457, 1.418, 1.658, 1.585, 1.618, 1.581, 1.733, 1.655, 1.641, 1.626, 1.447, 1.761,
+    1.908, 1.773, 1.797, 2.056, 1.98, 2.0, 2.059, 1.872, 1.829, 1.846, 1.703, 1.758, 2.097, 2.039,
+    2.216, 1.886, 1.993,
+];
+/// The same for k.
+pub const QWEN3_K_RMS: [f32; 30] = [
+    1.279, 2.207, 2.116, 1.967, 2.045, 1.973, 2.048, 1.96, 1.936, 2.178, 2.294, 2.589, 2.107,
+    2.235, 1.987, 2.114, 2.243, 1.906, 2.264, 2.241, 1.986, 2.065, 2.151, 2.004, 1.782, 2.136,
+    2.069, 2.274, 1.897, 1.853,
+];
+
+/// The q (`which` 0) or k (1) norm weights of block `l` of
+/// [`Layout::Qwen3Norms`] for heads of `hd`.
+pub fn qwen3_norm_weights(l: usize, which: u64, hd: usize) -> Vec<f32> {
+    let table = if which == 0 {
+        &QWEN3_Q_RMS
+    } else {
+        &QWEN3_K_RMS
+    };
+    let c = table[l % table.len()];
+    (0..hd)
+        .map(|d| c * (1.0 + 0.1 * ((d % 7) as f32 - 3.0) / 3.0))
+        .collect()
+}
+
+/// The original context of [`Layout::Mistral3`]: small, so that the
+/// temperature steps within short prompts (at 32, 64, ...).
+pub const MISTRAL3_ORIG_CTX: u32 = 32;
+
+/// The keys of [`Layout::Mistral3`] beyond llama's (after the arch prefix).
+pub fn mistral3_keys() -> Vec<(&'static str, Value)> {
+    vec![
+        ("rope.scaling.type", Value::String("yarn".into())),
+        ("rope.scaling.factor", Value::F32(4.0)),
+        (
+            "rope.scaling.original_context_length",
+            Value::U32(MISTRAL3_ORIG_CTX),
+        ),
+        ("rope.scaling.yarn_beta_fast", Value::F32(16.0)),
+        ("rope.scaling.yarn_beta_slow", Value::F32(2.0)),
+        ("rope.scaling.yarn_log_multiplier", Value::F32(1.0)),
+        ("attention.temperature_scale", Value::F32(0.5)),
+        ("attention.sliding_window", Value::U32(16)),
+    ]
+}
+
+/// The original context of [`Layout::Phi3LongRope`]: llama.cpp uses the
+/// long factors in a context larger than this, the short ones otherwise.
+pub const LONGROPE_ORIG_CTX: u32 = 1024;
+
+/// LongRoPE factors of a head of `dim`: (long, short), rising with the pair
+/// index as Phi-3-128k's do (long 1 to 8, short 1 to 2, quadratically),
+/// large enough in the middle pairs to change short prompts.
+pub fn longrope_factors(dim: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = dim / 2;
+    let ramp = |top: f32| -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let t = i as f32 / (n - 1).max(1) as f32;
+                1.0 + (top - 1.0) * t * t
+            })
+            .collect()
+    };
+    (ramp(8.0), ramp(2.0))
 }
 
 impl Layout {
     fn arch(self) -> &'static str {
         match self {
-            Layout::Phi3 => "phi3",
+            Layout::Phi3 | Layout::Phi3LongRope => "phi3",
+            Layout::Mistral3 => "mistral3",
             Layout::Qwen2 { .. } | Layout::Qwen2Yarn => "qwen2",
-            Layout::Qwen3 => "qwen3",
+            Layout::Qwen3 | Layout::Qwen3Norms => "qwen3",
             Layout::LlamaRopeFreqs { .. } => "llama",
         }
     }
@@ -176,7 +265,36 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
             );
             w.kv("phi3.attention.sliding_window", Value::U32(2047));
         }
-        Layout::Qwen3 => {
+        Layout::Phi3LongRope => {
+            // What Phi-3-128k's conversion declares: the original context,
+            // attn_factor sqrt(1 + ln(ctx / orig) / ln(orig)), the factors.
+            let orig = LONGROPE_ORIG_CTX as f64;
+            let scale = ctx as f64 / orig;
+            let attn = if scale > 1.0 {
+                (1.0 + scale.ln() / orig.ln()).sqrt()
+            } else {
+                1.0
+            };
+            w.kv(
+                "phi3.rope.scaling.original_context_length",
+                Value::U32(LONGROPE_ORIG_CTX),
+            );
+            w.kv("phi3.rope.scaling.attn_factor", Value::F32(attn as f32));
+            w.kv("phi3.attention.sliding_window", Value::U32(262144));
+            let (long, short) = longrope_factors(shape.head_dim);
+            for (name, f) in [
+                ("rope_factors_long.weight", long),
+                ("rope_factors_short.weight", short),
+            ] {
+                w.tensor(name, &[f.len() as u64], GgmlType::F32, f32_bytes(f));
+            }
+        }
+        Layout::Mistral3 => {
+            for (k, v) in mistral3_keys() {
+                w.kv(&format!("mistral3.{k}"), v);
+            }
+        }
+        Layout::Qwen3 | Layout::Qwen3Norms => {
             let hd = Value::U32(shape.head_dim as u32);
             w.kv("qwen3.attention.key_length", hd.clone());
             w.kv("qwen3.attention.value_length", hd);
@@ -224,10 +342,10 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
         let k_rows =
             |t: &TensorInfo| unpermute_rows(t, data(bytes, t)?, shape.n_head_kv, shape.head_dim);
         match (layout, suffix) {
-            (Layout::LlamaRopeFreqs { .. }, _) => {
+            (Layout::LlamaRopeFreqs { .. } | Layout::Mistral3, _) => {
                 w.tensor(name, &t.dims, t.ty, data(bytes, t)?.to_vec());
             }
-            (Layout::Phi3, "attn_q.weight") => {
+            (Layout::Phi3 | Layout::Phi3LongRope, "attn_q.weight") => {
                 let (k, v) = (
                     tensor(&blk("attn_k.weight"))?,
                     tensor(&blk("attn_v.weight"))?,
@@ -244,8 +362,11 @@ pub fn relay(bytes: &[u8], g: &GgufFile, layout: Layout) -> Result<GgufWriter> {
                 let rows = t.n_rows() + k.n_rows() + v.n_rows();
                 w.tensor(&blk("attn_qkv.weight"), &[t.dims[0], rows], t.ty, qkv);
             }
-            (Layout::Phi3, "attn_k.weight" | "attn_v.weight" | "ffn_gate.weight") => {}
-            (Layout::Phi3, "ffn_up.weight") => {
+            (
+                Layout::Phi3 | Layout::Phi3LongRope,
+                "attn_k.weight" | "attn_v.weight" | "ffn_gate.weight",
+            ) => {}
+            (Layout::Phi3 | Layout::Phi3LongRope, "ffn_up.weight") => {
                 let gate = tensor(&blk("ffn_gate.weight"))?;
                 if gate.ty != t.ty || gate.dims != t.dims {
                     return Err(bad(format!(
@@ -334,6 +455,14 @@ fn extra_after(w: &mut GgufWriter, layout: Layout, l: usize, which: u64, rows: u
                 &[hd as u64],
                 GgmlType::F32,
                 f32_bytes(std::iter::repeat_n(1.0f32, hd)),
+            );
+        }
+        Layout::Qwen3Norms if which < 2 => {
+            w.tensor(
+                &format!("blk.{l}.{part}_norm.weight"),
+                &[hd as u64],
+                GgmlType::F32,
+                f32_bytes(qwen3_norm_weights(l, which, hd)),
             );
         }
         _ => {}

@@ -11,7 +11,7 @@ use crate::gguf::{GgufFile, Value};
 use crate::{Error, Result};
 
 /// Architectures whose forward pass this kernel implements.
-pub const SUPPORTED_ARCHS: &[&str] = &["llama", "gemma3", "qwen2", "qwen3", "phi3"];
+pub const SUPPORTED_ARCHS: &[&str] = &["llama", "mistral3", "gemma3", "qwen2", "qwen3", "phi3"];
 
 /// Upper bounds that keep a hostile header from asking for absurd buffers.
 const MAX_LAYERS: u64 = 1024;
@@ -25,6 +25,9 @@ const MAX_HEAD_DIM: u64 = 1 << 12;
 pub enum Arch {
     #[default]
     Llama,
+    /// Mistral's newer files (Ministral 3, Mistral Small 3.x): llama plus
+    /// YaRN keys and Llama-4-style attention temperature.
+    Mistral3,
     Gemma3,
     Qwen2,
     Qwen3,
@@ -35,6 +38,7 @@ impl Arch {
     fn from_name(name: &str) -> Option<Arch> {
         match name {
             "llama" => Some(Arch::Llama),
+            "mistral3" => Some(Arch::Mistral3),
             "gemma3" => Some(Arch::Gemma3),
             "qwen2" => Some(Arch::Qwen2),
             "qwen3" => Some(Arch::Qwen3),
@@ -72,6 +76,23 @@ impl Yarn {
         beta_slow: 1.0,
         n_ctx_orig: 0,
     };
+}
+
+/// Llama 4's attention temperature as llama.cpp applies it (its
+/// `llm_graph_input_attn_temp`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnTemp {
+    pub scale: f32,
+    /// Positions per step of the logarithm (`n_attn_temp_floor_scale`).
+    pub floor: usize,
+}
+
+impl AttnTemp {
+    /// The factor on q at position `pos`.
+    pub fn at(&self, pos: usize) -> f32 {
+        // llama.cpp: log(floor(pos / floor) + 1.0) * scale + 1.0, in double.
+        (((pos / self.floor) as f64 + 1.0).ln() * self.scale as f64 + 1.0) as f32
+    }
 }
 
 /// Which dimensions of a head RoPE rotates together (llama.cpp's rope type).
@@ -129,8 +150,22 @@ pub struct Config {
     /// pair i turns at theta_i / factor_i, as ggml_rope_ext's freq_factors.
     /// Empty: all 1. Filled by `Model::load` from the tensor, not from keys.
     pub rope_freq_factors: Vec<f32>,
+    /// LongRoPE (Phi-3 128k; llama and mistral3 with `rope.scaling.type =
+    /// longrope`): per-pair factors `rope_factors_long.weight` and
+    /// `rope_factors_short.weight` instead of `rope_freqs`, chosen per
+    /// session by [`Config::rope_factors`]. Filled by `Model::load`.
+    pub longrope: bool,
+    /// (rope_dim / 2,) or empty (all 1): the long factors.
+    pub rope_factors_long: Vec<f32>,
+    /// (rope_dim / 2,) or empty (all 1): the short factors.
+    pub rope_factors_short: Vec<f32>,
     /// YaRN and RoPE magnitude scaling (ggml's rope_yarn).
     pub yarn: Yarn,
+    /// Llama-4-style attention temperature (mistral3's
+    /// `attention.temperature_scale`): q at position p is multiplied by
+    /// `1 + scale * ln(floor(p / floor) + 1)`, floor being the original
+    /// context length. None: no scaling.
+    pub attn_temp: Option<AttnTemp>,
     /// RMSNorm epsilon.
     pub norm_eps: f32,
     /// Sliding window: a query at position p attends to keys at p - n_swa < t <= p
@@ -205,6 +240,21 @@ impl Config {
         (self.n_swa > 0 && self.swa_layers[l]).then_some(self.n_swa)
     }
 
+    /// The RoPE frequency factors of a session of `n_ctx` positions
+    /// (llama.cpp's `get_rope_factors`): `rope_freqs` where the file has it;
+    /// with LongRoPE the long factors when the context exceeds the original
+    /// context length (`rope.scaling.original_context_length`, else the
+    /// training context), the short ones otherwise. Empty: all 1.
+    pub fn rope_factors(&self, n_ctx: usize) -> &[f32] {
+        if !self.longrope {
+            &self.rope_freq_factors
+        } else if n_ctx > self.yarn.n_ctx_orig {
+            &self.rope_factors_long
+        } else {
+            &self.rope_factors_short
+        }
+    }
+
     /// RoPE (frequency base, linear scale) of layer `l`.
     pub fn rope_of(&self, l: usize) -> (f32, f32) {
         if self.window(l).is_some() {
@@ -242,6 +292,11 @@ impl Config {
                 ))),
             }
         };
+        if g.get_u64(&key("expert_count"))?.unwrap_or(0) > 1 {
+            return Err(Error::Unsupported(format!(
+                "{arch}: mixture-of-experts models are not supported"
+            )));
+        }
         let n_layers = req("block_count", MAX_LAYERS)?;
         let n_embd = req("embedding_length", MAX_EMBD)?;
         let n_ff = req("feed_forward_length", MAX_FF)?;
@@ -295,18 +350,30 @@ impl Config {
                 "invalid rope.freq_base {rope_base} or rms epsilon {norm_eps}"
             )));
         }
+        // llama.cpp: the type defaults to linear; the factor is
+        // `rope.scaling.factor`, else the older `rope.scale_linear`; none
+        // (or 0) is 1.
         let scaling_factor = || -> Result<f32> {
-            Ok(match g.get_f32(&key("rope.scaling.factor"))? {
+            let f = match g.get_f32(&key("rope.scaling.factor"))? {
+                Some(f) => Some(f),
+                None => g.get_f32(&key("rope.scale_linear"))?,
+            };
+            Ok(match f {
                 Some(f) if f.is_finite() && f > 0.0 => 1.0 / f,
                 _ => 1.0,
             })
         };
-        let (rope_freq_scale, is_yarn) = match g.get_str(&key("rope.scaling.type"))? {
-            None | Some("none") => (1.0, false),
-            Some("linear") => (scaling_factor()?, false),
-            Some("yarn") => (scaling_factor()?, true),
-            Some(t) => return Err(Error::Unsupported(format!("rope scaling '{t}'"))),
+        let scaling = g.get_str(&key("rope.scaling.type"))?.unwrap_or("linear");
+        let (rope_freq_scale, is_yarn) = match scaling {
+            "none" => (1.0, false),
+            "linear" | "longrope" => (scaling_factor()?, false),
+            "yarn" => (scaling_factor()?, true),
+            t => return Err(Error::Unsupported(format!("rope scaling '{t}'"))),
         };
+        // Long/short factors: phi3 always loads them, llama and mistral3
+        // with the longrope type (then not rope_freqs).
+        let longrope = kind == Arch::Phi3
+            || (scaling == "longrope" && matches!(kind, Arch::Llama | Arch::Mistral3));
         let n_ctx_orig = match g.get_u64(&key("rope.scaling.original_context_length"))? {
             Some(c) if c >= 1 => c.min(1 << 24) as usize,
             _ => n_ctx_train,
@@ -320,15 +387,47 @@ impl Config {
         // llama.cpp's llama_context: ext_factor 1 for YaRN; its mscale
         // get_mscale(factor) = 1 + 0.1 ln factor, cancelled by the same
         // factor that ggml's rope_yarn multiplies in again.
+        // mistral3 also reads the YaRN betas and the log multiplier
+        // (HF's mscale_all_dim): the factor becomes
+        // get_mscale(factor, 1) / get_mscale(factor, log_mul).
         let mut yarn = Yarn {
             n_ctx_orig,
             ..Yarn::NONE
         };
+        let mut log_mul = 0.0;
+        if kind == Arch::Mistral3 {
+            let finite = |k: &str| -> Result<Option<f32>> {
+                match g.get_f32(&key(k))? {
+                    Some(v) if !v.is_finite() => Err(Error::InvalidModel(format!(
+                        "{} = {v} must be finite",
+                        key(k)
+                    ))),
+                    v => Ok(v),
+                }
+            };
+            if let Some(b) = finite("rope.scaling.yarn_beta_fast")? {
+                yarn.beta_fast = b;
+            }
+            if let Some(b) = finite("rope.scaling.yarn_beta_slow")? {
+                yarn.beta_slow = b;
+            }
+            log_mul = finite("rope.scaling.yarn_log_multiplier")?.unwrap_or(0.0);
+        }
         if is_yarn {
             let factor = 1.0 / rope_freq_scale;
-            let mscale = |s: f32| if s <= 1.0 { 1.0 } else { 0.1 * s.ln() + 1.0 };
+            let mscale = |s: f32, m: f32| {
+                if s <= 1.0 {
+                    1.0
+                } else {
+                    0.1 * m * s.ln() + 1.0
+                }
+            };
             yarn.ext_factor = 1.0;
-            yarn.attn_factor = mscale(factor) * (1.0 / (1.0 + 0.1 * factor.ln()));
+            yarn.attn_factor = if log_mul != 0.0 {
+                mscale(factor, 1.0) / mscale(factor, log_mul)
+            } else {
+                mscale(factor, 1.0)
+            } * (1.0 / (1.0 + 0.1 * factor.ln()));
         }
         yarn.attn_factor *= rope_attn;
 
@@ -348,7 +447,11 @@ impl Config {
             rope_freq_scale,
             rope_style: RopeStyle::Norm,
             rope_freq_factors: Vec::new(),
+            longrope,
+            rope_factors_long: Vec::new(),
+            rope_factors_short: Vec::new(),
             yarn,
+            attn_temp: None,
             norm_eps,
             n_swa: 0,
             swa_layers: vec![false; n_layers],
@@ -368,11 +471,47 @@ impl Config {
         };
         match kind {
             Arch::Llama => {}
+            Arch::Mistral3 => c.mistral3(g)?,
             Arch::Gemma3 => c.gemma3(g)?,
             Arch::Qwen2 | Arch::Qwen3 => c.qwen(kind)?,
-            Arch::Phi3 => c.phi3(g)?,
+            Arch::Phi3 => c.phi3()?,
         }
         Ok(c)
+    }
+
+    /// Mistral 3 (llama.cpp's `models/mistral3.cpp`): the llama block (NORM
+    /// RoPE over the whole head, rope_freqs or LongRoPE factors where the
+    /// file has them), YaRN with the file's betas and log multiplier (read
+    /// above), and the Llama-4 attention temperature where
+    /// `attention.temperature_scale` is set, stepping every original
+    /// context length. Like `llama` (Mistral 7B files), it reads no
+    /// `attention.sliding_window`: llama.cpp enforces no window for either,
+    /// so neither does this.
+    fn mistral3(&mut self, g: &GgufFile) -> Result<()> {
+        let key = |k: &str| format!("{}.{k}", self.arch);
+        if self.rope_dim != self.head_dim {
+            return Err(Error::InvalidModel(format!(
+                "{}: rope.dimension_count {} differs from the head width {}",
+                self.arch, self.rope_dim, self.head_dim
+            )));
+        }
+        match g.get_f32(&key("attention.temperature_scale"))? {
+            None => {}
+            Some(0.0) => {}
+            Some(t) if t.is_finite() => {
+                self.attn_temp = Some(AttnTemp {
+                    scale: t,
+                    floor: self.yarn.n_ctx_orig,
+                });
+            }
+            Some(t) => {
+                return Err(Error::InvalidModel(format!(
+                    "{} = {t} must be finite",
+                    key("attention.temperature_scale")
+                )))
+            }
+        }
+        Ok(())
     }
 
     /// Qwen2 and Qwen3 (llama.cpp's `models/qwen2.cpp`, `qwen3.cpp`): the
@@ -396,11 +535,10 @@ impl Config {
     /// `ffn_up` (SwiGLU over its two halves), and a fused `attn_qkv` unless the
     /// file has separate Q/K/V. llama.cpp reads `attention.sliding_window` and
     /// then disables it ("Phi SWA is currently disabled"), so it is ignored
-    /// here too. Phi-3-mini-4k declares no RoPE scaling; the 128k models'
-    /// LongRoPE (`rope_factors_long`/`_short` and `rope.scaling.attn_factor`)
-    /// is refused.
-    fn phi3(&mut self, g: &GgufFile) -> Result<()> {
-        let key = |k: &str| format!("{}.{k}", self.arch);
+    /// here too. The 128k models' LongRoPE: `rope_factors_long`/`_short`
+    /// (see [`Config::rope_factors`]) and `rope.scaling.attn_factor` on
+    /// cos/sin (read above, as for every architecture).
+    fn phi3(&mut self) -> Result<()> {
         self.rope_style = RopeStyle::Neox;
         self.fused_gate_up = true;
         if self.q_dim() != self.n_embd {
@@ -409,17 +547,6 @@ impl Config {
                 self.q_dim(),
                 self.n_embd
             )));
-        }
-        let longrope = ["rope_factors_long.weight", "rope_factors_short.weight"]
-            .iter()
-            .any(|t| g.tensor(t).is_some());
-        let attn_factor = g.get_f32(&key("rope.scaling.attn_factor"))?;
-        if longrope || attn_factor.is_some_and(|f| f != 1.0) {
-            return Err(Error::Unsupported(
-                "phi3 LongRoPE scaling (rope_factors_long/rope_factors_short, rope.scaling.attn_factor: \
-                 the 128k-context models) is not supported; the 4k-context models are"
-                    .into(),
-            ));
         }
         Ok(())
     }
@@ -495,16 +622,33 @@ fn swa_pattern(g: &GgufFile, key: &str, n_layers: usize, default_n: u64) -> Resu
         .collect())
 }
 
-/// The RoPE frequency factors of `rope_freqs.weight` (Llama 3.x files), read
-/// from `src`: F32, (rope_dim / 2,), each finite and > 0. llama.cpp creates the
-/// tensor as optional for llama and its relatives and, when present, passes it
-/// to every layer's rope (`get_rope_factors`). Empty when the file has none.
-pub fn rope_freq_factors(
+/// Read the RoPE factor tensors into `c`: `rope_freqs.weight` (Llama 3.x
+/// files), or with LongRoPE `rope_factors_long.weight` and
+/// `rope_factors_short.weight` (llama.cpp creates these instead of
+/// rope_freqs then). Each optional; when present passed to every layer's
+/// rope (`get_rope_factors`).
+pub fn read_rope_factors(
+    g: &GgufFile,
+    src: &dyn crate::store::ByteSource,
+    c: &mut Config,
+) -> Result<()> {
+    if c.longrope {
+        c.rope_factors_long = rope_factor_tensor(g, src, c, "rope_factors_long.weight")?;
+        c.rope_factors_short = rope_factor_tensor(g, src, c, "rope_factors_short.weight")?;
+    } else {
+        c.rope_freq_factors = rope_factor_tensor(g, src, c, "rope_freqs.weight")?;
+    }
+    Ok(())
+}
+
+/// The factors of tensor `name`, read from `src`: F32, (rope_dim / 2,),
+/// each finite and > 0. Empty when the file has none.
+fn rope_factor_tensor(
     g: &GgufFile,
     src: &dyn crate::store::ByteSource,
     c: &Config,
+    name: &str,
 ) -> Result<Vec<f32>> {
-    let name = "rope_freqs.weight";
     let Some(t) = g.tensor(name) else {
         return Ok(Vec::new());
     };

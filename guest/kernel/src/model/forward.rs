@@ -340,17 +340,13 @@ pub fn forward(
         //    their positions. (Kept in f32: rounding them to f16 as
         //    llama.cpp's cache does moved far-tail log-probabilities further
         //    from llama.cpp's, not closer.)
+        //    With an attention temperature (mistral3), q is then scaled by
+        //    position.
         let base_scale = c.rope_of(l);
+        let factors = c.rope_factors(kv.n_ctx);
         for i in 0..n {
             let pos = pos0 + i;
-            rope_table(
-                c.rope_dim,
-                &c.rope_freq_factors,
-                &c.yarn,
-                base_scale,
-                pos,
-                &mut s.rope,
-            );
+            rope_table(c.rope_dim, factors, &c.yarn, base_scale, pos, &mut s.rope);
             rope(
                 &mut s.q[i * q_dim..(i + 1) * q_dim],
                 hd,
@@ -363,6 +359,12 @@ pub fn forward(
                 c.rope_style,
                 &s.rope,
             );
+            if let Some(t) = c.attn_temp {
+                let f = t.at(pos);
+                s.q[i * q_dim..(i + 1) * q_dim]
+                    .iter_mut()
+                    .for_each(|v| *v *= f);
+            }
             for (d, &x) in kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
                 .iter_mut()
                 .zip(&s.k[i * kv_dim..(i + 1) * kv_dim])

@@ -115,7 +115,7 @@ impl Model {
         config::check_arch(&g)?;
         let tokenizer = crate::tokenizer::from_gguf(&g)?;
         let mut cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
-        cfg.rope_freq_factors = config::rope_freq_factors(&g, src.as_ref(), &cfg)?;
+        config::read_rope_factors(&g, src.as_ref(), &mut cfg)?;
         let plans = weights::plan_layers(&g, &cfg)?;
         let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
         let head_bytes = plans.last().map(|p| p.bytes).unwrap_or(0);

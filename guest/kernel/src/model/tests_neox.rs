@@ -36,8 +36,13 @@ fn load(bytes: Vec<u8>) -> Result<Model> {
 
 /// Logits of every position of a fixed token list, in one batch.
 fn logits(m: &Model) -> Vec<f32> {
+    logits_ctx(m, 20)
+}
+
+/// [`logits`] in a session of `n_ctx` positions.
+fn logits_ctx(m: &Model, n_ctx: u32) -> Vec<f32> {
     let toks: Vec<u32> = (0..20u32).map(|i| (i * 29 + 3) % 256).collect();
-    let mut s = Session::new(m, toks.len() as u32).unwrap();
+    let mut s = Session::new(m, n_ctx).unwrap();
     let mut out = Vec::new();
     s.eval(m, &toks, 0, &mut |_, l| out.extend_from_slice(l))
         .unwrap();
@@ -96,6 +101,12 @@ fn biases_and_qk_norms_change_the_function() {
     assert!(bias.iter().chain(&qwen3).all(|x| x.is_finite()));
     assert!(differs(&zero, &bias), "the biases were not applied");
     assert!(differs(&zero, &qwen3), "the q/k norms were not applied");
+    let weighted = logits(&load(relaid(Layout::Qwen3Norms).to_bytes()).unwrap());
+    assert!(weighted.iter().all(|x| x.is_finite()));
+    assert!(
+        differs(&qwen3, &weighted),
+        "the q/k norm weights were not applied"
+    );
 }
 
 /// `w` with metadata `key` set to `v` (replacing it when present).
@@ -124,35 +135,59 @@ fn load_err(bytes: Vec<u8>) -> Error {
 #[test]
 fn unsupported_and_invalid_metadata_are_typed_errors() {
     let phi3 = relaid(Layout::Phi3);
-    // LongRoPE (Phi-3 128k) is refused by name.
-    let e = load_err(with_kv(
+    // LongRoPE factors of the wrong length, or not positive, are named.
+    for (dims, value) in [(4u64, 1.0f32), (8, 0.0)] {
+        let mut w = phi3.clone();
+        w.tensor(
+            "rope_factors_long.weight",
+            &[dims],
+            GgmlType::F32,
+            value
+                .to_le_bytes()
+                .repeat(dims as usize)
+                .into_iter()
+                .collect(),
+        );
+        let e = load_err(w.to_bytes());
+        assert!(
+            matches!(&e, Error::InvalidModel(m) if m.contains("rope_factors_long")),
+            "{e}"
+        );
+    }
+    // An attention factor alone loads (Phi-3 128k's rope.scaling.attn_factor).
+    let m = load(with_kv(
         &phi3,
         "phi3.rope.scaling.attn_factor",
         Value::F32(1.19),
-    ));
-    assert!(
-        matches!(&e, Error::Unsupported(m) if m.contains("LongRoPE")),
-        "{e}"
-    );
-    let mut w = phi3.clone();
-    w.tensor(
-        "rope_factors_long.weight",
-        &[8],
-        GgmlType::F32,
-        vec![0; 8 * 4],
-    );
-    let e = load_err(w.to_bytes());
-    assert!(
-        matches!(&e, Error::Unsupported(m) if m.contains("LongRoPE")),
-        "{e}"
-    );
-    // A unit attention factor is no scaling.
-    load(with_kv(
-        &phi3,
-        "phi3.rope.scaling.attn_factor",
-        Value::F32(1.0),
     ))
     .unwrap();
+    assert_eq!(m.cfg.yarn.attn_factor, 1.19);
+    // Unknown RoPE scaling and mixtures of experts are refused by name.
+    let e = load_err(with_kv(
+        &phi3,
+        "phi3.rope.scaling.type",
+        Value::String("dynamic".into()),
+    ));
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("dynamic")),
+        "{e}"
+    );
+    let e = load_err(with_kv(&phi3, "phi3.expert_count", Value::U32(8)));
+    assert!(
+        matches!(&e, Error::Unsupported(m) if m.contains("mixture-of-experts")),
+        "{e}"
+    );
+    // mistral3's temperature must be a number.
+    let m3 = relaid(Layout::Mistral3);
+    let e = load_err(with_kv(
+        &m3,
+        "mistral3.attention.temperature_scale",
+        Value::F32(f32::NAN),
+    ));
+    assert!(
+        matches!(&e, Error::InvalidModel(m) if m.contains("temperature_scale")),
+        "{e}"
+    );
 
     // qwen rotates whole heads.
     let qwen2 = relaid(Layout::Qwen2 { bias_scale: 0.0 });
@@ -182,4 +217,106 @@ fn unsupported_and_invalid_metadata_are_typed_errors() {
         matches!(&e, Error::InvalidModel(m) if m.contains("blk.1.attn_k.bias")),
         "{e}"
     );
+}
+
+#[test]
+fn longrope_takes_the_long_factors_above_the_original_context() {
+    let m = load(relaid(Layout::Phi3LongRope).to_bytes()).unwrap();
+    let c = &m.cfg;
+    let (long, short) = relay::longrope_factors(c.head_dim);
+    assert!(c.longrope && c.rope_freq_factors.is_empty());
+    assert_eq!(
+        (&c.rope_factors_long, &c.rope_factors_short),
+        (&long, &short)
+    );
+    assert_eq!(c.yarn.n_ctx_orig, relay::LONGROPE_ORIG_CTX as usize);
+    let orig = relay::LONGROPE_ORIG_CTX as usize;
+    assert_eq!(c.rope_factors(orig), &short[..]);
+    assert_eq!(c.rope_factors(orig + 1), &long[..]);
+    // The session's context decides: the same tokens, other logits.
+    let a = logits_ctx(&m, orig as u32);
+    let b = logits_ctx(&m, orig as u32 + 1);
+    assert!(a.iter().chain(&b).all(|x| x.is_finite()));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x - y).abs() > 1e-3));
+    // Without LongRoPE factors phi3 uses none (rope_freqs is not phi3's).
+    let plain = load(relaid(Layout::Phi3).to_bytes()).unwrap();
+    assert!(plain.cfg.rope_factors(1 << 20).is_empty());
+}
+
+#[test]
+fn mistral3_reads_yarn_and_temperature_keys() {
+    let m = load(relaid(Layout::Mistral3).to_bytes()).unwrap();
+    let c = &m.cfg;
+    assert_eq!((c.kind, c.rope_style), (Arch::Mistral3, RopeStyle::Norm));
+    assert_eq!((c.yarn.beta_fast, c.yarn.beta_slow), (16.0, 2.0));
+    assert_eq!(c.yarn.ext_factor, 1.0);
+    // log multiplier 1: get_mscale(4, 1) / get_mscale(4, 1), over the
+    // 1 + 0.1 ln 4 that ggml's rope_yarn multiplies in again.
+    let want = 1.0 / (1.0 + 0.1 * 4f32.ln());
+    assert!(
+        (c.yarn.attn_factor - want).abs() < 1e-6,
+        "{}",
+        c.yarn.attn_factor
+    );
+    assert_eq!(c.rope_freq_scale, 0.25);
+    let t = c.attn_temp.expect("temperature");
+    assert_eq!(t.floor, relay::MISTRAL3_ORIG_CTX as usize);
+    assert_eq!((t.at(0), t.at(31)), (1.0, 1.0));
+    assert!((t.at(32) - (1.0 + 0.5 * 2f32.ln())).abs() < 1e-6);
+    assert!((t.at(64) - (1.0 + 0.5 * 3f32.ln())).abs() < 1e-6);
+    // The declared window is not enforced (as llama.cpp: no SWA for mistral3).
+    assert_eq!(c.n_swa, 0);
+    // Without the log multiplier, YaRN's own magnitude scaling stays.
+    let plain = load(with_kv(
+        &relaid(Layout::Mistral3),
+        "mistral3.rope.scaling.yarn_log_multiplier",
+        Value::F32(0.0),
+    ))
+    .unwrap();
+    assert_eq!(plain.cfg.yarn.attn_factor, 1.0);
+}
+
+#[test]
+fn llama_reads_rope_scaling_as_llama_cpp() {
+    let llama = relaid(Layout::LlamaRopeFreqs { old_ctx: 128 });
+    // No scaling type: llama.cpp's default is linear, so a factor alone scales.
+    let m = load(with_kv(
+        &llama,
+        "llama.rope.scaling.factor",
+        Value::F32(2.0),
+    ))
+    .unwrap();
+    assert_eq!(m.cfg.rope_freq_scale, 0.5);
+    assert!(!m.cfg.longrope && !m.cfg.rope_freq_factors.is_empty());
+    // longrope: the long/short factors, and not rope_freqs (which llama.cpp
+    // does not create then).
+    let bytes = with_kv(
+        &llama,
+        "llama.rope.scaling.type",
+        Value::String("longrope".into()),
+    );
+    let g = GgufFile::parse(&MemSource::new(bytes.clone())).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, v.clone());
+    }
+    for t in &g.tensors {
+        let d = &bytes[t.offset as usize..(t.offset + t.n_bytes) as usize];
+        w.tensor(&t.name, &t.dims, t.ty, d.to_vec());
+    }
+    let n = g.tensor("rope_freqs.weight").unwrap().dims[0] as usize;
+    let long: Vec<f32> = (0..n).map(|i| 1.0 + i as f32).collect();
+    w.tensor(
+        "rope_factors_long.weight",
+        &[n as u64],
+        GgmlType::F32,
+        long.iter().flat_map(|f| f.to_le_bytes()).collect(),
+    );
+    let m = load(w.to_bytes()).unwrap();
+    let c = &m.cfg;
+    assert!(c.longrope && c.rope_freq_factors.is_empty());
+    assert_eq!(c.rope_factors_long, long);
+    assert!(c.rope_factors_short.is_empty());
+    assert_eq!(c.rope_factors(c.yarn.n_ctx_orig + 1), &long[..]);
+    assert!(c.rope_factors(c.yarn.n_ctx_orig).is_empty());
 }
