@@ -231,6 +231,16 @@ pub fn parse_run_json(stdout: &[u8]) -> (Vec<u32>, String, serde_json::Value) {
     (tokens, text, stats)
 }
 
+/// A command's exit code, stdout and stderr, for assertion messages.
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Assert that a failed command printed one clean error line.
 pub fn assert_clean_error(out: &Output, what: &str) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();

@@ -8,7 +8,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use serde_json::Value;
 use wasm_chord_tests::*;
@@ -43,15 +43,6 @@ fn command(l: Launcher, dir: &Path, args: &[OsString]) -> Command {
             wasmtime_command(&[&models, dir], args)
         }
     }
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn os(list: &[&str]) -> Vec<OsString> {

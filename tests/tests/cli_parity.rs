@@ -35,15 +35,6 @@ fn launch(dirs: &[&Path], a: &[OsString]) -> [Output; 3] {
     [run_cli(a), wasmtime_run(&refs, a), node_run(a)]
 }
 
-fn show(o: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Every launcher exits like the native one, with byte-identical stdout.
 fn assert_same(what: &str, outs: &[Output; 3]) {
     let native = &outs[0];

@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::args::{kernel_error, LoadArgs};
-use crate::run::{rate, GenArgs, TokenLine};
+use crate::run::{rate, write_token_line, GenArgs};
 use crate::wasm_chord::runtime::inference::{ChatMessage, Error as KernelError, Model, Session};
 
 #[derive(Debug, Args)]
@@ -248,11 +248,7 @@ impl Chat<'_> {
             reply.push_str(&piece.text);
             if open {
                 let r = if a.json {
-                    let line = TokenLine {
-                        token: piece.token,
-                        text: &piece.text,
-                    };
-                    writeln!(out, "{}", serde_json::to_string(&line)?)
+                    write_token_line(out, &piece)
                 } else {
                     write!(out, "{}", piece.text)
                 };

@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::args::{cache_line, file_error, human_bytes, kernel_error, store_line, LoadArgs};
-use crate::wasm_chord::runtime::inference::{CacheStats, ChatMessage, GenerateOptions, Sampling};
+use crate::wasm_chord::runtime::inference::{
+    CacheStats, ChatMessage, GenerateOptions, Piece, Sampling,
+};
 use crate::wasm_chord::runtime::layer_store::StoreStats;
 
 #[derive(Debug, Args)]
@@ -100,9 +102,18 @@ pub struct GenArgs {
 
 /// One `--json` line per token.
 #[derive(serde::Serialize)]
-pub struct TokenLine<'a> {
+struct TokenLine<'a> {
     pub token: u32,
     pub text: &'a str,
+}
+
+/// Write `piece` as one `--json` token line.
+pub fn write_token_line(out: &mut impl Write, piece: &Piece) -> std::io::Result<()> {
+    let line = TokenLine {
+        token: piece.token,
+        text: &piece.text,
+    };
+    writeln!(out, "{}", serde_json::to_string(&line)?)
 }
 
 /// The last `--json` line.
@@ -229,11 +240,7 @@ pub fn run(a: RunArgs) -> Result<()> {
     while let Some(piece) = generation.next().map_err(kernel_error)? {
         generated += 1;
         let r = if a.json {
-            let line = TokenLine {
-                token: piece.token,
-                text: &piece.text,
-            };
-            writeln!(out, "{}", serde_json::to_string(&line)?)
+            write_token_line(&mut out, &piece)
         } else {
             if !piece.text.is_empty() {
                 ends_with_newline = piece.text.ends_with('\n');
