@@ -27,13 +27,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasData, Linker, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::Store;
 use wasmtime_wasi::p2::bindings::sync::Command;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::LayerStoreHost;
 use crate::error::{first_line, trap_reason};
 use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
+use crate::state::MemoryTracker;
 use crate::store::{ByteRange, FileStore, ModelStore, Source, SourceCounters, StoreError};
 use crate::DEFAULT_MAX_GUEST_MEMORY;
 
@@ -244,51 +245,11 @@ pub fn preopens(args: &[String], cwd: &Path) -> Vec<Preopen> {
     out
 }
 
-/// Guest memory limits, remembering whether a growth was refused.
-struct Limits {
-    limits: StoreLimits,
-    refused: bool,
-}
-
-impl ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let ok = self.limits.memory_growing(current, desired, maximum)?;
-        self.refused |= !ok;
-        Ok(ok)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.limits.table_growing(current, desired, maximum)
-    }
-
-    fn instances(&self) -> usize {
-        self.limits.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.limits.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.limits.memories()
-    }
-}
-
 /// Data of the store the app runs in.
 struct AppState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: Limits,
+    limits: MemoryTracker,
     models: Arc<dyn ModelStore>,
     opened: Vec<(String, Arc<SourceCounters>)>,
 }
@@ -395,12 +356,7 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     let state = AppState {
         wasi: wasi.build(),
         table: ResourceTable::new(),
-        limits: Limits {
-            limits: StoreLimitsBuilder::new()
-                .memory_size(usize::try_from(max).unwrap_or(usize::MAX))
-                .build(),
-            refused: false,
-        },
+        limits: MemoryTracker::new(max),
         models,
         opened: Vec::new(),
     };

@@ -12,14 +12,9 @@ use wasm_chord::launcher::{self, LauncherArgs};
 
 fn main() -> ExitCode {
     // A bug must not print a panic dump: one line, like every other error.
+    // (The hook's text is "panicked at FILE:LINE:COL:" and the message.)
     std::panic::set_hook(Box::new(|info| {
-        let msg = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        eprintln!("error: internal error: {}", one_line(&msg));
+        eprintln!("error: internal error: {}", one_line(&info.to_string()));
     }));
     let argv: Vec<OsString> = std::env::args_os().collect();
     let args = match LauncherArgs::parse(argv.iter().skip(1).cloned()) {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{ResourceAny, ResourceTable};
-use wasmtime::{Store, StoreLimitsBuilder};
+use wasmtime::Store;
 use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::exports::wasm_chord::runtime::inference as wit;
@@ -200,15 +200,10 @@ impl Runtime {
     /// The live instance, created if there is none (first use or after a trap).
     fn live(&mut self) -> Result<&mut Live, HostError> {
         if self.live.is_none() {
-            let max = usize::try_from(self.kernel.max_guest_memory).unwrap_or(usize::MAX);
             let state = HostState {
                 wasi: WasiCtx::builder().inherit_stderr().build(),
                 table: ResourceTable::new(),
-                memory: MemoryTracker {
-                    limits: StoreLimitsBuilder::new().memory_size(max).build(),
-                    current: 0,
-                    peak: 0,
-                },
+                memory: MemoryTracker::new(self.kernel.max_guest_memory),
                 models: Arc::clone(&self.models),
                 opened: Vec::new(),
             };

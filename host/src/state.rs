@@ -4,18 +4,31 @@
 use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, StoreLimits};
+use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::LayerStoreHost;
 use crate::store::{ModelStore, SourceCounters};
 
-/// Tracks guest linear memory (sum over memories) and its peak, and applies
-/// the [`StoreLimits`] cap.
+/// Tracks guest linear memory (sum over memories) and its peak, applies a
+/// cap of `max` bytes per memory, and remembers whether it refused a growth.
 pub(crate) struct MemoryTracker {
-    pub(crate) limits: StoreLimits,
+    limits: StoreLimits,
     pub(crate) current: u64,
     pub(crate) peak: u64,
+    pub(crate) refused: bool,
+}
+
+impl MemoryTracker {
+    pub(crate) fn new(max: u64) -> MemoryTracker {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        MemoryTracker {
+            limits: StoreLimitsBuilder::new().memory_size(max).build(),
+            current: 0,
+            peak: 0,
+            refused: false,
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryTracker {
@@ -26,6 +39,7 @@ impl ResourceLimiter for MemoryTracker {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let ok = self.limits.memory_growing(current, desired, maximum)?;
+        self.refused |= !ok;
         if ok {
             let grow = desired.saturating_sub(current) as u64;
             self.current = self.current.saturating_add(grow);
