@@ -46,9 +46,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Build, fetch, then fmt check, clippy (native and wasm32-wasip2), tests, the
-    /// kernel's tests as wasm32 under wasmtime, and the JS host tests (Node, then
-    /// a real browser).
+    /// fmt check and clippy (native and wasm32-wasip2) first; chromium (apt-get)
+    /// if missing; then build, fetch, the tests (the CLI suite through all three
+    /// launchers), the kernel's tests as wasm32 under wasmtime, and the JS host
+    /// tests (Node, then a real browser).
     Test,
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
     /// streamed through the wasm32 kernel with a 1 GiB guest budget.
@@ -458,7 +459,8 @@ impl Ctx {
     }
 
     /// Build the kernel component and the CLI; returns the CLI's path.
-    fn build(&self) -> Result<PathBuf> {
+    /// Install the wasm32-wasip2 Rust target unless rustup has it.
+    fn wasm_target(&self) -> Result<()> {
         step("check the wasm32-wasip2 target");
         let out = Command::new("rustup")
             .args(["target", "list", "--installed"])
@@ -476,6 +478,11 @@ impl Ctx {
                     .current_dir(&self.root),
             )?;
         }
+        Ok(())
+    }
+
+    fn build(&self) -> Result<PathBuf> {
+        self.wasm_target()?;
         step("build the kernel, fs-store and cli components (wasm32-wasip2, release-wasm)");
         self.exec(&mut self.cargo([
             "build",
@@ -600,17 +607,10 @@ impl Ctx {
     }
 
     fn test(&self) -> Result<()> {
-        let bin = self.build()?;
-        let model = self.fetch(&SMOLLM2)?;
-        let gemma3 = self.fetch(&GEMMA3)?;
-        let variants = self.fetch_variants()?;
-        // The re-laid architectures go into the same folder.
-        self.relaid()?;
-        let vocab = self.llama_vocab()?;
-        let kernel = self.kernel_wasm();
-        let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
-        let wasmtime = self.pip_tool(&WASMTIME)?;
-        let steps: Vec<(&str, Command)> = vec![
+        // Fast checks first: formatting and lints fail before any download
+        // or long build.
+        self.wasm_target()?;
+        let lints: Vec<(&str, Command)> = vec![
             (
                 "cargo fmt --check",
                 self.cargo(["fmt", "--all", "--", "--check"]),
@@ -646,6 +646,25 @@ impl Ctx {
                     "warnings",
                 ]),
             ),
+        ];
+        for (name, mut cmd) in lints {
+            step(name);
+            self.exec(&mut cmd)
+                .with_context(|| format!("step '{name}' failed"))?;
+        }
+        // The browser test's prerequisite, installed up front (not in the middle).
+        self.chromium()?;
+        let bin = self.build()?;
+        let model = self.fetch(&SMOLLM2)?;
+        let gemma3 = self.fetch(&GEMMA3)?;
+        let variants = self.fetch_variants()?;
+        // The re-laid architectures go into the same folder.
+        self.relaid()?;
+        let vocab = self.llama_vocab()?;
+        let kernel = self.kernel_wasm();
+        let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
+        let wasmtime = self.pip_tool(&WASMTIME)?;
+        let steps: Vec<(&str, Command)> = vec![
             // The Node launcher is one of the three the CLI suite runs.
             (
                 "npm ci (host-js)",
@@ -729,6 +748,17 @@ impl Ctx {
         Ok(c)
     }
 
+    /// Debian's chromium for the browser test, installed with apt-get when
+    /// missing (Linux).
+    fn chromium(&self) -> Result<()> {
+        if cfg!(target_os = "linux") && !Path::new(CHROMIUM).exists() {
+            step("apt-get install chromium (for the browser test)");
+            self.exec(Command::new("apt-get").arg("update"))?;
+            self.exec(Command::new("apt-get").args(["install", "-y", "chromium"]))?;
+        }
+        Ok(())
+    }
+
     /// `npm ARGS` in host-js/ with the kernel, model and launcher paths set.
     fn npm(&self, args: &[&str], kernel: &Path, model: &Path, bin: &Path) -> Command {
         let mut c = Command::new(if cfg!(windows) { "npm.cmd" } else { "npm" });
@@ -748,19 +778,16 @@ impl Ctx {
         step("node --test (JS host)");
         self.exec(&mut npm(&["test"]))
             .context("step 'node --test (JS host)' failed")?;
-        let chromium = Path::new("/usr/bin/chromium");
-        if cfg!(target_os = "linux") && !chromium.exists() {
-            step("apt-get install chromium (for the browser test)");
-            self.exec(Command::new("apt-get").arg("update"))?;
-            self.exec(Command::new("apt-get").args(["install", "-y", "chromium"]))?;
-        }
         step("browser test (playwright-core + chromium)");
         let mut c = npm(&["run", "test:browser"]);
-        c.env("CHROMIUM", chromium);
+        c.env("CHROMIUM", CHROMIUM);
         self.exec(&mut c).context("step 'browser test' failed")?;
         Ok(())
     }
 }
+
+/// Where the browser test finds chromium.
+const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A command line for messages.
 fn show(cmd: &Command) -> String {
