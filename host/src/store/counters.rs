@@ -75,7 +75,10 @@ impl TrackedSource {
         Ok(out)
     }
 
-    /// Serve a `load-layer` and count it.
+    /// Serve a `load-layer` and count it. The time counted is the source's;
+    /// wasmtime's copy of the bytes into guest memory comes after (for a
+    /// view of a mapping, it is the whole copy: the guest's cache timings
+    /// show it).
     pub fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let t = Instant::now();
         let out = self.inner.load_layer(ranges)?;
