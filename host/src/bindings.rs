@@ -1,8 +1,9 @@
 //! Generated bindings of the `kernel` world and the host side of `layer-store`.
 
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::StoreContextMut;
 
-use crate::store::{ModelStore, SourceCounters, TrackedSource};
+use crate::store::{Bytes, ModelStore, SourceCounters, TrackedSource};
 use std::sync::Arc;
 
 wasmtime::component::bindgen!({
@@ -16,6 +17,30 @@ wasmtime::component::bindgen!({
 });
 
 use self::wasm_chord::runtime::layer_store as ls;
+
+/// Replace the generated `load-layer` (which must return a `Vec<u8>`) with
+/// one that returns the source's [`Bytes`]: wasmtime copies them into the
+/// buffer the guest's `cabi_realloc` gives, straight from the memory map of
+/// a [`crate::FileStore`], with no host buffer in between. Call it after the
+/// generated `add_to_linker`; `table` finds the resource table in the data.
+pub(crate) fn link_load_layer<T: 'static>(
+    linker: &mut Linker<T>,
+    table: fn(&mut T) -> &mut ResourceTable,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut inst = linker.instance("wasm-chord:runtime/layer-store@0.1.0")?;
+    inst.func_wrap(
+        "[method]source.load-layer",
+        move |mut store: StoreContextMut<'_, T>,
+              (this, _layer, ranges): (Resource<TrackedSource>, u32, Vec<ls::ByteRange>)|
+              -> wasmtime::Result<(Result<Bytes, ls::StoreError>,)> {
+            let src = table(store.data_mut()).get(&this)?;
+            Ok((src.load_layer(&ranges),))
+        },
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
 
 /// The part of the store data the `layer-store` import needs.
 pub struct LayerStoreHost<'a> {
@@ -66,7 +91,8 @@ impl ls::HostSource for LayerStoreHost<'_> {
         _layer: u32,
         r: Vec<ls::ByteRange>,
     ) -> wasmtime::Result<Result<Vec<u8>, ls::StoreError>> {
-        Ok(self.table.get(&this)?.load_layer(&r))
+        // Only for linkers without [`link_load_layer`]: one more copy.
+        Ok(self.table.get(&this)?.load_layer(&r).map(Vec::from))
     }
 
     fn prefetch(

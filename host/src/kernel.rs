@@ -98,6 +98,8 @@ impl Kernel {
             HostState::layer_store,
         )
         .map_err(|e| HostError::Kernel(format!("cannot link layer-store: {e}")))?;
+        crate::bindings::link_load_layer(&mut linker, |s: &mut HostState| &mut s.table)
+            .map_err(|e| HostError::Kernel(format!("cannot link layer-store: {e}")))?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             HostError::Kernel(format!(
                 "the component does not fit this host: {}",

@@ -35,7 +35,7 @@ use crate::bindings::LayerStoreHost;
 use crate::error::{first_line, trap_reason};
 use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
 use crate::state::MemoryTracker;
-use crate::store::{ByteRange, FileStore, ModelStore, Source, SourceCounters, StoreError};
+use crate::store::{ByteRange, Bytes, FileStore, ModelStore, Source, SourceCounters, StoreError};
 use crate::DEFAULT_MAX_GUEST_MEMORY;
 
 /// File name of the composed app, looked for next to the executable.
@@ -307,6 +307,8 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         AppState::layer_store,
     )
     .map_err(|e| LaunchError::App(format!("cannot link layer-store: {}", first_line(&e))))?;
+    crate::bindings::link_load_layer(&mut linker, |s: &mut AppState| &mut s.table)
+        .map_err(|e| LaunchError::App(format!("cannot link layer-store: {}", first_line(&e))))?;
 
     let cwd = std::env::current_dir()
         .map_err(|e| LaunchError::App(format!("cannot read the current directory: {e}")))?;
@@ -536,7 +538,7 @@ impl Source for ProgressSource {
         Ok(out)
     }
 
-    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let out = self.inner.load_layer(ranges)?;
         self.progress.served(out.len() as u64, true);
         Ok(out)

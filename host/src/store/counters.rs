@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{ByteRange, Source, StoreError, StoreStats};
+use super::{ByteRange, Bytes, Source, StoreError, StoreStats};
 
 /// Atomic counters kept for one opened source.
 #[derive(Debug, Default)]
@@ -75,8 +75,11 @@ impl TrackedSource {
         Ok(out)
     }
 
-    /// Serve a `load-layer` and count it.
-    pub fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+    /// Serve a `load-layer` and count it. The time counted is the source's;
+    /// wasmtime's copy of the bytes into guest memory comes after (for a
+    /// view of a mapping, it is the whole copy: the guest's cache timings
+    /// show it).
+    pub fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let t = Instant::now();
         let out = self.inner.load_layer(ranges)?;
         let max_end = ranges

@@ -2,10 +2,11 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::split::{shard_paths, SplitSource};
 use super::{
-    check_range, total_len, ByteRange, ModelStore, Source, StoreError, DEFAULT_MAX_REQUEST,
+    check_range, total_len, ByteRange, Bytes, ModelStore, Source, StoreError, DEFAULT_MAX_REQUEST,
 };
 
 /// Serves files from the local file system, memory-mapped.
@@ -68,7 +69,7 @@ impl FileStore {
             // concurrent truncation is outside this program's control.
             let map = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| StoreError::Io(format!("cannot map '{shown}': {}", io_reason(&e))))?;
-            Some(map)
+            Some(Arc::new(map))
         };
         Ok(MmapSource {
             map,
@@ -108,14 +109,14 @@ impl ModelStore for FileStore {
 /// A memory-mapped file served by [`FileStore`].
 #[derive(Debug)]
 pub struct MmapSource {
-    map: Option<memmap2::Mmap>,
+    map: Option<Arc<memmap2::Mmap>>,
     size: u64,
     max_request: u64,
 }
 
 impl MmapSource {
     fn bytes(&self) -> &[u8] {
-        self.map.as_deref().unwrap_or(&[])
+        self.map.as_deref().map_or(&[], |m| &m[..])
     }
 }
 
@@ -129,22 +130,40 @@ impl Source for MmapSource {
         Ok(self.bytes()[start..end].to_vec())
     }
 
-    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let total = total_len(ranges)?;
         if total > self.max_request {
             return Err(StoreError::TooLarge(total));
         }
-        let mut bounds = Vec::with_capacity(ranges.len());
+        // Check every range, merging those that follow each other in the file.
+        let mut bounds: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
         for r in ranges {
-            bounds.push(check_range(r.offset, r.len, self.size, self.max_request)?);
+            let (start, end) = check_range(r.offset, r.len, self.size, self.max_request)?;
+            match bounds.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ if start == end => {}
+                _ => bounds.push((start, end)),
+            }
         }
-        let cap = usize::try_from(total).map_err(|_| StoreError::TooLarge(total))?;
-        let mut out = Vec::with_capacity(cap);
-        let bytes = self.bytes();
-        for (start, end) in bounds {
-            out.extend_from_slice(&bytes[start..end]);
+        match (bounds.as_slice(), &self.map) {
+            ([], _) | (_, None) => Ok(Bytes::new()),
+            // One span of the file (a layer's tensors are stored together):
+            // a view of the map, which the host copies straight into guest
+            // memory. No host buffer, so no page faults on a fresh one.
+            (&[(start, end)], Some(map)) => Ok(Bytes::from_owner(MapView {
+                map: Arc::clone(map),
+                start,
+                end,
+            })),
+            (spans, Some(map)) => {
+                let cap = usize::try_from(total).map_err(|_| StoreError::TooLarge(total))?;
+                let mut out = Vec::with_capacity(cap);
+                for &(start, end) in spans {
+                    out.extend_from_slice(&map[start..end]);
+                }
+                Ok(Bytes::from(out))
+            }
         }
-        Ok(out)
     }
 
     fn prefetch(&self, ranges: &[ByteRange]) {
@@ -161,6 +180,19 @@ impl Source for MmapSource {
         }
         #[cfg(not(unix))]
         let _ = ranges;
+    }
+}
+
+/// Bytes `start..end` of a shared memory map (checked against its size).
+struct MapView {
+    map: Arc<memmap2::Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for MapView {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
     }
 }
 
@@ -227,6 +259,37 @@ mod tests {
     }
 
     #[test]
+    fn one_span_is_a_view_of_the_map() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(10_000).collect();
+        let (path, _g) = temp_file(&data);
+        let src = FileStore::new().open_path(&path).expect("open");
+        // Adjacent ranges merge into one span of the file: no copy.
+        let got = src
+            .load_layer(&[
+                ByteRange {
+                    offset: 100,
+                    len: 50,
+                },
+                ByteRange {
+                    offset: 150,
+                    len: 0,
+                },
+                ByteRange {
+                    offset: 150,
+                    len: 900,
+                },
+            ])
+            .expect("span");
+        assert_eq!(&got[..], &data[100..1050]);
+        assert_eq!(got.as_ptr(), src.bytes()[100..].as_ptr());
+        // The view keeps the map alive after the source is gone.
+        drop(src);
+        assert_eq!(&got[..], &data[100..1050]);
+        let empty = FileStore::new().open_path(&path).expect("open");
+        assert!(empty.load_layer(&[]).expect("no ranges").is_empty());
+    }
+
+    #[test]
     fn file_store_bounds() {
         let (path, _g) = temp_file(&[7u8; 100]);
         let store = FileStore::new();
@@ -286,7 +349,7 @@ mod tests {
             ByteRange { offset: 0, len: 4 },
             ByteRange { offset: 96, len: 4 },
         ];
-        assert_eq!(src.load_layer(&ok), Ok(vec![7u8; 8]));
+        assert_eq!(src.load_layer(&ok), Ok(Bytes::from(vec![7u8; 8])));
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub(crate) use self::file::io_reason;
 pub use self::file::FileStore;
 pub use self::memory::MemStore;
 pub use crate::bindings::wasm_chord::runtime::layer_store::{ByteRange, StoreError, StoreStats};
+/// The bytes of a `load-layer`: owned, or a view of storage the source keeps
+/// (a memory map), copied once, straight into guest memory.
+pub use bytes::Bytes;
 
 /// Largest request (in bytes) a provided store serves in one call: 2 GiB.
 pub const DEFAULT_MAX_REQUEST: u64 = 2 << 30;
@@ -45,15 +48,19 @@ pub trait Source: Send + Sync + 'static {
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError>;
     /// Gather `ranges` into one buffer, in order.
     ///
+    /// The host copies the result into guest memory and drops it, so a source
+    /// that keeps the bytes addressable (a memory map) should return a view
+    /// of them ([`Bytes::from_owner`]) rather than a fresh copy: a fresh
+    /// buffer of a streamed layer costs a page fault per 4 KiB on every load.
     /// The default implementation calls [`Source::read_at`] for each range.
-    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let total = total_len(ranges)?;
         let mut out =
             Vec::with_capacity(usize::try_from(total).map_err(|_| StoreError::TooLarge(total))?);
         for r in ranges {
             out.extend_from_slice(&self.read_at(r.offset, r.len)?);
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
     /// Non-blocking hint that `ranges` are wanted soon. The default does nothing.
     fn prefetch(&self, _ranges: &[ByteRange]) {}

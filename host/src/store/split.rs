@@ -3,7 +3,7 @@
 //! starting at `k * SHARD_STRIDE`. The kernel parses each region as a GGUF
 //! file and loads the model from all of them.
 
-use super::{ByteRange, Source, StoreError};
+use super::{ByteRange, Bytes, Source, StoreError};
 use std::path::{Path, PathBuf};
 
 /// Address-space stride between shards (1 TiB): shard `k` starts at `k << 40`.
@@ -81,7 +81,16 @@ impl Source for SplitSource {
         shard.read_at(inner, len)
     }
 
-    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Vec<u8>, StoreError> {
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
+        // One range (a layer's tensors stored together): the shard's own
+        // answer, a view of its map where it has one.
+        if let [r] = ranges {
+            let (shard, inner) = self.locate(r.offset, r.len)?;
+            return shard.load_layer(&[ByteRange {
+                offset: inner,
+                len: r.len,
+            }]);
+        }
         let mut out = Vec::new();
         for r in ranges {
             let (shard, inner) = self.locate(r.offset, r.len)?;
@@ -90,7 +99,7 @@ impl Source for SplitSource {
                 len: r.len,
             }])?);
         }
-        Ok(out)
+        Ok(Bytes::from(out))
     }
 
     fn prefetch(&self, ranges: &[ByteRange]) {

@@ -63,8 +63,8 @@ pub struct TensorPlan {
 pub struct LayerPlan {
     /// Merged file ranges, in buffer order.
     pub ranges: Vec<ByteRange>,
-    /// Tensors in buffer order (see [`block_tensors`]; the head: token_embd,
-    /// output_norm, then output unless tied).
+    /// Tensors in buffer order, which is file order (the head: token_embd,
+    /// output_norm and output unless tied).
     pub tensors: Vec<TensorPlan>,
     /// Total bytes of the buffer.
     pub bytes: u64,
@@ -143,7 +143,6 @@ fn plan_tensor(
     name: &str,
     role: Role,
     shape: (usize, usize),
-    at: usize,
 ) -> Result<(TensorPlan, ByteRange)> {
     let t = g
         .tensor(name)
@@ -179,7 +178,7 @@ fn plan_tensor(
         ty: t.ty,
         rows,
         cols,
-        at,
+        at: 0, // set by `finish`
         len,
     };
     Ok((
@@ -191,11 +190,18 @@ fn plan_tensor(
     ))
 }
 
-fn finish(parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
+/// The plan of one layer from its tensors: laid out in the buffer in file
+/// order, so that tensors stored together (as every GGUF writer stores a
+/// block) are one range, which a store can serve without gathering.
+fn finish(mut parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
+    parts.sort_by_key(|(_, r)| r.offset);
     let mut ranges: Vec<ByteRange> = Vec::new();
     let mut tensors = Vec::new();
     let mut bytes: u64 = 0;
-    for (p, r) in parts {
+    for (mut p, r) in parts {
+        // A layer whose size does not fit a usize is refused below, so a
+        // truncated offset is never used.
+        p.at = bytes as usize;
         bytes = bytes
             .checked_add(r.len)
             .ok_or_else(|| Error::InvalidModel("layer size overflows".into()))?;
@@ -223,38 +229,34 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
     let mut plans = Vec::with_capacity(c.n_layers + 1);
     for l in 0..c.n_layers {
         let mut parts = Vec::with_capacity(block.len());
-        let mut at = 0usize;
         for bt in &block {
             let name = format!("blk.{l}.{}", bt.suffix);
             if bt.need == Need::Optional && g.tensor(&name).is_none() {
                 continue;
             }
-            let (p, r) = plan_tensor(g, &name, bt.role, bt.shape, at)?;
-            at += p.len;
-            parts.push((p, r));
+            parts.push(plan_tensor(g, &name, bt.role, bt.shape)?);
         }
         plans.push(finish(parts)?);
     }
     let mut parts = Vec::with_capacity(3);
-    let (emb, r) = plan_tensor(
+    parts.push(plan_tensor(
         g,
         "token_embd.weight",
         Role::TokenEmbd,
         (c.n_vocab, c.n_embd),
-        0,
-    )?;
-    let mut at = emb.len;
-    parts.push((emb, r));
-    let (p, r) = plan_tensor(g, "output_norm.weight", Role::OutputNorm, (1, c.n_embd), at)?;
-    at += p.len;
-    parts.push((p, r));
+    )?);
+    parts.push(plan_tensor(
+        g,
+        "output_norm.weight",
+        Role::OutputNorm,
+        (1, c.n_embd),
+    )?);
     if g.tensor("output.weight").is_some() {
         parts.push(plan_tensor(
             g,
             "output.weight",
             Role::Output,
             (c.n_vocab, c.n_embd),
-            at,
         )?);
     }
     plans.push(finish(parts)?);
