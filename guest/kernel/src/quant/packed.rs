@@ -139,20 +139,20 @@ impl PackKind for Q4_0 {
             // assert above), 8 bytes of `bx.d`; wasm loads need no alignment.
             let (sumi, d) = unsafe {
                 let yp = yw.as_ptr().add(32 * b);
-                let mut s = i32x4_splat(0);
+                // Four independent sums (exact in any order) keep the
+                // dependency chains short.
+                let mut s = [i32x4_splat(0); 4];
                 for k in 0..4 {
                     let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
                     let lo = i8x16_sub(v128_and(q, m4), s8);
                     let hi = i8x16_sub(u8x16_shr(q, 4), s8);
-                    s = i32x4_add(s, dot_pair(i16x8_extend_low_i8x16(lo), yp.add(4 * k)));
-                    s = i32x4_add(s, dot_pair(i16x8_extend_high_i8x16(lo), yp.add(4 * k + 2)));
-                    s = i32x4_add(s, dot_pair(i16x8_extend_low_i8x16(hi), yp.add(16 + 4 * k)));
-                    s = i32x4_add(
-                        s,
-                        dot_pair(i16x8_extend_high_i8x16(hi), yp.add(16 + 4 * k + 2)),
-                    );
+                    let (l, h) = (yp.add(4 * k), yp.add(16 + 4 * k));
+                    s[0] = i32x4_add(s[0], dot_pair(i16x8_extend_low_i8x16(lo), l));
+                    s[1] = i32x4_add(s[1], dot_pair(i16x8_extend_high_i8x16(lo), l.add(2)));
+                    s[2] = i32x4_add(s[2], dot_pair(i16x8_extend_low_i8x16(hi), h));
+                    s[3] = i32x4_add(s[3], dot_pair(i16x8_extend_high_i8x16(hi), h.add(2)));
                 }
-                (s, load_f16x4(bx.d.as_ptr()))
+                (sum4(s), load_f16x4(bx.d.as_ptr()))
             };
             let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
             acc = f32x4_add(acc, t);
@@ -204,21 +204,19 @@ impl PackKind for Q4_1 {
             // assert above), 16 bytes of `bx.dm`; wasm loads need no alignment.
             let (sumi, d, m) = unsafe {
                 let yp = yw.as_ptr().add(32 * b);
-                let mut s = i32x4_splat(0);
+                let mut s = [i32x4_splat(0); 4];
                 for k in 0..4 {
                     let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
                     let lo = v128_and(q, m4);
                     let hi = u8x16_shr(q, 4);
-                    s = i32x4_add(s, dot_pair(u16x8_extend_low_u8x16(lo), yp.add(4 * k)));
-                    s = i32x4_add(s, dot_pair(u16x8_extend_high_u8x16(lo), yp.add(4 * k + 2)));
-                    s = i32x4_add(s, dot_pair(u16x8_extend_low_u8x16(hi), yp.add(16 + 4 * k)));
-                    s = i32x4_add(
-                        s,
-                        dot_pair(u16x8_extend_high_u8x16(hi), yp.add(16 + 4 * k + 2)),
-                    );
+                    let (l, h) = (yp.add(4 * k), yp.add(16 + 4 * k));
+                    s[0] = i32x4_add(s[0], dot_pair(u16x8_extend_low_u8x16(lo), l));
+                    s[1] = i32x4_add(s[1], dot_pair(u16x8_extend_high_u8x16(lo), l.add(2)));
+                    s[2] = i32x4_add(s[2], dot_pair(u16x8_extend_low_u8x16(hi), h));
+                    s[3] = i32x4_add(s[3], dot_pair(u16x8_extend_high_u8x16(hi), h.add(2)));
                 }
                 let p = bx.dm.as_ptr();
-                (s, load_f16x4(p), load_f16x4(p.add(ROWS)))
+                (sum4(s), load_f16x4(p), load_f16x4(p.add(ROWS)))
             };
             let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
             let u = f32x4_mul(m, f32x4_splat(by.s));
@@ -264,14 +262,17 @@ impl PackKind for Q8_0 {
             // assert above), 8 bytes of `bx.d`; wasm loads need no alignment.
             let (sumi, d) = unsafe {
                 let yp = yw.as_ptr().add(32 * b);
-                let mut s0 = i32x4_splat(0);
-                let mut s1 = i32x4_splat(0);
-                for k in 0..8 {
-                    let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
-                    s0 = i32x4_add(s0, dot_pair(i16x8_extend_low_i8x16(q), yp.add(4 * k)));
-                    s1 = i32x4_add(s1, dot_pair(i16x8_extend_high_i8x16(q), yp.add(4 * k + 2)));
+                let mut s = [i32x4_splat(0); 4];
+                for k in 0..4 {
+                    let q0 = v128_load(bx.qs.as_ptr().add(32 * k) as *const v128);
+                    let q1 = v128_load(bx.qs.as_ptr().add(32 * k + 16) as *const v128);
+                    let y = yp.add(8 * k);
+                    s[0] = i32x4_add(s[0], dot_pair(i16x8_extend_low_i8x16(q0), y));
+                    s[1] = i32x4_add(s[1], dot_pair(i16x8_extend_high_i8x16(q0), y.add(2)));
+                    s[2] = i32x4_add(s[2], dot_pair(i16x8_extend_low_i8x16(q1), y.add(4)));
+                    s[3] = i32x4_add(s[3], dot_pair(i16x8_extend_high_i8x16(q1), y.add(6)));
                 }
-                (i32x4_add(s0, s1), load_f16x4(bx.d.as_ptr()))
+                (sum4(s), load_f16x4(bx.d.as_ptr()))
             };
             let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
             acc = f32x4_add(acc, t);
@@ -290,6 +291,14 @@ impl PackKind for Q8_0 {
 unsafe fn dot_pair(w: core::arch::wasm32::v128, y: *const i16) -> core::arch::wasm32::v128 {
     use core::arch::wasm32::*;
     i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
+}
+
+/// The sum of four i32x4.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn sum4(s: [core::arch::wasm32::v128; 4]) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    i32x4_add(i32x4_add(s[0], s[1]), i32x4_add(s[2], s[3]))
 }
 
 /// 4 finite f16 at `p` to f32, exactly (the bits of [`super::f16_to_f32`]):
