@@ -445,12 +445,10 @@ fn matmul_kind<K: QuantKind>(
     }
 }
 
-/// Groups of 4 rows per tile when several vectors are multiplied.
-const GROUP_TILE: usize = 2;
-
-/// [`matmul_kind`] for a packed tensor: each group's 4 rows in one
-/// [`packed::PackKind::dot4`], the tail rows with the scalar reference dot,
-/// so every row has the bits of [`QuantKind::vec_dot_scalar`].
+/// [`matmul_kind`] for a packed tensor: each group's 4 rows with up to 4
+/// vectors at a time in one [`packed::PackKind::dot4`], the tail rows with
+/// the scalar reference dot, so every output has the bits of
+/// [`QuantKind::vec_dot_scalar`] whatever the batch.
 fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
     use packed::ROWS;
     let nb = w.cols / K::BLOCK;
@@ -459,20 +457,17 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
     let rb = nb * std::mem::size_of::<K::Block>();
     let groups: &[K::Group] = bytemuck::cast_slice(&w.data[..full * rb]);
     let tail: &[K::Block] = bytemuck::cast_slice(&w.data[full * rb..]);
-    let group = |g: usize| &groups[g * nb..(g + 1) * nb];
-    let one = |out: &mut [f32], b: usize, g0: usize, g1: usize| {
-        let (y, yw) = (x.vec::<K::Act>(b), x.wide(b));
-        for g in g0..g1 {
-            out[g * ROWS..(g + 1) * ROWS].copy_from_slice(&K::dot4(group(g), y, yw));
-        }
-    };
-    let n_groups = full / ROWS;
     for v0 in (0..x.n).step_by(VEC_TILE) {
         let v1 = (v0 + VEC_TILE).min(x.n);
-        for g0 in (0..n_groups).step_by(GROUP_TILE) {
-            let g1 = (g0 + GROUP_TILE).min(n_groups);
-            for b in v0..v1 {
-                one(&mut out[b * rows..(b + 1) * rows], b, g0, g1);
+        for (g, group) in groups.chunks_exact(nb).enumerate() {
+            let mut b = v0;
+            while b < v1 {
+                b += match v1 - b {
+                    1 => dot4_into::<K, 1>(out, rows, group, g, x, b),
+                    2 => dot4_into::<K, 2>(out, rows, group, g, x, b),
+                    3 => dot4_into::<K, 3>(out, rows, group, g, x, b),
+                    _ => dot4_into::<K, 4>(out, rows, group, g, x, b),
+                };
             }
         }
         for b in v0..v1 {
@@ -483,6 +478,27 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
             }
         }
     }
+}
+
+/// Group `g` (`group`) dotted with vectors `b..b + T` of `x` into `out`
+/// (`rows` per vector); returns `T`.
+#[inline(always)]
+fn dot4_into<K: packed::PackKind, const T: usize>(
+    out: &mut [f32],
+    rows: usize,
+    group: &[K::Group],
+    g: usize,
+    x: &QActs,
+    b: usize,
+) -> usize {
+    use packed::ROWS;
+    let y: [&[K::Act]; T] = std::array::from_fn(|t| x.vec::<K::Act>(b + t));
+    let yw: [&[i16]; T] = std::array::from_fn(|t| x.wide(b + t));
+    for (t, o) in K::dot4(group, y, yw).iter().enumerate() {
+        let at = (b + t) * rows + g * ROWS;
+        out[at..at + ROWS].copy_from_slice(o);
+    }
+    T
 }
 
 /// `out[b * w.rows + r] = dot(w.row(r), x.vec(b))` for `b in 0..x.n()`,

@@ -20,7 +20,7 @@
 
 use super::q4_0::{BlockQ4_0, Q4_0};
 use super::q4_1::{BlockQ4_1, Q4_1};
-use super::q8::{BlockQ8_0, Q8_0Act, Q8_1Act, Q8_0};
+use super::q8::{BlockQ8_0, Q8_0};
 use super::QuantKind;
 use bytemuck::{Pod, Zeroable};
 
@@ -37,10 +37,16 @@ pub trait PackKind: QuantKind {
     fn finite(b: &Self::Block) -> bool;
     /// The block of lane `r` of `g`.
     fn unpack(g: &Self::Group, r: usize) -> Self::Block;
-    /// Dots of the 4 rows of a group (`g`: its `nb` group blocks) with one
-    /// activation vector (`y`, and `yw`: its quants as i16), bit-identical
-    /// to [`QuantKind::vec_dot_scalar`] of each row.
-    fn dot4(g: &[Self::Group], y: &[Self::Act], yw: &[i16]) -> [f32; ROWS];
+    /// Dots of the 4 rows of a group (`g`: its `nb` group blocks) with `T`
+    /// activation vectors (`y[t]`, and `yw[t]`: its quants as i16), each
+    /// bit-identical to [`QuantKind::vec_dot_scalar`] of the row and
+    /// vector: the weights are unpacked once for all `T` vectors, and each
+    /// vector's float operations are the same whatever `T`.
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T];
 }
 
 /// Q4_0, 4 rows.
@@ -118,46 +124,12 @@ impl PackKind for Q4_0 {
             qs: deinterleave(&g.qs, r),
         }
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn dot4(g: &[BlockQ4_0x4], y: &[Q8_0Act], _yw: &[i16]) -> [f32; ROWS] {
-        let mut row: Vec<BlockQ4_0> = Vec::with_capacity(g.len());
-        std::array::from_fn(|r| {
-            row.clear();
-            row.extend(g.iter().map(|b| Self::unpack(b, r)));
-            Self::vec_dot_scalar(&row, y)
-        })
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn dot4(g: &[BlockQ4_0x4], y: &[Q8_0Act], yw: &[i16]) -> [f32; ROWS] {
-        use core::arch::wasm32::*;
-        assert!(g.len() == y.len() && yw.len() == 32 * y.len());
-        let m4 = u8x16_splat(0x0f);
-        let s8 = i8x16_splat(8);
-        let mut acc = f32x4_splat(0.0);
-        for (b, (bx, by)) in g.iter().zip(y).enumerate() {
-            // SAFETY: 64 bytes of `bx.qs`, 32 i16 of `yw` from 32 * b (the
-            // assert above), 8 bytes of `bx.d`; wasm loads need no alignment.
-            let (sumi, d) = unsafe {
-                let yp = yw.as_ptr().add(32 * b);
-                // Four independent sums (exact in any order) keep the
-                // dependency chains short.
-                let mut s = [i32x4_splat(0); 4];
-                for k in 0..4 {
-                    let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
-                    let lo = i8x16_sub(v128_and(q, m4), s8);
-                    let hi = i8x16_sub(u8x16_shr(q, 4), s8);
-                    let (l, h) = (yp.add(4 * k), yp.add(16 + 4 * k));
-                    s[0] = i32x4_add(s[0], dot_pair(i16x8_extend_low_i8x16(lo), l));
-                    s[1] = i32x4_add(s[1], dot_pair(i16x8_extend_high_i8x16(lo), l.add(2)));
-                    s[2] = i32x4_add(s[2], dot_pair(i16x8_extend_low_i8x16(hi), h));
-                    s[3] = i32x4_add(s[3], dot_pair(i16x8_extend_high_i8x16(hi), h.add(2)));
-                }
-                (sum4(s), load_f16x4(bx.d.as_ptr()))
-            };
-            let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
-            acc = f32x4_add(acc, t);
-        }
-        lanes(acc)
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
     }
 }
 
@@ -184,45 +156,12 @@ impl PackKind for Q4_1 {
             qs: deinterleave(&g.qs, r),
         }
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn dot4(g: &[BlockQ4_1x4], y: &[Q8_1Act], _yw: &[i16]) -> [f32; ROWS] {
-        let mut row: Vec<BlockQ4_1> = Vec::with_capacity(g.len());
-        std::array::from_fn(|r| {
-            row.clear();
-            row.extend(g.iter().map(|b| Self::unpack(b, r)));
-            Self::vec_dot_scalar(&row, y)
-        })
-    }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn dot4(g: &[BlockQ4_1x4], y: &[Q8_1Act], yw: &[i16]) -> [f32; ROWS] {
-        use core::arch::wasm32::*;
-        assert!(g.len() == y.len() && yw.len() == 32 * y.len());
-        let m4 = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        for (b, (bx, by)) in g.iter().zip(y).enumerate() {
-            // SAFETY: 64 bytes of `bx.qs`, 32 i16 of `yw` from 32 * b (the
-            // assert above), 16 bytes of `bx.dm`; wasm loads need no alignment.
-            let (sumi, d, m) = unsafe {
-                let yp = yw.as_ptr().add(32 * b);
-                let mut s = [i32x4_splat(0); 4];
-                for k in 0..4 {
-                    let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
-                    let lo = v128_and(q, m4);
-                    let hi = u8x16_shr(q, 4);
-                    let (l, h) = (yp.add(4 * k), yp.add(16 + 4 * k));
-                    s[0] = i32x4_add(s[0], dot_pair(u16x8_extend_low_u8x16(lo), l));
-                    s[1] = i32x4_add(s[1], dot_pair(u16x8_extend_high_u8x16(lo), l.add(2)));
-                    s[2] = i32x4_add(s[2], dot_pair(u16x8_extend_low_u8x16(hi), h));
-                    s[3] = i32x4_add(s[3], dot_pair(u16x8_extend_high_u8x16(hi), h.add(2)));
-                }
-                let p = bx.dm.as_ptr();
-                (sum4(s), load_f16x4(p), load_f16x4(p.add(ROWS)))
-            };
-            let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
-            let u = f32x4_mul(m, f32x4_splat(by.s));
-            acc = f32x4_add(acc, f32x4_add(t, u));
-        }
-        lanes(acc)
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
     }
 }
 
@@ -243,92 +182,224 @@ impl PackKind for Q8_0 {
             qs: bytemuck::cast(deinterleave::<32, 128>(&g.qs, r)),
         }
     }
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    fn dot4(g: &[BlockQ8_0x4], y: &[Q8_0Act], _yw: &[i16]) -> [f32; ROWS] {
-        let mut row: Vec<BlockQ8_0> = Vec::with_capacity(g.len());
-        std::array::from_fn(|r| {
-            row.clear();
-            row.extend(g.iter().map(|b| Self::unpack(b, r)));
-            Self::vec_dot_scalar(&row, y)
-        })
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
     }
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn dot4(g: &[BlockQ8_0x4], y: &[Q8_0Act], yw: &[i16]) -> [f32; ROWS] {
-        use core::arch::wasm32::*;
-        assert!(g.len() == y.len() && yw.len() == 32 * y.len());
-        let mut acc = f32x4_splat(0.0);
-        for (b, (bx, by)) in g.iter().zip(y).enumerate() {
-            // SAFETY: 128 bytes of `bx.qs`, 32 i16 of `yw` from 32 * b (the
-            // assert above), 8 bytes of `bx.d`; wasm loads need no alignment.
-            let (sumi, d) = unsafe {
-                let yp = yw.as_ptr().add(32 * b);
-                let mut s = [i32x4_splat(0); 4];
-                for k in 0..4 {
-                    let q0 = v128_load(bx.qs.as_ptr().add(32 * k) as *const v128);
-                    let q1 = v128_load(bx.qs.as_ptr().add(32 * k + 16) as *const v128);
-                    let y = yp.add(8 * k);
-                    s[0] = i32x4_add(s[0], dot_pair(i16x8_extend_low_i8x16(q0), y));
-                    s[1] = i32x4_add(s[1], dot_pair(i16x8_extend_high_i8x16(q0), y.add(2)));
-                    s[2] = i32x4_add(s[2], dot_pair(i16x8_extend_low_i8x16(q1), y.add(4)));
-                    s[3] = i32x4_add(s[3], dot_pair(i16x8_extend_high_i8x16(q1), y.add(6)));
-                }
-                (sum4(s), load_f16x4(bx.d.as_ptr()))
-            };
-            let t = f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi));
-            acc = f32x4_add(acc, t);
+}
+
+/// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
+/// the reference.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn dot4_impl<K: PackKind, const T: usize>(
+    g: &[K::Group],
+    y: [&[K::Act]; T],
+    _yw: [&[i16]; T],
+) -> [[f32; ROWS]; T] {
+    let mut row: Vec<K::Block> = Vec::with_capacity(g.len());
+    let mut out = [[0f32; ROWS]; T];
+    for r in 0..ROWS {
+        row.clear();
+        row.extend(g.iter().map(|b| K::unpack(b, r)));
+        for (o, y) in out.iter_mut().zip(y) {
+            o[r] = K::vec_dot_scalar(&row, y);
         }
-        lanes(acc)
     }
-}
-
-/// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
-/// activations at `y`, splat: each lane a row's 2-term sum.
-///
-/// # Safety
-/// `y` must point to 2 readable i16.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-unsafe fn dot_pair(w: core::arch::wasm32::v128, y: *const i16) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
-}
-
-/// The sum of four i32x4.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-fn sum4(s: [core::arch::wasm32::v128; 4]) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    i32x4_add(i32x4_add(s[0], s[1]), i32x4_add(s[2], s[3]))
-}
-
-/// 4 finite f16 at `p` to f32, exactly (the bits of [`super::f16_to_f32`]):
-/// sign-extended to 32 bits and shifted left by 13, a lane holds the sign in
-/// bit 31 and the f16 exponent and mantissa in bits 13..28 (bits 28..31 are
-/// copies of the sign, cleared), i.e. the value times 2^-112 as an f32; the
-/// multiply by 2^112 is exact. Only for scales without Inf/NaN, which
-/// [`pack_kind`] checks.
-///
-/// # Safety
-/// `p` must point to 8 readable bytes.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-unsafe fn load_f16x4(p: *const [u8; 2]) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    let h = i32x4_load_extend_i16x4(p as *const i16);
-    let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
-    f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+    out
 }
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-fn lanes(v: core::arch::wasm32::v128) -> [f32; ROWS] {
+use simd::dot4_impl;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ8_0x4, PackKind, ROWS};
+    use crate::quant::q4_0::Q4_0;
+    use crate::quant::q4_1::Q4_1;
+    use crate::quant::q8::{Q8_0Act, Q8_1Act, Q8_0};
     use core::arch::wasm32::*;
-    [
-        f32x4_extract_lane::<0>(v),
-        f32x4_extract_lane::<1>(v),
-        f32x4_extract_lane::<2>(v),
-        f32x4_extract_lane::<3>(v),
-    ]
+
+    /// The SIMD parts of a packed type.
+    pub trait Simd4: PackKind {
+        /// Part `k` (0..4) of group block `g`'s quants as four i16x8 of
+        /// 4 rows x 2 columns, and the offsets in the block's activations
+        /// of those column pairs.
+        ///
+        /// # Safety
+        /// None beyond reading `g` (wasm loads need no alignment).
+        unsafe fn weights(g: &Self::Group, k: usize) -> ([v128; 4], [usize; 4]);
+        /// The 4 rows' scales (and minimums; zero where the type has none).
+        ///
+        /// # Safety
+        /// None beyond reading `g`.
+        unsafe fn scales(g: &Self::Group) -> (v128, v128);
+        /// The block's term of the scalar reference, lane by lane, from its
+        /// integer sums: the same f32 operations in the same order.
+        fn term(d: v128, m: v128, sumi: v128, y: &Self::Act) -> v128;
+    }
+
+    impl Simd4 for Q4_0 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ4_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q = v128_load(g.qs.as_ptr().add(16 * k) as *const v128);
+            let lo = i8x16_sub(v128_and(q, u8x16_splat(0x0f)), i8x16_splat(8));
+            let hi = i8x16_sub(u8x16_shr(q, 4), i8x16_splat(8));
+            (
+                [
+                    i16x8_extend_low_i8x16(lo),
+                    i16x8_extend_high_i8x16(lo),
+                    i16x8_extend_low_i8x16(hi),
+                    i16x8_extend_high_i8x16(hi),
+                ],
+                [4 * k, 4 * k + 2, 16 + 4 * k, 16 + 4 * k + 2],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ4_0x4) -> (v128, v128) {
+            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
+            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
+        }
+    }
+
+    impl Simd4 for Q4_1 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ4_1x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q = v128_load(g.qs.as_ptr().add(16 * k) as *const v128);
+            let lo = v128_and(q, u8x16_splat(0x0f));
+            let hi = u8x16_shr(q, 4);
+            (
+                [
+                    u16x8_extend_low_u8x16(lo),
+                    u16x8_extend_high_u8x16(lo),
+                    u16x8_extend_low_u8x16(hi),
+                    u16x8_extend_high_u8x16(hi),
+                ],
+                [4 * k, 4 * k + 2, 16 + 4 * k, 16 + 4 * k + 2],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ4_1x4) -> (v128, v128) {
+            let p = g.dm.as_ptr();
+            (load_f16x4(p), load_f16x4(p.add(ROWS)))
+        }
+        #[inline(always)]
+        fn term(d: v128, m: v128, sumi: v128, y: &Q8_1Act) -> v128 {
+            let t = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi));
+            f32x4_add(t, f32x4_mul(m, f32x4_splat(y.s)))
+        }
+    }
+
+    impl Simd4 for Q8_0 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ8_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q0 = v128_load(g.qs.as_ptr().add(32 * k) as *const v128);
+            let q1 = v128_load(g.qs.as_ptr().add(32 * k + 16) as *const v128);
+            (
+                [
+                    i16x8_extend_low_i8x16(q0),
+                    i16x8_extend_high_i8x16(q0),
+                    i16x8_extend_low_i8x16(q1),
+                    i16x8_extend_high_i8x16(q1),
+                ],
+                [8 * k, 8 * k + 2, 8 * k + 4, 8 * k + 6],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ8_0x4) -> (v128, v128) {
+            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
+            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
+        }
+    }
+
+    /// [`PackKind::dot4`] in simd128: per block, the integer sums of each
+    /// vector (two chains each, exact in any order) from weights unpacked
+    /// once, then each vector's term added to its sums in block order.
+    #[inline(always)]
+    pub fn dot4_impl<K: Simd4, const T: usize>(
+        g: &[K::Group],
+        y: [&[K::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        for t in 0..T {
+            assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
+        }
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            let mut s = [[i32x4_splat(0); 2]; T];
+            for k in 0..4 {
+                // SAFETY: `weights` reads `bx`; the activation offsets are
+                // below 32, and `yw[t]` has 32 i16 per block (the assert).
+                unsafe {
+                    let (w, off) = K::weights(bx, k);
+                    for t in 0..T {
+                        let yp = yw[t].as_ptr().add(32 * b);
+                        let a = i32x4_add(
+                            dot_pair(w[0], yp.add(off[0])),
+                            dot_pair(w[1], yp.add(off[1])),
+                        );
+                        let c = i32x4_add(
+                            dot_pair(w[2], yp.add(off[2])),
+                            dot_pair(w[3], yp.add(off[3])),
+                        );
+                        s[t][0] = i32x4_add(s[t][0], a);
+                        s[t][1] = i32x4_add(s[t][1], c);
+                    }
+                }
+            }
+            // SAFETY: reads `bx`.
+            let (d, m) = unsafe { K::scales(bx) };
+            for t in 0..T {
+                let sumi = i32x4_add(s[t][0], s[t][1]);
+                acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
+    /// activations at `y`, splat: each lane a row's 2-term sum.
+    ///
+    /// # Safety
+    /// `y` must point to 2 readable i16.
+    #[inline(always)]
+    unsafe fn dot_pair(w: v128, y: *const i16) -> v128 {
+        i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
+    }
+
+    /// 4 finite f16 at `p` to f32, exactly (the bits of
+    /// [`crate::quant::f16_to_f32`]): sign-extended to 32 bits and shifted
+    /// left by 13, a lane holds the sign in bit 31 and the f16 exponent and
+    /// mantissa in bits 13..28 (bits 28..31 are copies of the sign, cleared),
+    /// i.e. the value times 2^-112 as an f32; the multiply by 2^112 is exact.
+    /// Only for scales without Inf/NaN, which packing checks.
+    ///
+    /// # Safety
+    /// `p` must point to 8 readable bytes.
+    #[inline(always)]
+    unsafe fn load_f16x4(p: *const [u8; 2]) -> v128 {
+        let h = i32x4_load_extend_i16x4(p as *const i16);
+        let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
+        f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+    }
+
+    #[inline(always)]
+    fn lanes(v: v128) -> [f32; ROWS] {
+        [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ]
+    }
 }
 
 /// Runs `$body` with `$K` bound to the [`PackKind`] of weight type `$ty`.

@@ -925,7 +925,8 @@ fn packed_matmul_bit_identical_to_scalar() {
         for rows in [1, 3, 4, 5, 7, 8, 13, 64] {
             let cols = unit(ty) * 9;
             let data = random_matrix(ty, rows, cols, &mut rng);
-            for n in [1, 3] {
+            // 6 = one batch of 4 vectors and one of 2.
+            for n in [1, 3, 6] {
                 let x = rng.vec(n * cols, 3.0);
                 check_packed(ty, rows, cols, &data, &x, n);
             }
@@ -1021,8 +1022,8 @@ fn packed_matmul_real_rows() {
         let rows = (t.n_rows() as usize).min(203);
         let rb = t.ty.row_bytes(cols as u64).unwrap() as usize;
         let data = &bytes[t.offset as usize..t.offset as usize + rows * rb];
-        let x = rng.vec(2 * cols, 2.0);
-        check_packed(t.ty, rows, cols, data, &x, 2);
+        let x = rng.vec(5 * cols, 2.0);
+        check_packed(t.ty, rows, cols, data, &x, 5);
         seen.push(t.ty);
     }
     assert!(seen.contains(&GgmlType::Q4_1) && seen.contains(&GgmlType::Q8_0));
