@@ -271,8 +271,8 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
 }
 
 /// A layer in guest memory: one buffer, vectors (norms, biases) decoded to
-/// f32, matrices of the types with a packed layout repacked in place
-/// ([`quant::pack_in_place`]; the same bytes, so no extra memory).
+/// f32, and when asked, matrices of the types with a packed layout repacked
+/// in place ([`quant::pack_in_place`]; the same bytes, so no extra memory).
 pub struct LayerData {
     pub plan_index: usize,
     buf: Vec<u8>,
@@ -284,8 +284,13 @@ pub struct LayerData {
 }
 
 impl LayerData {
-    /// Fetch layer `index` through `src`.
-    pub fn load(src: &dyn ByteSource, index: usize, plan: &LayerPlan) -> Result<LayerData> {
+    /// Fetch layer `index` through `src`; `pack`: repack its matrices.
+    pub fn load(
+        src: &dyn ByteSource,
+        index: usize,
+        plan: &LayerPlan,
+        pack: bool,
+    ) -> Result<LayerData> {
         let mut buf = src.load_layer(index as u32, &plan.ranges)?;
         if buf.len() as u64 != plan.bytes {
             return Err(Error::InvalidModel(format!(
@@ -308,7 +313,7 @@ impl LayerData {
         let packed = plan
             .tensors
             .iter()
-            .map(|t| t.rows > 1 && pack_tensor(t, &mut buf[t.at..t.at + t.len]))
+            .map(|t| pack && t.rows > 1 && pack_tensor(t, &mut buf[t.at..t.at + t.len]))
             .collect();
         Ok(LayerData {
             plan_index: index,

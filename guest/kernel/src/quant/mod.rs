@@ -591,6 +591,16 @@ fn quantize_kind<K: QuantKind>(x: &[f32]) -> Vec<u8> {
 
 use bytemuck::Zeroable as _;
 
+/// Horizontal sum of an i32x4 (exact; wrapping never happens for block sums).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn hsum_i32x4(v: core::arch::wasm32::v128) -> i32 {
+    use core::arch::wasm32::*;
+    let v = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    let v = i32x4_add(v, i32x4_shuffle::<1, 0, 3, 2>(v, v));
+    i32x4_extract_lane::<0>(v)
+}
+
 /// Horizontal sum of an f32x4, lanes added as (0+1)+(2+3).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]

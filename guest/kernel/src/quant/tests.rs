@@ -894,6 +894,9 @@ fn check_packed(ty: GgmlType, rows: usize, cols: usize, data: &[u8], x: &[f32], 
         bits(&want),
         "{ty} {rows}x{cols} n={n}: packed matmul"
     );
+    // Unpacked (a streamed layer): the SIMD dots give the same bits too.
+    matmul(&mut got, &w, &a);
+    assert_eq!(bits(&got), bits(&want), "{ty}: unpacked matmul");
     let mut got_scalar = vec![0f32; n * rows];
     matmul_scalar(&mut got_scalar, &pw, &a);
     assert_eq!(bits(&got_scalar), bits(&want), "{ty}: packed scalar matmul");
@@ -989,6 +992,10 @@ fn packed_matmul_extreme_bytes() {
         matmul(&mut got, &pw, &a);
         for (g, w) in got.iter().zip(&want) {
             assert!(g.to_bits() == w.to_bits(), "{ty}: {g} vs {w}");
+        }
+        matmul(&mut got, &w, &a);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.to_bits() == w.to_bits(), "{ty} unpacked: {g} vs {w}");
         }
     }
 }
