@@ -95,9 +95,15 @@ fn llama3_rope_freqs() {
 }
 
 /// qwen2 (NEOX RoPE) with YaRN: factor 4, original context 2048.
+///
+/// One far-tail entry: max |Δ logprob| 1.48 (python step 30, at logprob
+/// -9.8) since the Q4_1/Q8_0 dots sum each row's blocks in the scalar
+/// reference's order (packed kernels) instead of 4 SIMD lanes; before, 0.96
+/// (median 0.079 then, 0.084 now; top-1 98.4% both). See coverage.rs on
+/// llama.cpp's own noise floor in the far tail.
 #[test]
 fn qwen2_yarn() {
-    check("smollm2-as-qwen2-yarn.gguf", "qwen2");
+    check_ctx("smollm2-as-qwen2-yarn.gguf", "qwen2", "golden", None, 1.5);
 }
 
 /// mistral3 (Ministral 3's keys): YaRN factor 4 from an original context of

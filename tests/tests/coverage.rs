@@ -23,12 +23,19 @@ use wasm_chord_tests::*;
 /// last-bit difference in an f32 sum (ours are 4-lane wasm SIMD, its are
 /// 8- or 16-lane AVX) into a quantum: a float64 exact forward pass sits as
 /// far from llama.cpp (median 0.06) as we do. Our numbers: median 0.05-0.10
-/// for every quantized type; these two had a far-tail entry above 1.0.
+/// for every quantized type; these four had a far-tail entry above 1.0.
 fn max_bound(ty: &str) -> f64 {
     match ty {
         // Q4_1: 1.08 (chat-mountain step 26, an entry at logprob -8.6);
-        // Q3_K_M: 1.05 (python step 22, at -12.2).
-        "Q4_1" | "Q3_K_M" => 1.25,
+        // Q3_K_M: 1.05 (python step 22, at -12.2). Q2_K and Q4_K_M (whose
+        // 576-column matrices are Q4_0 / Q5_0 + Q8_0, output Q8_0): 1.12
+        // (python step 24, at -9.0) and 1.02 (python step 31, at -13.8)
+        // since the Q4_0/Q8_0 dots sum each row's blocks in the scalar
+        // reference's order (packed kernels) instead of 4 SIMD lanes; the
+        // same runs moved their medians 0.082 -> 0.079 and 0.087 -> 0.079,
+        // top-1 agreement 97.9% -> 99.0% and 94.3% -> 96.9%; their maxima
+        // were 0.85 before.
+        "Q4_1" | "Q3_K_M" | "Q2_K" | "Q4_K_M" => 1.25,
         _ => 1.0,
     }
 }

@@ -128,7 +128,11 @@ fn gemma3_teacher_forced_matches_llama_cpp_greedy() {
     // large activations put its far tail at llama.cpp's own noise floor
     // (fixtures/README.md: its outputs move by up to ~1 between llama.cpp
     // builds); the 1.0 is held with that margin. Median: 0.074.
-    if let Err(e) = scored.check(90.0, 0.15, 1.1) {
+    // Since the Q8_0 (and Q4_0/Q4_1) dots sum each row's blocks in the
+    // scalar reference's order (packed kernels) instead of 4 SIMD lanes,
+    // that same entry is at 1.15 (ours -1.64, was -1.78; median unchanged,
+    // top-1 97.5% -> 96.9%).
+    if let Err(e) = scored.check(90.0, 0.15, 1.2) {
         panic!("gemma3 teacher-forced: {e}");
     }
 }

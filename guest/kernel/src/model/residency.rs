@@ -160,7 +160,12 @@ impl LayerCache {
             self.make_room(l);
         }
         let t0 = now_nanos();
-        let data = Rc::new(LayerData::load(src, l, &self.plans[l])?);
+        // Pinned layers (every layer of a resident cache, the head) are
+        // repacked for the fast kernels once; a layer streamed in for one
+        // pass is used as loaded (repacking it would cost a pass over its
+        // bytes per load for little gain: streaming is bound by the copy).
+        let pack = self.pinned[l];
+        let data = Rc::new(LayerData::load(src, l, &self.plans[l], pack)?);
         self.stats.load_nanos += now_nanos().saturating_sub(t0);
         self.stats.bytes_loaded += data.bytes() as u64;
         self.slots[l] = Some(Rc::clone(&data));

@@ -56,6 +56,9 @@ pub struct TensorPlan {
     pub at: usize,
     /// Bytes.
     pub len: usize,
+    /// Row counts of the row ranges used as separate matrices (fused q/k/v,
+    /// gate/up), in order; `[rows]` for the rest. Each is packed on its own.
+    pub parts: Vec<usize>,
 }
 
 /// How to fetch one layer: the file ranges, and where each tensor lands.
@@ -180,6 +183,7 @@ fn plan_tensor(
         cols,
         at: 0, // set by `finish`
         len,
+        parts: vec![rows],
     };
     Ok((
         plan,
@@ -234,7 +238,13 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
             if bt.need == Need::Optional && g.tensor(&name).is_none() {
                 continue;
             }
-            parts.push(plan_tensor(g, &name, bt.role, bt.shape)?);
+            let (mut p, r) = plan_tensor(g, &name, bt.role, bt.shape)?;
+            match bt.role {
+                Role::Wqkv => p.parts = vec![c.q_dim(), c.kv_dim(), c.kv_dim()],
+                Role::GateUp => p.parts = vec![c.n_ff, c.n_ff],
+                _ => {}
+            }
+            parts.push((p, r));
         }
         plans.push(finish(parts)?);
     }
@@ -263,19 +273,28 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
     Ok(plans)
 }
 
-/// A layer in guest memory: one buffer, vectors (norms, biases) decoded to f32.
+/// A layer in guest memory: one buffer, vectors (norms, biases) decoded to
+/// f32, and when asked, matrices of the types with a packed layout repacked
+/// in place ([`quant::pack_in_place`]; the same bytes, so no extra memory).
 pub struct LayerData {
     pub plan_index: usize,
     buf: Vec<u8>,
+    /// Per tensor of the plan: whether its parts are packed.
+    packed: Vec<bool>,
     /// Per tensor of the plan: its values as f32 if it is a vector.
     vecs: Vec<Option<Vec<f32>>>,
     tensors: Vec<TensorPlan>,
 }
 
 impl LayerData {
-    /// Fetch layer `index` through `src`.
-    pub fn load(src: &dyn ByteSource, index: usize, plan: &LayerPlan) -> Result<LayerData> {
-        let buf = src.load_layer(index as u32, &plan.ranges)?;
+    /// Fetch layer `index` through `src`; `pack`: repack its matrices.
+    pub fn load(
+        src: &dyn ByteSource,
+        index: usize,
+        plan: &LayerPlan,
+        pack: bool,
+    ) -> Result<LayerData> {
+        let mut buf = src.load_layer(index as u32, &plan.ranges)?;
         if buf.len() as u64 != plan.bytes {
             return Err(Error::InvalidModel(format!(
                 "layer {index}: the store returned {} bytes, expected {}",
@@ -294,9 +313,15 @@ impl LayerData {
                 None
             });
         }
+        let packed = plan
+            .tensors
+            .iter()
+            .map(|t| pack && t.rows > 1 && pack_tensor(t, &mut buf[t.at..t.at + t.len]))
+            .collect();
         Ok(LayerData {
             plan_index: index,
             buf,
+            packed,
             vecs,
             tensors: plan.tensors.clone(),
         })
@@ -321,6 +346,7 @@ impl LayerData {
                 rows: t.rows,
                 cols: t.cols,
                 data: &self.buf[t.at..t.at + t.len],
+                packed: self.packed[i],
             }
         })
     }
@@ -406,9 +432,26 @@ impl LayerData {
     }
 }
 
+/// Packs `t`'s parts (`data`: its bytes) in place if its type has a packed
+/// layout; returns whether it did.
+fn pack_tensor(t: &TensorPlan, data: &mut [u8]) -> bool {
+    if !quant::packable(t.ty, data) || t.parts.iter().sum::<usize>() != t.rows {
+        return false;
+    }
+    let row = t.len / t.rows;
+    let mut r0 = 0;
+    for &n in &t.parts {
+        let packed = quant::pack_in_place(t.ty, &mut data[r0 * row..(r0 + n) * row], n, t.cols);
+        debug_assert!(packed);
+        r0 += n;
+    }
+    true
+}
+
 /// Rows `r0..r0 + n` of `t`, as a view of the same bytes. Rows of every
 /// type are whole blocks, so a row range is a byte range; the plan checked
-/// the fused tensor's shape, so the range is inside it.
+/// the fused tensor's shape, so the range is inside it. A packed tensor's
+/// views are its parts, each packed on its own (see [`TensorPlan::parts`]).
 fn row_view<'a>(t: &QTensor<'a>, r0: usize, n: usize) -> QTensor<'a> {
     let row = t.data.len() / t.rows;
     QTensor {
@@ -416,6 +459,7 @@ fn row_view<'a>(t: &QTensor<'a>, r0: usize, n: usize) -> QTensor<'a> {
         rows: n,
         cols: t.cols,
         data: &t.data[r0 * row..(r0 + n) * row],
+        packed: t.packed,
     }
 }
 

@@ -20,6 +20,7 @@ use bytemuck::Pod;
 pub mod float;
 pub mod iq4_nl;
 pub mod iq4_xs;
+pub mod packed;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -217,13 +218,15 @@ pub fn f32_to_f16_le(x: f32) -> [u8; 2] {
 }
 
 /// A weight matrix view: `rows` rows of `cols` elements each, row-major in
-/// `data` (row r = `data[r * row_bytes..]`).
+/// `data` (row r = `data[r * row_bytes..]`), or when `packed`, in the
+/// [`packed`] layout of groups of 4 rows (see [`pack_in_place`]).
 #[derive(Clone, Copy, Debug)]
 pub struct QTensor<'a> {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    pub packed: bool,
 }
 
 impl<'a> QTensor<'a> {
@@ -250,6 +253,7 @@ impl<'a> QTensor<'a> {
             rows,
             cols,
             data,
+            packed: false,
         })
     }
 
@@ -258,8 +262,9 @@ impl<'a> QTensor<'a> {
         self.cols / self.ty.block_size() * self.ty.type_size()
     }
 
-    /// The bytes of row `r`.
+    /// The bytes of row `r` (of an unpacked tensor).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        assert!(!self.packed, "row bytes of a packed tensor");
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
@@ -284,6 +289,9 @@ pub struct QActs {
     stride: usize,
     /// u32 backing keeps every block (alignment <= 4) aligned.
     buf: Vec<u32>,
+    /// For the 8-bit activation types: every vector's quants as i16
+    /// (`cols` per vector), for the [`packed`] dots.
+    wide: Vec<i16>,
 }
 
 impl Default for QActs {
@@ -302,6 +310,7 @@ impl QActs {
             vec_bytes: 0,
             stride: 0,
             buf: Vec::new(),
+            wide: Vec::new(),
         }
     }
 
@@ -332,6 +341,29 @@ impl QActs {
             let blocks: &mut [A] = bytemuck::cast_slice_mut(&mut bytes[..self.vec_bytes]);
             A::quantize(&x[b * cols..(b + 1) * cols], blocks);
         }
+        self.wide.clear();
+        match A::TYPE {
+            GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
+            GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
+            _ => {}
+        }
+    }
+
+    /// Fills `wide` from the quants `qs` of every block of type `A`.
+    fn widen<A: ActBlock>(&mut self, qs: impl Fn(&A) -> [i8; 32]) {
+        let mut wide = std::mem::take(&mut self.wide);
+        wide.reserve(self.n * self.cols);
+        for b in 0..self.n {
+            for blk in self.vec::<A>(b) {
+                wide.extend(qs(blk).map(i16::from));
+            }
+        }
+        self.wide = wide;
+    }
+
+    /// Vector `b`'s quants as i16 (8-bit activation types only).
+    fn wide(&self, b: usize) -> &[i16] {
+        &self.wide[b * self.cols..(b + 1) * self.cols]
     }
 
     /// Number of vectors.
@@ -413,18 +445,115 @@ fn matmul_kind<K: QuantKind>(
     }
 }
 
+/// [`matmul_kind`] for a packed tensor: each group's 4 rows with up to 4
+/// vectors at a time in one [`packed::PackKind::dot4`], the tail rows with
+/// the scalar reference dot, so every output has the bits of
+/// [`QuantKind::vec_dot_scalar`] whatever the batch.
+fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
+    use packed::ROWS;
+    let nb = w.cols / K::BLOCK;
+    let rows = w.rows;
+    let full = rows / ROWS * ROWS;
+    let rb = nb * std::mem::size_of::<K::Block>();
+    let groups: &[K::Group] = bytemuck::cast_slice(&w.data[..full * rb]);
+    let tail: &[K::Block] = bytemuck::cast_slice(&w.data[full * rb..]);
+    for v0 in (0..x.n).step_by(VEC_TILE) {
+        let v1 = (v0 + VEC_TILE).min(x.n);
+        for (g, group) in groups.chunks_exact(nb).enumerate() {
+            let mut b = v0;
+            while b < v1 {
+                b += match v1 - b {
+                    1 => dot4_into::<K, 1>(out, rows, group, g, x, b),
+                    2 => dot4_into::<K, 2>(out, rows, group, g, x, b),
+                    3 => dot4_into::<K, 3>(out, rows, group, g, x, b),
+                    _ => dot4_into::<K, 4>(out, rows, group, g, x, b),
+                };
+            }
+        }
+        for b in v0..v1 {
+            let y = x.vec::<K::Act>(b);
+            for r in full..rows {
+                let t = &tail[(r - full) * nb..(r - full + 1) * nb];
+                out[b * rows + r] = K::vec_dot_scalar(t, y);
+            }
+        }
+    }
+}
+
+/// Group `g` (`group`) dotted with vectors `b..b + T` of `x` into `out`
+/// (`rows` per vector); returns `T`.
+#[inline(always)]
+fn dot4_into<K: packed::PackKind, const T: usize>(
+    out: &mut [f32],
+    rows: usize,
+    group: &[K::Group],
+    g: usize,
+    x: &QActs,
+    b: usize,
+) -> usize {
+    use packed::ROWS;
+    let y: [&[K::Act]; T] = std::array::from_fn(|t| x.vec::<K::Act>(b + t));
+    let yw: [&[i16]; T] = std::array::from_fn(|t| x.wide(b + t));
+    for (t, o) in K::dot4(group, y, yw).iter().enumerate() {
+        let at = (b + t) * rows + g * ROWS;
+        out[at..at + ROWS].copy_from_slice(o);
+    }
+    T
+}
+
 /// `out[b * w.rows + r] = dot(w.row(r), x.vec(b))` for `b in 0..x.n()`,
 /// `r in 0..w.rows`. `x` must be quantized to `vec_dot_type(w.ty)`. Panics
 /// only on caller shape bugs.
 pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
     check_shapes(out, w, x);
+    if w.packed {
+        return packed::with_pack!(w.ty, K => matmul_packed::<K>(out, w, x), unsupported(w.ty));
+    }
     with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot), unsupported(w.ty))
 }
 
-/// [`matmul`] with the scalar reference dot products.
+/// [`matmul`] with the scalar reference dot products (row by row, also for
+/// a packed tensor).
 pub fn matmul_scalar(out: &mut [f32], w: &QTensor, x: &QActs) {
     check_shapes(out, w, x);
+    if w.packed {
+        return packed::with_pack!(w.ty, K => matmul_packed_scalar::<K>(out, w, x), unsupported(w.ty));
+    }
     with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot_scalar), unsupported(w.ty))
+}
+
+fn matmul_packed_scalar<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
+    let nb = w.cols / K::BLOCK;
+    let mut row = Vec::with_capacity(nb);
+    for r in 0..w.rows {
+        packed::row_kind::<K>(w.data, w.rows, nb, r, &mut row);
+        for b in 0..x.n {
+            out[b * w.rows + r] = K::vec_dot_scalar(&row, x.vec::<K::Act>(b));
+        }
+    }
+}
+
+/// Whether weights `data` of type `ty` (GGUF layout, whole blocks) can be
+/// packed: the type has a packed layout and no scale is Inf or NaN.
+pub fn packable(ty: GgmlType, data: &[u8]) -> bool {
+    packed::with_pack!(ty, K => {
+        let blocks: &[<K as QuantKind>::Block] = bytemuck::cast_slice(data);
+        blocks.iter().all(<K as packed::PackKind>::finite)
+    }, false)
+}
+
+/// Repack `rows` rows of `cols` weights of type `ty` (`data`, GGUF layout)
+/// in place into the [`packed`] layout; returns false (and leaves `data`
+/// alone) for a type without one, or for a tensor with an Inf or NaN
+/// scale. The packed tensor is used through a [`QTensor`] with `packed: true`.
+pub fn pack_in_place(ty: GgmlType, data: &mut [u8], rows: usize, cols: usize) -> bool {
+    if !packable(ty, data) {
+        return false;
+    }
+    packed::with_pack!(ty, K => {
+        packed::pack_kind::<K>(data, rows, cols / K::BLOCK);
+        true
+    }, false)
 }
 
 fn unsupported(ty: GgmlType) -> ! {
@@ -434,6 +563,13 @@ fn unsupported(ty: GgmlType) -> ! {
 /// Dequantize row `r` of `w` into `out` (len `w.cols`).
 pub fn dequantize_row(w: &QTensor, r: usize, out: &mut [f32]) {
     assert_eq!(out.len(), w.cols, "dequantize_row output length");
+    if w.packed {
+        return packed::with_pack!(w.ty, K => {
+            let mut row = Vec::new();
+            packed::row_kind::<K>(w.data, w.rows, w.cols / K::BLOCK, r, &mut row);
+            K::dequantize(&row, out)
+        }, unsupported(w.ty));
+    }
     with_kind!(w.ty, K => K::dequantize(bytemuck::cast_slice(w.row(r)), out), unsupported(w.ty))
 }
 
@@ -454,6 +590,16 @@ fn quantize_kind<K: QuantKind>(x: &[f32]) -> Vec<u8> {
 }
 
 use bytemuck::Zeroable as _;
+
+/// Horizontal sum of an i32x4 (exact; wrapping never happens for block sums).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn hsum_i32x4(v: core::arch::wasm32::v128) -> i32 {
+    use core::arch::wasm32::*;
+    let v = i32x4_add(v, i32x4_shuffle::<2, 3, 0, 1>(v, v));
+    let v = i32x4_add(v, i32x4_shuffle::<1, 0, 3, 2>(v, v));
+    i32x4_extract_lane::<0>(v)
+}
 
 /// Horizontal sum of an f32x4, lanes added as (0+1)+(2+3).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]

@@ -80,7 +80,9 @@ impl QuantKind for Q4_0 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
         let s8 = i8x16_splat(8);
-        let mut acc = f32x4_splat(0.0);
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits.
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
             // the 32-byte `qs` of `by`; wasm loads need no alignment.
@@ -105,9 +107,8 @@ impl QuantKind for Q4_0 {
                 ),
             );
             let s = i32x4_extadd_pairwise_i16x8(p);
-            let d = f32x4_splat(f16_le(bx.d) * by.d);
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(s) as f32;
         }
-        super::hsum_f32x4(acc)
+        sum
     }
 }

@@ -79,8 +79,9 @@ impl QuantKind for Q4_1 {
     fn vec_dot(x: &[BlockQ4_1], y: &[Q8_1Act]) -> f32 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        let mut summ = 0f32;
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits.
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
             // the 32-byte `qs` of `by`; wasm loads need no alignment.
@@ -105,10 +106,8 @@ impl QuantKind for Q4_1 {
                 ),
             );
             let s = i32x4_extadd_pairwise_i16x8(p);
-            let d = f32x4_splat(f16_le(bx.d) * by.d);
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
-            summ += f16_le(bx.m) * by.s;
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(s) as f32 + f16_le(bx.m) * by.s;
         }
-        super::hsum_f32x4(acc) + summ
+        sum
     }
 }

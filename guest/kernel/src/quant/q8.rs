@@ -173,7 +173,9 @@ impl QuantKind for Q8_0 {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     fn vec_dot(x: &[BlockQ8_0], y: &[Q8_0Act]) -> f32 {
         use core::arch::wasm32::*;
-        let mut acc = f32x4_splat(0.0);
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits.
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: each load reads 16 of the 32 bytes of a `qs` array;
             // wasm loads have no alignment requirement.
@@ -200,9 +202,8 @@ impl QuantKind for Q8_0 {
                 i32x4_extadd_pairwise_i16x8(p0),
                 i32x4_extadd_pairwise_i16x8(p1),
             );
-            let d = f32x4_splat(f16_le(bx.d) * by.d);
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(s) as f32;
         }
-        super::hsum_f32x4(acc)
+        sum
     }
 }

@@ -821,19 +821,28 @@ fn bench_matmul() {
     ] {
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let p = packed::has_layout(ty).then(|| packed_copy(ty, rows, cols, &data));
+        let pw = p.as_deref().map(|p| QTensor {
+            packed: true,
+            ..QTensor::new(ty, rows, cols, p).unwrap()
+        });
         for n in [1usize, 8] {
             let x = rng.vec(n * cols, 1.0);
             let mut a = QActs::new();
             let mut out = vec![0f32; n * rows];
-            for (name, f) in [
-                ("simd", matmul as fn(&mut [f32], &QTensor, &QActs)),
-                ("scalar", matmul_scalar),
-            ] {
+            let mut paths = vec![
+                ("simd", matmul as fn(&mut [f32], &QTensor, &QActs), &w),
+                ("scalar", matmul_scalar, &w),
+            ];
+            if let Some(pw) = &pw {
+                paths.push(("packed", matmul, pw));
+            }
+            for (name, f, w) in paths {
                 let iters = 200 / n;
                 let t = std::time::Instant::now();
                 for _ in 0..iters {
                     a.quantize(vec_dot_type(ty), &x, n, cols);
-                    f(&mut out, &w, &a);
+                    f(&mut out, w, &a);
                 }
                 let ns = t.elapsed().as_nanos() as f64 / iters as f64;
                 let gmac = (rows * cols * n) as f64 / ns;
@@ -851,4 +860,178 @@ fn bench_matmul() {
 fn simd_path_is_compiled_on_wasm() {
     let simd = cfg!(target_feature = "simd128");
     assert!(simd || !cfg!(target_arch = "wasm32"));
+}
+
+const PACKED_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+
+/// Packs `data` (`rows` x `cols` of `ty`) in place; a copy.
+fn packed_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
+    let mut p = data.to_vec();
+    assert!(pack_in_place(ty, &mut p, rows, cols), "{ty} packs");
+    p
+}
+
+/// Checks that the packed `matmul` (SIMD on wasm32) of `data` gives the
+/// bits of the scalar reference on the unpacked rows, for one vector and a
+/// batch, and that packed rows dequantize as before.
+fn check_packed(ty: GgmlType, rows: usize, cols: usize, data: &[u8], x: &[f32], n: usize) {
+    let w = QTensor::new(ty, rows, cols, data).unwrap();
+    let p = packed_copy(ty, rows, cols, data);
+    assert_eq!(p.len(), data.len());
+    let pw = QTensor {
+        packed: true,
+        ..QTensor::new(ty, rows, cols, &p).unwrap()
+    };
+    let mut a = QActs::new();
+    a.quantize(vec_dot_type(ty), x, n, cols);
+    let mut want = vec![0f32; n * rows];
+    matmul_scalar(&mut want, &w, &a);
+    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    let mut got = vec![0f32; n * rows];
+    matmul(&mut got, &pw, &a);
+    assert_eq!(
+        bits(&got),
+        bits(&want),
+        "{ty} {rows}x{cols} n={n}: packed matmul"
+    );
+    // Unpacked (a streamed layer): the SIMD dots give the same bits too.
+    matmul(&mut got, &w, &a);
+    assert_eq!(bits(&got), bits(&want), "{ty}: unpacked matmul");
+    let mut got_scalar = vec![0f32; n * rows];
+    matmul_scalar(&mut got_scalar, &pw, &a);
+    assert_eq!(bits(&got_scalar), bits(&want), "{ty}: packed scalar matmul");
+    for b in 0..n {
+        let mut one = QActs::new();
+        one.quantize(vec_dot_type(ty), &x[b * cols..(b + 1) * cols], 1, cols);
+        let mut o = vec![0f32; rows];
+        matmul(&mut o, &pw, &one);
+        assert_eq!(
+            bits(&o),
+            bits(&want[b * rows..(b + 1) * rows]),
+            "{ty} vector {b}"
+        );
+    }
+    let (mut u, mut v) = (vec![0f32; cols], vec![0f32; cols]);
+    for r in 0..rows {
+        dequantize_row(&w, r, &mut u);
+        dequantize_row(&pw, r, &mut v);
+        assert_eq!(bits(&u), bits(&v), "{ty} row {r} dequantized");
+    }
+}
+
+/// The packed matmul is bit-identical to the scalar reference on random
+/// rows, row counts not divisible by 4 included.
+#[test]
+fn packed_matmul_bit_identical_to_scalar() {
+    let mut rng = Lcg(11);
+    for &ty in PACKED_TYPES {
+        for rows in [1, 3, 4, 5, 7, 8, 13, 64] {
+            let cols = unit(ty) * 9;
+            let data = random_matrix(ty, rows, cols, &mut rng);
+            // 6 = one batch of 4 vectors and one of 2.
+            for n in [1, 3, 6] {
+                let x = rng.vec(n * cols, 3.0);
+                check_packed(ty, rows, cols, &data, &x, n);
+            }
+        }
+    }
+}
+
+/// Extreme quants and finite scales (f16 subnormals, the largest f16,
+/// signed zeros) keep the same bits through the packed path; a tensor with
+/// an Inf or NaN scale is left unpacked.
+#[test]
+fn packed_matmul_extreme_bytes() {
+    let mut rng = Lcg(12);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for &ty in PACKED_TYPES {
+        let (rows, cols) = (9, 32 * 4);
+        let mut data = vec![0u8; rows * cols / 32 * ty.type_size()];
+        for b in data.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        // Some block scales are special f16 values.
+        let specials: [u16; 7] = [0x0000, 0x8000, 0x0001, 0x83ff, 0x7bff, 0xfbff, 0x0400];
+        for (i, blk) in data.chunks_exact_mut(ty.type_size()).enumerate() {
+            if i % 3 == 0 {
+                blk[..2].copy_from_slice(&specials[i / 3 % specials.len()].to_le_bytes());
+            }
+            // Random scales with the top exponent are Inf/NaN: make them finite.
+            if u16::from_le_bytes([blk[0], blk[1]]) & 0x7c00 == 0x7c00 {
+                blk[1] ^= 0x40;
+            }
+            if ty == GgmlType::Q4_1 && u16::from_le_bytes([blk[2], blk[3]]) & 0x7c00 == 0x7c00 {
+                blk[3] ^= 0x40;
+            }
+        }
+        for bad in [0x7c00u16, 0xfc00, 0x7e00] {
+            let mut d = data.clone();
+            d[ty.type_size() * 5..][..2].copy_from_slice(&bad.to_le_bytes());
+            let before = d.clone();
+            assert!(
+                !pack_in_place(ty, &mut d, rows, cols),
+                "{ty}: packed an Inf/NaN scale"
+            );
+            assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+        }
+        let x = rng.vec(2 * cols, 1.0);
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let mut a = QActs::new();
+        a.quantize(vec_dot_type(ty), &x, 2, cols);
+        let mut want = vec![0f32; 2 * rows];
+        matmul_scalar(&mut want, &w, &a);
+        let p = packed_copy(ty, rows, cols, &data);
+        let pw = QTensor {
+            packed: true,
+            ..QTensor::new(ty, rows, cols, &p).unwrap()
+        };
+        let mut got = vec![0f32; 2 * rows];
+        matmul(&mut got, &pw, &a);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.to_bits() == w.to_bits(), "{ty}: {g} vs {w}");
+        }
+        matmul(&mut got, &w, &a);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(g.to_bits() == w.to_bits(), "{ty} unpacked: {g} vs {w}");
+        }
+    }
+}
+
+/// Real rows (SmolLM2's Q4_1 matrices and Q8_0 embedding, at
+/// `$WASM_CHORD_SMOLLM2`; skipped without it): the packed matmul has the
+/// bits of the scalar reference.
+#[test]
+fn packed_matmul_real_rows() {
+    let Ok(path) = std::env::var("WASM_CHORD_SMOLLM2") else {
+        eprintln!("WASM_CHORD_SMOLLM2 not set; skipped");
+        return;
+    };
+    let bytes = std::fs::read(&path).expect("read the GGUF");
+    let src = crate::store::MemSource::new(bytes.clone());
+    let g = crate::gguf::GgufFile::parse(&src).expect("parse the GGUF");
+    let mut rng = Lcg(13);
+    let mut seen = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_k.weight",
+        "blk.3.ffn_down.weight",
+        "blk.5.ffn_gate.weight",
+        "token_embd.weight",
+    ] {
+        let t = g.tensor(name).expect(name);
+        if !packed::has_layout(t.ty) {
+            continue;
+        }
+        let cols = t.ne0() as usize;
+        let rows = (t.n_rows() as usize).min(203);
+        let rb = t.ty.row_bytes(cols as u64).unwrap() as usize;
+        let data = &bytes[t.offset as usize..t.offset as usize + rows * rb];
+        let x = rng.vec(5 * cols, 2.0);
+        check_packed(t.ty, rows, cols, data, &x, 5);
+        seen.push(t.ty);
+    }
+    assert!(seen.contains(&GgmlType::Q4_1) && seen.contains(&GgmlType::Q8_0));
 }

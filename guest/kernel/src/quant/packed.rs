@@ -1,0 +1,467 @@
+//! Weights repacked at load into groups of 4 rows, so one 16-byte load
+//! feeds four output rows and the per-block float work (scale conversion,
+//! scaling, accumulation) is done for four rows at once.
+//!
+//! A packed tensor of `rows` rows holds `rows / 4` groups, then the
+//! `rows % 4` tail rows in the GGUF layout. A group is `nb` (blocks per row)
+//! group blocks; group block `b` holds block `b` of its 4 rows: their f16
+//! scales (and Q4_1's minimums) side by side, then their quants interleaved
+//! two bytes at a time (`qs[8 c + 2 r + e]` = row `r`'s `qs[2 c + e]`). The
+//! packed bytes take exactly the space of the rows they replace, so packing
+//! is done in place.
+//!
+//! With the activations extended to i16 once per matmul, each 8 weights
+//! widened to i16 (two columns of four rows) meet a splat of the two
+//! activations in `i32x4.dot_i16x8_s`: the integer block sums of 4 rows in
+//! one i32x4, exact. The float part then repeats the scalar reference's
+//! operations lane by lane — `(d_x * d_y) * sumi (+ m_x * s_y)`, added to the
+//! row's sum in block order — so every row's result has the same bits as
+//! [`QuantKind::vec_dot_scalar`] (tests).
+
+use super::q4_0::{BlockQ4_0, Q4_0};
+use super::q4_1::{BlockQ4_1, Q4_1};
+use super::q8::{BlockQ8_0, Q8_0};
+use super::QuantKind;
+use bytemuck::{Pod, Zeroable};
+
+/// Rows per group.
+pub const ROWS: usize = 4;
+
+/// A weight type with a 4-row packed layout.
+pub trait PackKind: QuantKind {
+    /// Block `b` of 4 rows (alignment 1, `4 * size_of::<Block>()` bytes).
+    type Group: Pod;
+    /// Group block from block `b` of each of 4 rows.
+    fn pack(rows: [&Self::Block; ROWS]) -> Self::Group;
+    /// Whether every f16 scale (and minimum) of `b` is finite.
+    fn finite(b: &Self::Block) -> bool;
+    /// The block of lane `r` of `g`.
+    fn unpack(g: &Self::Group, r: usize) -> Self::Block;
+    /// Dots of the 4 rows of a group (`g`: its `nb` group blocks) with `T`
+    /// activation vectors (`y[t]`, and `yw[t]`: its quants as i16), each
+    /// bit-identical to [`QuantKind::vec_dot_scalar`] of the row and
+    /// vector: the weights are unpacked once for all `T` vectors, and each
+    /// vector's float operations are the same whatever `T`.
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T];
+}
+
+/// Q4_0, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_0x4 {
+    /// The 4 rows' f16 scales.
+    pub d: [[u8; 2]; ROWS],
+    pub qs: [u8; 64],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0x4>() == 4 * 18);
+
+/// Q4_1, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_1x4 {
+    /// The 4 rows' f16 scales, then their f16 minimums.
+    pub dm: [[u8; 2]; 2 * ROWS],
+    pub qs: [u8; 64],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1x4>() == 4 * 20);
+
+/// Q8_0, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ8_0x4 {
+    /// The 4 rows' f16 scales.
+    pub d: [[u8; 2]; ROWS],
+    pub qs: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0x4>() == 4 * 34);
+
+/// Whether f16 `h` (little-endian) is finite.
+fn finite(h: [u8; 2]) -> bool {
+    u16::from_le_bytes(h) & 0x7c00 != 0x7c00
+}
+
+/// Interleave 4 rows' quant bytes two at a time.
+fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
+    debug_assert_eq!(M, N * ROWS);
+    let mut out = [0u8; M];
+    for c in 0..N / 2 {
+        for (r, row) in rows.iter().enumerate() {
+            out[8 * c + 2 * r] = row[2 * c];
+            out[8 * c + 2 * r + 1] = row[2 * c + 1];
+        }
+    }
+    out
+}
+
+/// Lane `r`'s bytes of [`interleave`]d quants.
+fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for c in 0..N / 2 {
+        out[2 * c] = qs[8 * c + 2 * r];
+        out[2 * c + 1] = qs[8 * c + 2 * r + 1];
+    }
+    out
+}
+
+impl PackKind for Q4_0 {
+    type Group = BlockQ4_0x4;
+    fn pack(rows: [&BlockQ4_0; ROWS]) -> BlockQ4_0x4 {
+        BlockQ4_0x4 {
+            d: rows.map(|b| b.d),
+            qs: interleave(rows.map(|b| &b.qs)),
+        }
+    }
+    fn finite(b: &BlockQ4_0) -> bool {
+        finite(b.d)
+    }
+    fn unpack(g: &BlockQ4_0x4, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: g.d[r],
+            qs: deinterleave(&g.qs, r),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+impl PackKind for Q4_1 {
+    type Group = BlockQ4_1x4;
+    fn pack(rows: [&BlockQ4_1; ROWS]) -> BlockQ4_1x4 {
+        let mut dm = [[0u8; 2]; 2 * ROWS];
+        for (r, b) in rows.iter().enumerate() {
+            dm[r] = b.d;
+            dm[ROWS + r] = b.m;
+        }
+        BlockQ4_1x4 {
+            dm,
+            qs: interleave(rows.map(|b| &b.qs)),
+        }
+    }
+    fn finite(b: &BlockQ4_1) -> bool {
+        finite(b.d) && finite(b.m)
+    }
+    fn unpack(g: &BlockQ4_1x4, r: usize) -> BlockQ4_1 {
+        BlockQ4_1 {
+            d: g.dm[r],
+            m: g.dm[ROWS + r],
+            qs: deinterleave(&g.qs, r),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+impl PackKind for Q8_0 {
+    type Group = BlockQ8_0x4;
+    fn pack(rows: [&BlockQ8_0; ROWS]) -> BlockQ8_0x4 {
+        BlockQ8_0x4 {
+            d: rows.map(|b| b.d),
+            qs: interleave(rows.map(|b| bytemuck::cast_ref::<_, [u8; 32]>(&b.qs))),
+        }
+    }
+    fn finite(b: &BlockQ8_0) -> bool {
+        finite(b.d)
+    }
+    fn unpack(g: &BlockQ8_0x4, r: usize) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: g.d[r],
+            qs: bytemuck::cast(deinterleave::<32, 128>(&g.qs, r)),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+/// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
+/// the reference.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn dot4_impl<K: PackKind, const T: usize>(
+    g: &[K::Group],
+    y: [&[K::Act]; T],
+    _yw: [&[i16]; T],
+) -> [[f32; ROWS]; T] {
+    let mut row: Vec<K::Block> = Vec::with_capacity(g.len());
+    let mut out = [[0f32; ROWS]; T];
+    for r in 0..ROWS {
+        row.clear();
+        row.extend(g.iter().map(|b| K::unpack(b, r)));
+        for (o, y) in out.iter_mut().zip(y) {
+            o[r] = K::vec_dot_scalar(&row, y);
+        }
+    }
+    out
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use simd::dot4_impl;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ8_0x4, PackKind, ROWS};
+    use crate::quant::q4_0::Q4_0;
+    use crate::quant::q4_1::Q4_1;
+    use crate::quant::q8::{Q8_0Act, Q8_1Act, Q8_0};
+    use core::arch::wasm32::*;
+
+    /// The SIMD parts of a packed type.
+    pub trait Simd4: PackKind {
+        /// Part `k` (0..4) of group block `g`'s quants as four i16x8 of
+        /// 4 rows x 2 columns, and the offsets in the block's activations
+        /// of those column pairs.
+        ///
+        /// # Safety
+        /// None beyond reading `g` (wasm loads need no alignment).
+        unsafe fn weights(g: &Self::Group, k: usize) -> ([v128; 4], [usize; 4]);
+        /// The 4 rows' scales (and minimums; zero where the type has none).
+        ///
+        /// # Safety
+        /// None beyond reading `g`.
+        unsafe fn scales(g: &Self::Group) -> (v128, v128);
+        /// The block's term of the scalar reference, lane by lane, from its
+        /// integer sums: the same f32 operations in the same order.
+        fn term(d: v128, m: v128, sumi: v128, y: &Self::Act) -> v128;
+    }
+
+    impl Simd4 for Q4_0 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ4_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q = v128_load(g.qs.as_ptr().add(16 * k) as *const v128);
+            let lo = i8x16_sub(v128_and(q, u8x16_splat(0x0f)), i8x16_splat(8));
+            let hi = i8x16_sub(u8x16_shr(q, 4), i8x16_splat(8));
+            (
+                [
+                    i16x8_extend_low_i8x16(lo),
+                    i16x8_extend_high_i8x16(lo),
+                    i16x8_extend_low_i8x16(hi),
+                    i16x8_extend_high_i8x16(hi),
+                ],
+                [4 * k, 4 * k + 2, 16 + 4 * k, 16 + 4 * k + 2],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ4_0x4) -> (v128, v128) {
+            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
+            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
+        }
+    }
+
+    impl Simd4 for Q4_1 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ4_1x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q = v128_load(g.qs.as_ptr().add(16 * k) as *const v128);
+            let lo = v128_and(q, u8x16_splat(0x0f));
+            let hi = u8x16_shr(q, 4);
+            (
+                [
+                    u16x8_extend_low_u8x16(lo),
+                    u16x8_extend_high_u8x16(lo),
+                    u16x8_extend_low_u8x16(hi),
+                    u16x8_extend_high_u8x16(hi),
+                ],
+                [4 * k, 4 * k + 2, 16 + 4 * k, 16 + 4 * k + 2],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ4_1x4) -> (v128, v128) {
+            let p = g.dm.as_ptr();
+            (load_f16x4(p), load_f16x4(p.add(ROWS)))
+        }
+        #[inline(always)]
+        fn term(d: v128, m: v128, sumi: v128, y: &Q8_1Act) -> v128 {
+            let t = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi));
+            f32x4_add(t, f32x4_mul(m, f32x4_splat(y.s)))
+        }
+    }
+
+    impl Simd4 for Q8_0 {
+        #[inline(always)]
+        unsafe fn weights(g: &BlockQ8_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
+            let q0 = v128_load(g.qs.as_ptr().add(32 * k) as *const v128);
+            let q1 = v128_load(g.qs.as_ptr().add(32 * k + 16) as *const v128);
+            (
+                [
+                    i16x8_extend_low_i8x16(q0),
+                    i16x8_extend_high_i8x16(q0),
+                    i16x8_extend_low_i8x16(q1),
+                    i16x8_extend_high_i8x16(q1),
+                ],
+                [8 * k, 8 * k + 2, 8 * k + 4, 8 * k + 6],
+            )
+        }
+        #[inline(always)]
+        unsafe fn scales(g: &BlockQ8_0x4) -> (v128, v128) {
+            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
+        }
+        #[inline(always)]
+        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
+            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
+        }
+    }
+
+    /// [`PackKind::dot4`] in simd128: per block, the integer sums of each
+    /// vector (two chains each, exact in any order) from weights unpacked
+    /// once, then each vector's term added to its sums in block order.
+    #[inline(always)]
+    pub fn dot4_impl<K: Simd4, const T: usize>(
+        g: &[K::Group],
+        y: [&[K::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        for t in 0..T {
+            assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
+        }
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            let mut s = [[i32x4_splat(0); 2]; T];
+            for k in 0..4 {
+                // SAFETY: `weights` reads `bx`; the activation offsets are
+                // below 32, and `yw[t]` has 32 i16 per block (the assert).
+                unsafe {
+                    let (w, off) = K::weights(bx, k);
+                    for t in 0..T {
+                        let yp = yw[t].as_ptr().add(32 * b);
+                        let a = i32x4_add(
+                            dot_pair(w[0], yp.add(off[0])),
+                            dot_pair(w[1], yp.add(off[1])),
+                        );
+                        let c = i32x4_add(
+                            dot_pair(w[2], yp.add(off[2])),
+                            dot_pair(w[3], yp.add(off[3])),
+                        );
+                        s[t][0] = i32x4_add(s[t][0], a);
+                        s[t][1] = i32x4_add(s[t][1], c);
+                    }
+                }
+            }
+            // SAFETY: reads `bx`.
+            let (d, m) = unsafe { K::scales(bx) };
+            for t in 0..T {
+                let sumi = i32x4_add(s[t][0], s[t][1]);
+                acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
+    /// activations at `y`, splat: each lane a row's 2-term sum.
+    ///
+    /// # Safety
+    /// `y` must point to 2 readable i16.
+    #[inline(always)]
+    unsafe fn dot_pair(w: v128, y: *const i16) -> v128 {
+        i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
+    }
+
+    /// 4 finite f16 at `p` to f32, exactly (the bits of
+    /// [`crate::quant::f16_to_f32`]): sign-extended to 32 bits and shifted
+    /// left by 13, a lane holds the sign in bit 31 and the f16 exponent and
+    /// mantissa in bits 13..28 (bits 28..31 are copies of the sign, cleared),
+    /// i.e. the value times 2^-112 as an f32; the multiply by 2^112 is exact.
+    /// Only for scales without Inf/NaN, which packing checks.
+    ///
+    /// # Safety
+    /// `p` must point to 8 readable bytes.
+    #[inline(always)]
+    unsafe fn load_f16x4(p: *const [u8; 2]) -> v128 {
+        let h = i32x4_load_extend_i16x4(p as *const i16);
+        let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
+        f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+    }
+
+    #[inline(always)]
+    fn lanes(v: v128) -> [f32; ROWS] {
+        [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ]
+    }
+}
+
+/// Runs `$body` with `$K` bound to the [`PackKind`] of weight type `$ty`.
+macro_rules! with_pack {
+    ($ty:expr, $K:ident => $body:expr, $other:expr) => {
+        match $ty {
+            crate::ggml_type::GgmlType::Q4_0 => {
+                type $K = crate::quant::q4_0::Q4_0;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q4_1 => {
+                type $K = crate::quant::q4_1::Q4_1;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q8_0 => {
+                type $K = crate::quant::q8::Q8_0;
+                $body
+            }
+            _ => $other,
+        }
+    };
+}
+pub(crate) use with_pack;
+
+/// Whether weights of type `ty` have a packed layout.
+pub fn has_layout(ty: crate::ggml_type::GgmlType) -> bool {
+    with_pack!(ty, K => { let _ = K::TYPE; true }, false)
+}
+
+/// Packs `rows` rows of `nb` blocks of `K` (`data`, GGUF layout) in place.
+/// Every scale must be finite ([`PackKind::finite`]: the packed dots
+/// convert scales assuming so; [`super::pack_in_place`] checks).
+pub(crate) fn pack_kind<K: PackKind>(data: &mut [u8], rows: usize, nb: usize) {
+    let rb = nb * std::mem::size_of::<K::Block>();
+    assert_eq!(data.len(), rows * rb, "packed tensor size");
+    let mut tmp = vec![0u8; ROWS * rb];
+    for chunk in data.chunks_exact_mut(ROWS * rb) {
+        tmp.copy_from_slice(chunk);
+        let blocks: &[K::Block] = bytemuck::cast_slice(&tmp);
+        let out: &mut [K::Group] = bytemuck::cast_slice_mut(chunk);
+        for (b, o) in out.iter_mut().enumerate() {
+            *o = K::pack(std::array::from_fn(|r| &blocks[r * nb + b]));
+        }
+    }
+}
+
+/// Row `r` of a packed tensor of `rows` rows of `nb` blocks, as GGUF blocks.
+pub(crate) fn row_kind<K: PackKind>(
+    data: &[u8],
+    rows: usize,
+    nb: usize,
+    r: usize,
+    out: &mut Vec<K::Block>,
+) {
+    let rb = nb * std::mem::size_of::<K::Block>();
+    let full = rows / ROWS * ROWS;
+    out.clear();
+    if r < full {
+        let g0 = r / ROWS * ROWS * rb;
+        let g: &[K::Group] = bytemuck::cast_slice(&data[g0..g0 + ROWS * rb]);
+        out.extend(g.iter().map(|b| K::unpack(b, r % ROWS)));
+    } else {
+        out.extend_from_slice(bytemuck::cast_slice(&data[r * rb..(r + 1) * rb]));
+    }
+}
