@@ -37,7 +37,7 @@ use pool::{Event, Job, Pool, Prompt, Work};
     about = "Serve a model over an OpenAI-compatible HTTP API.",
     long_about = "Serve a model over an OpenAI-compatible HTTP API: POST /v1/chat/completions \
 (the model's chat template; \"stream\": true for server-sent events), POST /v1/completions, \
-GET /v1/models, GET /health, POST /tokenize, POST /detokenize.\n\n\
+GET /v1/models, GET /health, GET /metrics (Prometheus text), POST /tokenize, POST /detokenize.\n\n\
 Every request runs in one of --parallel kernel instances (a wasmtime store each, on its own \
 thread, each with its own KV cache and layer cache). Requests wait in a queue of --queue; past \
 it the server answers 503 with Retry-After. The launcher's --max-guest-memory caps each \
