@@ -23,6 +23,7 @@ pub mod error;
 pub mod kernel;
 pub mod launcher;
 pub mod runtime;
+pub mod serve;
 mod state;
 mod store;
 

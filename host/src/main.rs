@@ -2,7 +2,8 @@
 //!
 //! This executable is a launcher: it runs the composed CLI component
 //! (`wasm-chord-app.wasm`, see [`wasm_chord::launcher`]) with the
-//! memory-mapped layer store. Every subcommand is the guest's (`guest/cli`).
+//! memory-mapped layer store. Every subcommand is the guest's (`guest/cli`)
+//! except `serve` ([`wasm_chord::serve`]), which runs here natively.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -21,6 +22,19 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return fail(&e.to_string(), e.exit_code()),
     };
+    // `serve` is the native host's own subcommand (an HTTP server on a pool of
+    // kernel instances); everything else is the guest CLI's.
+    if args.subcommand() == Some("serve") {
+        let rest: Vec<String> = match args.guest.iter().position(|a| a == "serve") {
+            Some(i) => args.guest[..i]
+                .iter()
+                .chain(&args.guest[i + 1..])
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        return exit_code(wasm_chord::serve::main(&rest, args.max_guest_memory));
+    }
     match launcher::run(&args) {
         Ok(code) => {
             let _ = std::io::stdout().flush();

@@ -1,0 +1,528 @@
+//! `wasm-chord serve` over HTTP on loopback: every endpoint, the streaming
+//! chunk format, greedy equality with `wasm-chord run`, OpenAI-shaped errors,
+//! 401, 503 on a full queue, deadlines and cancellation.
+//!
+//! Needs `WASM_CHORD_KERNEL` and `WASM_CHORD_SMOLLM2` (`cargo xtask test`
+//! sets them; `run` also needs the app component next to the binary, which
+//! `cargo xtask build` puts there). Skipped otherwise.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+fn bin() -> PathBuf {
+    env_path("WASM_CHORD_BIN").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wasm-chord")))
+}
+
+fn model() -> PathBuf {
+    assert!(
+        env_path("WASM_CHORD_KERNEL").is_some(),
+        "set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 (cargo xtask test does)"
+    );
+    env_path("WASM_CHORD_SMOLLM2").expect("set WASM_CHORD_SMOLLM2 (cargo xtask test does)")
+}
+
+/// A running server, killed on drop.
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    fn start(model: &PathBuf, extra: &[&str]) -> Self {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("-m")
+            .arg(model)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start wasm-chord serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("read the address line");
+        let base = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .to_string();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server { child, base, agent }
+    }
+
+    fn get(&self, path: &str, key: Option<&str>) -> (u16, String) {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut r = req.call().expect("GET");
+        let status = r.status().as_u16();
+        (status, r.body_mut().read_to_string().expect("body"))
+    }
+
+    fn post_raw(&self, path: &str, body: &str) -> ureq::http::Response<ureq::Body> {
+        self.agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json")
+            .send(body)
+            .expect("POST")
+    }
+
+    /// POST JSON; (status, parsed body).
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut r = self.post_raw(path, &body.to_string());
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().expect("body");
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"));
+        (status, v)
+    }
+
+    fn health(&self) -> Value {
+        let (s, b) = self.get("/health", None);
+        assert_eq!(s, 200, "{b}");
+        serde_json::from_str(&b).expect("health JSON")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An OpenAI-shaped error with this status (and code, if given).
+fn assert_error(got: (u16, Value), status: u16, code: Option<&str>) -> Value {
+    let (s, v) = got;
+    assert_eq!(s, status, "{v}");
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    let obj = e.as_object().expect("error object");
+    assert!(obj.contains_key("param") && obj.contains_key("code"), "{v}");
+    if let Some(c) = code {
+        assert_eq!(e["code"], c, "{v}");
+    }
+    v
+}
+
+/// `wasm-chord run ... --json` greedy: the concatenated token texts.
+fn run_greedy(model: &PathBuf, args: &[&str], n: u32) -> String {
+    let out = Command::new(bin())
+        .arg("run")
+        .arg("-m")
+        .arg(model)
+        .args(args)
+        .args(["--temp", "0", "-n", &n.to_string(), "--json"])
+        .output()
+        .expect("run wasm-chord run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: Value = serde_json::from_str(line).expect("--json line");
+        if let Some(t) = v["text"].as_str() {
+            text.push_str(t);
+        }
+    }
+    text
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {e:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+const MESSAGES: &str = r#"[{"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Name three colours of the rainbow."}]"#;
+
+#[test]
+fn endpoints_streaming_and_greedy_equality_with_run() {
+    let model = model();
+    let srv = Server::start(&model, &[]);
+    let h = srv.health();
+    assert_eq!(h["status"], "ok");
+    let (s, b) = srv.get("/v1/models", None);
+    assert_eq!(s, 200);
+    let models: Value = serde_json::from_str(&b).expect("models JSON");
+    assert_eq!(models["object"], "list");
+    let id = models["data"][0]["id"]
+        .as_str()
+        .expect("model id")
+        .to_string();
+    assert_eq!(id, "SmolLM2-135M-Instruct.Q4_1");
+
+    // Chat, greedy: equal to `run --messages`.
+    let dir = std::env::temp_dir().join(format!("wasm-chord-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let messages_file = dir.join("messages.json");
+    std::fs::write(&messages_file, MESSAGES).expect("write messages");
+    let messages: Value = serde_json::from_str(MESSAGES).expect("messages");
+    let n = 40;
+    let expected = run_greedy(
+        &model,
+        &["--messages", messages_file.to_str().expect("utf-8 path")],
+        n,
+    );
+    assert!(!expected.is_empty());
+    let req = json!({"model": id, "messages": messages, "temperature": 0, "max_tokens": n});
+    let (s, v) = srv.post("/v1/chat/completions", &req);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], id);
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    let text = v["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert_eq!(text, expected, "server vs run --messages");
+    let usage = &v["usage"];
+    let completion = usage["completion_tokens"].as_u64().expect("usage");
+    assert!(completion >= 1 && completion <= u64::from(n), "{usage}");
+    assert_eq!(
+        usage["total_tokens"].as_u64(),
+        Some(usage["prompt_tokens"].as_u64().expect("prompt_tokens") + completion)
+    );
+    let finish = v["choices"][0]["finish_reason"].as_str().expect("finish");
+    assert_eq!(
+        finish,
+        if completion == u64::from(n) {
+            "length"
+        } else {
+            "stop"
+        }
+    );
+
+    // The same, streamed: OpenAI's chunk format, ending with [DONE].
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    sreq["stream_options"] = json!({"include_usage": true});
+    let mut r = srv.post_raw("/v1/chat/completions", &sreq.to_string());
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().expect("ascii"),
+        "text/event-stream"
+    );
+    let body = r.body_mut().read_to_string().expect("stream body");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{body}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk JSON"))
+        .collect();
+    let first_id = chunks[0]["id"].clone();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let mut streamed = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk", "{c}");
+        assert_eq!(c["id"], first_id);
+        assert_eq!(c["model"], id);
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            streamed.push_str(t);
+        }
+    }
+    assert_eq!(streamed, expected, "streamed vs run --messages");
+    let last_choice = &chunks[chunks.len() - 2];
+    assert_eq!(last_choice["choices"][0]["finish_reason"], finish);
+    let usage_chunk = &chunks[chunks.len() - 1];
+    assert_eq!(usage_chunk["choices"], json!([]));
+    assert_eq!(usage_chunk["usage"], *usage);
+
+    // Completions, greedy: equal to `run -p`.
+    let prompt = "The capital of France is";
+    let expected = run_greedy(&model, &["-p", prompt], 16);
+    let (s, v) = srv.post(
+        "/v1/completions",
+        &json!({"model": id, "prompt": prompt, "temperature": 0, "max_tokens": 16}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], expected.as_str());
+    // Streamed completions.
+    let mut r = srv.post_raw(
+        "/v1/completions",
+        &json!({"prompt": prompt, "temperature": 0, "max_tokens": 16, "stream": true}).to_string(),
+    );
+    let body = r.body_mut().read_to_string().expect("stream body");
+    let events = sse_events(&body);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let streamed: String = events[..events.len() - 1]
+        .iter()
+        .map(|e| {
+            let c: Value = serde_json::from_str(e).expect("chunk");
+            assert_eq!(c["object"], "text_completion");
+            c["choices"][0]["text"].as_str().expect("text").to_string()
+        })
+        .collect();
+    assert_eq!(streamed, expected);
+
+    // stop strings end the text before them.
+    let cut = expected
+        .trim_start()
+        .split(' ')
+        .nth(1)
+        .expect("a second word");
+    let (s, v) = srv.post(
+        "/v1/completions",
+        &json!({"prompt": prompt, "temperature": 0, "max_tokens": 16, "stop": [cut]}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let text = v["choices"][0]["text"].as_str().expect("text");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert!(
+        expected.starts_with(text) && !text.contains(cut),
+        "{text:?} / {cut:?}"
+    );
+
+    // /tokenize and /detokenize (llama-server's shapes).
+    let (s, v) = srv.post("/tokenize", &json!({"content": "Hello world"}));
+    assert_eq!(s, 200, "{v}");
+    let tokens = v["tokens"].as_array().expect("tokens").clone();
+    assert!(!tokens.is_empty());
+    let (s, v) = srv.post("/detokenize", &json!({"tokens": tokens}));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["content"], "Hello world");
+    let (s, v) = srv.post(
+        "/tokenize",
+        &json!({"content": "Hello world", "with_pieces": true}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let pieces: String = v["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t["piece"].as_str().expect("piece").to_string())
+        .collect();
+    assert_eq!(pieces, "Hello world");
+
+    // /metrics counts what was done.
+    let (s, m) = srv.get("/metrics", None);
+    assert_eq!(s, 200);
+    let generated: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("wasm_chord_completion_tokens_total "))
+        .expect("completion tokens metric")
+        .parse()
+        .expect("number");
+    assert!(generated >= completion, "{m}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_input_is_a_400_in_openai_shape_and_the_server_keeps_serving() {
+    let model = model();
+    let srv = Server::start(&model, &["--ctx-size", "64"]);
+    let chat = "/v1/chat/completions";
+    let msgs = json!([{"role": "user", "content": "hi"}]);
+    // Malformed JSON, a wrong shape, an unknown model, bad parameters.
+    let mut r = srv.post_raw(chat, "{\"messages\": [");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value =
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON");
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("not valid JSON")));
+    assert_error(srv.post(chat, &json!({"messages": "hi"})), 400, None);
+    assert_error(srv.post(chat, &json!({"messages": []})), 400, None);
+    let v = assert_error(
+        srv.post(chat, &json!({"model": "gpt-4", "messages": msgs})),
+        400,
+        Some("model_not_found"),
+    );
+    assert_eq!(v["error"]["param"], "model");
+    for bad in [
+        json!({"temperature": -1}),
+        json!({"temperature": "hot"}),
+        json!({"top_p": 2}),
+        json!({"max_tokens": 0}),
+        json!({"n": 2}),
+        json!({"stop": [""]}),
+        json!({"logprobs": true}),
+    ] {
+        let mut req = bad.clone();
+        req["messages"] = msgs.clone();
+        assert_error(srv.post(chat, &req), 400, None);
+    }
+    // A prompt beyond the context (64 tokens).
+    let long = "word ".repeat(200);
+    assert_error(
+        srv.post(
+            chat,
+            &json!({"messages": [{"role": "user", "content": long}]}),
+        ),
+        400,
+        Some("context_length_exceeded"),
+    );
+    assert_error(
+        srv.post("/v1/completions", &json!({"prompt": long, "stream": true})),
+        400,
+        Some("context_length_exceeded"),
+    );
+    // Token ids outside the vocabulary.
+    assert_error(
+        srv.post("/v1/completions", &json!({"prompt": [1, 99999999]})),
+        400,
+        None,
+    );
+    assert_error(
+        srv.post("/detokenize", &json!({"tokens": [99999999]})),
+        400,
+        None,
+    );
+    // An unknown endpoint.
+    let (s, b) = srv.get("/v1/nothing", None);
+    assert_eq!(s, 404, "{b}");
+    // Still serving, and a generation that reaches the context's end stops there.
+    let (s, v) = srv.post(
+        chat,
+        &json!({"messages": msgs, "temperature": 0, "max_tokens": 1000}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let u = &v["usage"];
+    assert!(u["total_tokens"].as_u64().expect("total") <= 64, "{u}");
+}
+
+#[test]
+fn api_key_is_required_except_for_health() {
+    let model = model();
+    let srv = Server::start(&model, &["--api-key", "sesame"]);
+    let (s, b) = srv.get("/v1/models", None);
+    let v: Value = serde_json::from_str(&b).expect("JSON");
+    assert_error((s, v), 401, Some("invalid_api_key"));
+    let (s, b) = srv.get("/v1/models", Some("wrong"));
+    assert_eq!(s, 401, "{b}");
+    let (s, b) = srv.get("/v1/models", Some("sesame"));
+    assert_eq!(s, 200, "{b}");
+    assert_error(
+        srv.post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        401,
+        None,
+    );
+    assert_eq!(srv.health()["status"], "ok");
+}
+
+/// A streaming request that generates for a long time (counting never ends).
+fn long_stream(srv: &Server) -> ureq::http::Response<ureq::Body> {
+    let r = srv.post_raw(
+        "/v1/completions",
+        &json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "temperature": 0,
+                "max_tokens": 1500, "stream": true})
+        .to_string(),
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    r
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t.elapsed()
+}
+
+#[test]
+fn full_queue_is_a_503_and_a_disconnect_frees_the_instance() {
+    let model = model();
+    let srv = Server::start(&model, &["--parallel", "1", "--queue", "1"]);
+    // Occupy the only instance.
+    let mut busy = long_stream(&srv).into_body().into_reader();
+    let mut first = [0u8; 64];
+    busy.read_exact(&mut first)
+        .expect("first bytes of the stream");
+    assert_eq!(srv.health()["busy"], 1);
+    // One request waits in the queue...
+    let base = srv.base.clone();
+    let waiting = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .post(format!("{base}/v1/completions"))
+            .send(json!({"prompt": "Hello", "temperature": 0, "max_tokens": 4}).to_string())
+            .expect("queued request");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    });
+    wait_for("the queued request", Duration::from_secs(10), || {
+        srv.health()["queued"] == 1
+    });
+    // ...and the next finds the queue full.
+    let mut r = srv.post_raw(
+        "/v1/completions",
+        &json!({"prompt": "Hello", "max_tokens": 4}).to_string(),
+    );
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let v: Value =
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("JSON");
+    assert_eq!(v["error"]["code"], "queue_full");
+    // Hanging up stops the generation: the queued request gets the instance.
+    drop(busy);
+    let (s, b) = waiting.join().expect("queued request thread");
+    assert_eq!(s, 200, "{b}");
+    wait_for("an idle instance", Duration::from_secs(2), || {
+        srv.health()["busy"] == 0
+    });
+    let (_, m) = srv.get("/metrics", None);
+    assert!(m.contains("wasm_chord_requests_rejected_total 1"), "{m}");
+}
+
+#[test]
+fn a_disconnect_cancels_quickly_and_a_deadline_is_a_504() {
+    let model = model();
+    let srv = Server::start(&model, &["--parallel", "1", "--timeout", "2"]);
+    let mut busy = long_stream(&srv).into_body().into_reader();
+    let mut first = [0u8; 64];
+    busy.read_exact(&mut first)
+        .expect("first bytes of the stream");
+    assert_eq!(srv.health()["busy"], 1);
+    drop(busy);
+    let took = wait_for("an idle instance", Duration::from_secs(2), || {
+        srv.health()["busy"] == 0
+    });
+    eprintln!("instance free {took:?} after the client hung up");
+    // Past the deadline (2 s) the request fails with 504 and the instance is free.
+    let (s, v) = srv.post(
+        "/v1/completions",
+        &json!({"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "temperature": 0, "max_tokens": 1500}),
+    );
+    assert_error((s, v), 504, Some("timeout"));
+    assert_eq!(srv.health()["busy"], 0);
+}
