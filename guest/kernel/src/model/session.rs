@@ -104,6 +104,12 @@ impl Session {
         first: usize,
         top_k: usize,
     ) -> Result<Vec<TokenScore>> {
+        if top_k > model.cfg.n_vocab {
+            return Err(Error::InvalidInput(format!(
+                "score: top-k {top_k} exceeds the vocabulary ({})",
+                model.cfg.n_vocab
+            )));
+        }
         let mut out = Vec::new();
         self.score_with(model, tokens, first, &mut |pos, tok, lp| {
             out.push(TokenScore {
@@ -130,6 +136,15 @@ impl Session {
                 tokens.len()
             )));
         }
+        // The last token is scored but never evaluated: check it here.
+        let last = tokens[tokens.len() - 1];
+        if last as usize >= model.cfg.n_vocab {
+            return Err(Error::InvalidInput(format!(
+                "score: token {last} at position {} is out of the vocabulary ({})",
+                tokens.len() - 1,
+                model.cfg.n_vocab
+            )));
+        }
         self.reset();
         let mut lp = vec![0f32; model.cfg.n_vocab];
         // Logits of index i predict token i + 1.
@@ -147,6 +162,7 @@ impl Session {
 
 /// The `k` largest entries of `lp` as (index, value), best first.
 pub fn top_of(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(lp.len());
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return top;

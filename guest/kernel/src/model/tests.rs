@@ -234,6 +234,32 @@ fn out_of_vocabulary_token_is_an_error() {
     assert!(matches!(r, Err(Error::InvalidInput(_))));
 }
 
+#[test]
+fn score_rejects_a_bad_last_token_and_an_absurd_top_k() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 16).unwrap();
+    // Only the last token is out of the vocabulary: it is never evaluated.
+    let r = s.score(&m, &[1, 2, u32::MAX], 1, 1);
+    assert!(
+        matches!(&r, Err(Error::InvalidInput(e)) if e.contains("4294967295")),
+        "{r:?}"
+    );
+    let r = s.score_with(&m, &[1, 2, 99999], 1, &mut |_, _, _| {});
+    assert!(matches!(&r, Err(Error::InvalidInput(_))), "{r:?}");
+    for k in [u32::MAX as usize, usize::MAX, m.cfg.n_vocab + 1] {
+        let r = s.score(&m, &[1, 2, 3], 1, k);
+        assert!(
+            matches!(&r, Err(Error::InvalidInput(e)) if e.contains("top-k")),
+            "{k}: {r:?}"
+        );
+    }
+    // The session still works afterwards, and top-k = n_vocab is allowed.
+    let ok = s.score(&m, &[1, 2, 3], 1, m.cfg.n_vocab).unwrap();
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[0].top.len(), m.cfg.n_vocab);
+}
+
 /// The real SmolLM2 file, when the test runner provides it (`cargo xtask test` does).
 fn smollm2() -> Option<Model> {
     let Some(path) = std::env::var_os("WASM_CHORD_SMOLLM2") else {
