@@ -310,3 +310,17 @@ fn chat_template_huge_output_is_capped() {
     .unwrap();
     assert_eq!(ok.len(), 3 << 20);
 }
+
+#[test]
+fn text_over_the_size_cap_is_invalid_input() {
+    let t = tiny();
+    let big = "a".repeat(MAX_TEXT_BYTES + 1);
+    let r = t.try_encode(&big, true, true);
+    assert!(
+        matches!(&r, Err(Error::InvalidInput(m)) if m.contains("limit")),
+        "{:?}",
+        r.as_ref().map(Vec::len)
+    );
+    let ok = t.try_encode(&big[..1 << 20], false, false).unwrap();
+    assert_eq!(ok.len(), 1 << 20);
+}
