@@ -65,8 +65,8 @@ export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
     res.setHeader('Access-Control-Allow-Origin', '*');
-    res.setHeader('Access-Control-Allow-Headers', 'Range');
-    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Accept-Ranges');
+    res.setHeader('Access-Control-Allow-Headers', 'Range, If-Range');
+    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Accept-Ranges, ETag');
     if (req.method === 'OPTIONS') return res.writeHead(204).end();
     if (req.method !== 'GET' && req.method !== 'HEAD') return res.writeHead(405).end();
     if (url.pathname === '/') return res.writeHead(302, { Location: '/demo/' }).end();
@@ -79,16 +79,20 @@ export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_
     }
     if (!st || !st.isFile()) return res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
 
+    // The ETag pins the file for HttpRangeStore (If-Range): size and mtime.
+    const etag = `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
     const headers = {
       'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream',
       'Cache-Control': 'no-cache',
+      ETag: etag,
     };
     let status = 200;
     let start = 0;
     let end = st.size - 1;
     if (range) {
       headers['Accept-Ranges'] = 'bytes';
-      if (req.headers.range) {
+      const ifRange = req.headers['if-range'];
+      if (req.headers.range && (!ifRange || ifRange === etag)) {
         const r = parseRange(req.headers.range, st.size);
         if (!r) return res.writeHead(416, { 'Content-Range': `bytes */${st.size}` }).end();
         [start, end] = r;
