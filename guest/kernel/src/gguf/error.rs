@@ -139,6 +139,13 @@ pub enum GgufError {
         size: u64,
         file_size: u64,
     },
+    /// Two tensors' data overlap (llama.cpp requires them laid out in turn).
+    #[error("tensors '{first}' and '{second}': data overlap at offset {offset}")]
+    OverlappingTensors {
+        first: String,
+        second: String,
+        offset: u64,
+    },
     /// Offset arithmetic overflows a `u64`.
     #[error("{what}: offset arithmetic overflows")]
     OffsetOverflow { what: String },

@@ -482,6 +482,24 @@ pub(crate) fn parse(src: &dyn ByteSource) -> Result<GgufFile, GgufError> {
         info.offset = abs;
         tensors.push(info);
     }
+    // No two tensors may share bytes (empty tensors hold none).
+    let mut spans: Vec<(u64, u64, usize)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.n_bytes > 0)
+        .map(|(i, t)| (t.offset, t.offset + t.n_bytes, i))
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(GgufError::OverlappingTensors {
+                first: tensors[a].name.clone(),
+                second: tensors[b].name.clone(),
+                offset: start,
+            });
+        }
+    }
 
     Ok(GgufFile {
         version,

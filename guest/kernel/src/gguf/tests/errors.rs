@@ -493,6 +493,38 @@ fn err_misaligned_tensor() {
 }
 
 #[test]
+fn err_overlapping_tensors() {
+    // "b" is patched to start inside "a"'s 64 bytes (aligned, in bounds).
+    let mut w = GgufWriter::new();
+    w.tensor("a", &[16], GgmlType::F32, vec![0; 64])
+        .tensor("b", &[8], GgmlType::F32, vec![0; 32]);
+    let mut bytes = w.to_bytes();
+    let at = find(&bytes, &[1, 0, 0, 0, 0, 0, 0, 0, b'b']) + 9 + 4 + 8 + 4;
+    patch_u64(&mut bytes, at, 32);
+    let e = parse_bytes(bytes).unwrap_err();
+    assert!(
+        matches!(&e, GgufError::OverlappingTensors { first, second, .. } if first == "a" && second == "b"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("overlap"), "{e}");
+    assert!(matches!(
+        crate::Error::from(e),
+        crate::Error::InvalidModel(_)
+    ));
+    // The same data twice (tied by offset) is refused too.
+    let mut w = GgufWriter::new();
+    w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
+        .tensor("b", &[8], GgmlType::F32, vec![0; 32]);
+    let mut bytes = w.to_bytes();
+    let at = find(&bytes, &[1, 0, 0, 0, 0, 0, 0, 0, b'b']) + 9 + 4 + 8 + 4;
+    patch_u64(&mut bytes, at, 0);
+    assert!(matches!(
+        parse_bytes(bytes),
+        Err(GgufError::OverlappingTensors { .. })
+    ));
+}
+
+#[test]
 fn err_tensor_out_of_bounds() {
     let mut w = GgufWriter::new();
     w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
