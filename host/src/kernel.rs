@@ -147,6 +147,8 @@ pub(crate) fn new_engine() -> Result<Engine, HostError> {
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.wasm_simd(true);
     config.wasm_relaxed_simd(true);
+    // Calls can be cancelled and given deadlines (crate::interrupt).
+    config.epoch_interruption(true);
     Engine::new(&config)
         .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
 }
