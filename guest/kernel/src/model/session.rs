@@ -78,18 +78,32 @@ impl Session {
                 self.kv.n_ctx
             )));
         }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= model.cfg.n_vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary ({})",
+                model.cfg.n_vocab
+            )));
+        }
+        // All or nothing: a micro-batch that fails (a store error while
+        // streaming) takes the ones before it back out of the session; their
+        // KV entries past `n_past` are simply overwritten later.
+        let start = self.tokens.len();
         for (b, chunk) in tokens.chunks(UBATCH).enumerate() {
             let base = b * UBATCH;
             let from = logits_from.saturating_sub(base).min(chunk.len());
             let pos0 = self.tokens.len();
-            model.forward(
+            let done = model.forward(
                 &mut self.kv,
                 &mut self.state,
                 chunk,
                 pos0,
                 from,
                 &mut |i, l| sink(base + i, l),
-            )?;
+            );
+            if let Err(e) = done {
+                self.tokens.truncate(start);
+                return Err(e);
+            }
             self.tokens.extend_from_slice(chunk);
         }
         Ok(())

@@ -7,6 +7,8 @@ use crate::sample::SamplerConfig;
 use crate::store::MemSource;
 use crate::synth::{self, SynthArch, SynthSpec, SynthVocab};
 
+const UBATCH_FOR_TESTS: usize = super::forward::UBATCH;
+
 fn spec(ty: GgmlType) -> SynthSpec {
     SynthSpec {
         n_layers: 5,
@@ -232,6 +234,28 @@ fn out_of_vocabulary_token_is_an_error() {
     let mut s = Session::new(&m, 16).unwrap();
     let r = s.eval(&m, &[1, 99999], 0, &mut |_, _| {});
     assert!(matches!(r, Err(Error::InvalidInput(_))));
+}
+
+#[test]
+fn a_failing_prompt_commits_nothing() {
+    // The bad token sits in the second micro-batch: the first must not stay
+    // in the session.
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 64).unwrap();
+    s.eval(&m, &TOKENS[..3], 0, &mut |_, _| {}).unwrap();
+    let mut bad = TOKENS.to_vec();
+    bad[UBATCH_FOR_TESTS + 1] = 99999;
+    let r = s.eval(&m, &bad, 0, &mut |_, _| {});
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+    assert_eq!(s.n_past(), 3, "the failed prompt left tokens behind");
+    // The session continues as if the bad prompt never came.
+    let mut a = Vec::new();
+    s.eval(&m, &TOKENS[3..6], 0, &mut |_, l| a.extend_from_slice(l))
+        .unwrap();
+    let all = all_logits(&m, &TOKENS[..6], 6);
+    let v = m.cfg.n_vocab;
+    assert_eq!(a, all[3 * v..6 * v]);
 }
 
 #[test]
