@@ -139,6 +139,9 @@ pub enum GgufError {
         size: u64,
         file_size: u64,
     },
+    /// The metadata decodes to more memory than the budget allows.
+    #[error("key '{key}': the metadata decodes to more than {limit} bytes")]
+    MetadataTooLarge { key: String, limit: u64 },
     /// Two tensors' data overlap (llama.cpp requires them laid out in turn).
     #[error("tensors '{first}' and '{second}': data overlap at offset {offset}")]
     OverlappingTensors {
