@@ -88,6 +88,10 @@ pub struct Model {
     pub info: ModelInfo,
     cache: RefCell<LayerCache>,
     src: Box<dyn ByteSource>,
+    /// The guest memory budget of `LoadOptions::max_memory` (0: none).
+    max_memory: u64,
+    /// Most bytes of weights the layer cache holds at once.
+    weights_cap: u64,
 }
 
 impl Model {
@@ -165,6 +169,12 @@ impl Model {
             }
             (k - 1).min(cfg.n_layers as u64) as usize
         };
+        let weights_cap = if stream {
+            // The cached layers, the head, and one layer in flight.
+            head_bytes.saturating_add((capacity as u64 + 1).saturating_mul(max_block))
+        } else {
+            weight_bytes
+        };
         let mut cache = LayerCache::new(plans, capacity, opts.policy);
         cache.warm(src.as_ref())?;
 
@@ -199,7 +209,21 @@ impl Model {
             info,
             cache: RefCell::new(cache),
             src,
+            max_memory: opts.max_memory,
+            weights_cap,
         })
+    }
+
+    /// Check that a KV cache of `kv_bytes` fits the guest memory budget
+    /// next to the weights (when a budget was given at load).
+    pub(crate) fn check_kv_budget(&self, kv_bytes: u64) -> Result<()> {
+        if self.max_memory > 0 && kv_bytes.saturating_add(self.weights_cap) > self.max_memory {
+            return Err(Error::OutOfMemory(format!(
+                "a KV cache of {kv_bytes} bytes and {} bytes of weights exceed the guest budget of {} bytes (use a smaller context)",
+                self.weights_cap, self.max_memory
+            )));
+        }
+        Ok(())
     }
 
     /// False for a vocabulary-only file (tokenizer, no weights).

@@ -237,6 +237,27 @@ fn out_of_vocabulary_token_is_an_error() {
 }
 
 #[test]
+fn kv_cache_counts_against_max_memory() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let opts = LoadOptions {
+        max_memory: 4 << 20,
+        ..LoadOptions::default()
+    };
+    let m = load(&bytes, &opts);
+    // 4096 positions x kv_dim 32 x (K + V) x 4 bytes x 5 layers = 5 MiB.
+    let r = Session::new(&m, 4096);
+    assert!(
+        matches!(&r, Err(Error::OutOfMemory(e)) if e.contains("KV cache") && e.contains("4194304")),
+        "{:?}",
+        r.as_ref().err()
+    );
+    assert!(Session::new(&m, 256).is_ok());
+    // Without a budget only the host's memory cap applies.
+    let m = load(&bytes, &LoadOptions::default());
+    assert!(Session::new(&m, 4096).is_ok());
+}
+
+#[test]
 fn a_failing_prompt_commits_nothing() {
     // The bad token sits in the second micro-batch: the first must not stay
     // in the session.

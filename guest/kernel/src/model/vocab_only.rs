@@ -40,6 +40,8 @@ impl Model {
             info,
             cache: RefCell::new(LayerCache::new(Vec::new(), 0, Policy::Pinned)),
             src,
+            max_memory: 0,
+            weights_cap: 0,
         })
     }
 }
