@@ -42,19 +42,37 @@ export function parseRange(header, size) {
   return start <= end && start < size ? [start, end] : null;
 }
 
+/** `rel` joined under `dir`, or null if it would leave it. */
+function inside(dir, rel) {
+  const base = path.resolve(dir);
+  const p = path.resolve(base, rel);
+  return p === base || p.startsWith(base + path.sep) ? p : null;
+}
+
 /** Resolve a URL path to a file we may serve, or null. */
-function resolve(urlPath, models) {
+export function resolve(urlPath, models) {
   let rel;
   try {
     rel = decodeURIComponent(urlPath).replace(/^\/+/, '');
   } catch {
     return null;
   }
-  if (rel.split('/').includes('..')) return null;
-  if (rel.startsWith('models/')) return path.join(models, rel.slice('models/'.length));
+  // '..' between either separator (Windows takes '\\' too), NUL, ':' (drives, streams).
+  if (rel.split(/[\\/]/).includes('..') || rel.includes('\0') || rel.includes(':')) return null;
+  if (rel.startsWith('models/')) return inside(models, rel.slice('models/'.length));
   if (rel === 'demo' || rel === '') rel = 'demo/';
   if (!PUBLIC.some((p) => rel.startsWith(p))) return null;
-  return path.join(ROOT, rel.endsWith('/') ? `${rel}index.html` : rel);
+  return inside(ROOT, rel.endsWith('/') ? `${rel}index.html` : rel);
+}
+
+/** Pages on this machine only (any port) may read across origins, not any site. */
+export function allowedOrigin(origin) {
+  try {
+    const u = new URL(origin);
+    return u.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(u.hostname) ? origin : null;
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -64,9 +82,13 @@ function resolve(urlPath, models) {
 export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_MODELS, range = true } = {}) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
-    res.setHeader('Access-Control-Allow-Origin', '*');
-    res.setHeader('Access-Control-Allow-Headers', 'Range');
-    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Accept-Ranges');
+    const origin = req.headers.origin && allowedOrigin(req.headers.origin);
+    if (origin) {
+      res.setHeader('Access-Control-Allow-Origin', origin);
+      res.setHeader('Vary', 'Origin');
+    }
+    res.setHeader('Access-Control-Allow-Headers', 'Range, If-Range');
+    res.setHeader('Access-Control-Expose-Headers', 'Content-Range, Content-Length, Accept-Ranges, ETag');
     if (req.method === 'OPTIONS') return res.writeHead(204).end();
     if (req.method !== 'GET' && req.method !== 'HEAD') return res.writeHead(405).end();
     if (url.pathname === '/') return res.writeHead(302, { Location: '/demo/' }).end();
@@ -79,16 +101,20 @@ export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_
     }
     if (!st || !st.isFile()) return res.writeHead(404, { 'Content-Type': 'text/plain' }).end('not found\n');
 
+    // The ETag pins the file for HttpRangeStore (If-Range): size and mtime.
+    const etag = `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
     const headers = {
       'Content-Type': TYPES[path.extname(file)] ?? 'application/octet-stream',
       'Cache-Control': 'no-cache',
+      ETag: etag,
     };
     let status = 200;
     let start = 0;
     let end = st.size - 1;
     if (range) {
       headers['Accept-Ranges'] = 'bytes';
-      if (req.headers.range) {
+      const ifRange = req.headers['if-range'];
+      if (req.headers.range && (!ifRange || ifRange === etag)) {
         const r = parseRange(req.headers.range, st.size);
         if (!r) return res.writeHead(416, { 'Content-Range': `bytes */${st.size}` }).end();
         [start, end] = r;

@@ -1,6 +1,6 @@
 // The jco-transpiled kernel with a small convenience layer: feature checks,
 // defaults like the native CLI's, one-line error messages, timed generation.
-import { setModelStore } from './layer-store.js';
+import { kernelState, setModelStore } from './layer-store.js';
 
 /** Smallest module using a SIMD128 instruction (i8x16.splat): the kernel is built with +simd128. */
 const SIMD128_PROBE = new Uint8Array([
@@ -13,17 +13,75 @@ export function wasmFeatures() {
 }
 
 let loaded = null;
+let instances = 0; // kernel instances created so far (more than one after a trap)
+let live = 0; // the number of the live instance
+
+/**
+ * Whether `e`, thrown by a kernel call, leaves the instance unusable: a trap
+ * (WebAssembly.RuntimeError, or a RangeError such as a stack overflow) or
+ * anything else that unwound through the wasm frames. The kernel's own
+ * `error` results (jco's errors with a `payload`) leave it intact, and so do
+ * the TypeErrors jco throws for arguments of the wrong type (before the call).
+ */
+function isTrap(e) {
+  if (e instanceof WebAssembly.RuntimeError || e instanceof RangeError) return true;
+  const payload = e && typeof e === 'object' && e.payload && typeof e.payload === 'object' && 'tag' in e.payload;
+  return !payload && !(e instanceof TypeError);
+}
+
+/** Every method of the kernel's classes, checked against poisoning. */
+function watch(inference, id) {
+  const guard = (fn, name) => function guarded(...args) {
+    if (id !== live || kernelState.poisoned) {
+      throw new Error(`the kernel trapped earlier and its instance was dropped: call kernel() again and reload the model (${name})`);
+    }
+    try {
+      return fn.apply(this, args);
+    } catch (e) {
+      if (isTrap(e)) kernelState.poisoned = true;
+      throw e;
+    }
+  };
+  for (const cls of Object.values(inference)) {
+    if (typeof cls !== 'function' || !cls.prototype) continue;
+    for (const target of [cls, cls.prototype]) {
+      for (const key of [...Object.getOwnPropertyNames(target), ...Object.getOwnPropertySymbols(target)]) {
+        if (key === 'constructor' || key === 'prototype' || key === 'length' || key === 'name') continue;
+        const d = Object.getOwnPropertyDescriptor(target, key);
+        if (typeof d.value !== 'function' || !d.writable) continue;
+        // Dropping an object of a dead instance is a no-op, like the native host's.
+        const dispose = key === Symbol.dispose;
+        const fn = d.value;
+        const g = guard(fn, `${cls.name}.${String(key)}`);
+        target[key] = dispose ? function disposeGuarded() {
+          if (id !== live || kernelState.poisoned) return undefined;
+          return g.apply(this, arguments);
+        } : g;
+      }
+    }
+  }
+  return inference;
+}
+
+/** Number of kernel instances created so far (more than one after a trap). */
+export function kernelInstances() {
+  return instances;
+}
 
 /**
  * The kernel's `inference` exports (Model, Session, Generation), compiled once.
  * `store` becomes the model store the kernel's `layer-store` import reads from.
  * Types: jco's declarations in gen/interfaces/wasm-chord-runtime-inference.d.ts.
+ *
+ * If a kernel call traps, that instance is dropped (as the native host does):
+ * the call throws, objects made by it throw a clear error from then on, and
+ * the next `kernel()` returns a fresh instance on which models are loaded again.
  * @param {{ open(name: string): { size: number, readInto(offset: number, dest: Uint8Array): void } }} [store]
  * @returns {Promise<typeof import('../gen/interfaces/wasm-chord-runtime-inference.js')>}
  */
 export async function kernel(store) {
   if (store) setModelStore(store);
-  if (!loaded) {
+  if (!loaded || kernelState.poisoned) {
     if (!wasmFeatures().simd128) {
       throw new Error('this JavaScript engine lacks WebAssembly SIMD128, which the kernel needs (Node 16.4+, Chrome 91+, Firefox 89+, Safari 16.4+)');
     }
@@ -32,7 +90,14 @@ export async function kernel(store) {
     const gen = typeof process !== 'undefined' && process.versions?.node
       ? '../gen/kernel.js'
       : '../gen/browser/kernel.js';
-    loaded = import(gen).then((m) => m.inference);
+    // A module is instantiated once per URL: a fresh instance takes a new query.
+    const id = ++instances;
+    kernelState.poisoned = false;
+    live = id;
+    loaded = import(id === 1 ? gen : `${gen}?instance=${id}`).then((m) => watch(m.inference, id));
+    loaded.catch(() => {
+      if (live === id) loaded = null;
+    });
   }
   return loaded;
 }

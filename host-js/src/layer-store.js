@@ -9,7 +9,9 @@
 // A model store is `{ open(name) -> backend }`; a backend is
 // `{ size: number, readInto(offset: number, dest: Uint8Array): void }`,
 // synchronous (the import is synchronous), and may add `prefetch(offset, len)`
-// and `close()`. Backends throw `StoreError` to report failures.
+// and `close()`. Backends throw `StoreError` to report failures; anything else
+// they throw becomes a `store-error` too (`io`, or `not-found` from `open`):
+// nothing thrown by a store may unwind through the kernel's wasm frames.
 
 /** Largest single request served (bytes), like the native host's default. */
 export const MAX_REQUEST = 2 ** 31;
@@ -24,6 +26,27 @@ export class StoreError extends Error {
     super(tag === 'too-large' ? `request of ${val} bytes is too large` : String(val));
     this.name = 'StoreError';
     Object.defineProperty(this, 'payload', { value: { tag, val } });
+  }
+}
+
+/**
+ * Shared with kernel.js: `poisoned` is set when a kernel call traps. A trap in
+ * a kernel call made from inside a store (re-entering the kernel) must reach
+ * the outer call as the trap it is, not as a store error.
+ */
+export const kernelState = { poisoned: false };
+
+/**
+ * Run `f`, turning anything it throws other than a `StoreError` into one
+ * (tag `tag`, the thrown value's first line as the message).
+ */
+function guarded(tag, f) {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof StoreError || kernelState.poisoned) throw e;
+    const msg = String(e?.message ?? e).split('\n')[0] || String(e?.name ?? 'error');
+    throw new StoreError(tag, msg);
   }
 }
 
@@ -51,7 +74,11 @@ export class Source {
 
   constructor(backend) {
     this.#backend = backend;
-    this.#size = BigInt(backend.size);
+    const size = guarded('io', () => backend.size);
+    if (!(typeof size === 'bigint' ? size >= 0n : Number.isSafeInteger(size) && size >= 0)) {
+      throw new StoreError('io', `the store reported an invalid size (${String(size)})`);
+    }
+    this.#size = BigInt(size);
   }
 
   size() {
@@ -59,6 +86,10 @@ export class Source {
   }
 
   read(offset, len) {
+    return guarded('io', () => this.#read(offset, len));
+  }
+
+  #read(offset, len) {
     const t = nowNs();
     const buf = new Uint8Array(this.#checkLen(len));
     this.#fill(offset, len, buf);
@@ -68,6 +99,10 @@ export class Source {
   }
 
   loadLayer(layer, ranges) {
+    return guarded('io', () => this.#loadLayer(layer, ranges));
+  }
+
+  #loadLayer(layer, ranges) {
     const t = nowNs();
     let total = 0n;
     let end = 0n;
@@ -88,8 +123,13 @@ export class Source {
 
   prefetch(_layer, ranges) {
     if (!this.#backend.prefetch) return;
-    for (const r of ranges) {
-      if (r.offset + r.len <= this.#size) this.#backend.prefetch(Number(r.offset), Number(r.len));
+    // A hint: a failing prefetch is ignored (it has no error to return).
+    try {
+      for (const r of ranges) {
+        if (r.offset + r.len <= this.#size) this.#backend.prefetch(Number(r.offset), Number(r.len));
+      }
+    } catch {
+      // ignored
     }
   }
 
@@ -117,7 +157,12 @@ export class Source {
     s.bytesServed += bytes;
     s.readNanos += nowNs() - started;
     if (end > s.maxOffsetServed) s.maxOffsetServed = end;
-    current?.onServed?.(s.bytesServed, this.#size);
+    // A progress hook that throws must not fail the read.
+    try {
+      current?.onServed?.(s.bytesServed, this.#size);
+    } catch {
+      // ignored
+    }
   }
 }
 
@@ -126,7 +171,8 @@ const opened = new Map(); // name -> the Source most recently opened for it
 /** WIT `open`: ask the model store for `name`. */
 export function open(name) {
   if (!current) throw new StoreError('not-found', `no model store is set (cannot open '${name}')`);
-  const source = new Source(current.open(name));
+  const store = current;
+  const source = new Source(guarded('not-found', () => store.open(name)));
   opened.set(name, source);
   return source;
 }

@@ -27,6 +27,14 @@ pub enum HostError {
     /// The kernel trapped; its instance was dropped and the next call gets a fresh one.
     #[error("the kernel trapped: {0}")]
     Trap(String),
+    /// The call was cancelled ([`crate::Canceller`]); like a trap, the
+    /// instance was dropped and the next call gets a fresh one.
+    #[error("cancelled")]
+    Cancelled,
+    /// The call ran past the runtime's call timeout; the instance was dropped
+    /// and the next call gets a fresh one.
+    #[error("the kernel call exceeded its deadline of {} ms", .0.as_millis())]
+    DeadlineExceeded(std::time::Duration),
     /// The kernel component could not be loaded, compiled or instantiated.
     #[error("{0}")]
     Kernel(String),

@@ -149,6 +149,8 @@ pub(crate) fn new_engine() -> Result<Engine, HostError> {
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.wasm_simd(true);
     config.wasm_relaxed_simd(true);
+    // Calls can be cancelled and given deadlines (crate::interrupt).
+    config.epoch_interruption(true);
     Engine::new(&config)
         .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
 }
@@ -205,33 +207,23 @@ pub(crate) fn load_or_compile_named(
     };
     let dir = dir.join("compiled");
     let file = dir.join(format!("{}.cwasm", cache_key(engine, wasm)));
-    if file.is_file() {
-        // SAFETY: the file is in our own cache directory and was written by
+    // Compiled code runs natively: it is used only from a file we own that
+    // nobody else can write (see `cache::read_trusted`), else recompiled.
+    if let Some(bytes) = cache::read_trusted(&dir, &file) {
+        // SAFETY: the file passed the ownership and permission checks above
+        // (only this user could have written it, through `cache::store`, with
         // `Engine::precompile_component` of this same wasmtime version and
-        // configuration (both are part of its name); wasmtime also checks the
+        // configuration, both part of its name); wasmtime also checks the
         // version and settings recorded inside it.
-        if let Ok(c) = unsafe { Component::deserialize_file(engine, &file) } {
+        if let Ok(c) = unsafe { Component::deserialize(engine, &bytes) } {
             return Ok((c, true, Some(file)));
         }
     }
     let compiled = engine
         .precompile_component(wasm)
         .map_err(|e| HostError::Kernel(format!("cannot compile the {what}: {}", first_line(&e))))?;
-    // Best effort: write to a temporary file, then rename into place.
-    let stored = std::fs::create_dir_all(&dir).is_ok() && {
-        let tmp = dir.join(format!(
-            ".{}.{}.tmp",
-            std::process::id(),
-            file.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("kernel")
-        ));
-        let ok = std::fs::write(&tmp, &compiled).is_ok() && std::fs::rename(&tmp, &file).is_ok();
-        if !ok {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        ok
-    };
+    // Best effort: a cache that cannot be written only costs a compilation.
+    let stored = cache::store(&dir, &file, &compiled);
     // SAFETY: `compiled` was produced just now by `precompile_component` on this engine.
     let component = unsafe { Component::deserialize(engine, &compiled) }.map_err(|e| {
         HostError::Kernel(format!(
@@ -240,6 +232,102 @@ pub(crate) fn load_or_compile_named(
         ))
     })?;
     Ok((component, false, stored.then_some(file)))
+}
+
+/// Reading and writing cache files without trusting anyone else's.
+mod cache {
+    use std::path::Path;
+
+    /// The bytes of `file` in `dir`, if both are ours and writable by us
+    /// alone: `dir` a real directory (not a symlink), `file` opened without
+    /// following symlinks and checked on the opened descriptor (a regular
+    /// file). `None` when in doubt.
+    #[cfg(unix)]
+    pub(super) fn read_trusted(dir: &Path, file: &Path) -> Option<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        if !private_dir(dir) {
+            return None;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(file)
+            .ok()?;
+        let meta = f.metadata().ok()?;
+        if !meta.file_type().is_file() || !private(&meta) {
+            return None;
+        }
+        let mut bytes = Vec::with_capacity(meta.len().try_into().ok()?);
+        f.read_to_end(&mut bytes).ok()?;
+        Some(bytes)
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn read_trusted(_dir: &Path, _file: &Path) -> Option<Vec<u8>> {
+        // No ownership checks here: always compile.
+        None
+    }
+
+    /// Write `bytes` to `file` atomically: a new temporary file in `dir`
+    /// (created exclusively, mode 0600, never through a symlink), renamed over
+    /// `file`. Creates `dir` (mode 0700) if needed; writes nothing into a
+    /// directory that is not ours alone. Returns whether it was stored.
+    #[cfg(unix)]
+    pub(super) fn store(dir: &Path, file: &Path, bytes: &[u8]) -> bool {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir);
+        if !private_dir(dir) {
+            return false;
+        }
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = dir.join(format!(
+            ".{}.{}.{}.tmp",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+        // `rename` replaces `file` itself, never what a symlink there points to.
+        let ok = written.is_ok() && std::fs::rename(&tmp, file).is_ok();
+        if !ok {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        ok
+    }
+
+    #[cfg(not(unix))]
+    pub(super) fn store(_dir: &Path, _file: &Path, _bytes: &[u8]) -> bool {
+        false
+    }
+
+    /// Owned by this user and not writable by group or others.
+    #[cfg(unix)]
+    fn private(meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        meta.uid() == me && meta.mode() & 0o022 == 0
+    }
+
+    /// `dir` is a directory (not a symlink to one) that [`private`] holds for.
+    #[cfg(unix)]
+    fn private_dir(dir: &Path) -> bool {
+        std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_dir() && private(&m))
+    }
 }
 
 fn compile(engine: &Engine, wasm: &[u8], what: &str) -> Result<Component, HostError> {
@@ -275,6 +363,60 @@ mod tests {
         assert!(!cached);
         let (_, cached, _) = load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("load");
         assert!(cached);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A cache file that is a symlink, writable by others, or in a directory
+    /// writable by others is not trusted: the component is recompiled, still
+    /// works, and a private regular file replaces the cache entry.
+    #[cfg(unix)]
+    #[test]
+    fn untrusted_cache_files_are_recompiled() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir =
+            std::env::temp_dir().join(format!("wasm-chord-cache-test3-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let engine = new_engine().expect("engine");
+        let load = || load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("load");
+        let (_, cached, file) = load();
+        assert!(!cached);
+        let file = file.expect("cache file written");
+        let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&file), 0o600);
+        assert!(load().1, "a private cache file is used");
+
+        // A symlink to a valid compiled file (someone else's, say).
+        let elsewhere = dir.join("elsewhere.cwasm");
+        std::fs::rename(&file, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert!(!load().1, "a symlinked cache file must not be used");
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        assert!(
+            meta.file_type().is_file(),
+            "the symlink is replaced by a file"
+        );
+        assert_eq!(
+            std::fs::read(&elsewhere).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+        assert!(load().1);
+
+        // A world-writable (or group-writable) file.
+        for m in [0o666, 0o620] {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(m)).unwrap();
+            assert!(!load().1, "a cache file of mode {m:o} must not be used");
+            assert_eq!(mode(&file), 0o600);
+            assert!(load().1);
+        }
+
+        // A world-writable directory: compiled, but nothing read or written there.
+        let compiled = dir.join("compiled");
+        std::fs::set_permissions(&compiled, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (c, cached, stored) = load();
+        assert!(!cached && stored.is_none());
+        assert!(c.component_type().exports(&engine).next().is_none());
+        std::fs::set_permissions(&compiled, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(load().1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -63,6 +63,9 @@ pub enum LaunchError {
     /// The app trapped.
     #[error("the wasm-chord component trapped: {0}")]
     Trap(String),
+    /// Ctrl-C stopped the app (exit code 130, as a shell reports SIGINT).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl LaunchError {
@@ -71,6 +74,7 @@ impl LaunchError {
         match self {
             LaunchError::Usage(_) => 2,
             LaunchError::App(_) | LaunchError::Trap(_) => 1,
+            LaunchError::Interrupted => 130,
         }
     }
 }
@@ -252,6 +256,7 @@ struct AppState {
     limits: MemoryTracker,
     models: Arc<dyn ModelStore>,
     opened: Vec<(String, Arc<SourceCounters>)>,
+    interrupt: crate::interrupt::Interrupt,
 }
 
 impl WasiView for AppState {
@@ -361,9 +366,13 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         limits: MemoryTracker::new(max),
         models,
         opened: Vec::new(),
+        interrupt: crate::interrupt::Interrupt::default(),
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|s| &mut s.limits);
+    crate::interrupt::arm(&mut store, |s| &s.interrupt);
+    // Ctrl-C stops the app at its next loop iteration (a second one at once).
+    let _ctrl_c = ctrl_c::Watch::start(store.data().interrupt.canceller(&engine));
     let ticker = progress.as_ref().map(|p| p.start());
     let result = Command::instantiate(&mut store, &component, &linker)
         .map_err(|e| {
@@ -383,6 +392,9 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
                 return Ok(exit.0);
             }
+            if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() {
+                return Err(LaunchError::Interrupted);
+            }
             let mut reason = trap_reason(&e);
             if store.data().limits.refused {
                 reason.push_str(&format!(
@@ -390,6 +402,68 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
                 ));
             }
             Err(LaunchError::Trap(reason))
+        }
+    }
+}
+
+/// Ctrl-C (SIGINT) as a cancellation of the running app.
+mod ctrl_c {
+    use crate::interrupt::Canceller;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    static SIGNALLED: AtomicBool = AtomicBool::new(false);
+
+    #[cfg(unix)]
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Only async-signal-safe work here: a flag, or a hard exit when the
+        // first Ctrl-C was not enough (the guest is blocked outside wasm).
+        if SIGNALLED.swap(true, Ordering::SeqCst) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+    }
+
+    /// Watches for Ctrl-C while alive; cancels through `canceller`.
+    pub(super) struct Watch {
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Watch {
+        pub(super) fn start(canceller: Canceller) -> Watch {
+            let stop = Arc::new(AtomicBool::new(false));
+            #[cfg(unix)]
+            {
+                // SAFETY: installs a handler that only touches an atomic or exits.
+                unsafe {
+                    libc::signal(
+                        libc::SIGINT,
+                        on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                    )
+                };
+                let flag = Arc::clone(&stop);
+                let _ = std::thread::Builder::new()
+                    .name("wasm-chord-ctrl-c".into())
+                    .spawn(move || {
+                        while !flag.load(Ordering::Relaxed) {
+                            if SIGNALLED.load(Ordering::SeqCst) {
+                                canceller.cancel();
+                                return;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    });
+            }
+            #[cfg(not(unix))]
+            drop(canceller);
+            Watch { stop }
+        }
+    }
+
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
         }
     }
 }

@@ -20,6 +20,7 @@
 
 pub mod bindings;
 pub mod error;
+pub mod interrupt;
 pub mod kernel;
 pub mod launcher;
 pub mod runtime;
@@ -30,6 +31,7 @@ mod store;
 pub use store::split;
 
 pub use error::HostError;
+pub use interrupt::Canceller;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};
 pub use runtime::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,

@@ -16,6 +16,7 @@ use wasmtime_wasi::WasiCtx;
 
 use crate::bindings::exports::wasm_chord::runtime::inference as wit;
 use crate::error::{trap_reason, HostError};
+use crate::interrupt::{self, Canceller, Interrupt, Interrupted, Ticker};
 use crate::kernel::Kernel;
 use crate::state::{HostState, MemoryTracker};
 use crate::store::{ModelStore, SourceCounters, StoreStats};
@@ -156,6 +157,10 @@ pub struct Runtime {
     sessions: HashMap<u64, SessionEntry>,
     opened: Vec<(String, Arc<SourceCounters>)>,
     peak_memory: u64,
+    interrupt: Interrupt,
+    call_timeout: Option<Duration>,
+    /// Advances the epoch while a call timeout is set.
+    ticker: Option<Ticker>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -187,9 +192,33 @@ impl Runtime {
             sessions: HashMap::new(),
             opened: Vec::new(),
             peak_memory: 0,
+            interrupt: Interrupt::default(),
+            call_timeout: None,
+            ticker: None,
         };
         rt.live()?;
         Ok(rt)
+    }
+
+    /// A handle that cancels this runtime's kernel call in progress from any
+    /// thread: the call returns [`HostError::Cancelled`], the instance is
+    /// dropped as after a trap (sessions are lost, models are reloaded on
+    /// their next use) and the runtime serves the next call.
+    pub fn canceller(&self) -> Canceller {
+        self.interrupt.canceller(&self.kernel.engine)
+    }
+
+    /// Give every kernel call (each `load`, `score`, each generated token...)
+    /// at most `timeout` (`None`: no limit, the default); one that runs longer
+    /// returns [`HostError::DeadlineExceeded`] and is handled like a
+    /// cancellation. Resolution: [`interrupt::TICK`].
+    pub fn set_call_timeout(&mut self, timeout: Option<Duration>) {
+        self.call_timeout = timeout;
+        match (timeout, &self.ticker) {
+            (Some(_), None) => self.ticker = Some(Ticker::start(&self.kernel.engine)),
+            (None, Some(_)) => self.ticker = None,
+            _ => {}
+        }
     }
 
     /// Number of kernel instances created so far (more than one after a trap).
@@ -206,9 +235,11 @@ impl Runtime {
                 memory: MemoryTracker::new(self.kernel.max_guest_memory),
                 models: Arc::clone(&self.models),
                 opened: Vec::new(),
+                interrupt: self.interrupt.clone(),
             };
             let mut store = Store::new(&self.kernel.engine, state);
             store.limiter(|s| &mut s.memory);
+            interrupt::arm(&mut store, |s| &s.interrupt);
             let kernel = self.kernel.pre.instantiate(&mut store).map_err(|e| {
                 HostError::Kernel(format!(
                     "cannot instantiate the kernel: {}",
@@ -232,14 +263,25 @@ impl Runtime {
         &mut self,
         f: impl FnOnce(&wit::Guest, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, HostError> {
+        let timeout = self.call_timeout;
+        if self.interrupt.take_cancel() {
+            // Cancelled between calls: nothing ran, the instance is intact.
+            return Err(HostError::Cancelled);
+        }
         let live = self.live()?;
+        live.store.data_mut().interrupt.begin(timeout);
         let result = f(live.kernel.wasm_chord_runtime_inference(), &mut live.store);
+        live.store.data_mut().interrupt.begin(None);
         self.sync_stats();
         match result {
             Ok(r) => Ok(r),
             Err(e) => {
                 self.poison();
-                Err(HostError::Trap(trap_reason(&e)))
+                Err(match e.downcast_ref::<Interrupted>() {
+                    Some(Interrupted::Cancelled) => HostError::Cancelled,
+                    Some(Interrupted::Deadline(t)) => HostError::DeadlineExceeded(*t),
+                    None => HostError::Trap(trap_reason(&e)),
+                })
             }
         }
     }
@@ -513,6 +555,11 @@ impl Runtime {
         let outcome = loop {
             let next = self.call(|api, store| api.generation().call_next(&mut *store, generation));
             match next {
+                // Cancelled between two tokens: the instance is intact, drop
+                // the generation below, then report the cancellation.
+                Err(HostError::Cancelled) if self.live.is_some() => {
+                    break Err(HostError::Cancelled)
+                }
                 Err(e) => return Err(e),
                 Ok(Err(e)) => break Err(HostError::from(e)),
                 Ok(Ok(None)) => break Ok(()),

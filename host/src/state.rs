@@ -8,6 +8,7 @@ use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::LayerStoreHost;
+use crate::interrupt::Interrupt;
 use crate::store::{ModelStore, SourceCounters};
 
 /// Tracks guest linear memory (sum over memories) and its peak, applies a
@@ -83,6 +84,8 @@ pub struct HostState {
     pub(crate) memory: MemoryTracker,
     pub(crate) models: Arc<dyn ModelStore>,
     pub(crate) opened: Vec<(String, Arc<SourceCounters>)>,
+    /// Cancellation and the deadline of the call in progress.
+    pub(crate) interrupt: Interrupt,
 }
 
 impl WasiView for HostState {

@@ -282,3 +282,37 @@ fn json_run_end_to_end() {
     assert!(err.contains("raise --max-guest-memory"), "{err}");
     assert!(!err.contains("backtrace"), "{err}");
 }
+
+/// Ctrl-C (SIGINT) stops a running generation: one `error: interrupted`
+/// line, exit code 130, the text generated so far already printed.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_generation() {
+    use std::io::Read;
+    let (_, model) = kernel_and_model();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wasm-chord"))
+        .arg("run")
+        .arg("-m")
+        .arg(&model)
+        .args(["-p", "Once upon a time", "-n", "100000", "--ignore-eos"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run wasm-chord");
+    // Wait until text streams, then press Ctrl-C.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 1];
+    if stdout.read_exact(&mut first).is_err() {
+        let o = child.wait_with_output().expect("wait");
+        panic!("no generated text; stderr: {}", stderr(&o));
+    }
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signals our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let o = child.wait_with_output().expect("wait");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(130), "stderr: {err}");
+    assert_eq!(err.trim_end(), "error: interrupted");
+}

@@ -164,3 +164,83 @@ fn trap_survival() {
         other => panic!("expected a trap or out-of-memory, got {other:?}"),
     }
 }
+
+/// A long call is cancelled from another thread (`HostError::Cancelled`) or
+/// stopped by the call timeout (`DeadlineExceeded`); either way the runtime
+/// serves the next calls (on a fresh instance, models reloaded).
+#[test]
+fn cancel_and_deadline_leave_a_usable_runtime() {
+    let (kernel_path, model) = setup();
+    let kernel = Kernel::from_file(&kernel_path, &KernelOptions::default()).expect("kernel");
+    let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
+    let m = rt.load(&LoadOptions::new(&model)).expect("load");
+    let prompt = rt
+        .tokenize(m, "The capital of France is", true, true)
+        .unwrap();
+    // Scoring 2048 tokens takes tens of seconds here: it is stopped long before.
+    let long: Vec<u32> = (0..2048).map(|i| prompt[i % prompt.len()]).collect();
+    let s = rt.new_session(m, 2048).expect("session");
+
+    let canceller = rt.canceller();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        canceller.cancel();
+    });
+    let r = rt.score(s, &long, 1, 0);
+    t.join().unwrap();
+    assert_eq!(r, Err(HostError::Cancelled));
+    assert_eq!(rt.instances_created(), 1, "replaced on the next call");
+    // The session's KV cache went with the instance; the model is reloaded.
+    assert!(matches!(rt.n_past(s), Err(HostError::StaleSession(_))));
+    let s = rt.new_session(m, 2048).expect("session after cancel");
+    assert_eq!(rt.instances_created(), 2);
+    let ok = rt.score(s, &prompt, 1, 0).expect("score after cancel");
+    assert_eq!(ok.len(), prompt.len() - 1);
+
+    // A cancellation with no call running stops the next call before it
+    // enters the guest: no new instance, the session survives.
+    rt.canceller().cancel();
+    assert_eq!(rt.n_past(s), Err(HostError::Cancelled));
+    assert_eq!(rt.n_past(s), Ok(prompt.len() as u32 - 1)); // score evaluates all but the last
+    assert_eq!(rt.instances_created(), 2);
+
+    rt.set_call_timeout(Some(std::time::Duration::from_millis(300)));
+    let r = rt.score(s, &long, 1, 0);
+    assert_eq!(
+        r,
+        Err(HostError::DeadlineExceeded(
+            std::time::Duration::from_millis(300)
+        ))
+    );
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "the kernel call exceeded its deadline of 300 ms"
+    );
+    // Calls within their deadline run as usual (a generous one: the model is
+    // reloaded first, slowly on a busy machine); without one anything goes.
+    rt.set_call_timeout(Some(std::time::Duration::from_secs(600)));
+    let s = rt.new_session(m, 2048).expect("session after deadline");
+    assert_eq!(
+        rt.score(s, &prompt, 1, 0).expect("short score").len(),
+        prompt.len() - 1
+    );
+    rt.set_call_timeout(None);
+    let mut pieces = 0;
+    let stats = rt
+        .generate(
+            s,
+            &prompt,
+            &GenerateOptions {
+                max_tokens: 3,
+                ignore_eos: true,
+                ..GenerateOptions::default()
+            },
+            |_| {
+                pieces += 1;
+                ControlFlow::Continue(())
+            },
+        )
+        .expect("generate");
+    assert_eq!((pieces, stats.generated_tokens), (3, 3));
+    assert_eq!(rt.instances_created(), 3);
+}

@@ -257,6 +257,11 @@ pub fn assert_clean_error(out: &Output, what: &str) -> String {
         1,
         "{what}: expected one line: {stderr:?}"
     );
+    // Nothing from a file may reach the terminal as a control sequence.
+    assert!(
+        !stderr.trim_end_matches('\n').chars().any(char::is_control),
+        "{what}: stderr holds control characters: {stderr:?}"
+    );
     for bad in [
         "panicked",
         "RUST_BACKTRACE",

@@ -162,6 +162,39 @@ fn unsupported_architecture_is_named() {
     );
 }
 
+/// Names from the file (architecture, model name) reach the terminal with
+/// their control characters escaped: no escape sequence from a file runs.
+#[test]
+fn file_supplied_names_are_printed_escaped() {
+    let t = Tmp::new();
+    let mut w = GgufWriter::new();
+    w.kv("general.architecture", Value::from("evil\x1b[2J\u{9b}31m"));
+    w.kv("general.name", Value::from("n\x1b]0;pwned\x07\r\u{202e}x"));
+    w.tensor("t", &[8], GgmlType::F32, vec![0u8; 32]);
+    let path = t.file("escapes.gguf", &w.to_bytes());
+    for args in [
+        vec!["info", "-m", &path],
+        vec!["run", "-m", &path, "-p", "hi", "-n", "1"],
+    ] {
+        let out = run_cli(&args);
+        let err = assert_clean_error(&out, "control characters in names");
+        assert!(err.contains("evil\\u{1b}[2J\\u{9b}31m"), "{err}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !stdout
+                .chars()
+                .any(|c| c.is_control() && c != '\n' || c == '\u{202e}'),
+            "{stdout:?}"
+        );
+        if args[0] == "info" {
+            assert!(
+                stdout.contains("n\\u{1b}]0;pwned\\u{7}\\r\\u{202e}x"),
+                "{stdout}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_generation_arguments() {
     let m = smollm2();

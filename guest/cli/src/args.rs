@@ -104,6 +104,27 @@ impl LoadArgs {
 }
 
 /// A kernel error as one line, worded like the native host's.
+/// `s` with control characters (C0, DEL, C1) and bidirectional-override
+/// characters escaped as `\u{1b}`-style text: strings from a model file
+/// (names, keys, messages quoting them) never reach the terminal as escape
+/// sequences.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    let risky =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(risky) {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if risky(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
+}
+
 pub fn kernel_error(e: KernelError) -> anyhow::Error {
     let msg = match e {
         KernelError::InvalidModel(m) => format!("invalid model: {m}"),

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 
-use crate::args::{check_model, human_bytes, human_params, kernel_error, LoadArgs};
+use crate::args::{check_model, human_bytes, human_params, kernel_error, printable, LoadArgs};
 use crate::wasm_chord::runtime::inference::{
     inspect, Error as KernelError, FileSummary, Model, TensorTypeCount,
 };
@@ -37,10 +37,14 @@ pub fn info(a: InfoArgs) -> Result<()> {
     }
     let token = |t: Option<u32>| t.map_or_else(|| "none".to_string(), |t| t.to_string());
     let types = types_line(&summary.tensor_types);
-    println!("architecture: {}", i.architecture);
+    println!("architecture: {}", printable(&i.architecture));
     println!(
         "name:         {}",
-        if i.name.is_empty() { "-" } else { &i.name }
+        if i.name.is_empty() {
+            "-".into()
+        } else {
+            printable(&i.name)
+        }
     );
     println!(
         "params:       {} ({})",
@@ -89,14 +93,18 @@ fn print_summary(s: &FileSummary) {
     println!(
         "architecture: {}",
         if s.architecture.is_empty() {
-            "-"
+            "-".into()
         } else {
-            &s.architecture
+            printable(&s.architecture)
         }
     );
     println!(
         "name:         {}",
-        if s.name.is_empty() { "-" } else { &s.name }
+        if s.name.is_empty() {
+            "-".into()
+        } else {
+            printable(&s.name)
+        }
     );
     println!(
         "params:       {} ({})",

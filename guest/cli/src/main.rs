@@ -100,10 +100,12 @@ fn main() {
     }
 }
 
-/// Errors are printed on one line.
+/// Errors are printed on one line, control characters escaped.
 fn one_line(s: &str) -> String {
-    s.split('\n')
+    let joined = s
+        .split('\n')
         .map(str::trim_end)
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    args::printable(&joined).into_owned()
 }

@@ -204,10 +204,10 @@ impl wit::GuestModel for ModelRes {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, wit::Error> {
-        Ok(self
-            .model
+        self.model
             .tokenizer
-            .encode(&text, add_special, parse_special))
+            .try_encode(&text, add_special, parse_special)
+            .map_err(err)
     }
 
     fn detokenize(&self, tokens: Vec<u32>) -> Result<String, wit::Error> {

@@ -170,3 +170,36 @@ fn gemma3_prompt_tokens_match_llama_cpp() {
         );
     }
 }
+
+/// Huge and adversarial prompts finish (tokenization is near-linear; the
+/// speed itself is measured by `cargo xtask bench`, not asserted here), and
+/// round-trip where the vocabulary allows.
+#[test]
+fn huge_and_adversarial_prompts_tokenize() {
+    for var in ["WASM_CHORD_SMOLLM2", "WASM_CHORD_GEMMA3"] {
+        let Some(path) = std::env::var_os(var) else {
+            eprintln!("{var} not set: skipped");
+            continue;
+        };
+        let f = std::fs::File::open(&path).expect("open model");
+        let size = f.metadata().expect("stat").len();
+        let tok = Tokenizer::from_source(&FileSource(f.into(), size)).expect("tokenizer");
+        let texts = [
+            "a".repeat(1 << 20),
+            " ".repeat(1 << 20),
+            "1".repeat(1 << 20),
+            "\u{e4}".repeat(1 << 18),
+            "<|im_end|>".repeat(50_000),
+            "<start_of_turn>".repeat(50_000),
+            "<|im_end|>a".repeat(50_000),
+        ];
+        for text in &texts {
+            let ids = tok.try_encode(text, false, false).expect("tokenize");
+            assert!(!ids.is_empty() && ids.len() <= text.len());
+            assert_eq!(tok.decode(&ids), *text, "{var}: {:?}...", &text[..16]);
+            // Special tokens parsed: no fewer ids than one per special token.
+            let ids = tok.try_encode(text, false, true).expect("tokenize");
+            assert!(!ids.is_empty() && ids.len() <= text.len());
+        }
+    }
+}

@@ -4,15 +4,29 @@
 //
 // Small reads (the GGUF header and metadata come as many small reads) go
 // through a block cache, so they cost one request per block.
+//
+// Every 206 must carry the `Content-Range` asked for (same first and last
+// byte, same total size), and the file is pinned at open: its strong `ETag`
+// (else `Last-Modified`) is sent as `If-Range` (same-origin) and must come
+// back unchanged on every response,
+// so a proxy or a file replaced meanwhile cannot mix bytes of two files.
 import { StoreError } from '../layer-store.js';
 
 const BLOCK = 1 << 20;
 
-function request(url, first, last) {
+// `If-Range` is not a CORS-safelisted header: cross-origin it would need the
+// server's preflight consent, so there the returned validator alone is checked.
+function sameOrigin(url) {
+  const here = globalThis.location?.origin;
+  return !here || new URL(url).origin === here;
+}
+
+function request(url, first, last, validator) {
   const xhr = new XMLHttpRequest();
   xhr.open('GET', url, false);
   xhr.responseType = 'arraybuffer';
   xhr.setRequestHeader('Range', `bytes=${first}-${last}`);
+  if (validator && sameOrigin(url)) xhr.setRequestHeader('If-Range', validator.value);
   try {
     xhr.send();
   } catch (e) {
@@ -34,12 +48,28 @@ function statusError(url, xhr) {
   return new StoreError('io', `cannot open '${url}': HTTP ${xhr.status} ${xhr.statusText}`);
 }
 
+/** `Content-Range: bytes FIRST-LAST/TOTAL` as numbers, or null. */
+function contentRange(xhr) {
+  const m = /^\s*bytes\s+(\d+)-(\d+)\/(\d+)\s*$/i.exec(xhr.getResponseHeader('Content-Range') ?? '');
+  return m ? { first: Number(m[1]), last: Number(m[2]), total: Number(m[3]) } : null;
+}
+
+/** What pins the file: a strong ETag, else Last-Modified, else nothing. */
+function validatorOf(xhr) {
+  const etag = xhr.getResponseHeader('ETag');
+  if (etag && !etag.trim().startsWith('W/')) return { header: 'ETag', value: etag.trim() };
+  const modified = xhr.getResponseHeader('Last-Modified');
+  if (modified) return { header: 'Last-Modified', value: modified.trim() };
+  return null;
+}
+
 class HttpBackend {
   #cache = new Map(); // block index -> Uint8Array
 
-  constructor(url, size) {
+  constructor(url, size, validator) {
     this.url = url;
     this.size = size;
+    this.validator = validator;
   }
 
   readInto(offset, dest) {
@@ -70,8 +100,18 @@ class HttpBackend {
   }
 
   #fetch(offset, len) {
-    const xhr = request(this.url, offset, offset + len - 1);
+    const last = offset + len - 1;
+    const xhr = request(this.url, offset, last, this.validator);
+    const v = this.validator;
+    if (v && (xhr.status === 200 || xhr.getResponseHeader(v.header)?.trim() !== v.value)) {
+      throw new StoreError('io', `cannot read '${this.url}': the file changed on the server since it was opened (${v.header} ${v.value})`);
+    }
     if (xhr.status !== 206) throw statusError(this.url, xhr);
+    const r = contentRange(xhr);
+    if (!r || r.first !== offset || r.last !== last || r.total !== this.size) {
+      const got = xhr.getResponseHeader('Content-Range') ?? 'no Content-Range';
+      throw new StoreError('io', `cannot read '${this.url}': asked bytes ${offset}-${last}/${this.size}, the server sent ${JSON.stringify(got)}`);
+    }
     const bytes = new Uint8Array(xhr.response);
     if (bytes.length !== len) {
       throw new StoreError('io', `cannot read '${this.url}': asked ${len} bytes at ${offset}, got ${bytes.length}`);
@@ -94,8 +134,11 @@ export class HttpRangeStore {
     // Probe with the first byte: a 206 carries the total size in Content-Range.
     const xhr = request(url, 0, 0);
     if (xhr.status !== 206) throw statusError(name, xhr);
-    const m = /\/(\d+)\s*$/.exec(xhr.getResponseHeader('Content-Range') ?? '');
-    if (!m) throw new StoreError('io', `cannot open '${name}': the server sent no total size in Content-Range`);
-    return new HttpBackend(url, Number(m[1]));
+    const r = contentRange(xhr);
+    if (!r) throw new StoreError('io', `cannot open '${name}': the server sent no total size in Content-Range`);
+    if (r.first !== 0 || r.last !== 0 || !Number.isSafeInteger(r.total)) {
+      throw new StoreError('io', `cannot open '${name}': asked bytes 0-0, the server sent ${JSON.stringify(xhr.getResponseHeader('Content-Range'))}`);
+    }
+    return new HttpBackend(url, r.total, validatorOf(xhr));
   }
 }

@@ -41,9 +41,20 @@ impl FileStore {
     /// Open `path` directly (what [`ModelStore::open`] does).
     pub fn open_path(&self, path: &Path) -> Result<MmapSource, StoreError> {
         let shown = path.display();
-        let meta = std::fs::metadata(path).map_err(|e| {
+        // Open first, then check what was opened: a path checked before it is
+        // opened can be swapped meanwhile (a FIFO would block the open forever).
+        // O_NONBLOCK makes opening a FIFO return at once; it changes nothing
+        // for regular files.
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+        let file: File = options.open(path).map_err(|e| {
             StoreError::NotFound(format!("cannot open '{shown}': {}", io_reason(&e)))
         })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| StoreError::Io(format!("cannot stat '{shown}': {}", io_reason(&e))))?;
         if meta.is_dir() {
             return Err(StoreError::NotFound(format!(
                 "cannot open '{shown}': is a directory, not a regular file"
@@ -54,13 +65,7 @@ impl FileStore {
                 "cannot open '{shown}': not a regular file"
             )));
         }
-        let file = File::open(path).map_err(|e| {
-            StoreError::NotFound(format!("cannot open '{shown}': {}", io_reason(&e)))
-        })?;
-        let size = file
-            .metadata()
-            .map_err(|e| StoreError::Io(format!("cannot stat '{shown}': {}", io_reason(&e))))?
-            .len();
+        let size = meta.len();
         let map = if size == 0 {
             None
         } else {
@@ -96,7 +101,9 @@ impl ModelStore for FileStore {
                 .iter()
                 .map(|p| Ok(Box::new(self.open_path(p)?) as Box<dyn Source>))
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            return Ok(Box::new(SplitSource::new(shards)));
+            return Ok(Box::new(
+                SplitSource::new(shards).with_max_request(self.max_request),
+            ));
         }
         Ok(Box::new(self.open_path(path)?))
     }
@@ -350,6 +357,34 @@ mod tests {
             ByteRange { offset: 96, len: 4 },
         ];
         assert_eq!(src.load_layer(&ok), Ok(Bytes::from(vec![7u8; 8])));
+    }
+
+    /// A FIFO is refused at once: the check is made on the opened descriptor,
+    /// and the open does not wait for a writer.
+    #[cfg(unix)]
+    #[test]
+    fn fifo_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("wasm-chord-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("model.gguf");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(FileStore::new().open_path(&path).map(|_| ()));
+        });
+        // Generous: the open returns at once; a blocked one never returns.
+        let r = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("opening a FIFO must not block");
+        match r {
+            Err(StoreError::NotFound(m)) => assert!(m.ends_with("not a regular file"), "{m}"),
+            other => panic!("expected not-found, got {other:?}"),
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

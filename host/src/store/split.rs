@@ -3,7 +3,7 @@
 //! starting at `k * SHARD_STRIDE`. The kernel parses each region as a GGUF
 //! file and loads the model from all of them.
 
-use super::{ByteRange, Bytes, Source, StoreError};
+use super::{total_len, ByteRange, Bytes, Source, StoreError, DEFAULT_MAX_REQUEST};
 use std::path::{Path, PathBuf};
 
 /// Address-space stride between shards (1 TiB): shard `k` starts at `k << 40`.
@@ -33,6 +33,7 @@ pub fn shard_paths(path: &Path) -> Option<Vec<PathBuf>> {
 /// Several shards (any [`Source`]s) behind one 64-bit address space.
 pub struct SplitSource {
     shards: Vec<Box<dyn Source>>,
+    max_request: u64,
 }
 
 impl std::fmt::Debug for SplitSource {
@@ -45,8 +46,18 @@ impl std::fmt::Debug for SplitSource {
 
 impl SplitSource {
     /// Shard `k` of `shards` is served at offsets from `k * SHARD_STRIDE`.
+    /// Requests are limited to [`DEFAULT_MAX_REQUEST`] bytes in all.
     pub fn new(shards: Vec<Box<dyn Source>>) -> Self {
-        SplitSource { shards }
+        SplitSource {
+            shards,
+            max_request: DEFAULT_MAX_REQUEST,
+        }
+    }
+
+    /// Change the largest request served at once (bytes, over all shards).
+    pub fn with_max_request(mut self, max_request: u64) -> Self {
+        self.max_request = max_request;
+        self
     }
 
     /// The shard holding `[offset, offset + len)` and the offset inside it.
@@ -77,11 +88,19 @@ impl Source for SplitSource {
     }
 
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        if len > self.max_request {
+            return Err(StoreError::TooLarge(len));
+        }
         let (shard, inner) = self.locate(offset, len)?;
         shard.read_at(inner, len)
     }
 
     fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
+        // The whole gathered buffer is one request, as for one file.
+        let total = total_len(ranges)?;
+        if total > self.max_request {
+            return Err(StoreError::TooLarge(total));
+        }
         // One range (a layer's tensors stored together): the shard's own
         // answer, a view of its map where it has one.
         if let [r] = ranges {
@@ -91,7 +110,8 @@ impl Source for SplitSource {
                 len: r.len,
             }]);
         }
-        let mut out = Vec::new();
+        let cap = usize::try_from(total).map_err(|_| StoreError::TooLarge(total))?;
+        let mut out = Vec::with_capacity(cap);
         for r in ranges {
             let (shard, inner) = self.locate(r.offset, r.len)?;
             out.extend_from_slice(&shard.load_layer(&[ByteRange {
@@ -126,5 +146,37 @@ mod tests {
         assert!(shard_paths(Path::new("/m/llama-00002-of-00003.gguf")).is_none());
         assert!(shard_paths(Path::new("/m/llama.gguf")).is_none());
         assert!(shard_paths(Path::new("/m/x-00001-of-00001.gguf")).is_none());
+    }
+
+    /// A layer gathered from several shards obeys the store's request limit
+    /// as a whole, like one file's (each shard alone is under it).
+    #[test]
+    fn layer_across_shards_obeys_max_request() {
+        use crate::store::{MemStore, ModelStore};
+        let mem = MemStore::new();
+        mem.insert("a", vec![1u8; 8]);
+        mem.insert("b", vec![2u8; 8]);
+        let shards = vec![mem.open("a").unwrap(), mem.open("b").unwrap()];
+        let split = SplitSource::new(shards).with_max_request(10);
+        let ranges = [
+            ByteRange { offset: 0, len: 6 },
+            ByteRange {
+                offset: SHARD_STRIDE,
+                len: 6,
+            },
+        ];
+        assert!(matches!(
+            split.load_layer(&ranges),
+            Err(StoreError::TooLarge(12))
+        ));
+        assert_eq!(
+            split.load_layer(&ranges[..1]).unwrap(),
+            vec![1u8; 6],
+            "a request under the limit is served"
+        );
+        assert!(matches!(
+            split.read_at(SHARD_STRIDE, 11),
+            Err(StoreError::TooLarge(11))
+        ));
     }
 }

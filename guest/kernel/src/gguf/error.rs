@@ -139,6 +139,16 @@ pub enum GgufError {
         size: u64,
         file_size: u64,
     },
+    /// The metadata decodes to more memory than the budget allows.
+    #[error("key '{key}': the metadata decodes to more than {limit} bytes")]
+    MetadataTooLarge { key: String, limit: u64 },
+    /// Two tensors' data overlap (llama.cpp requires them laid out in turn).
+    #[error("tensors '{first}' and '{second}': data overlap at offset {offset}")]
+    OverlappingTensors {
+        first: String,
+        second: String,
+        offset: u64,
+    },
     /// Offset arithmetic overflows a `u64`.
     #[error("{what}: offset arithmetic overflows")]
     OffsetOverflow { what: String },

@@ -27,6 +27,10 @@ pub const MAX_TENSOR_NAME_LEN: u64 = 65_535;
 /// Most elements in one metadata array (16 Mi; vocabularies are < 1 Mi).
 /// Independently, an array must fit in the bytes left in the file.
 pub const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Most memory the decoded metadata may take (256 MiB, counted as
+/// `size_of::<Value>()` per value plus string bytes; a 262k-token vocabulary
+/// takes ~30 MB). A file of small array elements cannot fill the guest.
+pub const MAX_METADATA_DECODED: u64 = 256 << 20;
 /// Deepest nesting of arrays in arrays accepted.
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// Most tensor dimensions (ggml's `GGML_MAX_DIMS`).
@@ -193,9 +197,22 @@ fn check_value_type(ty: u32, key: &str, offset: u64) -> Result<u64, GgufError> {
 }
 
 /// Read a value of (already checked) type `ty`.
-fn read_value(cur: &mut Cursor, ty: u32, key: &str, depth: usize) -> Result<Value, GgufError> {
+fn read_value(
+    cur: &mut Cursor,
+    ty: u32,
+    key: &str,
+    depth: usize,
+    budget: &mut u64,
+) -> Result<Value, GgufError> {
     use type_id::*;
     let at = cur.pos();
+    let over = || GgufError::MetadataTooLarge {
+        key: key.to_owned(),
+        limit: MAX_METADATA_DECODED,
+    };
+    *budget = budget
+        .checked_sub(std::mem::size_of::<Value>() as u64)
+        .ok_or_else(over)?;
     Ok(match ty {
         U8 => Value::U8(cur.u8("u8 value")?),
         I8 => Value::I8(cur.u8("i8 value")? as i8),
@@ -218,7 +235,11 @@ fn read_value(cur: &mut Cursor, ty: u32, key: &str, depth: usize) -> Result<Valu
                 })
             }
         },
-        STRING => Value::String(cur.string(MAX_STRING_LEN, "string value")?),
+        STRING => {
+            let s = cur.string(MAX_STRING_LEN, "string value")?;
+            *budget = budget.checked_sub(s.len() as u64).ok_or_else(over)?;
+            Value::String(s)
+        }
         ARRAY => {
             if depth >= MAX_ARRAY_DEPTH {
                 return Err(GgufError::NestingTooDeep {
@@ -247,7 +268,7 @@ fn read_value(cur: &mut Cursor, ty: u32, key: &str, depth: usize) -> Result<Valu
             }
             let mut v = Vec::with_capacity(count.min(MAX_PREALLOC) as usize);
             for _ in 0..count {
-                v.push(read_value(cur, elem_ty, key, depth + 1)?);
+                v.push(read_value(cur, elem_ty, key, depth + 1, budget)?);
             }
             Value::Array(v)
         }
@@ -395,6 +416,7 @@ pub(crate) fn parse(src: &dyn ByteSource) -> Result<GgufFile, GgufError> {
     let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv.min(MAX_PREALLOC) as usize);
     let mut key_index: HashMap<String, usize> =
         HashMap::with_capacity(n_kv.min(MAX_PREALLOC) as usize);
+    let mut budget = MAX_METADATA_DECODED;
     for i in 0..n_kv {
         let key_at = cur.pos();
         let key = cur
@@ -404,7 +426,8 @@ pub(crate) fn parse(src: &dyn ByteSource) -> Result<GgufFile, GgufError> {
         let ty_at = cur.pos();
         let ty = cur.u32("value type").map_err(|e| e.in_context(ctx))?;
         check_value_type(ty, &key, ty_at)?;
-        let value = read_value(&mut cur, ty, &key, 0).map_err(|e| e.in_context(ctx))?;
+        let value =
+            read_value(&mut cur, ty, &key, 0, &mut budget).map_err(|e| e.in_context(ctx))?;
         if key_index.contains_key(&key) {
             return Err(GgufError::DuplicateKey {
                 key,
@@ -481,6 +504,24 @@ pub(crate) fn parse(src: &dyn ByteSource) -> Result<GgufFile, GgufError> {
         }
         info.offset = abs;
         tensors.push(info);
+    }
+    // No two tensors may share bytes (empty tensors hold none).
+    let mut spans: Vec<(u64, u64, usize)> = tensors
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.n_bytes > 0)
+        .map(|(i, t)| (t.offset, t.offset + t.n_bytes, i))
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(GgufError::OverlappingTensors {
+                first: tensors[a].name.clone(),
+                second: tensors[b].name.clone(),
+                offset: start,
+            });
+        }
     }
 
     Ok(GgufFile {

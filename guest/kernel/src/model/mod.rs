@@ -94,6 +94,10 @@ pub struct Model {
     /// Bytes of the guest budget left for a session's KV cache when the
     /// load had a budget (given, or the streaming default); `None`: no budget.
     kv_budget: Option<u64>,
+    /// The guest memory budget of `LoadOptions::max_memory` (0: none).
+    max_memory: u64,
+    /// Most bytes of weights the layer cache holds at once.
+    weights_cap: u64,
 }
 
 impl Model {
@@ -179,13 +183,13 @@ impl Model {
             (0, true) => Some(DEFAULT_STREAM_BUDGET),
             (b, _) => Some(b),
         };
-        let held = if stream {
+        let weights_cap = if stream {
             head_bytes.saturating_add((capacity as u64 + 1).saturating_mul(max_block))
         } else {
             weight_bytes
         };
         let kv_budget = budget.map(|b| {
-            b.saturating_sub(held)
+            b.saturating_sub(weights_cap)
                 .saturating_sub((b / 8).max(SCRATCH_RESERVE))
         });
         let mut cache = LayerCache::new(plans, capacity, opts.policy);
@@ -223,6 +227,8 @@ impl Model {
             cache: RefCell::new(cache),
             src,
             kv_budget,
+            max_memory: opts.max_memory,
+            weights_cap,
         })
     }
 
@@ -230,6 +236,18 @@ impl Model {
     /// load had no budget).
     pub fn kv_budget(&self) -> Option<u64> {
         self.kv_budget
+    }
+
+    /// Check that a KV cache of `kv_bytes` fits the guest memory budget
+    /// next to the weights (when a budget was given at load).
+    pub(crate) fn check_kv_budget(&self, kv_bytes: u64) -> Result<()> {
+        if self.max_memory > 0 && kv_bytes.saturating_add(self.weights_cap) > self.max_memory {
+            return Err(Error::OutOfMemory(format!(
+                "a KV cache of {kv_bytes} bytes and {} bytes of weights exceed the guest budget of {} bytes (use a smaller context)",
+                self.weights_cap, self.max_memory
+            )));
+        }
+        Ok(())
     }
 
     /// False for a vocabulary-only file (tokenizer, no weights).

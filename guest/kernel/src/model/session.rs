@@ -62,6 +62,11 @@ impl Session {
                 "n_ctx {n_ctx} is too large (max 1048576)"
             )));
         }
+        // K and V, f32, every layer.
+        let kv_bytes = (n_ctx as u64)
+            .saturating_mul(model.cfg.kv_dim() as u64)
+            .saturating_mul(8 * model.cfg.n_layers as u64);
+        model.check_kv_budget(kv_bytes)?;
         Ok(Session {
             kv: KvCache::new(&model.cfg, n_ctx)?,
             state: State::default(),
@@ -132,18 +137,32 @@ impl Session {
                 self.kv.n_ctx
             )));
         }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= model.cfg.n_vocab) {
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary ({})",
+                model.cfg.n_vocab
+            )));
+        }
+        // All or nothing: a micro-batch that fails (a store error while
+        // streaming) takes the ones before it back out of the session; their
+        // KV entries past `n_past` are simply overwritten later.
+        let start = self.tokens.len();
         for (b, chunk) in tokens.chunks(UBATCH).enumerate() {
             let base = b * UBATCH;
             let from = logits_from.saturating_sub(base).min(chunk.len());
             let pos0 = self.tokens.len();
-            model.forward(
+            let done = model.forward(
                 &mut self.kv,
                 &mut self.state,
                 chunk,
                 pos0,
                 from,
                 &mut |i, l| sink(base + i, l),
-            )?;
+            );
+            if let Err(e) = done {
+                self.tokens.truncate(start);
+                return Err(e);
+            }
             self.tokens.extend_from_slice(chunk);
         }
         Ok(())
@@ -158,6 +177,12 @@ impl Session {
         first: usize,
         top_k: usize,
     ) -> Result<Vec<TokenScore>> {
+        if top_k > model.cfg.n_vocab {
+            return Err(Error::InvalidInput(format!(
+                "score: top-k {top_k} exceeds the vocabulary ({})",
+                model.cfg.n_vocab
+            )));
+        }
         let mut out = Vec::new();
         self.score_with(model, tokens, first, &mut |pos, tok, lp| {
             out.push(TokenScore {
@@ -184,6 +209,15 @@ impl Session {
                 tokens.len()
             )));
         }
+        // The last token is scored but never evaluated: check it here.
+        let last = tokens[tokens.len() - 1];
+        if last as usize >= model.cfg.n_vocab {
+            return Err(Error::InvalidInput(format!(
+                "score: token {last} at position {} is out of the vocabulary ({})",
+                tokens.len() - 1,
+                model.cfg.n_vocab
+            )));
+        }
         self.reset();
         let mut lp = vec![0f32; model.cfg.n_vocab];
         // Logits of index i predict token i + 1.
@@ -201,6 +235,7 @@ impl Session {
 
 /// The `k` largest entries of `lp` as (index, value), best first.
 pub fn top_of(lp: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let k = k.min(lp.len());
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k == 0 {
         return top;

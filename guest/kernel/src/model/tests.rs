@@ -7,6 +7,8 @@ use crate::sample::SamplerConfig;
 use crate::store::MemSource;
 use crate::synth::{self, SynthArch, SynthSpec, SynthVocab};
 
+const UBATCH_FOR_TESTS: usize = super::forward::UBATCH;
+
 fn spec(ty: GgmlType) -> SynthSpec {
     SynthSpec {
         n_layers: 5,
@@ -274,6 +276,75 @@ fn out_of_vocabulary_token_is_an_error() {
     let mut s = Session::new(&m, 16).unwrap();
     let r = s.eval(&m, &[1, 99999], 0, &mut |_, _| {});
     assert!(matches!(r, Err(Error::InvalidInput(_))));
+}
+
+#[test]
+fn kv_cache_counts_against_max_memory() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let opts = LoadOptions {
+        max_memory: 4 << 20,
+        ..LoadOptions::default()
+    };
+    let m = load(&bytes, &opts);
+    // 4096 positions x kv_dim 32 x (K + V) x 4 bytes x 5 layers = 5 MiB.
+    let r = Session::new(&m, 4096);
+    assert!(
+        matches!(&r, Err(Error::OutOfMemory(e)) if e.contains("KV cache") && e.contains("4194304")),
+        "{:?}",
+        r.as_ref().err()
+    );
+    assert!(Session::new(&m, 256).is_ok());
+    // Without a budget only the host's memory cap applies.
+    let m = load(&bytes, &LoadOptions::default());
+    assert!(Session::new(&m, 4096).is_ok());
+}
+
+#[test]
+fn a_failing_prompt_commits_nothing() {
+    // The bad token sits in the second micro-batch: the first must not stay
+    // in the session.
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 64).unwrap();
+    s.eval(&m, &TOKENS[..3], 0, &mut |_, _| {}).unwrap();
+    let mut bad = TOKENS.to_vec();
+    bad[UBATCH_FOR_TESTS + 1] = 99999;
+    let r = s.eval(&m, &bad, 0, &mut |_, _| {});
+    assert!(matches!(r, Err(Error::InvalidInput(_))), "{r:?}");
+    assert_eq!(s.n_past(), 3, "the failed prompt left tokens behind");
+    // The session continues as if the bad prompt never came.
+    let mut a = Vec::new();
+    s.eval(&m, &TOKENS[3..6], 0, &mut |_, l| a.extend_from_slice(l))
+        .unwrap();
+    let all = all_logits(&m, &TOKENS[..6], 6);
+    let v = m.cfg.n_vocab;
+    assert_eq!(a, all[3 * v..6 * v]);
+}
+
+#[test]
+fn score_rejects_a_bad_last_token_and_an_absurd_top_k() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    let mut s = Session::new(&m, 16).unwrap();
+    // Only the last token is out of the vocabulary: it is never evaluated.
+    let r = s.score(&m, &[1, 2, u32::MAX], 1, 1);
+    assert!(
+        matches!(&r, Err(Error::InvalidInput(e)) if e.contains("4294967295")),
+        "{r:?}"
+    );
+    let r = s.score_with(&m, &[1, 2, 99999], 1, &mut |_, _, _| {});
+    assert!(matches!(&r, Err(Error::InvalidInput(_))), "{r:?}");
+    for k in [u32::MAX as usize, usize::MAX, m.cfg.n_vocab + 1] {
+        let r = s.score(&m, &[1, 2, 3], 1, k);
+        assert!(
+            matches!(&r, Err(Error::InvalidInput(e)) if e.contains("top-k")),
+            "{k}: {r:?}"
+        );
+    }
+    // The session still works afterwards, and top-k = n_vocab is allowed.
+    let ok = s.score(&m, &[1, 2, 3], 1, m.cfg.n_vocab).unwrap();
+    assert_eq!(ok.len(), 2);
+    assert_eq!(ok[0].top.len(), m.cfg.n_vocab);
 }
 
 /// The real SmolLM2 file, when the test runner provides it (`cargo xtask test` does).

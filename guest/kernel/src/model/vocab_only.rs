@@ -41,6 +41,8 @@ impl Model {
             cache: RefCell::new(LayerCache::new(Vec::new(), 0, Policy::Pinned)),
             src,
             kv_budget: None,
+            max_memory: 0,
+            weights_cap: 0,
         })
     }
 }

@@ -17,6 +17,11 @@ pub use load::from_gguf;
 use crate::{Error, Result};
 use special::Frag;
 
+/// The largest text [`Tokenizer::try_encode`] accepts: 16 MiB, some four
+/// million tokens, beyond the largest context (2^20) several times over.
+/// Tokenizing it takes seconds (about 0.15 s per MiB natively).
+pub const MAX_TEXT_BYTES: usize = 16 << 20;
+
 /// Token text → id (first id of a repeated text).
 type Ids = rustc_hash::FxHashMap<String, u32>;
 
@@ -213,6 +218,23 @@ impl Tokenizer {
     /// The token's text as stored in the vocabulary.
     pub fn token_text(&self, id: u32) -> Option<&str> {
         self.tokens.get(id as usize).map(String::as_str)
+    }
+
+    /// [`Tokenizer::encode`] with the text's size checked against
+    /// [`MAX_TEXT_BYTES`]: the entry point for text from outside.
+    pub fn try_encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(Error::InvalidInput(format!(
+                "the text to tokenize is {} bytes; the limit is {MAX_TEXT_BYTES}",
+                text.len()
+            )));
+        }
+        Ok(self.encode(text, add_special, parse_special))
     }
 
     /// Text to token ids. `add_special`: BOS/EOS as the metadata says;

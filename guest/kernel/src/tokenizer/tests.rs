@@ -266,3 +266,61 @@ fn chat_template_renders() {
         matches!(apply_chat_template(bad, &msgs, true, "", ""), Err(Error::InvalidInput(m)) if m.contains("no system role"))
     );
 }
+
+fn one_message() -> [ChatMessage; 1] {
+    [ChatMessage {
+        role: "user".into(),
+        content: "hi".into(),
+    }]
+}
+
+#[test]
+fn chat_template_endless_loop_runs_out_of_fuel() {
+    // 10^10 iterations unbounded; the fuel stops it after a few million.
+    let tpl =
+        "{% for a in range(100000) %}{% for b in range(100000) %}{{ a }}{% endfor %}{% endfor %}";
+    let r = apply_chat_template(tpl, &one_message(), true, "", "");
+    assert!(
+        matches!(&r, Err(Error::InvalidModel(m)) if m.contains("instructions")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn chat_template_huge_output_is_capped() {
+    // 10^5 × 100 MB of output unbounded; the cap stops it at the first write.
+    let tpl = "{% for i in range(100000) %}{{ 'x'*100000000 }}{% endfor %}";
+    let r = apply_chat_template(tpl, &one_message(), true, "", "");
+    assert!(
+        matches!(&r, Err(Error::InvalidModel(m)) if m.contains("exceeds")),
+        "{r:?}"
+    );
+    // A large but honest conversation still renders.
+    let msgs = [ChatMessage {
+        role: "user".into(),
+        content: "y".repeat(3 << 20),
+    }];
+    let ok = apply_chat_template(
+        "{% for m in messages %}{{ m.content }}{% endfor %}",
+        &msgs,
+        true,
+        "",
+        "",
+    )
+    .unwrap();
+    assert_eq!(ok.len(), 3 << 20);
+}
+
+#[test]
+fn text_over_the_size_cap_is_invalid_input() {
+    let t = tiny();
+    let big = "a".repeat(MAX_TEXT_BYTES + 1);
+    let r = t.try_encode(&big, true, true);
+    assert!(
+        matches!(&r, Err(Error::InvalidInput(m)) if m.contains("limit")),
+        "{:?}",
+        r.as_ref().map(Vec::len)
+    );
+    let ok = t.try_encode(&big[..1 << 20], false, false).unwrap();
+    assert_eq!(ok.len(), 1 << 20);
+}

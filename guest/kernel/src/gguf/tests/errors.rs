@@ -493,6 +493,68 @@ fn err_misaligned_tensor() {
 }
 
 #[test]
+fn err_metadata_too_large() {
+    // 9 MiB of u8 array elements would decode to 9 Mi values (~300 MB).
+    let n: u64 = 9 << 20;
+    let mut b = Vec::with_capacity(n as usize + 64);
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // kvs
+    let key = b"big.bytes";
+    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+    b.extend_from_slice(key);
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+    b.extend_from_slice(&n.to_le_bytes());
+    b.resize(b.len() + n as usize, 0);
+    let Err(e) = parse_bytes(b) else {
+        panic!("9 Mi array elements were accepted")
+    };
+    assert!(
+        matches!(&e, GgufError::MetadataTooLarge { key, .. } if key == "big.bytes"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("big.bytes"), "{e}");
+    assert!(matches!(
+        crate::Error::from(e),
+        crate::Error::InvalidModel(_)
+    ));
+}
+
+#[test]
+fn err_overlapping_tensors() {
+    // "b" is patched to start inside "a"'s 64 bytes (aligned, in bounds).
+    let mut w = GgufWriter::new();
+    w.tensor("a", &[16], GgmlType::F32, vec![0; 64])
+        .tensor("b", &[8], GgmlType::F32, vec![0; 32]);
+    let mut bytes = w.to_bytes();
+    let at = find(&bytes, &[1, 0, 0, 0, 0, 0, 0, 0, b'b']) + 9 + 4 + 8 + 4;
+    patch_u64(&mut bytes, at, 32);
+    let e = parse_bytes(bytes).unwrap_err();
+    assert!(
+        matches!(&e, GgufError::OverlappingTensors { first, second, .. } if first == "a" && second == "b"),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("overlap"), "{e}");
+    assert!(matches!(
+        crate::Error::from(e),
+        crate::Error::InvalidModel(_)
+    ));
+    // The same data twice (tied by offset) is refused too.
+    let mut w = GgufWriter::new();
+    w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
+        .tensor("b", &[8], GgmlType::F32, vec![0; 32]);
+    let mut bytes = w.to_bytes();
+    let at = find(&bytes, &[1, 0, 0, 0, 0, 0, 0, 0, b'b']) + 9 + 4 + 8 + 4;
+    patch_u64(&mut bytes, at, 0);
+    assert!(matches!(
+        parse_bytes(bytes),
+        Err(GgufError::OverlappingTensors { .. })
+    ));
+}
+
+#[test]
 fn err_tensor_out_of_bounds() {
     let mut w = GgufWriter::new();
     w.tensor("a", &[8], GgmlType::F32, vec![0; 32])
