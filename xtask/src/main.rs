@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 mod bench;
+mod fuzz;
 mod golden;
 mod large;
 mod llama;
@@ -87,6 +88,19 @@ enum Cmd {
         /// llama.cpp's `llama-bench` binary.
         #[arg(long)]
         llama_bench: Option<PathBuf>,
+    },
+    /// Coverage-guided fuzzing of the kernel (cargo-fuzz, nightly): run each
+    /// target of `fuzz/` for N seconds, one job; fails if one crashes. Installs
+    /// cargo-fuzz if missing. Not part of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Only this target (gguf_load, split_load, tokenize, chat_template, kld_read).
+        target: Option<String>,
+        /// Rewrite the committed seed corpora (fuzz/seeds) and exit.
+        #[arg(long)]
+        write_seeds: bool,
     },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2; with `--vs-llama-cpp`,
     /// against llama.cpp's `llama-bench` on SmolLM2 Q4_1 and Gemma-3-270M
@@ -269,6 +283,17 @@ fn run(cli: Cli) -> Result<()> {
             large::generate(&model, &smol)?;
             step("run it streamed");
             large::run(&bin, &model, &args)
+        }
+        Cmd::Fuzz {
+            seconds,
+            target,
+            write_seeds,
+        } => {
+            if write_seeds {
+                fuzz::write_seeds(&ctx.root)
+            } else {
+                fuzz::run(&ctx.root, &ctx.target, seconds, target.as_deref())
+            }
         }
         Cmd::Bench {
             vs_llama_cpp: true,
