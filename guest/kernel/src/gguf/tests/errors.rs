@@ -494,28 +494,34 @@ fn err_misaligned_tensor() {
 
 #[test]
 fn err_metadata_too_large() {
-    // 9 MiB of u8 array elements would decode to 9 Mi values (~300 MB).
-    let n: u64 = 9 << 20;
-    let mut b = Vec::with_capacity(n as usize + 64);
+    // One u8 array element more than the budget holds decoded values (a
+    // `Value` is 32 bytes natively, fewer on wasm32), in two arrays each
+    // within the array-length limit; the second goes over.
+    let n: u64 = crate::gguf::reader::MAX_METADATA_DECODED
+        / std::mem::size_of::<crate::gguf::Value>() as u64
+        + 1;
+    let half = n.div_ceil(2);
+    let mut b = Vec::with_capacity(2 * half as usize + 128);
     b.extend_from_slice(b"GGUF");
     b.extend_from_slice(&3u32.to_le_bytes());
     b.extend_from_slice(&0u64.to_le_bytes()); // tensors
-    b.extend_from_slice(&1u64.to_le_bytes()); // kvs
-    let key = b"big.bytes";
-    b.extend_from_slice(&(key.len() as u64).to_le_bytes());
-    b.extend_from_slice(key);
-    b.extend_from_slice(&9u32.to_le_bytes()); // array
-    b.extend_from_slice(&0u32.to_le_bytes()); // of u8
-    b.extend_from_slice(&n.to_le_bytes());
-    b.resize(b.len() + n as usize, 0);
+    b.extend_from_slice(&2u64.to_le_bytes()); // kvs
+    for key in [&b"big.one"[..], &b"big.two"[..]] {
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(&9u32.to_le_bytes()); // array
+        b.extend_from_slice(&0u32.to_le_bytes()); // of u8
+        b.extend_from_slice(&half.to_le_bytes());
+        b.resize(b.len() + half as usize, 0);
+    }
     let Err(e) = parse_bytes(b) else {
-        panic!("9 Mi array elements were accepted")
+        panic!("{} array elements were accepted", 2 * half)
     };
     assert!(
-        matches!(&e, GgufError::MetadataTooLarge { key, .. } if key == "big.bytes"),
+        matches!(&e, GgufError::MetadataTooLarge { key, .. } if key == "big.two"),
         "{e:?}"
     );
-    assert!(e.to_string().contains("big.bytes"), "{e}");
+    assert!(e.to_string().contains("big.two"), "{e}");
     assert!(matches!(
         crate::Error::from(e),
         crate::Error::InvalidModel(_)
