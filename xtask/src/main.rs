@@ -369,6 +369,11 @@ impl Ctx {
         self.target.join("release").join("wasm-chord-cli.wasm")
     }
 
+    /// The composed wasi:http server component that stock `wasmtime serve` runs.
+    fn http_wasm(&self) -> PathBuf {
+        self.target.join("release").join("wasm-chord-http.wasm")
+    }
+
     /// The composed CLI with the kernel, `layer-store` left imported: what the
     /// native `wasm-chord` launcher runs with its memory-mapped store.
     fn app_wasm(&self) -> PathBuf {
@@ -433,6 +438,7 @@ impl Ctx {
             ("wasm_chord_component.wasm", "wasm-chord-kernel.wasm"),
             ("wasm_chord_fs_store.wasm", "wasm-chord-fs-store.wasm"),
             ("wasm-chord-cli.wasm", "wasm-chord-front.wasm"),
+            ("wasm_chord_http.wasm", "wasm-chord-http-front.wasm"),
         ] {
             std::fs::copy(wasm_dir.join(from), work.join(to))
                 .with_context(|| format!("cannot copy '{from}' to '{}'", work.display()))?;
@@ -452,6 +458,17 @@ impl Ctx {
                 .args(["-d", "wasm-chord-fs-store.wasm"])
                 .arg("-o")
                 .arg(&out)
+                .current_dir(&work),
+        )?;
+        // The wasi:http front, the same way: what stock `wasmtime serve` runs.
+        step("compose wasm-chord-http.wasm (wasi:http front + kernel + fs-store)");
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-http-front.wasm"])
+                .args(["-d", "wasm-chord-kernel-fs.wasm"])
+                .args(["-d", "wasm-chord-fs-store.wasm"])
+                .arg("-o")
+                .arg(self.http_wasm())
                 .current_dir(&work),
         )?;
         // The launcher's app: front + kernel only. Every `layer-store` import
@@ -531,7 +548,7 @@ impl Ctx {
 
     fn build(&self) -> Result<PathBuf> {
         self.wasm_target()?;
-        step("build the kernel, fs-store and cli components (wasm32-wasip2, release-wasm)");
+        step("build the kernel, fs-store, cli and http components (wasm32-wasip2, release-wasm)");
         self.exec(&mut self.cargo([
             "build",
             "-p",
@@ -540,6 +557,8 @@ impl Ctx {
             "wasm-chord-fs-store",
             "-p",
             "wasm-chord-cli",
+            "-p",
+            "wasm-chord-http",
             "--target",
             "wasm32-wasip2",
             "--profile",
@@ -558,6 +577,7 @@ impl Ctx {
         println!("    cli:    {}", self.cli_bin().display());
         println!("    app (launcher): {}", self.app_wasm().display());
         println!("    wasi command: {}", composed.display());
+        println!("    wasi:http server: {}", self.http_wasm().display());
         Ok(self.cli_bin())
     }
 
@@ -685,6 +705,8 @@ impl Ctx {
                     "wasm-chord-fs-store",
                     "-p",
                     "wasm-chord-cli",
+                    "-p",
+                    "wasm-chord-http",
                     "--target",
                     "wasm32-wasip2",
                     "--profile",
@@ -731,6 +753,7 @@ impl Ctx {
                     .env("WASM_CHORD_VOCAB_DIR", &vocab)
                     .env("WASM_CHORD_BIN", &bin)
                     .env("WASM_CHORD_CLI_WASM", self.cli_wasm())
+                    .env("WASM_CHORD_HTTP_WASM", self.http_wasm())
                     .env("WASM_CHORD_EMBED_BIN", self.exe("embed-rust"))
                     .env("WASMTIME_BIN", &wasmtime)
                     .env("WASM_TOOLS_BIN", &wasm_tools);

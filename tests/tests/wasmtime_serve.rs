@@ -1,0 +1,406 @@
+//! The composed `wasi:http` component (`wasm-chord-http.wasm`: the http front,
+//! the kernel and the wasi:filesystem layer store) under the stock
+//! `wasmtime serve`: chat completions (greedy text equal to `wasm-chord run
+//! --messages`, streamed text equal to the whole one), `/v1/models`, errors in
+//! OpenAI's shape, and the per-request model load of fresh instances against
+//! reused ones.
+//!
+//! `cargo xtask test` sets WASMTIME_BIN, WASM_TOOLS_BIN, WASM_CHORD_HTTP_WASM,
+//! WASM_CHORD_SMOLLM2, WASM_CHORD_BIN and WASM_CHORD_KERNEL.
+
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use wasm_chord_tests::*;
+
+const MODEL_ID: &str = "SmolLM2-135M-Instruct.Q4_1";
+
+/// A `wasmtime serve` child on a free loopback port, killed on drop.
+struct Serve {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Serve {
+    /// `wasmtime serve -S cli --dir MODELS --env WASM_CHORD_MODEL=... EXTRA... wasm-chord-http.wasm`.
+    fn start(extra: &[&str]) -> Self {
+        let model = smollm2();
+        let models = model.parent().unwrap();
+        let mut child = Command::new(env_path("WASMTIME_BIN"))
+            .args([
+                "serve",
+                "-C",
+                "cache=y",
+                "-S",
+                "cli",
+                "--addr",
+                "127.0.0.1:0",
+            ])
+            .arg("--dir")
+            .arg(models)
+            .arg(format!("--env=WASM_CHORD_MODEL={}", model.display()))
+            .args(extra)
+            .arg(env_path("WASM_CHORD_HTTP_WASM"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wasmtime serve");
+        // wasmtime prints "Serving HTTP on http://127.0.0.1:PORT/" on stderr
+        // once it listens (after compiling the component).
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let base = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("Serving HTTP on ") {
+                        break url.trim_end_matches('/').to_string();
+                    }
+                    eprintln!("wasmtime serve: {line}");
+                }
+                _ => {
+                    let status = child.wait().expect("wait");
+                    panic!("wasmtime serve exited before listening ({status})");
+                }
+            }
+        };
+        // Keep draining its log (per-request lines) so it never blocks.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                eprintln!("wasmtime serve: {line}");
+            }
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build()
+            .into();
+        Serve { child, base, agent }
+    }
+
+    fn read(mut r: ureq::http::Response<ureq::Body>) -> Reply {
+        let status = r.status().as_u16();
+        let header = |name: &str| {
+            r.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let load_ms = header("x-wasm-chord-model-load-ms").map(|v| v.parse::<f64>().unwrap());
+        let instance_requests =
+            header("x-wasm-chord-instance-requests").map(|v| v.parse::<u64>().unwrap());
+        let text = r.body_mut().read_to_string().expect("body");
+        Reply {
+            status,
+            content_type,
+            load_ms,
+            instance_requests,
+            text,
+        }
+    }
+
+    fn get(&self, path: &str) -> Reply {
+        Self::read(
+            self.agent
+                .get(format!("{}{path}", self.base))
+                .call()
+                .expect("GET"),
+        )
+    }
+
+    fn post(&self, path: &str, body: &str) -> Reply {
+        Self::read(
+            self.agent
+                .post(format!("{}{path}", self.base))
+                .header("Content-Type", "application/json")
+                .send(body)
+                .expect("POST"),
+        )
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    load_ms: Option<f64>,
+    instance_requests: Option<u64>,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
+    }
+
+    /// An error in OpenAI's shape with this status; returns its `error` object.
+    fn openai_error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.content_type, "application/json");
+        let v = self.json();
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert_eq!(e["type"], "invalid_request_error", "{v}");
+        for key in ["param", "code"] {
+            assert!(e.get(key).is_some(), "no {key}: {v}");
+        }
+        e.clone()
+    }
+}
+
+/// `wasm-chord run -m SMOLLM2 --messages FILE --temp 0 -n N --json`:
+/// (generated text, generated tokens, prompt tokens).
+fn run_messages(messages: &Value, n: u32) -> (String, u64, u64) {
+    let dir = tmp_dir("wasmtime-serve");
+    let f = dir.join(format!("messages-{}.json", std::process::id()));
+    std::fs::write(&f, messages.to_string()).unwrap();
+    let args: Vec<OsString> = vec![
+        "run".into(),
+        "-m".into(),
+        smollm2().into(),
+        "--messages".into(),
+        f.clone().into(),
+        "--temp".into(),
+        "0".into(),
+        "-n".into(),
+        n.to_string().into(),
+        "--json".into(),
+    ];
+    let out = run_cli(&args);
+    assert!(out.status.success(), "{}", show(&out));
+    let _ = std::fs::remove_file(&f);
+    let (tokens, text, stats) = parse_run_json(&out.stdout);
+    (
+        text,
+        tokens.len() as u64,
+        stats["prompt_tokens"].as_u64().expect("prompt_tokens"),
+    )
+}
+
+/// The deltas of a streamed chat completion, checked for OpenAI's chunk
+/// format: (text, finish_reason, usage).
+fn parse_sse(text: &str) -> (String, String, Value) {
+    let mut content = String::new();
+    let mut finish = String::new();
+    let mut usage = Value::Null;
+    let mut done = false;
+    let mut first = true;
+    for event in text.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not an SSE data event: {event:?}"));
+        assert!(!done, "events after [DONE]: {text}");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk", "{v}");
+        assert_eq!(v["model"], MODEL_ID, "{v}");
+        if let Some(u) = v.get("usage") {
+            usage = u.clone();
+            continue;
+        }
+        let choice = &v["choices"][0];
+        if first {
+            assert_eq!(choice["delta"]["role"], "assistant", "{v}");
+            first = false;
+        }
+        if let Some(t) = choice["delta"]["content"].as_str() {
+            content.push_str(t);
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = f.to_string();
+        }
+    }
+    assert!(done, "no [DONE]: {text}");
+    (content, finish, usage)
+}
+
+/// Conversations whose greedy replies are compared with `run --messages`.
+fn conversations() -> Vec<Value> {
+    vec![
+        json!([{"role": "user", "content": "What is the tallest mountain in the world?"}]),
+        json!([
+            {"role": "system", "content": "You are a terse assistant. Answer in one sentence."},
+            {"role": "user", "content": "Name three primary colours."},
+            {"role": "assistant", "content": "Red, yellow and blue."},
+            {"role": "user", "content": "And the secondary ones?"}
+        ]),
+    ]
+}
+
+#[test]
+fn wasmtime_serve_answers_like_run_messages() {
+    let srv = Serve::start(&[]);
+    let n = 24;
+    for messages in conversations() {
+        let (want, want_tokens, want_prompt) = run_messages(&messages, n);
+        let r = srv.post(
+            "/v1/chat/completions",
+            &json!({"model": MODEL_ID, "messages": messages, "temperature": 0, "max_tokens": n})
+                .to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.content_type, "application/json");
+        let v = r.json();
+        assert_eq!(v["object"], "chat.completion", "{v}");
+        assert_eq!(v["model"], MODEL_ID, "{v}");
+        assert!(v["id"].as_str().unwrap().starts_with("chatcmpl-"), "{v}");
+        let choice = &v["choices"][0];
+        assert_eq!(choice["message"]["role"], "assistant", "{v}");
+        let got = choice["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            got, want,
+            "wasmtime serve and `run --messages` differ for {messages}"
+        );
+        assert_eq!(v["usage"]["completion_tokens"], want_tokens, "{v}");
+        assert_eq!(v["usage"]["prompt_tokens"], want_prompt, "{v}");
+        let finish = if want_tokens == u64::from(n) {
+            "length"
+        } else {
+            "stop"
+        };
+        assert_eq!(choice["finish_reason"], finish, "{v}");
+        // A fresh instance for each request by default: each one loads the model.
+        assert_eq!(r.instance_requests, Some(1));
+        assert!(r.load_ms.is_some_and(|ms| ms > 0.0), "{:?}", r.load_ms);
+
+        // Streamed: the same text, in OpenAI's chunks, then usage and [DONE].
+        let r = srv.post(
+            "/v1/chat/completions",
+            &json!({"messages": messages, "temperature": 0, "max_tokens": n, "stream": true,
+                    "stream_options": {"include_usage": true}})
+            .to_string(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.content_type, "text/event-stream");
+        let (text, finish_reason, usage) = parse_sse(&r.text);
+        assert_eq!(text, want, "streamed text differs from `run --messages`");
+        assert_eq!(finish_reason, finish);
+        assert_eq!(usage["completion_tokens"], want_tokens, "{usage}");
+        assert_eq!(usage["prompt_tokens"], want_prompt, "{usage}");
+    }
+
+    let r = srv.get("/v1/models");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let v = r.json();
+    assert_eq!(v["object"], "list", "{v}");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{v}");
+    assert_eq!(data[0]["id"], MODEL_ID, "{v}");
+    assert_eq!(data[0]["object"], "model", "{v}");
+    assert_eq!(data[0]["owned_by"], "wasm-chord", "{v}");
+}
+
+#[test]
+fn wasmtime_serve_bad_requests_get_openai_errors() {
+    let srv = Serve::start(&[]);
+    let chat = "/v1/chat/completions";
+    let e = srv
+        .post(chat, "{\"messages\": [{\"role\": \"user\"")
+        .openai_error(400);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("the body is not valid JSON"),
+        "{e}"
+    );
+    let e = srv.post(chat, "{\"messages\": \"hi\"}").openai_error(400);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit this endpoint"),
+        "{e}"
+    );
+    let hi = json!([{"role": "user", "content": "hi"}]);
+    let e = srv
+        .post(chat, &json!({"model": "gpt-4", "messages": hi}).to_string())
+        .openai_error(400);
+    assert_eq!(e["code"], "model_not_found", "{e}");
+    assert_eq!(e["param"], "model", "{e}");
+    let e = srv
+        .post(
+            chat,
+            &json!({"messages": hi, "temperature": -1}).to_string(),
+        )
+        .openai_error(400);
+    assert_eq!(e["param"], "temperature", "{e}");
+    let e = srv
+        .post(chat, &json!({"messages": []}).to_string())
+        .openai_error(400);
+    assert_eq!(e["param"], "messages", "{e}");
+    // Beyond the context (4096 tokens): refused before generating.
+    let long = "the cat sat on the mat. ".repeat(1000);
+    let e = srv
+        .post(
+            chat,
+            &json!({"messages": [{"role": "user", "content": long}], "max_tokens": 1}).to_string(),
+        )
+        .openai_error(400);
+    assert_eq!(e["code"], "context_length_exceeded", "{e}");
+    let e = srv.get("/v1/nothing").openai_error(404);
+    assert_eq!(e["code"], "not_found", "{e}");
+    let e = srv.get(chat).openai_error(405);
+    assert_eq!(e["code"], "method_not_allowed", "{e}");
+    // Still serving after all that.
+    let r = srv.post(
+        chat,
+        &json!({"messages": hi, "temperature": 0, "max_tokens": 2}).to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// With `--max-instance-reuse-count`, an instance keeps its loaded model:
+/// a request that an instance serves after its first loads nothing. (Which
+/// instance serves a request is wasmtime's choice: one still finishing its
+/// last request is busy, so a request may get a fresh instance; a pause
+/// between requests makes reuse the rule.)
+#[test]
+fn wasmtime_serve_reused_instance_loads_once() {
+    let srv = Serve::start(&[
+        "--max-instance-reuse-count",
+        "100",
+        "--idle-instance-timeout",
+        "600s",
+    ]);
+    let body = json!({"messages": [{"role": "user", "content": "Hello"}],
+                      "temperature": 0, "max_tokens": 1})
+    .to_string();
+    let mut reused = Vec::new();
+    let mut first = None;
+    for _ in 0..4 {
+        let t = Instant::now();
+        let r = srv.post("/v1/chat/completions", &body);
+        let took = t.elapsed();
+        assert_eq!(r.status, 200, "{}", r.text);
+        let n = r.instance_requests.expect("instance-requests header");
+        let load = r.load_ms.expect("model-load header");
+        if n == 1 {
+            assert!(load > 0.0, "a fresh instance loads the model");
+            first.get_or_insert(took);
+        } else {
+            assert_eq!(load, 0.0, "request {n} of its instance reloaded the model");
+            reused.push(took);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        reused.len() >= 2,
+        "instances were not reused: {} of 4 requests",
+        reused.len()
+    );
+    eprintln!("1-token completions: fresh instance {first:?}, reused instance {reused:?}");
+}
