@@ -26,9 +26,11 @@
 //! told to reuse them (`--max-instance-reuse-count`). The loaded model lives
 //! in this instance's state, so a reused instance loads it once; every
 //! response says what the request cost in headers:
-//! `x-wasm-chord-model-load-ms` (0 when the model was already loaded),
-//! `x-wasm-chord-layer-load-ms` (the kernel loads layer weights on first
-//! use, so a fresh instance pays them in its first prompt) and
+//! `x-wasm-chord-model-load-ms` (the kernel's `model.load` in this request,
+//! 0 when the instance had the model; a model that fits is made resident
+//! there, every layer read), `x-wasm-chord-layer-load-ms` (what the kernel's
+//! layer cache spent loading layers during the request: inside the model
+//! load for a resident model, on every pass for a streamed one) and
 //! `x-wasm-chord-instance-requests` (requests this instance has served).
 
 mod api;
@@ -116,8 +118,8 @@ thread_local! {
 /// What one request cost, reported in response headers.
 #[derive(Default)]
 struct Cost {
-    /// Loading the model (reading the GGUF header, building the vocabulary
-    /// and template), when this request did.
+    /// Loading the model (the GGUF header, the vocabulary and, for a
+    /// resident model, every layer), when this request did.
     load_ms: f64,
     /// The kernel's layer-cache load time before this request.
     layer_nanos_before: u64,
@@ -216,8 +218,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Front {
             ..Cost::default()
         };
         let reply = route(&request, &mut cost);
-        // Layers load on first use: during the prompt, which is evaluated
-        // before any response (streamed or not) is sent.
+        // Layers load in the model load (resident) or in the prompt's pass
+        // (streamed), both before any response (streamed or not) is sent.
         let layer_ms = layer_load_nanos().saturating_sub(cost.layer_nanos_before) as f64 / 1e6;
         let headers = |content_type: &str| {
             let mut h: Vec<(String, Vec<u8>)> = vec![
