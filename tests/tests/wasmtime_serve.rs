@@ -10,6 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,10 +27,15 @@ struct Serve {
 }
 
 impl Serve {
-    /// `wasmtime serve -S cli --dir MODELS --env WASM_CHORD_MODEL=... EXTRA... wasm-chord-http.wasm`.
+    /// `wasmtime serve -S cli --dir MODELS --env WASM_CHORD_MODEL=SMOLLM2 EXTRA... wasm-chord-http.wasm`.
     fn start(extra: &[&str]) -> Self {
-        let model = smollm2();
-        let models = model.parent().unwrap();
+        Self::start_with(&smollm2(), extra)
+    }
+
+    /// [`Serve::start`] with `model` as WASM_CHORD_MODEL (the models folder still preopened).
+    fn start_with(model: &Path, extra: &[&str]) -> Self {
+        let smol = smollm2();
+        let models = smol.parent().unwrap();
         let mut child = Command::new(env_path("WASMTIME_BIN"))
             .args([
                 "serve",
@@ -143,14 +149,22 @@ impl Reply {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text))
     }
 
-    /// An error in OpenAI's shape with this status; returns its `error` object.
+    /// An `invalid_request_error` in OpenAI's shape with this status;
+    /// returns its `error` object.
     fn openai_error(&self, status: u16) -> Value {
+        let e = self.error_of_type(status);
+        assert_eq!(e["type"], "invalid_request_error", "{e}");
+        e
+    }
+
+    /// An error in OpenAI's shape with this status; returns its `error` object.
+    fn error_of_type(&self, status: u16) -> Value {
         assert_eq!(self.status, status, "{}", self.text);
         assert_eq!(self.content_type, "application/json");
         let v = self.json();
         let e = &v["error"];
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-        assert_eq!(e["type"], "invalid_request_error", "{v}");
+        assert!(e["type"].is_string(), "{v}");
         for key in ["param", "code"] {
             assert!(e.get(key).is_some(), "no {key}: {v}");
         }
@@ -403,4 +417,29 @@ fn wasmtime_serve_reused_instance_loads_once() {
         reused.len()
     );
     eprintln!("1-token completions: fresh instance {first:?}, reused instance {reused:?}");
+}
+
+/// A model that cannot be opened is the server's fault: 500 in OpenAI's
+/// shape naming the file, for every chat request; `/v1/models` still answers.
+#[test]
+fn wasmtime_serve_missing_model_is_a_500() {
+    let missing = smollm2().parent().unwrap().join("no-such-model.gguf");
+    let srv = Serve::start_with(&missing, &[]);
+    let body =
+        json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}).to_string();
+    for _ in 0..2 {
+        let r = srv.post("/v1/chat/completions", &body);
+        let e = r.error_of_type(500);
+        assert_eq!(e["type"], "server_error", "{e}");
+        assert!(
+            e["message"]
+                .as_str()
+                .unwrap()
+                .contains("no-such-model.gguf"),
+            "{e}"
+        );
+    }
+    let r = srv.get("/v1/models");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json()["data"][0]["id"], "no-such-model", "{}", r.text);
 }
