@@ -443,3 +443,33 @@ fn wasmtime_serve_missing_model_is_a_500() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["data"][0]["id"], "no-such-model", "{}", r.text);
 }
+
+/// The composed component imports only WASI and exports the wasi:http handler
+/// (so any wasi:http 0.2 host can run it).
+#[test]
+fn http_component_imports_only_wasi() {
+    let out = Command::new(env_path("WASM_TOOLS_BIN"))
+        .args(["component", "wit"])
+        .arg(env_path("WASM_CHORD_HTTP_WASM"))
+        .output()
+        .expect("spawn wasm-tools");
+    assert!(out.status.success(), "{}", show(&out));
+    let wit = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = wit
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("import ") || l.starts_with("export "))
+        .collect();
+    let exports: Vec<&&str> = lines.iter().filter(|l| l.starts_with("export ")).collect();
+    assert_eq!(exports.len(), 1, "{lines:?}");
+    assert!(
+        exports[0].starts_with("export wasi:http/incoming-handler@0.2."),
+        "{lines:?}"
+    );
+    for l in &lines {
+        assert!(
+            l.starts_with("import wasi:") || l.starts_with("export wasi:"),
+            "the http component must import only WASI: {l}"
+        );
+    }
+}
