@@ -473,3 +473,54 @@ fn http_component_imports_only_wasi() {
         );
     }
 }
+
+/// User + system CPU clock ticks of process `pid` (Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// A client that hangs up in the middle of a stream stops its generation:
+/// the server's CPU goes idle instead of generating the remaining tokens.
+#[test]
+fn wasmtime_serve_hang_up_stops_generation() {
+    let srv = Serve::start(&[]);
+    let body = json!({"messages": [{"role": "user", "content": "Count from 1 to 1000, separated by commas."}],
+                      "temperature": 0, "max_tokens": 3000, "stream": true})
+    .to_string();
+    let r = srv
+        .agent
+        .post(format!("{}/v1/chat/completions", srv.base))
+        .send(body)
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 200);
+    let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+    let mut content = 0;
+    while content < 5 {
+        let line = lines.next().expect("an event").expect("read");
+        if line.contains("\"content\":\"") && !line.contains("\"role\"") {
+            content += 1;
+        }
+    }
+    let pid = srv.child.id();
+    // Generating: the server is busy.
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = cpu_ticks(pid) - t0;
+    drop(lines);
+    std::thread::sleep(Duration::from_millis(500));
+    let t1 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let after = cpu_ticks(pid) - t1;
+    assert!(busy >= 10, "the stream was not generating ({busy} ticks)");
+    assert!(
+        after <= 5,
+        "still generating after the client hung up ({after} ticks in 1 s; {busy} in 0.5 s while streaming)"
+    );
+}
