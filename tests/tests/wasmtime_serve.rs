@@ -509,18 +509,46 @@ fn wasmtime_serve_hang_up_stops_generation() {
         }
     }
     let pid = srv.child.id();
-    // Generating: the server is busy.
+    // Generating: the server is busy (on a loaded machine, maybe not much).
     let t0 = cpu_ticks(pid);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(1));
     let busy = cpu_ticks(pid) - t0;
     drop(lines);
     std::thread::sleep(Duration::from_millis(500));
     let t1 = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(1));
     let after = cpu_ticks(pid) - t1;
-    assert!(busy >= 10, "the stream was not generating ({busy} ticks)");
     assert!(
-        after <= 5,
-        "still generating after the client hung up ({after} ticks in 1 s; {busy} in 0.5 s while streaming)"
+        busy >= 5,
+        "the stream was not generating ({busy} ticks in 1 s)"
     );
+    assert!(
+        after <= (busy / 5).max(2),
+        "still generating after the client hung up ({after} ticks in 1 s; {busy} in 1 s while streaming)"
+    );
+}
+
+/// With WASM_CHORD_API_KEY, every endpoint wants `Authorization: Bearer KEY`:
+/// 401 in OpenAI's shape without it or with another key.
+#[test]
+fn wasmtime_serve_api_key() {
+    let srv = Serve::start(&["--env=WASM_CHORD_API_KEY=sesame"]);
+    let e = srv.get("/v1/models").openai_error(401);
+    assert_eq!(e["code"], "invalid_api_key", "{e}");
+    let with = |key: &str| {
+        Serve::read(
+            srv.agent
+                .get(format!("{}/v1/models", srv.base))
+                .header("Authorization", format!("Bearer {key}"))
+                .call()
+                .expect("GET"),
+        )
+    };
+    with("open").openai_error(401);
+    let r = with("sesame");
+    assert_eq!(r.status, 200, "{}", r.text);
+    let e = srv
+        .post("/v1/chat/completions", &json!({"messages": []}).to_string())
+        .openai_error(401);
+    assert_eq!(e["code"], "invalid_api_key", "{e}");
 }
