@@ -114,6 +114,10 @@ enum Cmd {
         /// The CPU every server runs on (`taskset -c`).
         #[arg(long, default_value_t = 1)]
         cpu: usize,
+        /// More arguments for both `wasmtime serve`s, e.g.
+        /// `--wasmtime-arg=-W --wasmtime-arg=timeout=600s`.
+        #[arg(long = "wasmtime-arg", value_name = "ARG", allow_hyphen_values = true)]
+        wasmtime_args: Vec<String>,
     },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2; with `--vs-llama-cpp`,
     /// against llama.cpp's `llama-bench` on SmolLM2 Q4_1 and Gemma-3-270M
@@ -308,7 +312,11 @@ fn run(cli: Cli) -> Result<()> {
                 fuzz::run(&ctx.root, &ctx.target, seconds, target.as_deref())
             }
         }
-        Cmd::ServeCost { rounds, cpu } => {
+        Cmd::ServeCost {
+            rounds,
+            cpu,
+            wasmtime_args,
+        } => {
             let bin = ctx.build()?;
             let model = ctx.fetch(&SMOLLM2)?;
             let wasmtime = ctx.pip_tool(&WASMTIME)?;
@@ -323,6 +331,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 Some(cpu),
                 rounds.max(1),
+                &wasmtime_args,
             )
         }
         Cmd::Bench {

@@ -89,7 +89,13 @@ fn start(mut cmd: Command, prefix: &str, on_stderr: bool) -> Result<Server> {
     })
 }
 
-fn wasmtime_serve(p: &Paths, cpu: Option<usize>, cache: bool, extra: &[&str]) -> Result<Server> {
+fn wasmtime_serve(
+    p: &Paths,
+    cpu: Option<usize>,
+    cache: bool,
+    more: &[String],
+    extra: &[&str],
+) -> Result<Server> {
     let models = p.model.parent().context("the model has no directory")?;
     let mut c = command(&p.wasmtime, cpu);
     c.arg("serve")
@@ -97,6 +103,7 @@ fn wasmtime_serve(p: &Paths, cpu: Option<usize>, cache: bool, extra: &[&str]) ->
         .args(["-S", "cli", "--addr", "127.0.0.1:0", "--dir"])
         .arg(models)
         .arg(format!("--env=WASM_CHORD_MODEL={}", p.model.display()))
+        .args(more)
         .args(extra)
         .arg(&p.http_wasm);
     start(c, "Serving HTTP on ", true)
@@ -205,16 +212,17 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-pub fn run(p: &Paths, cpu: Option<usize>, rounds: usize) -> Result<()> {
+pub fn run(p: &Paths, cpu: Option<usize>, rounds: usize, more: &[String]) -> Result<()> {
     let tick = clock_tick();
     // Startup: compiling the component, then with wasmtime's cache filled.
-    let cold = wasmtime_serve(p, cpu, false, &[])?.started;
-    drop(wasmtime_serve(p, cpu, true, &[])?);
-    let fresh = wasmtime_serve(p, cpu, true, &[])?;
+    let cold = wasmtime_serve(p, cpu, false, more, &[])?.started;
+    drop(wasmtime_serve(p, cpu, true, more, &[])?);
+    let fresh = wasmtime_serve(p, cpu, true, more, &[])?;
     let reused = wasmtime_serve(
         p,
         cpu,
         true,
+        more,
         &[
             "--max-instance-reuse-count",
             "1000000",
@@ -265,9 +273,14 @@ pub fn run(p: &Paths, cpu: Option<usize>, rounds: usize) -> Result<()> {
     let c = |v: &[Sample]| median(v.iter().map(|s| s.cpu * 1e3).collect());
     let h = |v: &[Sample], name: &str| median(v.iter().filter_map(|s| s.header(name)).collect());
     println!(
-        "1-token chat completion ({prompt_tokens}-token prompt), medians of {rounds} requests alternated between the servers{}:\n",
+        "1-token chat completion ({prompt_tokens}-token prompt), medians of {rounds} requests alternated between the servers{}{}:\n",
         cpu.map(|c| format!(", every server on cpu {c}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if more.is_empty() {
+            String::new()
+        } else {
+            format!(", wasmtime serve {}", more.join(" "))
+        }
     );
     println!("| server | time to the response | CPU per request |");
     println!("|---|---|---|");
