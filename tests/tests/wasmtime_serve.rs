@@ -378,10 +378,12 @@ fn wasmtime_serve_bad_requests_get_openai_errors() {
 }
 
 /// With `--max-instance-reuse-count`, an instance keeps its loaded model:
-/// a request that an instance serves after its first loads nothing. (Which
-/// instance serves a request is wasmtime's choice: one still finishing its
-/// last request is busy, so a request may get a fresh instance; a pause
-/// between requests makes reuse the rule.)
+/// a request that an instance serves after its first loads nothing, and
+/// gives the same greedy reply (each request starts on an empty KV cache),
+/// also after a client hung up on it mid-stream. (Which instance serves a
+/// request is wasmtime's choice: one still finishing its last request is
+/// busy, so a request may get a fresh instance; a pause between requests
+/// makes reuse the rule.)
 #[test]
 fn wasmtime_serve_reused_instance_loads_once() {
     let srv = Serve::start(&[
@@ -391,15 +393,36 @@ fn wasmtime_serve_reused_instance_loads_once() {
         "600s",
     ]);
     let body = json!({"messages": [{"role": "user", "content": "Hello"}],
-                      "temperature": 0, "max_tokens": 1})
+                      "temperature": 0, "max_tokens": 12})
     .to_string();
     let mut reused = Vec::new();
     let mut first = None;
-    for _ in 0..4 {
+    let mut replies = Vec::new();
+    for i in 0..5 {
+        if i == 3 {
+            // Hang up on a long stream after its first events.
+            let r = srv
+                .agent
+                .post(format!("{}/v1/chat/completions", srv.base))
+                .send(
+                    json!({"messages": [{"role": "user", "content": "Count to 500."}],
+                           "temperature": 0, "max_tokens": 2000, "stream": true})
+                    .to_string(),
+                )
+                .expect("POST");
+            assert_eq!(r.status().as_u16(), 200);
+            let mut lines = BufReader::new(r.into_body().into_reader()).lines();
+            for _ in 0..6 {
+                lines.next().expect("an event").expect("read");
+            }
+            drop(lines);
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let t = Instant::now();
         let r = srv.post("/v1/chat/completions", &body);
         let took = t.elapsed();
         assert_eq!(r.status, 200, "{}", r.text);
+        replies.push(r.json()["choices"][0]["message"]["content"].clone());
         let n = r.instance_requests.expect("instance-requests header");
         let load = r.load_ms.expect("model-load header");
         if n == 1 {
@@ -412,11 +435,15 @@ fn wasmtime_serve_reused_instance_loads_once() {
         std::thread::sleep(Duration::from_millis(300));
     }
     assert!(
+        replies.iter().all(|r| r == &replies[0]),
+        "greedy replies differ between requests: {replies:?}"
+    );
+    assert!(
         reused.len() >= 2,
-        "instances were not reused: {} of 4 requests",
+        "instances were not reused: {} of 5 requests",
         reused.len()
     );
-    eprintln!("1-token completions: fresh instance {first:?}, reused instance {reused:?}");
+    eprintln!("12-token completions: fresh instance {first:?}, reused instance {reused:?}");
 }
 
 /// A model that cannot be opened is the server's fault: 500 in OpenAI's
