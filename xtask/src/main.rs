@@ -460,12 +460,13 @@ impl Ctx {
     }
 
     /// Compose the kernel with the wasi:filesystem layer store and the CLI
-    /// front into one command component that imports only WASI, and the
-    /// front with the kernel alone into the native launcher's app.
+    /// front into one command component that imports only WASI, the same
+    /// with the wasi:http front into the `wasmtime serve` component, and the
+    /// CLI front with the kernel alone into the native launcher's app.
     ///
-    /// Two `wasm-tools compose` steps: kernel + fs-store gives a component
-    /// exporting `inference`; the front then takes it (and an fs-store for the
-    /// `layer-store` types that `inference` uses).
+    /// `wasm-tools compose` steps: kernel + fs-store gives a component
+    /// exporting `inference`; each front then takes it (and an fs-store for
+    /// the `layer-store` types that `inference` uses).
     fn compose(&self, wasm_dir: &Path) -> Result<PathBuf> {
         let tools = self.pip_tool(&WASM_TOOLS)?;
         step("compose wasm-chord-cli.wasm (wasm-tools compose)");
