@@ -1,0 +1,242 @@
+//! Shared by the host's integration tests: paths from the environment and a
+//! small HTTP/1.1 server with Range support that can misbehave on purpose.
+#![allow(dead_code)] // each test file uses a part
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub fn env_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os(name)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+pub fn bin() -> PathBuf {
+    env_path("WASM_CHORD_BIN").unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_wasm-chord")))
+}
+
+pub fn model() -> PathBuf {
+    assert!(
+        env_path("WASM_CHORD_KERNEL").is_some(),
+        "set WASM_CHORD_KERNEL and WASM_CHORD_SMOLLM2 (cargo xtask test does)"
+    );
+    env_path("WASM_CHORD_SMOLLM2").expect("set WASM_CHORD_SMOLLM2 (cargo xtask test does)")
+}
+
+/// How the test server misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Range requests with a fixed strong ETag and If-Range, as a file server.
+    Good,
+    /// Ignores Range: always 200 with the whole file.
+    NoRange,
+    /// 206 with the right headers, but the connection closes halfway through the body.
+    Short,
+    /// 206 with a Content-Range one byte off the request.
+    BadContentRange,
+    /// A new ETag on every answer, If-Range ignored (the file "changes").
+    EtagChanges,
+}
+
+/// The bytes served: a file's, or a synthetic pattern of any size.
+#[derive(Clone)]
+pub enum Content {
+    Bytes(Arc<Vec<u8>>),
+    Pattern(u64),
+}
+
+/// Byte `i` of the synthetic pattern.
+pub fn pattern(i: u64) -> u8 {
+    (i ^ (i >> 13) ^ (i >> 29)).wrapping_mul(31) as u8
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Bytes(b) => b.len() as u64,
+            Content::Pattern(n) => *n,
+        }
+    }
+
+    fn write(&self, out: &mut impl Write, start: u64, end: u64) -> std::io::Result<()> {
+        match self {
+            Content::Bytes(b) => out.write_all(&b[start as usize..end as usize]),
+            Content::Pattern(_) => {
+                let mut buf = Vec::with_capacity(64 << 10);
+                let mut pos = start;
+                while pos < end {
+                    let n = (end - pos).min(64 << 10);
+                    buf.clear();
+                    buf.extend((pos..pos + n).map(pattern));
+                    out.write_all(&buf)?;
+                    pos += n;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A small HTTP/1.1 server with Range support (keep-alive, one thread per
+/// connection) that counts requests and body bytes. Stops on drop.
+pub struct RangeServer {
+    pub port: u16,
+    requests: Arc<AtomicU64>,
+    body_bytes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RangeServer {
+    pub fn start(content: Content, mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(AtomicU64::new(0));
+        let body_bytes = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, b, s) = (
+            Arc::clone(&requests),
+            Arc::clone(&body_bytes),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(conn) = conn else { continue };
+                let (content, r, b) = (content.clone(), Arc::clone(&r), Arc::clone(&b));
+                std::thread::spawn(move || {
+                    let _ = serve_conn(conn, &content, mode, &r, &b);
+                });
+            }
+        });
+        RangeServer {
+            port,
+            requests,
+            body_bytes,
+            stop,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (every path serves the same content).
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/model.gguf", self.base())
+    }
+
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.body_bytes.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Drop for RangeServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_conn(
+    conn: TcpStream,
+    content: &Content,
+    mode: Mode,
+    requests: &AtomicU64,
+    body_bytes: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut out = std::io::BufWriter::with_capacity(256 << 10, conn);
+    let size = content.len();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut range = None;
+        let mut if_range = None;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "range" => range = Some(v.trim().to_string()),
+                    "if-range" => if_range = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let n = requests.fetch_add(1, Ordering::Relaxed);
+        let etag = match mode {
+            Mode::EtagChanges => format!("\"v{n}\""),
+            _ => "\"v1\"".to_string(),
+        };
+        let stale = mode == Mode::Good && if_range.as_deref().is_some_and(|v| v != etag);
+        let span = range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(a, b)| {
+                let a: u64 = a.parse().ok()?;
+                let b: u64 = if b.is_empty() {
+                    size - 1
+                } else {
+                    b.parse().ok()?
+                };
+                Some((a, b.min(size.saturating_sub(1))))
+            });
+        match span {
+            Some((a, b)) if mode != Mode::NoRange && !stale => {
+                if a >= size || a > b {
+                    write!(
+                        out,
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{size}\r\nContent-Length: 0\r\n\r\n"
+                    )?;
+                    out.flush()?;
+                    continue;
+                }
+                let len = b - a + 1;
+                let (ca, cb) = match mode {
+                    Mode::BadContentRange => (a + 1, b + 1),
+                    _ => (a, b),
+                };
+                write!(
+                    out,
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {ca}-{cb}/{size}\r\nContent-Length: {len}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n\r\n"
+                )?;
+                if mode == Mode::Short {
+                    content.write(&mut out, a, a + len / 2)?;
+                    out.flush()?;
+                    body_bytes.fetch_add(len / 2, Ordering::Relaxed);
+                    return Ok(()); // closes the connection
+                }
+                content.write(&mut out, a, b + 1)?;
+                out.flush()?;
+                body_bytes.fetch_add(len, Ordering::Relaxed);
+            }
+            _ => {
+                write!(
+                    out,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nETag: {etag}\r\n\r\n"
+                )?;
+                content.write(&mut out, 0, size)?;
+                out.flush()?;
+                body_bytes.fetch_add(size, Ordering::Relaxed);
+            }
+        }
+    }
+}
