@@ -226,6 +226,31 @@ fn http_store_beyond_4_gib() {
     let mut want = expect(base, (3 << 20) + 1000);
     want.extend(expect(base + (3 << 20) + 1064, 500));
     assert_eq!(&got[..], &want[..]);
+    // Read ahead: the load of the same ranges takes the prefetched bytes.
+    let (r0, _) = server.counts();
+    src.prefetch(&ranges);
+    src.prefetch(&ranges); // once in flight, not twice
+    let got = src.load_layer(&ranges).expect("prefetched layer");
+    assert_eq!(&got[..], &want[..]);
+    assert_eq!(
+        server.counts().0 - r0,
+        1,
+        "one request for a prefetched layer"
+    );
+    // A read-ahead nobody asks for is dropped after PREFETCH_DEPTH others.
+    let other = |i: u64| {
+        [ByteRange {
+            offset: (1 << 32) + i * 4096,
+            len: 4096,
+        }]
+    };
+    for i in 0..4 {
+        src.prefetch(&other(i));
+    }
+    assert_eq!(
+        &src.load_layer(&other(3)).expect("layer")[..],
+        &expect((1 << 32) + 3 * 4096, 4096)[..]
+    );
 }
 
 #[test]

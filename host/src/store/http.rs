@@ -17,6 +17,7 @@
 //!
 //! Offsets are 64-bit end to end, so models beyond 4 GiB stream as from a file.
 
+use std::collections::VecDeque;
 use std::io::Read;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -325,7 +326,31 @@ impl Pin {
 }
 
 /// A model file on an HTTP server, served by [`HttpStore`].
+///
+/// `prefetch` fetches a layer on a background thread; the `load-layer` of
+/// the same ranges that follows waits for it instead of asking again. At most
+/// [`PREFETCH_DEPTH`] layers are in flight.
 pub struct HttpSource {
+    core: Arc<SourceCore>,
+    pending: Mutex<VecDeque<Pending>>,
+}
+
+/// Layers a source reads ahead at most (the kernel asks for layer `l + 1`
+/// just before it loads layer `l`, so two are in flight at the same time).
+pub const PREFETCH_DEPTH: usize = 2;
+
+/// A layer being read ahead.
+struct Pending {
+    key: Vec<(u64, u64)>,
+    done: std::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+}
+
+fn key(ranges: &[ByteRange]) -> Vec<(u64, u64)> {
+    ranges.iter().map(|r| (r.offset, r.len)).collect()
+}
+
+/// What an [`HttpSource`] shares with its read-ahead threads.
+struct SourceCore {
     url: String,
     agent: ureq::Agent,
     pin: Pin,
@@ -338,9 +363,9 @@ pub struct HttpSource {
 impl std::fmt::Debug for HttpSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpSource")
-            .field("url", &self.url)
-            .field("size", &self.pin.size)
-            .field("etag", &self.pin.etag)
+            .field("url", &self.core.url)
+            .field("size", &self.core.pin.size)
+            .field("etag", &self.core.pin.etag)
             .finish_non_exhaustive()
     }
 }
@@ -359,8 +384,17 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 
 impl HttpSource {
     fn open(store: &HttpStore, url: &str) -> Result<Self, HttpError> {
+        Ok(HttpSource {
+            core: Arc::new(SourceCore::open(store, url)?),
+            pending: Mutex::new(VecDeque::new()),
+        })
+    }
+}
+
+impl SourceCore {
+    fn open(store: &HttpStore, url: &str) -> Result<Self, HttpError> {
         let blocks = usize::try_from(store.cache_bytes / store.block_size).unwrap_or(usize::MAX);
-        let mut src = HttpSource {
+        let mut src = SourceCore {
             url: url.to_string(),
             agent: store.agent.clone(),
             pin: Pin {
@@ -605,9 +639,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Source for HttpSource {
     fn size(&self) -> u64 {
-        self.pin.size
+        self.core.pin.size
     }
 
+    fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.core.read_at(offset, len)
+    }
+
+    fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
+        let k = key(ranges);
+        let ahead = {
+            let mut pending = lock(&self.pending);
+            let i = pending.iter().position(|p| p.key == k);
+            i.and_then(|i| pending.remove(i))
+        };
+        // Read ahead: its result (bytes or the error the same request gives).
+        // A read-ahead thread that died answers nothing: ask again.
+        match ahead.map(|p| p.done.recv()) {
+            Some(Ok(result)) => result,
+            _ => self.core.load_layer(ranges),
+        }
+    }
+
+    fn prefetch(&self, ranges: &[ByteRange]) {
+        let k = key(ranges);
+        let mut pending = lock(&self.pending);
+        if ranges.is_empty() || pending.iter().any(|p| p.key == k) {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let core = Arc::clone(&self.core);
+        let ranges = ranges.to_vec();
+        let spawned = std::thread::Builder::new()
+            .name("wasm-chord-http-prefetch".into())
+            .spawn(move || {
+                let _ = tx.send(core.load_layer(&ranges));
+            });
+        if spawned.is_err() {
+            return; // only a hint
+        }
+        pending.push_back(Pending { key: k, done: rx });
+        // The oldest read-ahead nobody asked for is dropped (its thread
+        // finishes and its bytes are freed).
+        while pending.len() > PREFETCH_DEPTH {
+            pending.pop_front();
+        }
+    }
+}
+
+impl SourceCore {
     fn read_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         check_range(offset, len, self.pin.size, self.max_request)?;
         if len == 0 {
@@ -689,7 +769,7 @@ impl Source for HttpSource {
     }
 }
 
-impl HttpSource {
+impl SourceCore {
     /// Bytes the block cache may hold.
     fn cache_capacity(&self) -> u64 {
         self.cache.as_ref().map_or(0, |c| {
