@@ -356,12 +356,14 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     }
 
     let progress = Progress::new();
+    let stores = PathOrUrlStore::from_env()
+        .map_err(|e| LaunchError::App(crate::error::store_message(&e)))?;
     let models: Arc<dyn ModelStore> = match &progress {
         Some(p) => Arc::new(ProgressStore {
-            inner: PathOrUrlStore::default(),
+            inner: stores,
             progress: Arc::clone(p),
         }),
-        None => Arc::new(PathOrUrlStore::default()),
+        None => Arc::new(stores),
     };
     let state = AppState {
         wasi: wasi.build(),

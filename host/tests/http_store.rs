@@ -378,3 +378,51 @@ fn serve_over_http_equals_the_file_store() {
     assert_eq!(file, http);
     assert!(server.counts().1 >= std::fs::metadata(&m).expect("stat").len());
 }
+
+/// https: the server's certificate is checked against the trusted roots
+/// (`$SSL_CERT_FILE` here, Mozilla's by default), then the bytes are the
+/// file's.
+#[test]
+fn https_with_a_private_ca() {
+    let m = model();
+    let server = RangeServer::start_tls(file_content(&m), Mode::Good);
+    let url = server.url();
+    assert!(url.starts_with("https://"));
+    let ca = common::tls_dir().join("ca.pem");
+    let with_ca = |args: &[&str]| {
+        Command::new(bin())
+            .args(args)
+            .env("SSL_CERT_FILE", &ca)
+            .output()
+            .expect("run wasm-chord")
+    };
+    let file = wasm_chord(&run_args(m.to_str().expect("utf8"), &[]));
+    let https = with_ca(&run_args(&url, &[]));
+    assert_ok("file run", &file);
+    assert_ok("https run", &https);
+    let (a, b) = (tokens(&stdout(&file)), tokens(&stdout(&https)));
+    assert_eq!(a.len(), 16);
+    assert_eq!(a, b, "https gives other tokens");
+    // Mozilla's roots do not know the test CA.
+    let o = wasm_chord(&["info", "-m", &url]);
+    assert_error(&o, &url);
+    assert_error(&o, "certificate");
+    // A missing SSL_CERT_FILE is named.
+    let o = Command::new(bin())
+        .args(["info", "-m", &url])
+        .env("SSL_CERT_FILE", "/no/such/ca.pem")
+        .output()
+        .expect("run wasm-chord");
+    assert_error(&o, "cannot read SSL_CERT_FILE '/no/such/ca.pem'");
+    // The library: roots given as PEM text.
+    let pem = std::fs::read(&ca).expect("ca.pem");
+    let store = HttpStore::new().with_root_certs_pem(&pem).expect("PEM");
+    let src = store.open(&url).expect("open over https");
+    let bytes = std::fs::read(&m).expect("model");
+    assert_eq!(src.size(), bytes.len() as u64);
+    assert_eq!(
+        src.read_at(1000, 64).expect("read"),
+        bytes[1000..1064].to_vec()
+    );
+    assert!(HttpStore::new().with_root_certs_pem(b"not pem").is_err());
+}

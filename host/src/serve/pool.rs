@@ -115,7 +115,7 @@ impl Pool {
         });
         let setup = Arc::new(Setup {
             kernel,
-            store: Arc::new(PathOrUrlStore::default()),
+            store: Arc::new(PathOrUrlStore::from_env().map_err(HostError::Store)?),
             load,
             ctx_size,
         });

@@ -151,6 +151,8 @@ impl From<ureq::Error> for HttpError {
 #[derive(Clone)]
 pub struct HttpStore {
     agent: ureq::Agent,
+    /// Trusted roots for https (`None`: Mozilla's, from webpki-roots).
+    roots: Option<Arc<Vec<ureq::tls::Certificate<'static>>>>,
     block_size: u64,
     cache_bytes: u64,
     max_request: u64,
@@ -161,6 +163,7 @@ pub struct HttpStore {
 impl std::fmt::Debug for HttpStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpStore")
+            .field("custom_roots", &self.roots.as_ref().map(|r| r.len()))
             .field("block_size", &self.block_size)
             .field("cache_bytes", &self.cache_bytes)
             .field("max_request", &self.max_request)
@@ -179,9 +182,10 @@ impl Default for HttpStore {
 impl HttpStore {
     /// A store with 1 MiB blocks, a 32 MiB block cache per source, requests
     /// of at most [`DEFAULT_MAX_REQUEST`] bytes, a 10 s connect timeout and a
-    /// 60 s read timeout.
+    /// 60 s read timeout; https trusts Mozilla's root certificates.
     pub fn new() -> Self {
         Self::build(
+            None,
             DEFAULT_BLOCK_SIZE,
             DEFAULT_CACHE_BYTES,
             DEFAULT_MAX_REQUEST,
@@ -190,14 +194,67 @@ impl HttpStore {
         )
     }
 
+    /// [`HttpStore::new`], trusting the certificates of the PEM file named
+    /// by `$SSL_CERT_FILE` instead of Mozilla's roots when it is set (a
+    /// model server with a private CA).
+    pub fn from_env() -> Result<Self, StoreError> {
+        let store = Self::new();
+        match std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+            None => Ok(store),
+            Some(path) => {
+                let shown = std::path::Path::new(&path).display().to_string();
+                let pem = std::fs::read(&path).map_err(|e| {
+                    StoreError::Io(format!(
+                        "cannot read SSL_CERT_FILE '{shown}': {}",
+                        super::io_reason(&e)
+                    ))
+                })?;
+                store
+                    .with_root_certs_pem(&pem)
+                    .map_err(|e| StoreError::Io(format!("SSL_CERT_FILE '{shown}': {e}")))
+            }
+        }
+    }
+
+    /// Trust the certificates in `pem` (PEM text, one or more) for https,
+    /// instead of Mozilla's roots.
+    pub fn with_root_certs_pem(self, pem: &[u8]) -> Result<Self, HttpError> {
+        let certs = ureq::tls::parse_pem(pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(HttpError::Transport(format!("bad PEM: {e}")))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if certs.is_empty() {
+            return Err(HttpError::Transport(
+                "no certificate in the PEM text".into(),
+            ));
+        }
+        Ok(Self::build(
+            Some(Arc::new(certs)),
+            self.block_size,
+            self.cache_bytes,
+            self.max_request,
+            self.connect_timeout,
+            self.read_timeout,
+        ))
+    }
+
     fn build(
+        roots: Option<Arc<Vec<ureq::tls::Certificate<'static>>>>,
         block_size: u64,
         cache_bytes: u64,
         max_request: u64,
         connect_timeout: Duration,
         read_timeout: Duration,
     ) -> Self {
+        let tls = ureq::tls::TlsConfig::builder().root_certs(match &roots {
+            Some(certs) => ureq::tls::RootCerts::Specific(Arc::clone(certs)),
+            None => ureq::tls::RootCerts::WebPki,
+        });
         let config = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             // Statuses are checked here, with the URL in the message.
             .http_status_as_error(false)
             .timeout_connect(Some(connect_timeout))
@@ -207,6 +264,7 @@ impl HttpStore {
             .build();
         HttpStore {
             agent: ureq::Agent::new_with_config(config),
+            roots,
             block_size: block_size.max(1),
             cache_bytes,
             max_request,
@@ -218,6 +276,7 @@ impl HttpStore {
     /// Change the connect and read timeouts.
     pub fn with_timeouts(self, connect: Duration, read: Duration) -> Self {
         Self::build(
+            self.roots,
             self.block_size,
             self.cache_bytes,
             self.max_request,
@@ -289,6 +348,16 @@ pub struct PathOrUrlStore {
     pub files: FileStore,
     /// Serves `http://` and `https://` URLs.
     pub http: HttpStore,
+}
+
+impl PathOrUrlStore {
+    /// The default stores, with [`HttpStore::from_env`] (`$SSL_CERT_FILE`).
+    pub fn from_env() -> Result<Self, StoreError> {
+        Ok(PathOrUrlStore {
+            files: FileStore::new(),
+            http: HttpStore::from_env()?,
+        })
+    }
 }
 
 impl ModelStore for PathOrUrlStore {

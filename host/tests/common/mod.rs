@@ -2,7 +2,7 @@
 //! small HTTP/1.1 server with Range support that can misbehave on purpose.
 #![allow(dead_code)] // each test file uses a part
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -84,6 +84,7 @@ impl Content {
 /// connection) that counts requests and body bytes. Stops on drop.
 pub struct RangeServer {
     pub port: u16,
+    tls: bool,
     requests: Arc<AtomicU64>,
     body_bytes: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -91,6 +92,16 @@ pub struct RangeServer {
 
 impl RangeServer {
     pub fn start(content: Content, mode: Mode) -> Self {
+        Self::start_with(content, mode, None)
+    }
+
+    /// The same server over TLS, with the certificate of `tests/tls`
+    /// (`localhost` and 127.0.0.1, signed by `tests/tls/ca.pem`, valid to 2126).
+    pub fn start_tls(content: Content, mode: Mode) -> Self {
+        Self::start_with(content, mode, Some(tls_config()))
+    }
+
+    fn start_with(content: Content, mode: Mode, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let requests = Arc::new(AtomicU64::new(0));
@@ -101,6 +112,7 @@ impl RangeServer {
             Arc::clone(&body_bytes),
             Arc::clone(&stop),
         );
+        let is_tls = tls.is_some();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::Relaxed) {
@@ -108,13 +120,27 @@ impl RangeServer {
                 }
                 let Ok(conn) = conn else { continue };
                 let (content, r, b) = (content.clone(), Arc::clone(&r), Arc::clone(&b));
+                let tls = tls.clone();
                 std::thread::spawn(move || {
-                    let _ = serve_conn(conn, &content, mode, &r, &b);
+                    let _ = match tls {
+                        Some(cfg) => match rustls::ServerConnection::new(cfg) {
+                            Ok(c) => serve_conn(
+                                rustls::StreamOwned::new(c, conn),
+                                &content,
+                                mode,
+                                &r,
+                                &b,
+                            ),
+                            Err(_) => Ok(()),
+                        },
+                        None => serve_conn(conn, &content, mode, &r, &b),
+                    };
                 });
             }
         });
         RangeServer {
             port,
+            tls: is_tls,
             requests,
             body_bytes,
             stop,
@@ -123,7 +149,8 @@ impl RangeServer {
 
     /// `http://127.0.0.1:PORT` (every path serves the same content).
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -146,15 +173,39 @@ impl Drop for RangeServer {
     }
 }
 
-fn serve_conn(
-    conn: TcpStream,
+/// The tests' TLS directory (at run time: binaries are reused across checkouts).
+pub fn tls_dir() -> PathBuf {
+    let host = std::env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    PathBuf::from(host).join("tests").join("tls")
+}
+
+fn tls_config() -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = tls_dir();
+    let certs = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .expect("server.pem")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("certificates");
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).expect("server.key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("certificate and key");
+    Arc::new(cfg)
+}
+
+fn serve_conn<S: Read + Write>(
+    conn: S,
     content: &Content,
     mode: Mode,
     requests: &AtomicU64,
     body_bytes: &AtomicU64,
 ) -> std::io::Result<()> {
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut out = std::io::BufWriter::with_capacity(256 << 10, conn);
+    let mut reader = BufReader::new(conn);
     let size = content.len();
     loop {
         let mut line = String::new();
@@ -181,6 +232,7 @@ fn serve_conn(
             }
         }
         let n = requests.fetch_add(1, Ordering::Relaxed);
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, reader.get_mut());
         let etag = match mode {
             Mode::EtagChanges => format!("\"v{n}\""),
             _ => "\"v1\"".to_string(),
