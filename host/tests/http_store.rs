@@ -260,6 +260,10 @@ fn http_store_typed_errors() {
         (Mode::NoRange, "does not support Range requests"),
         (Mode::Short, "short body: got 524288 of 1048576 bytes"),
         (Mode::BadContentRange, "mismatched Content-Range"),
+        (
+            Mode::BadContentLength,
+            "mismatched Content-Length: 1048575 bytes for bytes 0-1048575 (1048576 bytes)",
+        ),
     ] {
         let server = RangeServer::start(content.clone(), mode);
         match HttpStore::new().open(&server.url()) {

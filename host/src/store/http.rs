@@ -74,6 +74,18 @@ pub enum HttpError {
         /// The header received (empty when missing).
         got: String,
     },
+    /// The `Content-Length` of a `206` is not the length of its `Content-Range`.
+    #[error("mismatched Content-Length: {got} bytes for bytes {first}-{last} ({want} bytes)")]
+    ContentLength {
+        /// The length of the range.
+        want: u64,
+        /// The Content-Length received.
+        got: u64,
+        /// First byte of the range.
+        first: u64,
+        /// Last byte of the range (inclusive).
+        last: u64,
+    },
     /// The body ended before the requested length.
     #[error("short body: got {got} of {want} bytes for bytes {first}-{last}")]
     ShortBody {
@@ -622,6 +634,17 @@ impl SourceCore {
             }
         };
         let want = got_last - first + 1;
+        match resp.body().content_length() {
+            Some(n) if n != want => {
+                return Err(HttpError::ContentLength {
+                    want,
+                    got: n,
+                    first,
+                    last: got_last,
+                })
+            }
+            _ => {}
+        }
         let cap = usize::try_from(want).map_err(|_| HttpError::Transport("too large".into()))?;
         let mut body = vec![0u8; cap];
         let mut reader = resp.body_mut().with_config().limit(want).reader();

@@ -37,6 +37,8 @@ pub enum Mode {
     Short,
     /// 206 with a Content-Range one byte off the request.
     BadContentRange,
+    /// 206 with the right Content-Range, but a Content-Length (and body) one byte shorter.
+    BadContentLength,
     /// A new ETag on every answer, If-Range ignored (the file "changes").
     EtagChanges,
 }
@@ -262,13 +264,19 @@ fn serve_conn<S: Read + Write>(
                     continue;
                 }
                 let len = b - a + 1;
+                // The length sent (and announced in Content-Length).
+                let sent = if mode == Mode::BadContentLength {
+                    len - 1
+                } else {
+                    len
+                };
                 let (ca, cb) = match mode {
                     Mode::BadContentRange => (a + 1, b + 1),
                     _ => (a, b),
                 };
                 write!(
                     out,
-                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {ca}-{cb}/{size}\r\nContent-Length: {len}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n\r\n"
+                    "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {ca}-{cb}/{size}\r\nContent-Length: {sent}\r\nETag: {etag}\r\nAccept-Ranges: bytes\r\n\r\n"
                 )?;
                 if mode == Mode::Short {
                     content.write(&mut out, a, a + len / 2)?;
@@ -276,9 +284,9 @@ fn serve_conn<S: Read + Write>(
                     body_bytes.fetch_add(len / 2, Ordering::Relaxed);
                     return Ok(()); // closes the connection
                 }
-                content.write(&mut out, a, b + 1)?;
+                content.write(&mut out, a, a + sent)?;
                 out.flush()?;
-                body_bytes.fetch_add(len, Ordering::Relaxed);
+                body_bytes.fetch_add(sent, Ordering::Relaxed);
             }
             _ => {
                 write!(
