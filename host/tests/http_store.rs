@@ -430,3 +430,55 @@ fn https_with_a_private_ca() {
     );
     assert!(HttpStore::new().with_root_certs_pem(b"not pem").is_err());
 }
+
+/// The block cache holds at most its bound, least recently used out first.
+#[test]
+fn block_cache_is_bounded_lru() {
+    let server = RangeServer::start(Content::Pattern(1 << 20), Mode::Good);
+    // Two blocks of 4 KiB.
+    let store = HttpStore::new().with_block_cache(4096, 2 * 4096);
+    let src = store.open(&server.url()).expect("open");
+    let requests = || server.counts().0;
+    let read = |block: u64| {
+        let got = src.read_at(block * 4096 + 10, 100).expect("read");
+        assert_eq!(
+            got,
+            (block * 4096 + 10..block * 4096 + 110)
+                .map(pattern)
+                .collect::<Vec<_>>()
+        );
+    };
+    let r0 = requests(); // block 0 came with the open
+    read(0);
+    assert_eq!(requests(), r0, "block 0 is cached by the open");
+    read(1);
+    read(2); // evicts block 0, the least recently used
+    assert_eq!(requests(), r0 + 2);
+    read(2);
+    read(1);
+    assert_eq!(requests(), r0 + 2, "blocks 1 and 2 are cached");
+    read(0);
+    assert_eq!(requests(), r0 + 3, "block 0 was evicted");
+    // A read of more blocks than the cache holds goes straight to the server.
+    let got = src.read_at(5000, 3 * 4096).expect("large read");
+    assert_eq!(
+        got,
+        (5000..5000 + 3 * 4096).map(pattern).collect::<Vec<_>>()
+    );
+    assert_eq!(requests(), r0 + 4);
+    // No cache at all: every read is a request.
+    let src = HttpStore::new()
+        .with_block_cache(4096, 0)
+        .open(&server.url())
+        .expect("open");
+    let r = requests();
+    assert_eq!(
+        src.read_at(0, 8).expect("read"),
+        (0..8).map(pattern).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        src.read_at(0, 8).expect("read"),
+        (0..8).map(pattern).collect::<Vec<_>>()
+    );
+    assert_eq!(requests(), r + 2);
+}
