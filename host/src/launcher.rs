@@ -1,7 +1,8 @@
 //! The native `wasm-chord` launcher: runs the composed CLI
 //! (`wasm-chord-app.wasm`: the `guest/cli` front composed with the kernel) as
 //! a `wasi:cli` command and serves its one non-WASI import, `layer-store`,
-//! with the memory-mapped [`FileStore`] (64-bit offsets, split GGUF).
+//! with the memory-mapped [`crate::FileStore`] (64-bit offsets, split GGUF),
+//! or the [`crate::HttpStore`] for `http://` and `https://` model names.
 //!
 //! Every subcommand, flag and message belongs to the guest; the launcher
 //! only adds what needs the host:
@@ -35,7 +36,9 @@ use crate::bindings::LayerStoreHost;
 use crate::error::{first_line, trap_reason};
 use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
 use crate::state::MemoryTracker;
-use crate::store::{ByteRange, Bytes, FileStore, ModelStore, Source, SourceCounters, StoreError};
+use crate::store::{
+    ByteRange, Bytes, ModelStore, PathOrUrlStore, Source, SourceCounters, StoreError,
+};
 use crate::DEFAULT_MAX_GUEST_MEMORY;
 
 /// File name of the composed app, looked for next to the executable.
@@ -353,12 +356,14 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     }
 
     let progress = Progress::new();
+    let stores = PathOrUrlStore::from_env()
+        .map_err(|e| LaunchError::App(crate::error::store_message(&e)))?;
     let models: Arc<dyn ModelStore> = match &progress {
         Some(p) => Arc::new(ProgressStore {
-            inner: FileStore::new(),
+            inner: stores,
             progress: Arc::clone(p),
         }),
-        None => Arc::new(FileStore::new()),
+        None => Arc::new(stores),
     };
     let state = AppState {
         wasi: wasi.build(),
@@ -566,9 +571,9 @@ impl Progress {
     }
 }
 
-/// A [`FileStore`] that reports what it serves to the progress bar.
+/// A [`PathOrUrlStore`] that reports what it serves to the progress bar.
 struct ProgressStore {
-    inner: FileStore,
+    inner: PathOrUrlStore,
     progress: Arc<Progress>,
 }
 
@@ -577,12 +582,12 @@ impl ModelStore for ProgressStore {
         let inner = self.inner.open(name)?;
         // A split model's size is an address span: count its shards' bytes.
         let bytes = match crate::split::shard_paths(Path::new(name)) {
-            Some(paths) => paths
+            Some(paths) if !crate::store::is_url(name) => paths
                 .iter()
                 .filter_map(|p| std::fs::metadata(p).ok())
                 .map(|m| m.len())
                 .sum(),
-            None => inner.size(),
+            _ => inner.size(),
         };
         self.progress.total.fetch_add(bytes, Ordering::Relaxed);
         Ok(Box::new(ProgressSource {

@@ -28,6 +28,7 @@ pub mod serve;
 mod state;
 mod store;
 
+pub use store::http;
 pub use store::split;
 
 pub use error::HostError;
@@ -38,4 +39,7 @@ pub use runtime::{
     LoadOptions, Model, ModelInfo, Piece, Residency, Runtime, Sampling, Session, TensorTypeCount,
     TokenScore,
 };
-pub use store::{ByteRange, FileStore, MemStore, ModelStore, Source, StoreError, StoreStats};
+pub use store::{
+    ByteRange, FileStore, HttpStore, MemStore, ModelStore, PathOrUrlStore, Source, StoreError,
+    StoreStats,
+};

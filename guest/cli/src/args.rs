@@ -158,7 +158,11 @@ pub fn file_error(what: &str, path: &Path, e: &std::io::Error) -> anyhow::Error 
 }
 
 /// Fail early, before loading, when the model file cannot be opened.
+/// An `http://` or `https://` URL is the host's store's to open and check.
 pub fn check_model(path: &Path) -> Result<()> {
+    if path.to_str().is_some_and(is_url) {
+        return Ok(());
+    }
     let shown = path.display();
     match std::fs::metadata(path) {
         Err(e) => bail!("cannot open model '{shown}': {}", io_reason(&e)),
@@ -172,6 +176,12 @@ pub fn check_model(path: &Path) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// True when `name` is an `http://` or `https://` URL (the scheme in any case).
+pub fn is_url(name: &str) -> bool {
+    let lower = |n: usize| name.get(..n).map(str::to_ascii_lowercase);
+    lower(7).as_deref() == Some("http://") || lower(8).as_deref() == Some("https://")
 }
 
 /// Layer cache counters in words.

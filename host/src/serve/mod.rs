@@ -139,7 +139,9 @@ fn kernel_path(a: &ServeArgs) -> Result<PathBuf, String> {
 }
 
 fn serve(a: ServeArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
-    if !a.model.is_file() {
+    // A URL is checked by the HTTP store when the instances load it.
+    let url = a.model.to_str().is_some_and(crate::store::is_url);
+    if !url && !a.model.is_file() {
         return Err(format!(
             "cannot open model '{}': not a regular file",
             a.model.display()

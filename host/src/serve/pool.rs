@@ -12,8 +12,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::api::ApiError;
 use crate::{
-    ChatMessage, FileStore, GenerateOptions, HostError, Kernel, LoadOptions, Model, ModelStore,
-    Runtime, Session,
+    ChatMessage, GenerateOptions, HostError, Kernel, LoadOptions, Model, ModelStore,
+    PathOrUrlStore, Runtime, Session,
 };
 
 /// What a request gives the model.
@@ -115,7 +115,7 @@ impl Pool {
         });
         let setup = Arc::new(Setup {
             kernel,
-            store: Arc::new(FileStore::new()),
+            store: Arc::new(PathOrUrlStore::from_env().map_err(HostError::Store)?),
             load,
             ctx_size,
         });
