@@ -363,7 +363,9 @@ fn bad_input_is_a_400_in_openai_shape_and_the_server_keeps_serving() {
         json!({"max_tokens": 0}),
         json!({"n": 2}),
         json!({"stop": [""]}),
-        json!({"logprobs": true}),
+        json!({"top_logprobs": 2}),
+        json!({"logprobs": true, "top_logprobs": 21}),
+        json!({"logprobs": 3}),
     ] {
         let mut req = bad.clone();
         req["messages"] = msgs.clone();
@@ -525,4 +527,161 @@ fn a_disconnect_cancels_quickly_and_a_deadline_is_a_504() {
     );
     assert_error((s, v), 504, Some("timeout"));
     assert_eq!(srv.health()["busy"], 0);
+}
+
+/// `logprobs` on chat (non-streamed and streamed) and completions: the
+/// chosen token's log-probability is the kernel's teacher-forced `score` of
+/// the same tokens (the log-softmax of the raw logits, whatever the sampler does).
+#[test]
+fn logprobs_equal_the_kernels_score() {
+    use wasm_chord::{ChatMessage, FileStore, Kernel, KernelOptions, LoadOptions, Runtime};
+    let model = model();
+    let srv = Server::start(&model, &[]);
+    let messages: Value = serde_json::from_str(MESSAGES).expect("messages");
+    let req = json!({"messages": messages, "temperature": 0.9, "seed": 7, "top_k": 10,
+                     "repeat_penalty": 1.3, "max_tokens": 12,
+                     "logprobs": true, "top_logprobs": 3});
+    let (s, v) = srv.post("/v1/chat/completions", &req);
+    assert_eq!(s, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content")
+        .clone();
+    assert!(!content.is_empty(), "{v}");
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    for e in &content {
+        let bytes: Vec<u8> = e["bytes"]
+            .as_array()
+            .expect("bytes")
+            .iter()
+            .map(|b| b.as_u64().expect("byte") as u8)
+            .collect();
+        assert_eq!(e["token"], String::from_utf8_lossy(&bytes).as_ref(), "{e}");
+        text.push_str(&String::from_utf8_lossy(&bytes));
+        ids.push(e["id"].as_u64().expect("id") as u32);
+        let top = e["top_logprobs"].as_array().expect("top_logprobs");
+        assert_eq!(top.len(), 3, "{e}");
+        let lps: Vec<f64> = top
+            .iter()
+            .map(|t| t["logprob"].as_f64().expect("logprob"))
+            .collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]), "{e}");
+        assert!(e["logprob"].as_f64().expect("logprob") <= lps[0] + 1e-6);
+    }
+    // Every token is reported (the answer's text is theirs).
+    assert_eq!(text, v["choices"][0]["message"]["content"], "{v}");
+
+    // The kernel's teacher-forced score of the prompt + those tokens.
+    let kernel = Kernel::from_file(
+        env_path("WASM_CHORD_KERNEL").expect("kernel"),
+        &KernelOptions::default(),
+    )
+    .expect("kernel");
+    let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
+    let m = rt
+        .load(&LoadOptions::new(model.to_string_lossy().into_owned()))
+        .expect("load");
+    let msgs: Vec<ChatMessage> = messages
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| ChatMessage {
+            role: m["role"].as_str().expect("role").into(),
+            content: m["content"].as_str().expect("content").into(),
+        })
+        .collect();
+    let rendered = rt.apply_chat_template(m, &msgs, true).expect("template");
+    let mut tokens = rt.tokenize(m, &rendered, true, true).expect("tokenize");
+    let first = tokens.len() as u32;
+    tokens.extend(&ids);
+    let session = rt.new_session(m, 0).expect("session");
+    let scores = rt.score(session, &tokens, first, 3).expect("score");
+    assert_eq!(scores.len(), content.len());
+    for (e, sc) in content.iter().zip(&scores) {
+        assert_eq!(e["id"].as_u64(), Some(u64::from(sc.token)));
+        let lp = e["logprob"].as_f64().expect("logprob");
+        assert!(
+            (lp - f64::from(sc.logprob)).abs() < 1e-3,
+            "server {lp} vs score {} at {e}",
+            sc.logprob
+        );
+        for (t, (id, l)) in e["top_logprobs"]
+            .as_array()
+            .expect("top")
+            .iter()
+            .zip(&sc.top)
+        {
+            assert_eq!(t["id"].as_u64(), Some(u64::from(*id)), "{e}");
+            assert!((t["logprob"].as_f64().expect("lp") - f64::from(*l)).abs() < 1e-3);
+        }
+    }
+
+    // Streamed at temperature 0: the chunks' entries equal the non-streamed ones.
+    let greedy = json!({"messages": messages, "temperature": 0, "max_tokens": 10,
+                        "logprobs": true, "top_logprobs": 2});
+    let (s, v) = srv.post("/v1/chat/completions", &greedy);
+    assert_eq!(s, 200, "{v}");
+    let whole = v["choices"][0]["logprobs"]["content"].clone();
+    let mut sreq = greedy.clone();
+    sreq["stream"] = json!(true);
+    let mut r = srv.post_raw("/v1/chat/completions", &sreq.to_string());
+    assert_eq!(r.status().as_u16(), 200);
+    let body = r.body_mut().read_to_string().expect("stream body");
+    let mut streamed = Vec::new();
+    for e in sse_events(&body) {
+        if e == "[DONE]" {
+            continue;
+        }
+        let c: Value = serde_json::from_str(&e).expect("chunk");
+        if let Some(list) = c["choices"][0]["logprobs"]["content"].as_array() {
+            streamed.extend(list.iter().cloned());
+        }
+    }
+    assert_eq!(Value::Array(streamed), whole);
+
+    // Completions: the legacy shape, `logprobs: N`.
+    let (s, v) = srv.post(
+        "/v1/completions",
+        &json!({"prompt": "The capital of France is", "temperature": 0, "max_tokens": 4, "logprobs": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    let toks: Vec<&str> = lp["tokens"]
+        .as_array()
+        .expect("tokens")
+        .iter()
+        .map(|t| t.as_str().expect("token"))
+        .collect();
+    assert_eq!(toks.concat(), v["choices"][0]["text"], "{v}");
+    assert_eq!(
+        lp["token_logprobs"].as_array().map(Vec::len),
+        Some(toks.len())
+    );
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .expect("text_offset")
+        .iter()
+        .map(|o| o.as_u64().expect("offset"))
+        .collect();
+    let mut at = 0;
+    for (t, o) in toks.iter().zip(&offsets) {
+        assert_eq!(*o, at);
+        at += t.len() as u64;
+    }
+    for (top, chosen) in lp["top_logprobs"]
+        .as_array()
+        .expect("top_logprobs")
+        .iter()
+        .zip(lp["token_logprobs"].as_array().expect("lps"))
+    {
+        let top = top.as_object().expect("top object");
+        assert!(!top.is_empty() && top.len() <= 2, "{lp}");
+        // Greedy: the chosen token is the most likely one.
+        let best = top
+            .values()
+            .map(|v| v.as_f64().expect("lp"))
+            .fold(f64::MIN, f64::max);
+        assert!((best - chosen.as_f64().expect("lp")).abs() < 1e-6, "{lp}");
+    }
 }
