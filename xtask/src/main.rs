@@ -15,6 +15,7 @@ mod fuzz;
 mod golden;
 mod large;
 mod llama;
+mod openai;
 mod relay;
 mod variants;
 
@@ -49,9 +50,13 @@ enum Cmd {
     },
     /// fmt check and clippy (native and wasm32-wasip2) first; chromium (apt-get)
     /// if missing; then build, fetch, the tests (the CLI suite through all three
-    /// launchers), the kernel's tests as wasm32 under wasmtime, and the JS host
-    /// tests (Node, then a real browser).
+    /// launchers), the `openai` Python package against `wasm-chord serve` (a venv
+    /// in $WASM_CHORD_CACHE/py-openai), the kernel's tests as wasm32 under
+    /// wasmtime, and the JS host tests (Node, then a real browser).
     Test,
+    /// Build, fetch SmolLM2, then only the `openai` Python package's suite
+    /// against `wasm-chord serve` (part of `test`).
+    TestOpenai,
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
     /// streamed through the wasm32 kernel with a 1 GiB guest budget.
     Large {
@@ -259,6 +264,13 @@ fn run(cli: Cli) -> Result<()> {
             ctx.exec(&mut cmd)
         }
         Cmd::Test => ctx.test(),
+        Cmd::TestOpenai => {
+            let bin = ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            step("openai Python client against wasm-chord serve");
+            let mut c = ctx.openai_test(&bin, &ctx.kernel_wasm(), &model)?;
+            ctx.exec(&mut c)
+        }
         Cmd::BenchCoverage { llama_bench } => ctx.bench_coverage(llama_bench.as_deref()),
         Cmd::Golden {
             server,
@@ -712,6 +724,7 @@ impl Ctx {
         let kernel = self.kernel_wasm();
         let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
         let wasmtime = self.pip_tool(&WASMTIME)?;
+        let openai = self.openai_test(&bin, &kernel, &model)?;
         let steps: Vec<(&str, Command)> = vec![
             // The Node launcher is one of the three the CLI suite runs.
             (
@@ -736,6 +749,7 @@ impl Ctx {
                     .env("WASM_TOOLS_BIN", &wasm_tools);
                 c
             }),
+            ("openai Python client against wasm-chord serve", openai),
             (
                 "kernel tests (wasm32-wasip2, simd128, under wasmtime)",
                 self.kernel_wasm_tests(&wasmtime, &model)?,
