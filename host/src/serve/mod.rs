@@ -480,7 +480,7 @@ async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Resp
             }) => {
                 text.push_str(&t);
                 if let (Some(all), Some(lp)) = (logprobs.as_mut(), lp) {
-                    all.push(&lp);
+                    all.push(lp);
                 }
             }
             Some(Event::Done {
@@ -610,7 +610,7 @@ fn stream(
             match st.rx.recv().await {
                 Some(Event::Piece { text, logprobs }) => {
                     if let (Some(all), Some(lp)) = (st.logprobs.as_mut(), logprobs) {
-                        all.push(&lp);
+                        all.push(lp);
                     }
                     // Tokens without text yet (inside a UTF-8 sequence, or
                     // held for a stop string) go with the next text.
@@ -686,8 +686,8 @@ impl Logprobs {
         }
     }
 
-    fn push(&mut self, lp: &PieceLogprobs) {
-        self.entries.push(lp.clone());
+    fn push(&mut self, lp: PieceLogprobs) {
+        self.entries.push(lp);
     }
 
     fn is_empty(&self) -> bool {
