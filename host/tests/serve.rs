@@ -771,3 +771,81 @@ fn the_server_keeps_serving_after_a_kernel_trap() {
     let (_, m) = srv.get("/metrics", None);
     assert!(m.contains("wasm_chord_kernel_traps_total 1"), "{m}");
 }
+
+/// The server's log-probabilities against llama.cpp's (llama-server's top-5
+/// per greedy step in the golden file's chat case): the same bounds as the
+/// kernel's teacher-forced scores (tests/tests/scoring.rs).
+#[test]
+fn logprobs_match_llama_cpp_golden_chat_case() {
+    let model = model();
+    let dir = std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR");
+    let path = PathBuf::from(dir)
+        .join("..")
+        .join("tests")
+        .join("fixtures")
+        .join("smollm2-135m-instruct-q4_1.golden.json");
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("golden JSON");
+    let case = golden["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["id"] == "chat-mountain")
+        .expect("the chat-mountain case");
+    let want: Vec<u64> = serde_json::from_value(case["greedy_tokens"].clone()).expect("tokens");
+    let top5: Vec<Option<Vec<(u64, f64)>>> =
+        serde_json::from_value(case["top5_logprobs"].clone()).expect("top5");
+    let srv = Server::start(&model, &[]);
+    let (s, v) = srv.post(
+        "/v1/chat/completions",
+        &json!({"messages": case["messages"], "temperature": 0, "max_tokens": want.len(),
+                "logprobs": true, "top_logprobs": 5}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["usage"]["prompt_tokens"].as_u64(),
+        Some(case["prompt_tokens"].as_array().expect("prompt").len() as u64)
+    );
+    let content = v["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("content");
+    let mut diffs = Vec::new();
+    for (step, e) in content.iter().enumerate() {
+        // Compared while our greedy tokens are llama.cpp's.
+        if e["id"].as_u64() != want.get(step).copied() {
+            break;
+        }
+        let Some(theirs) = &top5[step] else { continue };
+        let ours: Vec<(u64, f64)> = e["top_logprobs"]
+            .as_array()
+            .expect("top")
+            .iter()
+            .map(|t| {
+                (
+                    t["id"].as_u64().expect("id"),
+                    t["logprob"].as_f64().expect("lp"),
+                )
+            })
+            .collect();
+        for (tok, lp) in theirs {
+            if let Some((_, o)) = ours.iter().find(|(t, _)| t == tok) {
+                diffs.push((o - lp).abs());
+            }
+        }
+    }
+    diffs.sort_by(f64::total_cmp);
+    assert!(
+        diffs.len() >= 50,
+        "too few entries compared: {}",
+        diffs.len()
+    );
+    let median = diffs[diffs.len() / 2];
+    let max = diffs[diffs.len() - 1];
+    eprintln!(
+        "server logprobs vs llama.cpp: {} entries, median |diff| {median:.4}, max {max:.4}",
+        diffs.len()
+    );
+    assert!(median <= 0.15 && max <= 1.25, "median {median}, max {max}");
+}
