@@ -366,6 +366,8 @@ fn rows(r: &Report) -> (Vec<(String, String)>, bool) {
     let ok: Vec<&Outcome> = r.outcomes.iter().filter(|o| o.error.is_none()).collect();
     let completed = ok.iter().filter(|o| !o.cut).count();
     let cut = ok.len() - completed;
+    // Their wait is not in the TTFT percentiles.
+    let cut_early = ok.iter().filter(|o| o.cut && o.ttft.is_none()).count();
     let mut errors: BTreeMap<&str, usize> = BTreeMap::new();
     for o in &r.outcomes {
         if let Some(e) = &o.error {
@@ -391,7 +393,10 @@ fn rows(r: &Report) -> (Vec<(String, String)>, bool) {
     (
         vec![
             ("requests completed".into(), completed.to_string()),
-            ("in flight at the end (cut)".into(), cut.to_string()),
+            (
+                "in flight at the end (cut; before a first token)".into(),
+                format!("{cut} ({cut_early})"),
+            ),
             ("errors by kind".into(), errs),
             ("TTFT p50".into(), ms(percentile(&ttft, 0.5))),
             ("TTFT p99".into(), ms(percentile(&ttft, 0.99))),
