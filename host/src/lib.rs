@@ -36,8 +36,8 @@ pub use interrupt::Canceller;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};
 pub use runtime::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,
-    LoadOptions, Model, ModelInfo, Piece, Residency, Runtime, Sampling, Session, TensorTypeCount,
-    TokenScore,
+    LoadOptions, Model, ModelInfo, Piece, PieceLogprobs, Residency, Runtime, Sampling, Session,
+    TensorTypeCount, TokenLogprob, TokenScore,
 };
 pub use store::{
     ByteRange, FileStore, HttpStore, MemStore, ModelStore, PathOrUrlStore, Source, StoreError,

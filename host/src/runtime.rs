@@ -23,7 +23,7 @@ use crate::store::{ModelStore, SourceCounters, StoreStats};
 
 pub use wit::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, LoadOptions, ModelInfo,
-    Piece, Residency, Sampling, TensorTypeCount, TokenScore,
+    Piece, PieceLogprobs, Residency, Sampling, TensorTypeCount, TokenLogprob, TokenScore,
 };
 
 impl Default for Sampling {
@@ -544,6 +544,32 @@ impl Runtime {
         options: &GenerateOptions,
         mut on_piece: impl FnMut(&Piece) -> ControlFlow<()>,
     ) -> Result<GenerationStats, HostError> {
+        self.generate_inner(session, prompt, options, None, &mut |p, _| on_piece(p))
+    }
+
+    /// Like [`Runtime::generate`], giving each piece the log-probability of
+    /// its token and the `top_k` most likely tokens at its position (the
+    /// log-softmax of the raw logits; `None` for a last piece at
+    /// end-of-sequence, which only flushes held text).
+    pub fn generate_with_logprobs(
+        &mut self,
+        session: Session,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        top_k: u32,
+        mut on_piece: impl FnMut(&Piece, Option<&PieceLogprobs>) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, HostError> {
+        self.generate_inner(session, prompt, options, Some(top_k), &mut on_piece)
+    }
+
+    fn generate_inner(
+        &mut self,
+        session: Session,
+        prompt: &[u32],
+        options: &GenerateOptions,
+        logprobs: Option<u32>,
+        on_piece: &mut dyn FnMut(&Piece, Option<&PieceLogprobs>) -> ControlFlow<()>,
+    ) -> Result<GenerationStats, HostError> {
         let h = self.session_handle(session)?;
         let started = Instant::now();
         let generation = self
@@ -553,7 +579,15 @@ impl Runtime {
         let mut generated = 0u32;
         let mut cancelled = false;
         let outcome = loop {
-            let next = self.call(|api, store| api.generation().call_next(&mut *store, generation));
+            let next = self.call(|api, store| match logprobs {
+                None => Ok(api
+                    .generation()
+                    .call_next(&mut *store, generation)?
+                    .map(|p| p.map(|p| (p, None)))),
+                Some(k) => api
+                    .generation()
+                    .call_next_with_logprobs(&mut *store, generation, k),
+            });
             match next {
                 // Cancelled between two tokens: the instance is intact, drop
                 // the generation below, then report the cancellation.
@@ -563,9 +597,9 @@ impl Runtime {
                 Err(e) => return Err(e),
                 Ok(Err(e)) => break Err(HostError::from(e)),
                 Ok(Ok(None)) => break Ok(()),
-                Ok(Ok(Some(piece))) => {
+                Ok(Ok(Some((piece, lp)))) => {
                     generated += 1;
-                    if on_piece(&piece).is_break() {
+                    if on_piece(&piece, lp.as_ref()).is_break() {
                         cancelled = true;
                         break Ok(());
                     }

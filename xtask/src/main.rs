@@ -15,6 +15,8 @@ mod fuzz;
 mod golden;
 mod large;
 mod llama;
+mod loadtest;
+mod openai;
 mod relay;
 mod serve_cost;
 mod variants;
@@ -50,9 +52,44 @@ enum Cmd {
     },
     /// fmt check and clippy (native and wasm32-wasip2) first; chromium (apt-get)
     /// if missing; then build, fetch, the tests (the CLI suite through all three
-    /// launchers), the kernel's tests as wasm32 under wasmtime, and the JS host
-    /// tests (Node, then a real browser).
+    /// launchers), the `openai` Python package against `wasm-chord serve` (a venv
+    /// in $WASM_CHORD_CACHE/py-openai), the kernel's tests as wasm32 under
+    /// wasmtime, and the JS host tests (Node, then a real browser).
     Test,
+    /// Build, fetch SmolLM2, then only the `openai` Python package's suite
+    /// against `wasm-chord serve` (part of `test`).
+    TestOpenai,
+    /// Build, then load `wasm-chord serve` on loopback with concurrent
+    /// streaming chat clients: errors by kind (failing on any but 503), p50/p99
+    /// time to first token, aggregate tokens/s, the server's RSS over time;
+    /// with --vs-llama-server, the same load against llama.cpp's llama-server
+    /// on the same model in the same run.
+    Loadtest {
+        /// Concurrent streaming clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// How long the clients start new requests.
+        #[arg(long, default_value_t = 120)]
+        seconds: u64,
+        /// wasm-chord's instances; llama-server's slots (-np) and threads (-t).
+        #[arg(long, default_value_t = 2)]
+        parallel: u32,
+        /// max_tokens of each request.
+        #[arg(long, default_value_t = 64)]
+        max_tokens: u32,
+        /// Context of each instance / slot.
+        #[arg(long, default_value_t = 1024)]
+        ctx_size: u32,
+        /// Also run llama-server (default: ~/.cache/llama-cpp-tools/bin/llama-server).
+        #[arg(long, value_name = "PATH", num_args = 0..=1)]
+        vs_llama_server: Option<Option<PathBuf>>,
+        /// llama-server's threads (-t, -tb; default: --parallel).
+        #[arg(long, value_name = "N", requires = "vs_llama_server")]
+        llama_threads: Option<u32>,
+        /// The model (default: SmolLM2-135M-Instruct Q4_1, fetched).
+        #[arg(short = 'm', long)]
+        model: Option<PathBuf>,
+    },
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
     /// streamed through the wasm32 kernel with a 1 GiB guest budget.
     Large {
@@ -276,6 +313,32 @@ fn run(cli: Cli) -> Result<()> {
             ctx.exec(&mut cmd)
         }
         Cmd::Test => ctx.test(),
+        Cmd::Loadtest {
+            clients,
+            seconds,
+            parallel,
+            max_tokens,
+            ctx_size,
+            vs_llama_server,
+            llama_threads,
+            model,
+        } => ctx.loadtest(&loadtest::LoadArgs {
+            clients,
+            seconds,
+            parallel,
+            max_tokens,
+            ctx_size,
+            vs_llama_server,
+            llama_threads: llama_threads.unwrap_or(parallel),
+            model,
+        }),
+        Cmd::TestOpenai => {
+            let bin = ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            step("openai Python client against wasm-chord serve");
+            let mut c = ctx.openai_test(&bin, &ctx.kernel_wasm(), &model)?;
+            ctx.exec(&mut c)
+        }
         Cmd::BenchCoverage { llama_bench } => ctx.bench_coverage(llama_bench.as_deref()),
         Cmd::Golden {
             server,
@@ -774,6 +837,7 @@ impl Ctx {
         let kernel = self.kernel_wasm();
         let wasm_tools = self.pip_tool(&WASM_TOOLS)?;
         let wasmtime = self.pip_tool(&WASMTIME)?;
+        let openai = self.openai_test(&bin, &kernel, &model)?;
         let steps: Vec<(&str, Command)> = vec![
             // The Node launcher is one of the three the CLI suite runs.
             (
@@ -799,6 +863,7 @@ impl Ctx {
                     .env("WASM_TOOLS_BIN", &wasm_tools);
                 c
             }),
+            ("openai Python client against wasm-chord serve", openai),
             (
                 "kernel tests (wasm32-wasip2, simd128, under wasmtime)",
                 self.kernel_wasm_tests(&wasmtime, &model)?,

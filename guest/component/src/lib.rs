@@ -393,6 +393,34 @@ impl wit::GuestGeneration for GenerationRes {
         }))
     }
 
+    fn next_with_logprobs(
+        &self,
+        top_k: u32,
+    ) -> Result<Option<(wit::Piece, Option<wit::PieceLogprobs>)>, wit::Error> {
+        let step = self
+            .gen
+            .borrow_mut()
+            .next_with_logprobs(&self.model, &mut self.session.borrow_mut(), top_k as usize)
+            .map_err(err)?;
+        let entry = |e: k::model::TokenLogprob| wit::TokenLogprob {
+            token: e.token,
+            bytes: e.bytes,
+            logprob: e.logprob,
+        };
+        Ok(step.map(|(p, lp)| {
+            (
+                wit::Piece {
+                    token: p.token,
+                    text: p.text,
+                },
+                lp.map(|lp| wit::PieceLogprobs {
+                    chosen: entry(lp.chosen),
+                    top: lp.top.into_iter().map(entry).collect(),
+                }),
+            )
+        }))
+    }
+
     fn prompt_tokens(&self) -> u32 {
         self.gen.borrow().prompt_tokens()
     }

@@ -100,6 +100,9 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
+/// The most `top_logprobs` (chat) or `logprobs` (completions) a request may ask for.
+pub const MAX_TOP_LOGPROBS: u64 = 20;
+
 /// Fields shared by `/v1/chat/completions` and `/v1/completions`.
 #[derive(Debug, Deserialize, Default)]
 pub struct Common {
@@ -129,13 +132,68 @@ pub struct Common {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub stream: bool,
+    /// Report log-probabilities with this many most likely tokens per position.
+    pub logprobs: Option<u32>,
     pub include_usage: bool,
     pub options: GenerateOptions,
 }
 
 impl Common {
     /// Check every field against what this server can do.
-    pub fn plan(&self, served: &str) -> Result<Plan, ApiError> {
+    /// `logprobs`/`top_logprobs` as the number of most likely tokens to
+    /// report at each position (`None`: no log-probabilities). Chat:
+    /// `logprobs: true` with `top_logprobs` 0..=20; completions: `logprobs` 0..=20.
+    fn logprobs(&self, chat: bool) -> Result<Option<u32>, ApiError> {
+        let top = |param: &'static str, v: &Value| -> Result<u32, ApiError> {
+            v.as_u64()
+                .filter(|&n| n <= MAX_TOP_LOGPROBS)
+                .map(|n| n as u32)
+                .ok_or_else(|| {
+                    ApiError::bad_param(
+                        param,
+                        format!(
+                            "{param} must be an integer from 0 to {MAX_TOP_LOGPROBS} (got {v})"
+                        ),
+                    )
+                })
+        };
+        let top_logprobs = self.top_logprobs.as_ref().filter(|v| !v.is_null());
+        if !chat {
+            if let Some(v) = top_logprobs {
+                return Err(ApiError::bad_param(
+                    "top_logprobs",
+                    format!("/v1/completions takes logprobs: N, not top_logprobs (got {v})"),
+                ));
+            }
+            return match self.logprobs.as_ref().filter(|v| !v.is_null()) {
+                None => Ok(None),
+                Some(v) => top("logprobs", v).map(Some),
+            };
+        }
+        let on = match &self.logprobs {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+            Some(Value::Bool(true)) => true,
+            Some(v) => {
+                return Err(ApiError::bad_param(
+                    "logprobs",
+                    format!("logprobs must be a boolean (got {v})"),
+                ))
+            }
+        };
+        match (on, top_logprobs) {
+            (false, None) => Ok(None),
+            (false, Some(_)) => Err(ApiError::bad_param(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )),
+            (true, None) => Ok(Some(0)),
+            (true, Some(v)) => top("top_logprobs", v).map(Some),
+        }
+    }
+
+    /// Check every field against what this server can do (`chat`: the
+    /// request is a chat completion, else a legacy completion).
+    pub fn plan(&self, served: &str, chat: bool) -> Result<Plan, ApiError> {
         if let Some(m) = &self.model {
             if m != served {
                 return Err(ApiError::bad_param(
@@ -155,16 +213,7 @@ impl Common {
                 ));
             }
         }
-        let logprobs_on = match &self.logprobs {
-            None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-            Some(_) => true,
-        };
-        if logprobs_on || self.top_logprobs.as_ref().is_some_and(|v| !v.is_null()) {
-            return Err(ApiError::bad_param(
-                "logprobs",
-                "logprobs and top_logprobs are not supported by this server yet",
-            ));
-        }
+        let logprobs = self.logprobs(chat)?;
         for (name, v) in [
             ("frequency_penalty", self.frequency_penalty),
             ("presence_penalty", self.presence_penalty),
@@ -264,6 +313,7 @@ impl Common {
         }
         Ok(Plan {
             stream: self.stream,
+            logprobs,
             include_usage: self
                 .stream_options
                 .as_ref()

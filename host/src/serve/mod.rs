@@ -26,7 +26,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::{Kernel, KernelOptions, LoadOptions, Residency};
+use crate::{Kernel, KernelOptions, LoadOptions, PieceLogprobs, Residency, TokenLogprob};
 use api::{parse_body, ApiError, ChatRequest, CompletionRequest, Plan, PromptField};
 use pool::{Event, Job, Pool, Prompt, Work};
 
@@ -405,7 +405,7 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
     };
     let run = || -> Result<(Prompt, Plan), ApiError> {
         let req: ChatRequest = parse_body(&body)?;
-        let plan = req.common.plan(&app.model_id)?;
+        let plan = req.common.plan(&app.model_id, true)?;
         Ok((Prompt::Messages(req.chat_messages()?), plan))
     };
     match run() {
@@ -421,7 +421,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
     };
     let run = || -> Result<(Prompt, Plan), ApiError> {
         let req: CompletionRequest = parse_body(&body)?;
-        let plan = req.common.plan(&app.model_id)?;
+        let plan = req.common.plan(&app.model_id, false)?;
         if req.echo {
             return Err(ApiError::bad_param("echo", "echo is not supported"));
         }
@@ -451,6 +451,7 @@ async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Resp
     let mut rx = match app.submit(Work::Generate {
         prompt,
         options: plan.options.clone(),
+        logprobs: plan.logprobs,
     }) {
         Ok(rx) => rx,
         Err(e) => return e.into_response(),
@@ -472,9 +473,18 @@ async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Resp
         return stream(app, kind, id, created, plan, rx);
     }
     let mut text = String::new();
+    let mut logprobs = plan.logprobs.map(|_| Logprobs::new(kind));
     loop {
         match rx.recv().await {
-            Some(Event::Piece { text: t }) => text.push_str(&t),
+            Some(Event::Piece {
+                text: t,
+                logprobs: lp,
+            }) => {
+                text.push_str(&t);
+                if let (Some(all), Some(lp)) = (logprobs.as_mut(), lp) {
+                    all.push(lp);
+                }
+            }
             Some(Event::Done {
                 prompt_tokens,
                 completion_tokens,
@@ -484,14 +494,14 @@ async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Resp
                     json!({
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "logprobs": null,
+                        "logprobs": logprobs.as_mut().map(Logprobs::take),
                         "finish_reason": finish_reason,
                     })
                 } else {
                     json!({
                         "index": 0,
                         "text": text,
-                        "logprobs": null,
+                        "logprobs": logprobs.as_mut().map(Logprobs::take),
                         "finish_reason": finish_reason,
                     })
                 };
@@ -548,15 +558,15 @@ fn stream(
         }
         format!("data: {v}\n\n")
     };
-    let choice = move |text: Option<&str>, finish: Option<&str>| -> Value {
+    let choice = move |text: Option<&str>, logprobs: Value, finish: Option<&str>| -> Value {
         if kind == Kind::Chat {
             let delta = match text {
                 Some(t) => json!({"content": t}),
                 None => json!({}),
             };
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}])
+            json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}])
         } else {
-            json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}])
+            json!([{"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}])
         }
     };
     let first = if kind == Kind::Chat {
@@ -575,6 +585,8 @@ fn stream(
         chunk: C,
         choice: H,
         include_usage: bool,
+        /// Log-probabilities of the tokens not yet sent.
+        logprobs: Option<Logprobs>,
     }
     let st = St {
         rx,
@@ -584,6 +596,7 @@ fn stream(
         chunk,
         choice,
         include_usage: plan.include_usage,
+        logprobs: plan.logprobs.map(|_| Logprobs::new(kind)),
     };
     let body = futures_util::stream::unfold(st, |mut st| async move {
         if let Some(f) = st.first.take() {
@@ -597,9 +610,17 @@ fn stream(
         }
         loop {
             match st.rx.recv().await {
-                Some(Event::Piece { text }) if text.is_empty() => continue,
-                Some(Event::Piece { text }) => {
-                    let c = (st.chunk)((st.choice)(Some(&text), None), None);
+                Some(Event::Piece { text, logprobs }) => {
+                    if let (Some(all), Some(lp)) = (st.logprobs.as_mut(), logprobs) {
+                        all.push(lp);
+                    }
+                    // Tokens without text yet (inside a UTF-8 sequence, or
+                    // held for a stop string) go with the next text.
+                    if text.is_empty() {
+                        continue;
+                    }
+                    let lp = st.logprobs.as_mut().map_or(Value::Null, Logprobs::take);
+                    let c = (st.chunk)((st.choice)(Some(&text), lp, None), None);
                     return Some((Ok(c), st));
                 }
                 Some(Event::Done {
@@ -616,7 +637,12 @@ fn stream(
                             Some(usage(prompt_tokens, completion_tokens)),
                         ));
                     }
-                    let c = (st.chunk)((st.choice)(None, Some(finish_reason)), None);
+                    let lp = st
+                        .logprobs
+                        .as_mut()
+                        .filter(|l| !l.is_empty())
+                        .map_or(Value::Null, Logprobs::take);
+                    let c = (st.chunk)((st.choice)(None, lp, Some(finish_reason)), None);
                     return Some((Ok(c), st));
                 }
                 Some(Event::Error(e)) => {
@@ -641,6 +667,73 @@ fn stream(
         Body::from_stream(body),
     )
         .into_response()
+}
+
+/// Log-probabilities gathered for a response or a chunk: chat's
+/// `{"content": [{token, logprob, bytes, top_logprobs}]}`, or the legacy
+/// completions' `{tokens, token_logprobs, top_logprobs, text_offset}`.
+struct Logprobs {
+    kind: Kind,
+    entries: Vec<PieceLogprobs>,
+    /// Legacy `text_offset` of the next token (bytes of the completion text so far).
+    offset: usize,
+}
+
+impl Logprobs {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            entries: Vec::new(),
+            offset: 0,
+        }
+    }
+
+    fn push(&mut self, lp: PieceLogprobs) {
+        self.entries.push(lp);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The JSON of the entries gathered since the last `take`.
+    fn take(&mut self) -> Value {
+        let entries = std::mem::take(&mut self.entries);
+        let text = |t: &TokenLogprob| String::from_utf8_lossy(&t.bytes).into_owned();
+        if self.kind == Kind::Chat {
+            // "id" is llama-server's addition.
+            let entry = |t: &TokenLogprob| json!({"id": t.token, "token": text(t), "logprob": t.logprob, "bytes": t.bytes});
+            let content: Vec<Value> = entries
+                .iter()
+                .map(|lp| {
+                    let mut e = entry(&lp.chosen);
+                    e["top_logprobs"] = lp.top.iter().map(entry).collect();
+                    e
+                })
+                .collect();
+            return json!({"content": content, "refusal": null});
+        }
+        let mut tokens = Vec::new();
+        let mut token_logprobs = Vec::new();
+        let mut top_logprobs = Vec::new();
+        let mut text_offset = Vec::new();
+        for lp in &entries {
+            let t = text(&lp.chosen);
+            text_offset.push(self.offset);
+            self.offset += t.len();
+            tokens.push(t);
+            token_logprobs.push(lp.chosen.logprob);
+            let top: serde_json::Map<String, Value> =
+                lp.top.iter().map(|e| (text(e), json!(e.logprob))).collect();
+            top_logprobs.push(top);
+        }
+        json!({
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs,
+            "text_offset": text_offset,
+        })
+    }
 }
 
 /// llama-server's `/tokenize`: `{"content", "add_special", "parse_special", "with_pieces"}`

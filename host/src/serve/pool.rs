@@ -13,7 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::api::ApiError;
 use crate::{
     ChatMessage, GenerateOptions, HostError, Kernel, LoadOptions, Model, ModelStore,
-    PathOrUrlStore, Runtime, Session,
+    PathOrUrlStore, PieceLogprobs, Runtime, Session,
 };
 
 /// What a request gives the model.
@@ -32,6 +32,8 @@ pub enum Work {
         prompt: Prompt,
         /// `max_tokens` `u32::MAX`: up to the end of the context.
         options: GenerateOptions,
+        /// Log-probabilities with this many most likely tokens per position.
+        logprobs: Option<u32>,
     },
     Tokenize {
         content: String,
@@ -51,6 +53,8 @@ pub enum Event {
     Started,
     Piece {
         text: String,
+        /// With `logprobs`: those of the token (none for a last piece at end-of-sequence).
+        logprobs: Option<PieceLogprobs>,
     },
     Done {
         prompt_tokens: u32,
@@ -254,9 +258,11 @@ impl Instance {
 
     fn run(&mut self, setup: &Setup, job: &Job, counters: &Counters) -> Result<(), ApiError> {
         let r = match &job.work {
-            Work::Generate { prompt, options } => {
-                self.generate(setup, job, prompt, options, counters)
-            }
+            Work::Generate {
+                prompt,
+                options,
+                logprobs,
+            } => self.generate(setup, job, prompt, options, *logprobs, counters),
             Work::Tokenize {
                 content,
                 add_special,
@@ -302,6 +308,7 @@ impl Instance {
         job: &Job,
         prompt: &Prompt,
         options: &GenerateOptions,
+        logprobs: Option<u32>,
         counters: &Counters,
     ) -> Result<(), ApiError> {
         let ke = |e| kernel_error(e, counters);
@@ -344,26 +351,33 @@ impl Instance {
         let _ = job.reply.send(Event::Started);
         let mut gone = false;
         let mut late = false;
-        let stats = self
-            .rt
-            .generate(self.session, &tokens, &options, |piece| {
-                if Instant::now() >= job.deadline {
-                    late = true;
-                    return ControlFlow::Break(());
-                }
-                if job
-                    .reply
-                    .send(Event::Piece {
-                        text: piece.text.clone(),
-                    })
-                    .is_err()
-                {
-                    gone = true;
-                    return ControlFlow::Break(());
-                }
-                ControlFlow::Continue(())
-            })
-            .map_err(ke)?;
+        let mut on_piece = |piece: &crate::Piece, lp: Option<&PieceLogprobs>| {
+            if Instant::now() >= job.deadline {
+                late = true;
+                return ControlFlow::Break(());
+            }
+            if job
+                .reply
+                .send(Event::Piece {
+                    text: piece.text.clone(),
+                    logprobs: lp.cloned(),
+                })
+                .is_err()
+            {
+                gone = true;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        };
+        let stats = match logprobs {
+            None => self
+                .rt
+                .generate(self.session, &tokens, &options, |p| on_piece(p, None)),
+            Some(k) => self
+                .rt
+                .generate_with_logprobs(self.session, &tokens, &options, k, on_piece),
+        }
+        .map_err(ke)?;
         counters
             .prompt_tokens
             .fetch_add(u64::from(stats.prompt_tokens), Ordering::Relaxed);

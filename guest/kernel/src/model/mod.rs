@@ -11,7 +11,10 @@ pub mod weights;
 
 pub use config::Config;
 pub use residency::{CacheStats, Policy};
-pub use session::{GenerateOptions, Generation, Piece, Session, StopReason, TokenScore};
+pub use session::{
+    GenerateOptions, Generation, Piece, PieceLogprobs, Session, StopReason, TokenLogprob,
+    TokenScore,
+};
 
 use crate::store::ByteSource;
 use crate::tokenizer::{ChatMessage, Tokenizer};

@@ -275,6 +275,26 @@ pub struct Piece {
     pub text: String,
 }
 
+/// One token with its log-probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: u32,
+    /// The bytes the token stands for ([`crate::tokenizer::Tokenizer::token_bytes`]).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The log-probabilities of a sampled token's position: the log-softmax of
+/// the raw logits, before penalties, temperature and truncation (what
+/// llama-server reports).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PieceLogprobs {
+    /// The sampled token.
+    pub chosen: TokenLogprob,
+    /// The most likely tokens of the same distribution, best first.
+    pub top: Vec<TokenLogprob>,
+}
+
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -301,6 +321,8 @@ pub struct Generation {
     opts: GenerateOptions,
     banned: Vec<u32>,
     logits: Vec<f32>,
+    /// Scratch for the log-probabilities of [`Generation::next_with_logprobs`].
+    logprobs: Vec<f32>,
     detok: Detokenizer,
     /// Text not yet emitted because it may begin a stop string.
     held: String,
@@ -349,6 +371,7 @@ impl Generation {
             sampler,
             banned,
             logits,
+            logprobs: Vec::new(),
             detok: Detokenizer::new(),
             held: String::new(),
             generated: 0,
@@ -370,12 +393,56 @@ impl Generation {
 
     /// The next piece, or `None` once generation has stopped.
     pub fn next(&mut self, model: &Model, session: &mut Session) -> Result<Option<Piece>> {
+        Ok(self.step(model, session, None)?.map(|(p, _)| p))
+    }
+
+    /// Like [`Generation::next`], with the sampled token's log-probability and
+    /// the `top_k` most likely tokens at its position (`None` for the piece
+    /// that ends the generation at end-of-sequence, which only flushes text).
+    pub fn next_with_logprobs(
+        &mut self,
+        model: &Model,
+        session: &mut Session,
+        top_k: usize,
+    ) -> Result<Option<(Piece, Option<PieceLogprobs>)>> {
+        if top_k > model.cfg.n_vocab {
+            return Err(Error::InvalidInput(format!(
+                "top-k {top_k} exceeds the vocabulary ({})",
+                model.cfg.n_vocab
+            )));
+        }
+        self.step(model, session, Some(top_k))
+    }
+
+    fn step(
+        &mut self,
+        model: &Model,
+        session: &mut Session,
+        logprobs_top_k: Option<usize>,
+    ) -> Result<Option<(Piece, Option<PieceLogprobs>)>> {
         if self.done.is_some() {
             return Ok(None);
+        }
+        // Before sampling: the sampler modifies the logits in place.
+        if logprobs_top_k.is_some() {
+            self.logprobs.resize(self.logits.len(), 0.0);
+            log_softmax(&self.logits, &mut self.logprobs);
         }
         let token = self
             .sampler
             .sample(&mut self.logits, &session.tokens, &self.banned);
+        let entry = |t: u32, lp: &[f32]| TokenLogprob {
+            token: t,
+            bytes: model.tokenizer.token_bytes(t).unwrap_or_default(),
+            logprob: lp[t as usize],
+        };
+        let logprobs = logprobs_top_k.map(|k| PieceLogprobs {
+            chosen: entry(token, &self.logprobs),
+            top: top_of(&self.logprobs, k)
+                .into_iter()
+                .map(|(t, _)| entry(t, &self.logprobs))
+                .collect(),
+        });
         if !self.opts.ignore_eos && model.tokenizer.is_eog(token) {
             self.done = Some(StopReason::Eos);
             session.pending.push(token);
@@ -383,7 +450,7 @@ impl Generation {
             return Ok(if rest.is_empty() {
                 None
             } else {
-                Some(Piece { token, text: rest })
+                Some((Piece { token, text: rest }, None))
             });
         }
         self.generated += 1;
@@ -408,7 +475,7 @@ impl Generation {
             session.eval(model, &[token], 0, &mut |_, l| next = l.to_vec())?;
             self.logits = next;
         }
-        Ok(Some(Piece { token, text }))
+        Ok(Some((Piece { token, text }, logprobs)))
     }
 
     /// Text of `held` that can no longer be part of a stop string; sets

@@ -512,3 +512,59 @@ fn real_model_perplexity() {
     println!("Final estimate: PPL = {ppl:.4} ({count} tokens, {n_chunk} chunks of {n_ctx})");
     assert!(ppl.is_finite() && ppl > 1.0);
 }
+
+#[test]
+fn generation_logprobs_equal_teacher_forced_scores() {
+    let bytes = synth::to_bytes(&spec(GgmlType::Q8_0), &SynthVocab::bytes());
+    let m = load(&bytes, &LoadOptions::default());
+    // Sampled with temperature, a repetition penalty and top-k: the reported
+    // log-probabilities are still those of the raw logits.
+    let mut opts = greedy(6, vec![]);
+    opts.sampling.temperature = 1.3;
+    opts.sampling.repeat_penalty = 1.5;
+    opts.sampling.top_k = 5;
+    let mut s = Session::new(&m, 64).unwrap();
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], opts.clone()).unwrap();
+    let mut got = Vec::new();
+    while let Some((p, lp)) = g.next_with_logprobs(&m, &mut s, 4).unwrap() {
+        let lp = lp.expect("logprobs of a generated token");
+        assert_eq!(lp.chosen.token, p.token);
+        assert_eq!(lp.chosen.bytes, m.tokenizer.token_bytes(p.token).unwrap());
+        got.push((p.token, lp));
+    }
+    assert_eq!(got.len(), 6);
+    let mut all = TOKENS[..5].to_vec();
+    all.extend(got.iter().map(|(t, _)| *t));
+    let mut s2 = Session::new(&m, 64).unwrap();
+    let want = s2.score(&m, &all, 5, 4).unwrap();
+    assert_eq!(want.len(), 6);
+    for ((tok, lp), w) in got.iter().zip(&want) {
+        assert_eq!(*tok, w.token);
+        assert!(
+            (lp.chosen.logprob - w.logprob).abs() < 1e-4,
+            "{lp:?} vs {w:?}"
+        );
+        assert!(lp.chosen.logprob <= 0.0);
+        let top: Vec<u32> = lp.top.iter().map(|e| e.token).collect();
+        let wtop: Vec<u32> = w.top.iter().map(|e| e.0).collect();
+        assert_eq!(top, wtop);
+        for (e, (_, wl)) in lp.top.iter().zip(&w.top) {
+            assert!((e.logprob - wl).abs() < 1e-4);
+        }
+    }
+    // The same seed without logprobs samples the same tokens.
+    let mut s = Session::new(&m, 64).unwrap();
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], opts).unwrap();
+    let mut plain = Vec::new();
+    while let Some(p) = g.next(&m, &mut s).unwrap() {
+        plain.push(p.token);
+    }
+    assert_eq!(plain, all[5..]);
+    // A top-k beyond the vocabulary is bad input.
+    let mut s = Session::new(&m, 64).unwrap();
+    let mut g = Generation::start(&m, &mut s, &TOKENS[..5], greedy(2, vec![])).unwrap();
+    assert!(matches!(
+        g.next_with_logprobs(&m, &mut s, m.cfg.n_vocab + 1),
+        Err(Error::InvalidInput(_))
+    ));
+}
