@@ -25,6 +25,8 @@ pub mod kernel;
 pub mod launcher;
 pub mod runtime;
 pub mod serve;
+pub mod shard_cli;
+pub mod shards;
 mod state;
 mod store;
 
@@ -35,7 +37,8 @@ pub use interrupt::Canceller;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};
 pub use runtime::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,
-    LoadOptions, Model, ModelInfo, Piece, Residency, Runtime, Sampling, Session, TensorTypeCount,
-    TokenScore,
+    LoadOptions, Model, ModelInfo, Piece, Residency, Runtime, Sampling, Session, ShardInfo,
+    ShardSpec, Step, TensorTypeCount, TokenScore,
 };
+pub use shards::Sharded;
 pub use store::{ByteRange, FileStore, MemStore, ModelStore, Source, StoreError, StoreStats};
