@@ -43,7 +43,7 @@ fn main() -> ExitCode {
         let at = args.guest.iter().position(|a| *a == sub).unwrap_or(0);
         match wasm_chord::shard_cli::shards_flag(&args.guest[at + 1..]) {
             Err(e) => return fail(&e, 2),
-            Ok(Some(n)) if n > 1 => {
+            Ok(Some(n)) if n > 1 || args.guest.iter().any(|a| a == "--native") => {
                 let rest: Vec<String> = args.guest[..at]
                     .iter()
                     .chain(&args.guest[at + 1..])

@@ -26,6 +26,10 @@ struct Common {
     /// Keep every layer resident (the default when the shard fits).
     #[arg(long)]
     resident: bool,
+    /// Use the native shard driver even for one shard (to compare it with N;
+    /// `--shards 1` alone runs the guest CLI).
+    #[arg(long)]
+    native: bool,
     /// The kernel component (default: $WASM_CHORD_KERNEL, else
     /// wasm-chord-kernel.wasm next to the executable).
     #[arg(long, value_name = "PATH")]
@@ -488,6 +492,9 @@ struct Row {
     samples_ts: Vec<f64>,
     /// Median CPU time (all threads) per token, in milliseconds.
     cpu_ms_per_token: f64,
+    /// Median CPU time per token of the busiest shard's thread, in
+    /// milliseconds: the critical path when every shard has a core.
+    busiest_shard_cpu_ms_per_token: f64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -534,8 +541,10 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
     for (test, n_prompt, n_gen) in tests {
         let mut samples = Vec::new();
         let mut cpu = Vec::new();
+        let mut busiest = Vec::new();
         for _ in 0..a.repetitions {
             sh.reset().map_err(err)?;
+            let before = sh.shard_cpu_seconds().map_err(err)?;
             let (n, t, c) = if n_gen == 0 {
                 let prompt = bench_tokens(&mut sh, n_prompt)?;
                 let (t0, c0) = (Instant::now(), cpu_seconds());
@@ -561,8 +570,15 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
                 }
                 (n_gen, t0.elapsed(), cpu_seconds() - c0)
             };
+            let after = sh.shard_cpu_seconds().map_err(err)?;
+            let top = after
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a - b)
+                .fold(0.0, f64::max);
             samples.push(rate(n, t));
             cpu.push(c * 1e3 / f64::from(n.max(1)));
+            busiest.push(top * 1e3 / f64::from(n.max(1)));
         }
         let avg = samples.iter().sum::<f64>() / samples.len() as f64;
         let var = if samples.len() > 1 {
@@ -583,6 +599,7 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
             stddev_ts: var.sqrt(),
             samples_ts: samples,
             cpu_ms_per_token: median(&cpu),
+            busiest_shard_cpu_ms_per_token: median(&busiest),
         });
     }
     if a.json {
@@ -593,21 +610,22 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "| {:<24} | {:>6} | {:>7} | {:>20} | {:>12} |",
-        "model", "shards", "test", "t/s", "CPU ms/token"
+        "| {:<24} | {:>6} | {:>7} | {:>20} | {:>12} | {:>18} |",
+        "model", "shards", "test", "t/s", "CPU ms/token", "busiest shard ms/t"
     );
     println!(
-        "| {:-<24} | {:->5}: | {:->6}: | {:->19}: | {:->11}: |",
-        "", "", "", "", ""
+        "| {:-<24} | {:->5}: | {:->6}: | {:->19}: | {:->11}: | {:->17}: |",
+        "", "", "", "", "", ""
     );
     for r in &rows {
         println!(
-            "| {:<24} | {:>6} | {:>7} | {:>20} | {:>12.2} |",
+            "| {:<24} | {:>6} | {:>7} | {:>20} | {:>12.2} | {:>18.2} |",
             r.model,
             r.shards,
             r.test,
             format!("{:.2} ± {:.2}", r.median_ts, r.stddev_ts),
-            r.cpu_ms_per_token
+            r.cpu_ms_per_token,
+            r.busiest_shard_cpu_ms_per_token
         );
     }
     Ok(())

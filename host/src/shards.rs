@@ -24,12 +24,30 @@ enum Cmd {
     Begin(Arc<[u32]>, u32),
     Continue(Arc<[f32]>),
     Reset,
+    Cpu,
 }
 
 enum Reply {
     Partial(Vec<f32>),
     Logits(Vec<f32>),
     Done,
+    Cpu(f64),
+}
+
+/// CPU time of the calling thread in seconds (0 where unknown).
+pub fn thread_cpu_seconds() -> f64 {
+    #[cfg(unix)]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes into the struct we own.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } == 0 {
+            return t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9;
+        }
+    }
+    0.0
 }
 
 struct Worker {
@@ -107,6 +125,7 @@ fn worker_main(
                 Step::Logits(l) => Reply::Logits(l),
             }),
             Cmd::Reset => rt.reset(session).map(|()| Reply::Done),
+            Cmd::Cpu => Ok(Reply::Cpu(thread_cpu_seconds())),
         };
         if tx.send(reply).is_err() {
             break;
@@ -225,6 +244,22 @@ impl Sharded {
         theirs?;
         self.n_past = 0;
         Ok(())
+    }
+
+    /// CPU seconds each shard's thread has used so far, in shard order
+    /// (shard 0 is the calling thread).
+    pub fn shard_cpu_seconds(&self) -> Result<Vec<f64>, HostError> {
+        for w in &self.workers {
+            w.tx.send(Cmd::Cpu).map_err(|_| gone())?;
+        }
+        let mut out = vec![thread_cpu_seconds()];
+        for r in self.collect()? {
+            match r {
+                Reply::Cpu(c) => out.push(c),
+                _ => return Err(out_of_step()),
+            }
+        }
+        Ok(out)
     }
 
     /// One reply from every worker, in shard order (all of them even when
