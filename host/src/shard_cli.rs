@@ -630,3 +630,37 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_shards_flag() {
+        assert_eq!(shards_flag(&v(&["-m", "x", "--shards", "2"])), Ok(Some(2)));
+        assert_eq!(shards_flag(&v(&["--shards=3", "-m", "x"])), Ok(Some(3)));
+        assert_eq!(shards_flag(&v(&["-m", "x"])), Ok(None));
+        // After `--` it is the prompt's, not ours.
+        assert_eq!(shards_flag(&v(&["-p", "--", "--shards", "2"])), Ok(None));
+        for bad in [
+            &["--shards"][..],
+            &["--shards", "0"],
+            &["--shards=65"],
+            &["--shards", "two"],
+        ] {
+            assert!(shards_flag(&v(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            without_shards_flag(&v(&["run", "--shards", "1", "-m", "x", "--shards=1"])),
+            v(&["run", "-m", "x"])
+        );
+        assert_eq!(
+            without_shards_flag(&v(&["run", "--", "--shards", "1"])),
+            v(&["run", "--", "--shards", "1"])
+        );
+    }
+}
