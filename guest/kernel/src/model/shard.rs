@@ -39,9 +39,19 @@ pub struct ShardSlice {
     pub vocab: Range<usize>,
 }
 
-/// Architectures whose forward pass is sharded (tested on synthetic models
-/// against the unsharded pass, and llama on SmolLM2 against llama.cpp).
-const SHARDED_ARCHS: &[Arch] = &[Arch::Llama, Arch::Gemma3];
+/// Architectures whose forward pass is sharded: llama and gemma3 (tested on
+/// synthetic models against the unsharded pass, llama on SmolLM2 against
+/// llama.cpp), qwen2 (q/k/v biases, sliced with their rows), qwen3 (q/k
+/// norms) and mistral3 (attention temperature), tested on SmolLM2 re-laid as
+/// each against one instance (tests/tests/shards.rs). phi3's fused tensors
+/// are not sliced.
+const SHARDED_ARCHS: &[Arch] = &[
+    Arch::Llama,
+    Arch::Gemma3,
+    Arch::Qwen2,
+    Arch::Qwen3,
+    Arch::Mistral3,
+];
 
 /// Least common multiple of the block sizes of the tensors of `role` in
 /// every block of `g` (a slice of their columns must start on a block).
@@ -92,7 +102,7 @@ pub fn split(g: &GgufFile, c: &Config, requested: usize) -> Result<Vec<ShardSlic
     }
     if requested > 1 && !SHARDED_ARCHS.contains(&c.kind) {
         return Err(Error::Unsupported(format!(
-            "sharding is not implemented for the '{}' architecture (only llama and gemma3); use one shard",
+            "sharding is not implemented for the '{}' architecture; use one shard",
             c.arch
         )));
     }

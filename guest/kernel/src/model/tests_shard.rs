@@ -169,6 +169,20 @@ fn uneven_heads_split_and_separate_output() {
 }
 
 #[test]
+fn packed_types_shard_too() {
+    // Q4_1 and Q4_0 have packed layouts (the tied output part is packed on
+    // its own); Q4_K's 256-blocks split 512 feed-forward rows in 2.
+    for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q5_1] {
+        let mut s = spec(128, 4, 2, 256, false);
+        s.weight_type = ty;
+        let toks = tokens(10);
+        let (sharded, n) = sharded_logits(&s, 2, &toks, 10);
+        assert_eq!(n, 2, "{ty}");
+        assert_close(&sharded, &whole_logits(&s, &toks, 10));
+    }
+}
+
+#[test]
 fn gemma3_shards_match() {
     let s = SynthSpec {
         n_layers: 4,
@@ -243,4 +257,77 @@ fn shard_sessions_refuse_generate_and_bad_steps() {
         load(&s, Some(ShardSpec { index: 0, count: 0 })),
         Err(Error::InvalidInput(_))
     ));
+}
+
+#[test]
+fn smollm2_partial_sums_match_the_whole_model_layer_by_layer() {
+    // Every instance continues from the whole model's reduced vector, so no
+    // drift accumulates: each layer's attention output and down projection,
+    // summed over 2 shards, against the whole model's, on the real file.
+    let Some(path) = std::env::var_os("WASM_CHORD_SMOLLM2") else {
+        eprintln!("WASM_CHORD_SMOLLM2 not set: run through `cargo xtask test`");
+        return;
+    };
+    let bytes = std::fs::read(path).expect("read SmolLM2");
+    let load = |shard| {
+        Model::load(
+            Box::new(MemSource::new(bytes.clone())),
+            &LoadOptions {
+                shard,
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap()
+    };
+    let whole = load(None);
+    let shards: Vec<Model> = (0..2)
+        .map(|index| load(Some(ShardSpec { index, count: 2 })))
+        .collect();
+    assert_eq!(shards[0].shard.count, 2);
+    let toks = tokens(12);
+    let mut ws = Session::new(&whole, 64).unwrap();
+    let mut ss: Vec<Session> = shards
+        .iter()
+        .map(|m| Session::new(m, 64).unwrap())
+        .collect();
+    let mut want = ws.begin_step(&whole, &toks, 11).unwrap().to_vec();
+    let mut got: Vec<Vec<f32>> = shards
+        .iter()
+        .zip(ss.iter_mut())
+        .map(|(m, s)| s.begin_step(m, &toks, 11).unwrap().to_vec())
+        .collect();
+    let mut steps = 0;
+    loop {
+        let sum: Vec<f32> = (0..want.len()).map(|j| got[0][j] + got[1][j]).collect();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let worst = sum
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-5 * scale,
+            "partial {steps}: max |diff| {worst}, scale {scale}"
+        );
+        steps += 1;
+        let reduced = want.clone();
+        let next = match ws.continue_step(&whole, &reduced).unwrap() {
+            Step::Partial(p) => Some(p.to_vec()),
+            Step::Logits(_) => None,
+        };
+        let mut parts = Vec::new();
+        for (m, s) in shards.iter().zip(ss.iter_mut()) {
+            if let Step::Partial(p) = s.continue_step(m, &reduced).unwrap() {
+                parts.push(p.to_vec());
+            }
+        }
+        match next {
+            Some(n) => {
+                want = n;
+                got = parts;
+            }
+            None => break,
+        }
+    }
+    assert_eq!(steps, 2 * whole.cfg.n_layers);
 }
