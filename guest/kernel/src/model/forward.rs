@@ -11,9 +11,11 @@
 
 use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
+use super::weights::{BlockWeights, HeadWeights, LayerData};
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
 use crate::{Error, Result};
+use std::rc::Rc;
 
 /// Tokens evaluated per internal batch (bounds scratch memory).
 pub const UBATCH: usize = 32;
@@ -288,14 +290,21 @@ pub fn forward(
 ) -> Result<()> {
     let n = tokens.len();
     debug_assert!((1..=UBATCH).contains(&n) && pos0 + n <= kv.n_ctx);
-    embed(c, cache, src, s, tokens)?;
+    let head = cache.layer(src, cache.head_index())?;
+    let hw = head.head(c.logit_rows.clone())?;
+    embed(c, s, &hw, tokens)?;
     for l in 0..c.n_layers {
-        attn_partial(c, cache, src, kv, s, l, n, pos0)?;
-        attn_finish(c, cache, src, s, l, n)?;
-        ffn_partial(c, cache, src, s, l, n)?;
-        ffn_finish(c, cache, src, s, l, n)?;
+        // Read ahead the next layer while this one computes.
+        cache.prefetch(src, l + 1);
+        let layer = cache.layer(src, l)?;
+        let w = layer.block(c)?;
+        attn_partial(c, kv, s, &w, l, n, pos0);
+        attn_finish(c, s, &w, n);
+        ffn_partial(c, s, &w, n);
+        ffn_finish(c, s, &w, n);
     }
-    logits(c, cache, src, s, n, logits_from, sink)
+    logits(c, s, &hw, n, logits_from, sink);
+    Ok(())
 }
 
 /// Where a sharded pass is: the partial sum in `State::xb2` is the output
@@ -307,13 +316,27 @@ pub enum Stage {
 }
 
 /// A sharded forward pass in progress (a state machine the host drives:
-/// [`Pass::begin`], then [`Pass::resume`] with each reduced vector).
-#[derive(Clone, Debug)]
+/// [`Pass::begin`], then [`Pass::resume`] with each reduced vector). It
+/// holds the head and the current layer, so each layer is looked up in the
+/// cache once per pass, as in [`forward`].
+#[derive(Clone)]
 pub struct Pass {
     pub n: usize,
     pub pos0: usize,
     pub logits_from: usize,
     pub stage: Stage,
+    head: Rc<LayerData>,
+    layer: Rc<LayerData>,
+}
+
+impl std::fmt::Debug for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass")
+            .field("n", &self.n)
+            .field("pos0", &self.pos0)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Pass {
@@ -334,13 +357,18 @@ impl Pass {
         if c.n_layers == 0 {
             return Err(Error::InvalidModel("the model has no layers".into()));
         }
-        embed(c, cache, src, s, tokens)?;
-        attn_partial(c, cache, src, kv, s, 0, n, pos0)?;
+        let head = cache.layer(src, cache.head_index())?;
+        embed(c, s, &head.head(c.logit_rows.clone())?, tokens)?;
+        cache.prefetch(src, 1);
+        let layer = cache.layer(src, 0)?;
+        attn_partial(c, kv, s, &layer.block(c)?, 0, n, pos0);
         Ok(Pass {
             n,
             pos0,
             logits_from,
             stage: Stage::Attn(0),
+            head,
+            layer,
         })
     }
 
@@ -367,21 +395,26 @@ impl Pass {
             )));
         }
         s.xb2[..n * dim].copy_from_slice(reduced);
+        let w = self.layer.block(c)?;
         match self.stage {
             Stage::Attn(l) => {
-                attn_finish(c, cache, src, s, l, n)?;
-                ffn_partial(c, cache, src, s, l, n)?;
+                attn_finish(c, s, &w, n);
+                ffn_partial(c, s, &w, n);
                 self.stage = Stage::Ffn(l);
                 Ok(false)
             }
             Stage::Ffn(l) => {
-                ffn_finish(c, cache, src, s, l, n)?;
+                ffn_finish(c, s, &w, n);
                 if l + 1 < c.n_layers {
-                    attn_partial(c, cache, src, kv, s, l + 1, n, self.pos0)?;
+                    cache.prefetch(src, l + 2);
+                    let next = cache.layer(src, l + 1)?;
+                    attn_partial(c, kv, s, &next.block(c)?, l + 1, n, self.pos0);
+                    self.layer = next;
                     self.stage = Stage::Attn(l + 1);
                     Ok(false)
                 } else {
-                    logits(c, cache, src, s, n, self.logits_from, sink)?;
+                    let hw = self.head.head(c.logit_rows.clone())?;
+                    logits(c, s, &hw, n, self.logits_from, sink);
                     Ok(true)
                 }
             }
@@ -398,18 +431,10 @@ impl State {
 
 /// 1. Token embeddings: dequantize one row of token_embd per token
 ///    (times embd_scale: Gemma's sqrt(n_embd)).
-fn embed(
-    c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
-    s: &mut State,
-    tokens: &[u32],
-) -> Result<()> {
+fn embed(c: &Config, s: &mut State, hw: &HeadWeights, tokens: &[u32]) -> Result<()> {
     let n = tokens.len();
     s.ensure(c, n);
     let dim = c.n_embd;
-    let head = cache.layer(src, cache.head_index())?;
-    let hw = head.head(c.logit_rows.clone())?;
     for (i, &t) in tokens.iter().enumerate() {
         if t as usize >= c.n_vocab {
             return Err(Error::InvalidInput(format!(
@@ -431,19 +456,14 @@ fn embed(
 #[allow(clippy::too_many_arguments)]
 fn attn_partial(
     c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
     kv: &mut KvCache,
     s: &mut State,
+    w: &BlockWeights,
     l: usize,
     n: usize,
     pos0: usize,
-) -> Result<()> {
+) {
     let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
-    // Read ahead the next layer while this one computes.
-    cache.prefetch(src, l + 1);
-    let layer = cache.layer(src, l)?;
-    let w = layer.block(c)?;
     // 2. Attention: RMSNorm, then q, k, v projections (plus their biases
     //    where the file has them); per-head RMSNorm of q and k where the
     //    architecture has it.
@@ -540,21 +560,11 @@ fn attn_partial(
     // 5. Output projection (RMSNorm'd where the architecture has a
     //    post-attention norm) and residual.
     matmul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts);
-    Ok(())
 }
 
 /// The attention output (summed over shards) into the residual stream,
 /// RMSNorm'd first where the architecture has a post-attention norm.
-fn attn_finish(
-    c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
-    s: &mut State,
-    l: usize,
-    n: usize,
-) -> Result<()> {
-    let layer = cache.layer(src, l)?;
-    let w = layer.block(c)?;
+fn attn_finish(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
     residual(
         &mut s.x,
         &mut s.xb,
@@ -563,22 +573,12 @@ fn attn_finish(
         n * c.n_embd,
         c.norm_eps,
     );
-    Ok(())
 }
 
 /// 6. Feed-forward: RMSNorm, act(gate) * up (SwiGLU or GeGLU), down
 ///    projection (this instance's rows' share of it) into `s.xb2`.
-fn ffn_partial(
-    c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
-    s: &mut State,
-    l: usize,
-    n: usize,
-) -> Result<()> {
+fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
     let dim = c.n_embd;
-    let layer = cache.layer(src, l)?;
-    let w = layer.block(c)?;
     rmsnorm(
         &mut s.xb[..n * dim],
         &s.x[..n * dim],
@@ -595,21 +595,11 @@ fn ffn_partial(
         *g = act(*g) * u;
     }
     matmul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts);
-    Ok(())
 }
 
 /// The feed-forward output (summed over shards) into the residual stream,
 /// after the post-FFN norm where present.
-fn ffn_finish(
-    c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
-    s: &mut State,
-    l: usize,
-    n: usize,
-) -> Result<()> {
-    let layer = cache.layer(src, l)?;
-    let w = layer.block(c)?;
+fn ffn_finish(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
     residual(
         &mut s.x,
         &mut s.xb,
@@ -618,7 +608,6 @@ fn ffn_finish(
         n * c.n_embd,
         c.norm_eps,
     );
-    Ok(())
 }
 
 /// 7. Final RMSNorm and the output matrix (this instance's vocabulary
@@ -626,19 +615,16 @@ fn ffn_finish(
 ///    architecture says so.
 fn logits(
     c: &Config,
-    cache: &mut LayerCache,
-    src: &dyn ByteSource,
     s: &mut State,
+    hw: &HeadWeights,
     n: usize,
     logits_from: usize,
     sink: &mut dyn FnMut(usize, &[f32]),
-) -> Result<()> {
+) {
     if logits_from >= n {
-        return Ok(());
+        return;
     }
     let dim = c.n_embd;
-    let head = cache.layer(src, cache.head_index())?;
-    let hw = head.head(c.logit_rows.clone())?;
     let nv = hw.output.rows;
     let rows = n - logits_from;
     rmsnorm(
@@ -657,7 +643,6 @@ fn logits(
     for r in 0..rows {
         sink(logits_from + r, &s.logits[r * nv..(r + 1) * nv]);
     }
-    Ok(())
 }
 
 /// `x` rounded to the nearest f16 value (ties to even), as f32: what
