@@ -25,6 +25,8 @@ pub mod kernel;
 pub mod launcher;
 pub mod runtime;
 pub mod serve;
+pub mod shard_cli;
+pub mod shards;
 mod state;
 mod store;
 
@@ -37,8 +39,9 @@ pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEM
 pub use runtime::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,
     LoadOptions, Model, ModelInfo, Piece, PieceLogprobs, Residency, Runtime, Sampling, Session,
-    TensorTypeCount, TokenLogprob, TokenScore,
+    ShardInfo, ShardSpec, Step, TensorTypeCount, TokenLogprob, TokenScore,
 };
+pub use shards::Sharded;
 pub use store::{
     ByteRange, FileStore, HttpStore, MemStore, ModelStore, PathOrUrlStore, Source, StoreError,
     StoreStats,

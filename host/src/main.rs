@@ -35,6 +35,30 @@ fn main() -> ExitCode {
         };
         return exit_code(wasm_chord::serve::main(&rest, args.max_guest_memory));
     }
+    // `run` and `bench` with `--shards N` (N > 1) drive N kernel instances
+    // natively (issue 19); with `--shards 1` they are the guest's as usual.
+    let mut args = args;
+    if let Some(sub @ ("run" | "bench")) = args.subcommand() {
+        let sub = sub.to_string();
+        let at = args.guest.iter().position(|a| *a == sub).unwrap_or(0);
+        match wasm_chord::shard_cli::shards_flag(&args.guest[at + 1..]) {
+            Err(e) => return fail(&e, 2),
+            Ok(Some(n)) if n > 1 || args.guest.iter().any(|a| a == "--native") => {
+                let rest: Vec<String> = args.guest[..at]
+                    .iter()
+                    .chain(&args.guest[at + 1..])
+                    .cloned()
+                    .collect();
+                return exit_code(wasm_chord::shard_cli::main(
+                    &sub,
+                    &rest,
+                    args.max_guest_memory,
+                ));
+            }
+            Ok(Some(_)) => args.guest = wasm_chord::shard_cli::without_shards_flag(&args.guest),
+            Ok(None) => {}
+        }
+    }
     match launcher::run(&args) {
         Ok(code) => {
             let _ = std::io::stdout().flush();

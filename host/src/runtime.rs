@@ -23,7 +23,8 @@ use crate::store::{ModelStore, SourceCounters, StoreStats};
 
 pub use wit::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, LoadOptions, ModelInfo,
-    Piece, PieceLogprobs, Residency, Sampling, TensorTypeCount, TokenLogprob, TokenScore,
+    Piece, PieceLogprobs, Residency, Sampling, ShardInfo, ShardSpec, Step, TensorTypeCount,
+    TokenLogprob, TokenScore,
 };
 
 impl Default for Sampling {
@@ -132,6 +133,8 @@ struct Live {
 
 struct ModelEntry {
     options: LoadOptions,
+    /// The shard loaded (None: the whole model).
+    shard: Option<ShardSpec>,
     info: ModelInfo,
     /// The guest resource and the instance epoch it belongs to.
     handle: Option<(u64, ResourceAny)>,
@@ -309,7 +312,26 @@ impl Runtime {
 
     /// Load a model through the store (`options.model` names it).
     pub fn load(&mut self, options: &LoadOptions) -> Result<Model, HostError> {
-        let (handle, info) = self.load_in_instance(options)?;
+        self.load_with(options, None)
+    }
+
+    /// Load shard `shard.index` of a tensor-parallel split of the model into
+    /// `shard.count` instances (see [`Runtime::shard_info`] for what it
+    /// holds, and `crate::shards` for the host side of the split).
+    pub fn load_shard(
+        &mut self,
+        options: &LoadOptions,
+        shard: ShardSpec,
+    ) -> Result<Model, HostError> {
+        self.load_with(options, Some(shard))
+    }
+
+    fn load_with(
+        &mut self,
+        options: &LoadOptions,
+        shard: Option<ShardSpec>,
+    ) -> Result<Model, HostError> {
+        let (handle, info) = self.load_in_instance(options, shard)?;
         let id = self.next_id;
         self.next_id += 1;
         let epoch = self.epoch();
@@ -317,6 +339,7 @@ impl Runtime {
             id,
             ModelEntry {
                 options: options.clone(),
+                shard,
                 info,
                 handle: Some((epoch, handle)),
             },
@@ -330,8 +353,12 @@ impl Runtime {
     fn load_in_instance(
         &mut self,
         options: &LoadOptions,
+        shard: Option<ShardSpec>,
     ) -> Result<(ResourceAny, ModelInfo), HostError> {
-        let loaded = self.call(|api, store| api.model().call_load(&mut *store, options))?;
+        let loaded = self.call(|api, store| match shard {
+            Some(sh) => api.model().call_load_shard(&mut *store, options, sh),
+            None => api.model().call_load(&mut *store, options),
+        })?;
         let handle = loaded.map_err(HostError::from)?;
         let info = self.call(|api, store| api.model().call_info(&mut *store, handle))?;
         Ok((handle, info))
@@ -354,7 +381,8 @@ impl Runtime {
             }
         }
         let options = entry.options.clone();
-        let (handle, info) = self.load_in_instance(&options)?;
+        let shard = entry.shard;
+        let (handle, info) = self.load_in_instance(&options, shard)?;
         let epoch = self.epoch();
         let entry = self
             .model_entries
@@ -654,6 +682,35 @@ impl Runtime {
     ) -> Result<Vec<f32>, HostError> {
         let h = self.session_handle(session)?;
         self.call(|api, store| api.session().call_score_full(&mut *store, h, tokens, first))?
+            .map_err(HostError::from)
+    }
+
+    /// What `model` holds of a tensor-parallel split.
+    pub fn shard_info(&mut self, model: Model) -> Result<ShardInfo, HostError> {
+        let h = self.model_handle(model)?;
+        self.call(|api, store| api.model().call_shard_info(&mut *store, h))
+    }
+
+    /// Start a tensor-parallel evaluation of `tokens` (1 to 32) in
+    /// `session`: returns the first partial sum (n * n_embd).
+    pub fn begin_step(
+        &mut self,
+        session: Session,
+        tokens: &[u32],
+        logits_from: u32,
+    ) -> Result<Vec<f32>, HostError> {
+        let h = self.session_handle(session)?;
+        self.call(|api, store| {
+            api.session()
+                .call_begin_step(&mut *store, h, tokens, logits_from)
+        })?
+        .map_err(HostError::from)
+    }
+
+    /// Continue it with the sum over shards of the last partial.
+    pub fn continue_step(&mut self, session: Session, reduced: &[f32]) -> Result<Step, HostError> {
+        let h = self.session_handle(session)?;
+        self.call(|api, store| api.session().call_continue_step(&mut *store, h, reduced))?
             .map_err(HostError::from)
     }
 

@@ -526,6 +526,16 @@ pub fn greedy_parity(model: &Path, golden: &Golden) -> GreedyParity {
 /// [`greedy_parity`] in a session of `n_ctx` positions (`--n-ctx`; None:
 /// the CLI's default).
 pub fn greedy_parity_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> GreedyParity {
+    greedy_parity_with(model, golden, n_ctx, &[])
+}
+
+/// [`greedy_parity_ctx`] with `extra` arguments to `wasm-chord run`.
+pub fn greedy_parity_with(
+    model: &Path,
+    golden: &Golden,
+    n_ctx: Option<u32>,
+    extra: &[&str],
+) -> GreedyParity {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
     let dir = tmp_dir(&format!("greedy-{stem}{ctx_tag}"));
@@ -542,6 +552,7 @@ pub fn greedy_parity_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> G
             golden.n_predict.to_string().into(),
         ];
         args.extend(["--temp", "0", "--ignore-eos", "--json"].map(Into::into));
+        args.extend(extra.iter().map(Into::into));
         if let Some(n) = n_ctx {
             args.extend(["--n-ctx".into(), n.to_string().into()]);
         }

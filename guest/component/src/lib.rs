@@ -147,30 +147,65 @@ struct ModelRes {
     model: Rc<k::model::Model>,
 }
 
+fn load_model(
+    options: wit::LoadOptions,
+    shard: Option<k::model::shard::ShardSpec>,
+) -> Result<wit::Model, wit::Error> {
+    let src = ls::open(&options.model).map_err(|e| err(k::Error::Store(store_err(e))))?;
+    let source = WitSource {
+        src,
+        memory64: ls::is_enabled(),
+    };
+    let opts = k::model::LoadOptions {
+        residency: match options.residency {
+            wit::Residency::Auto => k::model::Residency::Auto,
+            wit::Residency::Resident => k::model::Residency::Resident,
+            wit::Residency::Streaming => k::model::Residency::Stream,
+        },
+        max_memory: options.max_memory,
+        cache_layers: options.cache_layers,
+        policy: match options.cache_policy {
+            wit::CachePolicy::Pinned => k::model::Policy::Pinned,
+            wit::CachePolicy::Lru => k::model::Policy::Lru,
+        },
+        shard,
+    };
+    let model = k::model::Model::load(Box::new(source), &opts).map_err(err)?;
+    Ok(wit::Model::new(ModelRes {
+        model: Rc::new(model),
+    }))
+}
+
 impl wit::GuestModel for ModelRes {
     fn load(options: wit::LoadOptions) -> Result<wit::Model, wit::Error> {
-        let src = ls::open(&options.model).map_err(|e| err(k::Error::Store(store_err(e))))?;
-        let source = WitSource {
-            src,
-            memory64: ls::is_enabled(),
-        };
-        let opts = k::model::LoadOptions {
-            residency: match options.residency {
-                wit::Residency::Auto => k::model::Residency::Auto,
-                wit::Residency::Resident => k::model::Residency::Resident,
-                wit::Residency::Streaming => k::model::Residency::Stream,
-            },
-            max_memory: options.max_memory,
-            cache_layers: options.cache_layers,
-            policy: match options.cache_policy {
-                wit::CachePolicy::Pinned => k::model::Policy::Pinned,
-                wit::CachePolicy::Lru => k::model::Policy::Lru,
-            },
-        };
-        let model = k::model::Model::load(Box::new(source), &opts).map_err(err)?;
-        Ok(wit::Model::new(ModelRes {
-            model: Rc::new(model),
-        }))
+        load_model(options, None)
+    }
+
+    fn load_shard(
+        options: wit::LoadOptions,
+        shard: wit::ShardSpec,
+    ) -> Result<wit::Model, wit::Error> {
+        load_model(
+            options,
+            Some(k::model::shard::ShardSpec {
+                index: shard.index,
+                count: shard.count,
+            }),
+        )
+    }
+
+    fn shard_info(&self) -> wit::ShardInfo {
+        let s = &self.model.shard;
+        let c = &self.model.cfg;
+        wit::ShardInfo {
+            index: s.index as u32,
+            count: s.count as u32,
+            vocab_start: c.logit_rows.start as u32,
+            vocab_len: c.logit_rows.len() as u32,
+            n_head: c.n_head as u32,
+            n_head_kv: c.n_head_kv as u32,
+            n_ff: c.n_ff as u32,
+        }
     }
 
     fn info(&self) -> wit::ModelInfo {
@@ -358,6 +393,22 @@ impl wit::GuestSession for SessionRes {
                 top: s.top,
             })
             .collect())
+    }
+
+    fn begin_step(&self, tokens: Vec<u32>, logits_from: u32) -> Result<Vec<f32>, wit::Error> {
+        self.session
+            .borrow_mut()
+            .begin_step(&self.model, &tokens, logits_from as usize)
+            .map(<[f32]>::to_vec)
+            .map_err(err)
+    }
+
+    fn continue_step(&self, reduced: Vec<f32>) -> Result<wit::Step, wit::Error> {
+        let mut s = self.session.borrow_mut();
+        Ok(match s.continue_step(&self.model, &reduced).map_err(err)? {
+            k::model::Step::Partial(p) => wit::Step::Partial(p.to_vec()),
+            k::model::Step::Logits(l) => wit::Step::Logits(l),
+        })
     }
 
     fn score_full(&self, tokens: Vec<u32>, first: u32) -> Result<Vec<f32>, wit::Error> {

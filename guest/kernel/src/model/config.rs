@@ -197,6 +197,9 @@ pub struct Config {
     pub fused_qkv: bool,
     /// Gate and up are one tensor `ffn_up` (rows of gate, then up): phi3.
     pub fused_gate_up: bool,
+    /// The vocabulary rows whose logits this instance computes: all of them,
+    /// or a shard's slice (see `model::shard`).
+    pub logit_rows: std::ops::Range<usize>,
 }
 
 /// The architecture named by `g`, if the kernel supports it.
@@ -468,6 +471,7 @@ impl Config {
             // every architecture that loads Q/K/V through it.
             fused_qkv: g.tensor("blk.0.attn_qkv.weight").is_some(),
             fused_gate_up: false,
+            logit_rows: 0..n_vocab,
         };
         match kind {
             Arch::Llama => {}

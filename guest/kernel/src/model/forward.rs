@@ -11,9 +11,11 @@
 
 use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
+use super::weights::{BlockWeights, HeadWeights, LayerData};
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
 use crate::{Error, Result};
+use std::rc::Rc;
 
 /// Tokens evaluated per internal batch (bounds scratch memory).
 pub const UBATCH: usize = 32;
@@ -268,8 +270,12 @@ fn softcap(x: &mut [f32], cap: f32) {
 }
 
 /// Evaluate `tokens` at positions `pos0..`, appending to `kv`. For every
-/// token index `i >= logits_from`, calls `sink(i, logits)` with its n_vocab
-/// logits. `tokens.len() <= UBATCH`.
+/// token index `i >= logits_from`, calls `sink(i, logits)` with its logits
+/// (`c.logit_rows` of the vocabulary). `tokens.len() <= UBATCH`.
+///
+/// The pass is the sequence of the steps below; a sharded pass (see
+/// [`Pass`]) runs the same steps, pausing after each partial sum
+/// (attention output, down projection) for the host to add the shards' up.
 #[allow(clippy::too_many_arguments)]
 pub fn forward(
     c: &Config,
@@ -284,14 +290,151 @@ pub fn forward(
 ) -> Result<()> {
     let n = tokens.len();
     debug_assert!((1..=UBATCH).contains(&n) && pos0 + n <= kv.n_ctx);
-    s.ensure(c, n);
-    let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
-    let head_l = cache.head_index();
+    let head = cache.layer(src, cache.head_index())?;
+    let hw = head.head(c.logit_rows.clone())?;
+    embed(c, s, &hw, tokens)?;
+    for l in 0..c.n_layers {
+        // Read ahead the next layer while this one computes.
+        cache.prefetch(src, l + 1);
+        let layer = cache.layer(src, l)?;
+        let w = layer.block(c)?;
+        attn_partial(c, kv, s, &w, l, n, pos0);
+        attn_finish(c, s, &w, n);
+        ffn_partial(c, s, &w, n);
+        ffn_finish(c, s, &w, n);
+    }
+    logits(c, s, &hw, n, logits_from, sink);
+    Ok(())
+}
 
-    // 1. Token embeddings: dequantize one row of token_embd per token
-    //    (times embd_scale: Gemma's sqrt(n_embd)).
-    let head = cache.layer(src, head_l)?;
-    let hw = head.head()?;
+/// Where a sharded pass is: the partial sum in `State::xb2` is the output
+/// of the attention (`Attn(l)`) or of the feed-forward (`Ffn(l)`) of layer l.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Attn(usize),
+    Ffn(usize),
+}
+
+/// A sharded forward pass in progress (a state machine the host drives:
+/// [`Pass::begin`], then [`Pass::resume`] with each reduced vector). It
+/// holds the head and the current layer, so each layer is looked up in the
+/// cache once per pass, as in [`forward`].
+#[derive(Clone)]
+pub struct Pass {
+    pub n: usize,
+    pub pos0: usize,
+    pub logits_from: usize,
+    pub stage: Stage,
+    head: Rc<LayerData>,
+    layer: Rc<LayerData>,
+}
+
+impl std::fmt::Debug for Pass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pass")
+            .field("n", &self.n)
+            .field("pos0", &self.pos0)
+            .field("stage", &self.stage)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pass {
+    /// Embed `tokens` and run up to the first partial sum (layer 0's
+    /// attention output), left in `s` (see [`State::partial`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn begin(
+        c: &Config,
+        cache: &mut LayerCache,
+        src: &dyn ByteSource,
+        kv: &mut KvCache,
+        s: &mut State,
+        tokens: &[u32],
+        pos0: usize,
+        logits_from: usize,
+    ) -> Result<Pass> {
+        let n = tokens.len();
+        if c.n_layers == 0 {
+            return Err(Error::InvalidModel("the model has no layers".into()));
+        }
+        let head = cache.layer(src, cache.head_index())?;
+        embed(c, s, &head.head(c.logit_rows.clone())?, tokens)?;
+        cache.prefetch(src, 1);
+        let layer = cache.layer(src, 0)?;
+        attn_partial(c, kv, s, &layer.block(c)?, 0, n, pos0);
+        Ok(Pass {
+            n,
+            pos0,
+            logits_from,
+            stage: Stage::Attn(0),
+            head,
+            layer,
+        })
+    }
+
+    /// Take the sum over shards of the last partial (`reduced`, n * n_embd)
+    /// and run to the next partial (returns false), or to the logits, which
+    /// go to `sink` as in [`forward`] (returns true: the pass is done).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        &mut self,
+        c: &Config,
+        cache: &mut LayerCache,
+        src: &dyn ByteSource,
+        kv: &mut KvCache,
+        s: &mut State,
+        reduced: &[f32],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<bool> {
+        let (n, dim) = (self.n, c.n_embd);
+        if reduced.len() != n * dim {
+            return Err(Error::InvalidInput(format!(
+                "the reduced vector has {} values, expected {} ({n} tokens of {dim})",
+                reduced.len(),
+                n * dim
+            )));
+        }
+        s.xb2[..n * dim].copy_from_slice(reduced);
+        let w = self.layer.block(c)?;
+        match self.stage {
+            Stage::Attn(l) => {
+                attn_finish(c, s, &w, n);
+                ffn_partial(c, s, &w, n);
+                self.stage = Stage::Ffn(l);
+                Ok(false)
+            }
+            Stage::Ffn(l) => {
+                ffn_finish(c, s, &w, n);
+                if l + 1 < c.n_layers {
+                    cache.prefetch(src, l + 2);
+                    let next = cache.layer(src, l + 1)?;
+                    attn_partial(c, kv, s, &next.block(c)?, l + 1, n, self.pos0);
+                    self.layer = next;
+                    self.stage = Stage::Attn(l + 1);
+                    Ok(false)
+                } else {
+                    let hw = self.head.head(c.logit_rows.clone())?;
+                    logits(c, s, &hw, n, self.logits_from, sink);
+                    Ok(true)
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    /// The partial sum a sharded pass paused at (n * n_embd values).
+    pub fn partial(&self, n: usize, dim: usize) -> &[f32] {
+        &self.xb2[..n * dim]
+    }
+}
+
+/// 1. Token embeddings: dequantize one row of token_embd per token
+///    (times embd_scale: Gemma's sqrt(n_embd)).
+fn embed(c: &Config, s: &mut State, hw: &HeadWeights, tokens: &[u32]) -> Result<()> {
+    let n = tokens.len();
+    s.ensure(c, n);
+    let dim = c.n_embd;
     for (i, &t) in tokens.iter().enumerate() {
         if t as usize >= c.n_vocab {
             return Err(Error::InvalidInput(format!(
@@ -300,176 +443,206 @@ pub fn forward(
             )));
         }
         let x = &mut s.x[i * dim..(i + 1) * dim];
-        quant::dequantize_row(&hw.token_embd, t as usize, x);
+        hw.embed(t as usize, x);
         if c.embd_scale != 1.0 {
             x.iter_mut().for_each(|v| *v *= c.embd_scale);
         }
     }
-
-    for l in 0..c.n_layers {
-        // Read ahead the next layer while this one computes.
-        cache.prefetch(src, l + 1);
-        let layer = cache.layer(src, l)?;
-        let w = layer.block(c)?;
-
-        // 2. Attention: RMSNorm, then q, k, v projections (plus their biases
-        //    where the file has them); per-head RMSNorm of q and k where the
-        //    architecture has it.
-        rmsnorm(
-            &mut s.xb[..n * dim],
-            &s.x[..n * dim],
-            w.attn_norm,
-            c.norm_eps,
-        );
-        matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
-        matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
-        matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
-        for (x, b) in [(&mut s.q, w.bq), (&mut s.k, w.bk), (&mut s.v, w.bv)] {
-            if let Some(b) = b {
-                add_bias(&mut x[..n * b.len()], b);
-            }
-        }
-        if let Some(qn) = w.q_norm {
-            rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
-        }
-        if let Some(kn) = w.k_norm {
-            rmsnorm_rows(&mut s.k[..n * kv_dim], kn, c.norm_eps);
-        }
-
-        // 3. RoPE on q and k (this layer's base and scale); store k, v at
-        //    their positions. (Kept in f32: rounding them to f16 as
-        //    llama.cpp's cache does moved far-tail log-probabilities further
-        //    from llama.cpp's, not closer.)
-        //    With an attention temperature (mistral3), q is then scaled by
-        //    position.
-        let base_scale = c.rope_of(l);
-        let factors = c.rope_factors(kv.n_ctx);
-        for i in 0..n {
-            let pos = pos0 + i;
-            rope_table(c.rope_dim, factors, &c.yarn, base_scale, pos, &mut s.rope);
-            rope(
-                &mut s.q[i * q_dim..(i + 1) * q_dim],
-                hd,
-                c.rope_style,
-                &s.rope,
-            );
-            rope(
-                &mut s.k[i * kv_dim..(i + 1) * kv_dim],
-                hd,
-                c.rope_style,
-                &s.rope,
-            );
-            if let Some(t) = c.attn_temp {
-                let f = t.at(pos);
-                s.q[i * q_dim..(i + 1) * q_dim]
-                    .iter_mut()
-                    .for_each(|v| *v *= f);
-            }
-            for (d, &x) in kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
-                .iter_mut()
-                .zip(&s.k[i * kv_dim..(i + 1) * kv_dim])
-            {
-                *d = f16r(x);
-            }
-            for (d, &x) in kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
-                .iter_mut()
-                .zip(&s.v[i * kv_dim..(i + 1) * kv_dim])
-            {
-                *d = f16r(x);
-            }
-        }
-
-        // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
-        //    On a sliding-window layer the query at pos sees keys pos - n_swa < t <= pos.
-        let group = c.n_head / c.n_head_kv;
-        let window = c.window(l);
-        for i in 0..n {
-            let pos = pos0 + i;
-            let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-            for h in 0..c.n_head {
-                let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                let kvh = (h / group) * hd;
-                let out = &mut s.att[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-                attend_f16(
-                    q,
-                    &kv.k[l],
-                    &kv.v[l],
-                    kv_dim,
-                    kvh,
-                    t0..pos + 1,
-                    c.attn_scale,
-                    c.attn_softcap,
-                    &mut s.qh[..hd],
-                    out,
-                );
-            }
-        }
-
-        // 5. Output projection (RMSNorm'd where the architecture has a
-        //    post-attention norm) and residual.
-        matmul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts);
-        residual(
-            &mut s.x,
-            &mut s.xb,
-            &s.xb2,
-            w.attn_post_norm,
-            n * dim,
-            c.norm_eps,
-        );
-
-        // 6. Feed-forward: RMSNorm, act(gate) * up (SwiGLU or GeGLU), down
-        //    projection, post-FFN norm where present, residual.
-        rmsnorm(
-            &mut s.xb[..n * dim],
-            &s.x[..n * dim],
-            w.ffn_norm,
-            c.norm_eps,
-        );
-        matmul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts);
-        matmul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts);
-        let act = match c.ffn_act {
-            FfnAct::Silu => silu,
-            FfnAct::GeluTanh => gelu,
-        };
-        for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
-            *g = act(*g) * u;
-        }
-        matmul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts);
-        residual(
-            &mut s.x,
-            &mut s.xb,
-            &s.xb2,
-            w.ffn_post_norm,
-            n * dim,
-            c.norm_eps,
-        );
-    }
-
-    // 7. Final RMSNorm and the output matrix, only for the rows that want
-    //    logits; soft-capped where the architecture says so.
-    if logits_from < n {
-        let rows = n - logits_from;
-        rmsnorm(
-            &mut s.xb[..rows * dim],
-            &s.x[logits_from * dim..n * dim],
-            hw.output_norm,
-            c.norm_eps,
-        );
-        if s.logits.len() < rows * c.n_vocab {
-            s.logits.resize(rows * c.n_vocab, 0.0);
-        }
-        matmul(&mut s.logits, &hw.output, &s.xb, rows, &mut s.acts);
-        if let Some(cap) = c.final_softcap {
-            softcap(&mut s.logits[..rows * c.n_vocab], cap);
-        }
-        for r in 0..rows {
-            sink(
-                logits_from + r,
-                &s.logits[r * c.n_vocab..(r + 1) * c.n_vocab],
-            );
-        }
-    }
     Ok(())
+}
+
+/// Steps 2 to 5 of layer `l` up to the attention output projection, whose
+/// result (this instance's heads' share of it) is left in `s.xb2`.
+#[allow(clippy::too_many_arguments)]
+fn attn_partial(
+    c: &Config,
+    kv: &mut KvCache,
+    s: &mut State,
+    w: &BlockWeights,
+    l: usize,
+    n: usize,
+    pos0: usize,
+) {
+    let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
+    // 2. Attention: RMSNorm, then q, k, v projections (plus their biases
+    //    where the file has them); per-head RMSNorm of q and k where the
+    //    architecture has it.
+    rmsnorm(
+        &mut s.xb[..n * dim],
+        &s.x[..n * dim],
+        w.attn_norm,
+        c.norm_eps,
+    );
+    matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
+    matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
+    matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
+    for (x, b) in [(&mut s.q, w.bq), (&mut s.k, w.bk), (&mut s.v, w.bv)] {
+        if let Some(b) = b {
+            add_bias(&mut x[..n * b.len()], b);
+        }
+    }
+    if let Some(qn) = w.q_norm {
+        rmsnorm_rows(&mut s.q[..n * q_dim], qn, c.norm_eps);
+    }
+    if let Some(kn) = w.k_norm {
+        rmsnorm_rows(&mut s.k[..n * kv_dim], kn, c.norm_eps);
+    }
+
+    // 3. RoPE on q and k (this layer's base and scale); store k, v at
+    //    their positions. (Kept in f32: rounding them to f16 as
+    //    llama.cpp's cache does moved far-tail log-probabilities further
+    //    from llama.cpp's, not closer.)
+    //    With an attention temperature (mistral3), q is then scaled by
+    //    position.
+    let base_scale = c.rope_of(l);
+    let factors = c.rope_factors(kv.n_ctx);
+    for i in 0..n {
+        let pos = pos0 + i;
+        rope_table(c.rope_dim, factors, &c.yarn, base_scale, pos, &mut s.rope);
+        rope(
+            &mut s.q[i * q_dim..(i + 1) * q_dim],
+            hd,
+            c.rope_style,
+            &s.rope,
+        );
+        rope(
+            &mut s.k[i * kv_dim..(i + 1) * kv_dim],
+            hd,
+            c.rope_style,
+            &s.rope,
+        );
+        if let Some(t) = c.attn_temp {
+            let f = t.at(pos);
+            s.q[i * q_dim..(i + 1) * q_dim]
+                .iter_mut()
+                .for_each(|v| *v *= f);
+        }
+        for (d, &x) in kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
+            .iter_mut()
+            .zip(&s.k[i * kv_dim..(i + 1) * kv_dim])
+        {
+            *d = f16r(x);
+        }
+        for (d, &x) in kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
+            .iter_mut()
+            .zip(&s.v[i * kv_dim..(i + 1) * kv_dim])
+        {
+            *d = f16r(x);
+        }
+    }
+
+    // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
+    //    On a sliding-window layer the query at pos sees keys pos - n_swa < t <= pos.
+    let group = c.n_head / c.n_head_kv;
+    let window = c.window(l);
+    for i in 0..n {
+        let pos = pos0 + i;
+        let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        for h in 0..c.n_head {
+            let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            let kvh = (h / group) * hd;
+            let out = &mut s.att[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
+            attend_f16(
+                q,
+                &kv.k[l],
+                &kv.v[l],
+                kv_dim,
+                kvh,
+                t0..pos + 1,
+                c.attn_scale,
+                c.attn_softcap,
+                &mut s.qh[..hd],
+                out,
+            );
+        }
+    }
+
+    // 5. Output projection (RMSNorm'd where the architecture has a
+    //    post-attention norm) and residual.
+    matmul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts);
+}
+
+/// The attention output (summed over shards) into the residual stream,
+/// RMSNorm'd first where the architecture has a post-attention norm.
+fn attn_finish(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
+    residual(
+        &mut s.x,
+        &mut s.xb,
+        &s.xb2,
+        w.attn_post_norm,
+        n * c.n_embd,
+        c.norm_eps,
+    );
+}
+
+/// 6. Feed-forward: RMSNorm, act(gate) * up (SwiGLU or GeGLU), down
+///    projection (this instance's rows' share of it) into `s.xb2`.
+fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
+    let dim = c.n_embd;
+    rmsnorm(
+        &mut s.xb[..n * dim],
+        &s.x[..n * dim],
+        w.ffn_norm,
+        c.norm_eps,
+    );
+    matmul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts);
+    matmul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts);
+    let act = match c.ffn_act {
+        FfnAct::Silu => silu,
+        FfnAct::GeluTanh => gelu,
+    };
+    for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
+        *g = act(*g) * u;
+    }
+    matmul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts);
+}
+
+/// The feed-forward output (summed over shards) into the residual stream,
+/// after the post-FFN norm where present.
+fn ffn_finish(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
+    residual(
+        &mut s.x,
+        &mut s.xb,
+        &s.xb2,
+        w.ffn_post_norm,
+        n * c.n_embd,
+        c.norm_eps,
+    );
+}
+
+/// 7. Final RMSNorm and the output matrix (this instance's vocabulary
+///    rows), only for the rows that want logits; soft-capped where the
+///    architecture says so.
+fn logits(
+    c: &Config,
+    s: &mut State,
+    hw: &HeadWeights,
+    n: usize,
+    logits_from: usize,
+    sink: &mut dyn FnMut(usize, &[f32]),
+) {
+    if logits_from >= n {
+        return;
+    }
+    let dim = c.n_embd;
+    let nv = hw.output.rows;
+    let rows = n - logits_from;
+    rmsnorm(
+        &mut s.xb[..rows * dim],
+        &s.x[logits_from * dim..n * dim],
+        hw.output_norm,
+        c.norm_eps,
+    );
+    if s.logits.len() < rows * nv {
+        s.logits.resize(rows * nv, 0.0);
+    }
+    matmul(&mut s.logits, &hw.output, &s.xb, rows, &mut s.acts);
+    if let Some(cap) = c.final_softcap {
+        softcap(&mut s.logits[..rows * nv], cap);
+    }
+    for r in 0..rows {
+        sink(logits_from + r, &s.logits[r * nv..(r + 1) * nv]);
+    }
 }
 
 /// `x` rounded to the nearest f16 value (ties to even), as f32: what

@@ -4,6 +4,7 @@ pub mod config;
 pub mod forward;
 pub mod residency;
 pub mod session;
+pub mod shard;
 pub mod split;
 pub mod summary;
 mod vocab_only;
@@ -12,7 +13,7 @@ pub mod weights;
 pub use config::Config;
 pub use residency::{CacheStats, Policy};
 pub use session::{
-    GenerateOptions, Generation, Piece, PieceLogprobs, Session, StopReason, TokenLogprob,
+    GenerateOptions, Generation, Piece, PieceLogprobs, Session, Step, StopReason, TokenLogprob,
     TokenScore,
 };
 
@@ -50,6 +51,8 @@ pub struct LoadOptions {
     /// Blocks kept by a streamed cache (0: as many as the budget allows).
     pub cache_layers: u32,
     pub policy: Policy,
+    /// Load one shard of a tensor-parallel split (None: the whole model).
+    pub shard: Option<shard::ShardSpec>,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +62,7 @@ impl Default for LoadOptions {
             max_memory: 0,
             cache_layers: 0,
             policy: Policy::Pinned,
+            shard: None,
         }
     }
 }
@@ -101,6 +105,8 @@ pub struct Model {
     max_memory: u64,
     /// Most bytes of weights the layer cache holds at once.
     weights_cap: u64,
+    /// What this instance holds of the model (all of it unless loaded as a shard).
+    pub shard: shard::ShardSlice,
 }
 
 impl Model {
@@ -123,7 +129,11 @@ impl Model {
         let tokenizer = crate::tokenizer::from_gguf(&g)?;
         let mut cfg = Config::from_gguf(&g, tokenizer.n_vocab())?;
         config::read_rope_factors(&g, src.as_ref(), &mut cfg)?;
-        let plans = weights::plan_layers(&g, &cfg)?;
+        let spec = opts
+            .shard
+            .unwrap_or(shard::ShardSpec { index: 0, count: 1 });
+        let slice = shard::slice_for(&g, &cfg, spec)?;
+        let plans = weights::plan_layers(&g, &cfg, &slice)?;
         let weight_bytes: u64 = plans.iter().map(|p| p.bytes).sum();
         let head_bytes = plans.last().map(|p| p.bytes).unwrap_or(0);
         let max_block = plans[..cfg.n_layers]
@@ -223,6 +233,10 @@ impl Model {
             chat_template: g.get_str("tokenizer.chat_template")?.map(str::to_string),
             streamed: !cache.is_resident(),
         };
+        // A shard computes with its own heads, feed-forward rows and
+        // vocabulary rows; `info` describes the whole model.
+        let mut cfg = slice.local_config(&cfg);
+        cfg.logit_rows = slice.vocab.clone();
         Ok(Model {
             cfg,
             tokenizer,
@@ -232,6 +246,7 @@ impl Model {
             kv_budget,
             max_memory: opts.max_memory,
             weights_cap,
+            shard: slice,
         })
     }
 
@@ -317,9 +332,56 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Start a sharded pass (used by [`Session::begin_step`]).
+    pub(crate) fn begin_pass(
+        &self,
+        kv: &mut forward::KvCache,
+        state: &mut forward::State,
+        tokens: &[u32],
+        pos0: usize,
+        logits_from: usize,
+    ) -> Result<forward::Pass> {
+        let mut cache = self.cache.borrow_mut();
+        forward::Pass::begin(
+            &self.cfg,
+            &mut cache,
+            self.src.as_ref(),
+            kv,
+            state,
+            tokens,
+            pos0,
+            logits_from,
+        )
+    }
+
+    /// Resume a sharded pass (used by [`Session::continue_step`]).
+    pub(crate) fn resume_pass(
+        &self,
+        pass: &mut forward::Pass,
+        kv: &mut forward::KvCache,
+        state: &mut forward::State,
+        reduced: &[f32],
+        sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<bool> {
+        let mut cache = self.cache.borrow_mut();
+        pass.resume(
+            &self.cfg,
+            &mut cache,
+            self.src.as_ref(),
+            kv,
+            state,
+            reduced,
+            sink,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_arch;
 #[cfg(test)]
 mod tests_neox;
+#[cfg(test)]
+mod tests_shard;

@@ -1,7 +1,7 @@
 //! Sessions (a KV cache and the tokens in it), streaming generation, and
 //! teacher-forced scoring.
 
-use super::forward::{KvCache, State, UBATCH};
+use super::forward::{KvCache, Pass, State, UBATCH};
 use super::Model;
 use crate::sample::{log_softmax, Sampler, SamplerConfig};
 use crate::tokenizer::Detokenizer;
@@ -21,6 +21,18 @@ pub struct Session {
     tokens: Vec<u32>,
     /// Sampled tokens not yet evaluated (the last token of a generation).
     pending: Vec<u32>,
+    /// A sharded pass in progress and its tokens (see [`Session::begin_step`]).
+    pass: Option<(Pass, Vec<u32>)>,
+}
+
+/// What [`Session::continue_step`] returns.
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// The next partial sum to add up across shards (n * n_embd).
+    Partial(&'a [f32]),
+    /// The pass is done: the logits of this shard's vocabulary rows, for the
+    /// positions from `logits_from` on (row-major).
+    Logits(Vec<f32>),
 }
 
 /// The default context: 4096 positions capped at the training context, and
@@ -72,6 +84,7 @@ impl Session {
             state: State::default(),
             tokens: Vec::new(),
             pending: Vec::new(),
+            pass: None,
         })
     }
 
@@ -89,6 +102,7 @@ impl Session {
     pub fn reset(&mut self) {
         self.tokens.clear();
         self.pending.clear();
+        self.pass = None;
     }
 
     /// The tokens the session holds, in order: those evaluated into the KV
@@ -128,6 +142,12 @@ impl Session {
         logits_from: usize,
         sink: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<()> {
+        if !model.shard.is_whole() {
+            return Err(Error::InvalidInput(format!(
+                "this model is shard {} of {}: it evaluates with begin-step and continue-step",
+                model.shard.index, model.shard.count
+            )));
+        }
         let need = self.tokens.len() + tokens.len();
         if need > self.kv.n_ctx {
             return Err(Error::ContextFull(format!(
@@ -166,6 +186,76 @@ impl Session {
             self.tokens.extend_from_slice(chunk);
         }
         Ok(())
+    }
+
+    /// Start a sharded evaluation of `tokens` (1..=UBATCH of them) after
+    /// what the session holds: runs to the first partial sum (layer 0's
+    /// attention output, n * n_embd) and returns it. The host adds the
+    /// shards' partials up (in shard order) and passes the sum to
+    /// [`Session::continue_step`] until that returns the logits. Works on a
+    /// whole model too (one shard: the sum is the partial itself).
+    pub fn begin_step(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        logits_from: usize,
+    ) -> Result<&[f32]> {
+        self.pass = None;
+        if tokens.is_empty() || tokens.len() > UBATCH {
+            return Err(Error::InvalidInput(format!(
+                "begin-step takes 1 to {UBATCH} tokens (got {})",
+                tokens.len()
+            )));
+        }
+        if !self.pending.is_empty() {
+            return Err(Error::InvalidInput(
+                "the session holds a generated token not yet evaluated; truncate it first".into(),
+            ));
+        }
+        if self.tokens.len() + tokens.len() > self.kv.n_ctx {
+            return Err(Error::ContextFull(format!(
+                "{} tokens in the session + {} new exceed n_ctx {}",
+                self.tokens.len(),
+                tokens.len(),
+                self.kv.n_ctx
+            )));
+        }
+        let pass = model.begin_pass(
+            &mut self.kv,
+            &mut self.state,
+            tokens,
+            self.tokens.len(),
+            logits_from,
+        )?;
+        let n = pass.n;
+        self.pass = Some((pass, tokens.to_vec()));
+        Ok(self.state.partial(n, model.cfg.n_embd))
+    }
+
+    /// Continue a sharded evaluation with the sum over shards of the last
+    /// partial: returns the next partial, or (at the end) the logits of this
+    /// shard's vocabulary rows, and then the tokens are in the session.
+    pub fn continue_step(&mut self, model: &Model, reduced: &[f32]) -> Result<Step<'_>> {
+        let Some((mut pass, tokens)) = self.pass.take() else {
+            return Err(Error::InvalidInput(
+                "continue-step without a begin-step in progress".into(),
+            ));
+        };
+        let mut out = Vec::new();
+        let done = model.resume_pass(
+            &mut pass,
+            &mut self.kv,
+            &mut self.state,
+            reduced,
+            &mut |_, l| out.extend_from_slice(l),
+        )?;
+        if done {
+            self.tokens.extend_from_slice(&tokens);
+            return Ok(Step::Logits(out));
+        }
+        let n = pass.n;
+        self.pass = Some((pass, tokens));
+        Ok(Step::Partial(self.state.partial(n, model.cfg.n_embd)))
     }
 
     /// Teacher-forced: reset, evaluate `tokens`, score positions `first..`:

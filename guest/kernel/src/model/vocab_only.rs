@@ -43,6 +43,14 @@ impl Model {
             kv_budget: None,
             max_memory: 0,
             weights_cap: 0,
+            shard: super::shard::ShardSlice {
+                index: 0,
+                count: 1,
+                heads: 0..0,
+                kv_heads: 0..0,
+                ff: 0..0,
+                vocab: 0..0,
+            },
         })
     }
 }

@@ -6,6 +6,7 @@
 //! with one `load-layer` call into one buffer; weights stay quantized there.
 
 use super::config::Config;
+use super::shard::ShardSlice;
 use crate::ggml_type::GgmlType;
 use crate::gguf::GgufFile;
 use crate::quant::{self, QTensor};
@@ -197,21 +198,23 @@ fn plan_tensor(
 /// The plan of one layer from its tensors: laid out in the buffer in file
 /// order, so that tensors stored together (as every GGUF writer stores a
 /// block) are one range, which a store can serve without gathering.
-fn finish(mut parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
-    parts.sort_by_key(|(_, r)| r.offset);
+fn finish(mut parts: Vec<(TensorPlan, Vec<ByteRange>)>) -> Result<LayerPlan> {
+    parts.sort_by_key(|(_, r)| r.first().map_or(0, |r| r.offset));
     let mut ranges: Vec<ByteRange> = Vec::new();
     let mut tensors = Vec::new();
     let mut bytes: u64 = 0;
-    for (mut p, r) in parts {
+    for (mut p, rs) in parts {
         // A layer whose size does not fit a usize is refused below, so a
         // truncated offset is never used.
         p.at = bytes as usize;
-        bytes = bytes
-            .checked_add(r.len)
-            .ok_or_else(|| Error::InvalidModel("layer size overflows".into()))?;
-        match ranges.last_mut() {
-            Some(last) if last.offset + last.len == r.offset => last.len += r.len,
-            _ => ranges.push(r),
+        for r in rs {
+            bytes = bytes
+                .checked_add(r.len)
+                .ok_or_else(|| Error::InvalidModel("layer size overflows".into()))?;
+            match ranges.last_mut() {
+                Some(last) if last.offset + last.len == r.offset => last.len += r.len,
+                _ => ranges.push(r),
+            }
         }
         tensors.push(p);
     }
@@ -227,8 +230,74 @@ fn finish(mut parts: Vec<(TensorPlan, ByteRange)>) -> Result<LayerPlan> {
     })
 }
 
-/// Plans of all layers: blocks `0..n_layers`, then the head.
-pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
+/// The part of tensor `p` (file range `r`) that shard `sh` holds, and the
+/// file ranges of that part in order: a row range of q, k, v (and their
+/// biases), gate, up and output is one range; a column range of the
+/// attention output and down is one range per row (quant blocks run along a
+/// row, and [`super::shard::split`] put the slice on block boundaries).
+/// Everything else is replicated.
+fn shard_tensor(
+    c: &Config,
+    sh: &ShardSlice,
+    mut p: TensorPlan,
+    r: ByteRange,
+) -> Result<(TensorPlan, Vec<ByteRange>)> {
+    let hd = c.head_dim;
+    let heads = sh.heads.start * hd..sh.heads.end * hd;
+    let kv = sh.kv_heads.start * hd..sh.kv_heads.end * hd;
+    let (rows, cols) = match p.role {
+        _ if sh.is_whole() => (None, None),
+        Role::Wq => (Some(heads), None),
+        Role::Wk | Role::Wv => (Some(kv), None),
+        Role::Gate | Role::Up => (Some(sh.ff.clone()), None),
+        Role::Output => (Some(sh.vocab.clone()), None),
+        Role::QBias => (None, Some(heads)),
+        Role::KBias | Role::VBias => (None, Some(kv)),
+        Role::Wo => (None, Some(heads)),
+        Role::Down => (None, Some(sh.ff.clone())),
+        Role::Wqkv | Role::GateUp | Role::QkvBias => {
+            return Err(Error::Unsupported(
+                "sharding a fused tensor is not implemented".into(),
+            ))
+        }
+        _ => (None, None),
+    };
+    let row_bytes = (p.len / p.rows) as u64;
+    if let Some(rr) = rows {
+        p.rows = rr.len();
+        p.parts = vec![p.rows];
+        p.len = rr.len() * row_bytes as usize;
+        let range = ByteRange {
+            offset: r.offset + rr.start as u64 * row_bytes,
+            len: p.len as u64,
+        };
+        return Ok((p, vec![range]));
+    }
+    if let Some(cr) = cols {
+        let (bs, ts) = (p.ty.block_size(), p.ty.type_size());
+        if !cr.start.is_multiple_of(bs) || !cr.end.is_multiple_of(bs) {
+            return Err(Error::InvalidModel(format!(
+                "tensor {}: columns {cr:?} are not on {} blocks",
+                p.name, p.ty
+            )));
+        }
+        let (b0, blen) = ((cr.start / bs * ts) as u64, (cr.len() / bs * ts) as u64);
+        let ranges = (0..p.rows as u64)
+            .map(|row| ByteRange {
+                offset: r.offset + row * row_bytes + b0,
+                len: blen,
+            })
+            .collect();
+        p.cols = cr.len();
+        p.len = p.rows * blen as usize;
+        return Ok((p, ranges));
+    }
+    Ok((p, vec![r]))
+}
+
+/// Plans of all layers: blocks `0..n_layers`, then the head, of the shard
+/// `sh` (the whole model for an unsplit slice).
+pub fn plan_layers(g: &GgufFile, c: &Config, sh: &ShardSlice) -> Result<Vec<LayerPlan>> {
     let block = block_tensors(c);
     let mut plans = Vec::with_capacity(c.n_layers + 1);
     for l in 0..c.n_layers {
@@ -244,30 +313,37 @@ pub fn plan_layers(g: &GgufFile, c: &Config) -> Result<Vec<LayerPlan>> {
                 Role::GateUp => p.parts = vec![c.n_ff, c.n_ff],
                 _ => {}
             }
-            parts.push((p, r));
+            parts.push(shard_tensor(c, sh, p, r)?);
         }
         plans.push(finish(parts)?);
     }
     let mut parts = Vec::with_capacity(3);
-    parts.push(plan_tensor(
+    let whole = |(p, r)| (p, vec![r]);
+    let (mut embd, r) = plan_tensor(
         g,
         "token_embd.weight",
         Role::TokenEmbd,
         (c.n_vocab, c.n_embd),
-    )?);
-    parts.push(plan_tensor(
+    )?;
+    if !sh.is_whole() && g.tensor("output.weight").is_none() {
+        // Tied output: this shard's logits are a row range of the embedding,
+        // packed on its own so that it can be viewed as a matrix.
+        let v = &sh.vocab;
+        embd.parts = [v.start, v.len(), c.n_vocab - v.end]
+            .into_iter()
+            .filter(|&n| n > 0)
+            .collect();
+    }
+    parts.push((embd, vec![r]));
+    parts.push(whole(plan_tensor(
         g,
         "output_norm.weight",
         Role::OutputNorm,
         (1, c.n_embd),
-    )?);
+    )?));
     if g.tensor("output.weight").is_some() {
-        parts.push(plan_tensor(
-            g,
-            "output.weight",
-            Role::Output,
-            (c.n_vocab, c.n_embd),
-        )?);
+        let (p, r) = plan_tensor(g, "output.weight", Role::Output, (c.n_vocab, c.n_embd))?;
+        parts.push(shard_tensor(c, sh, p, r)?);
     }
     plans.push(finish(parts)?);
     Ok(plans)
@@ -421,13 +497,33 @@ impl LayerData {
         })
     }
 
-    /// Views of the head layer.
-    pub fn head(&self) -> Result<HeadWeights<'_>> {
-        let token_embd = self.need_tensor(Role::TokenEmbd)?;
+    /// Views of the head layer. `vocab`: the output rows of this instance
+    /// (a separate output matrix was sliced when loaded; a tied one is a row
+    /// range of the whole embedding, which every shard keeps for lookups).
+    pub fn head(&self, vocab: std::ops::Range<usize>) -> Result<HeadWeights<'_>> {
+        let i = self
+            .find(Role::TokenEmbd)
+            .ok_or_else(|| self.missing(Role::TokenEmbd))?;
+        let whole = self.need_tensor(Role::TokenEmbd)?;
+        // The embedding's parts (one unless a shard's tied output is a part).
+        let mut token_embd = Vec::with_capacity(self.tensors[i].parts.len());
+        let mut r0 = 0;
+        for &n in &self.tensors[i].parts {
+            token_embd.push((r0, row_view(&whole, r0, n)));
+            r0 += n;
+        }
+        let output = match self.tensor(Role::Output) {
+            Some(o) => o,
+            None => token_embd
+                .iter()
+                .find(|(r0, t)| *r0 == vocab.start && t.rows == vocab.len())
+                .map(|(_, t)| *t)
+                .ok_or_else(|| self.missing(Role::Output))?,
+        };
         Ok(HeadWeights {
             token_embd,
             output_norm: self.need_vector(Role::OutputNorm)?,
-            output: self.tensor(Role::Output).unwrap_or(token_embd),
+            output,
         })
     }
 }
@@ -486,7 +582,21 @@ pub struct BlockWeights<'a> {
 
 /// Embedding and output weights.
 pub struct HeadWeights<'a> {
-    pub token_embd: QTensor<'a>, // (n_vocab, n_embd)
-    pub output_norm: &'a [f32],  // (n_embd,)
-    pub output: QTensor<'a>,     // (n_vocab, n_embd); token_embd when tied
+    /// (n_vocab, n_embd) in parts: (first row, rows from it).
+    pub token_embd: Vec<(usize, QTensor<'a>)>,
+    pub output_norm: &'a [f32], // (n_embd,)
+    pub output: QTensor<'a>,    // (logit rows, n_embd); a part of token_embd when tied
+}
+
+impl HeadWeights<'_> {
+    /// Dequantize the embedding of token `t` into `out`.
+    pub fn embed(&self, t: usize, out: &mut [f32]) {
+        if let Some((r0, part)) = self
+            .token_embd
+            .iter()
+            .find(|(r0, p)| (*r0..r0 + p.rows).contains(&t))
+        {
+            quant::dequantize_row(part, t - r0, out);
+        }
+    }
 }
