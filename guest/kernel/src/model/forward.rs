@@ -698,7 +698,7 @@ fn attend_f16(
     out.fill(0.0);
     for t in ts {
         let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let mut s: f32 = qh.iter().zip(kr).map(|(a, b)| a * b).sum();
+        let mut s = dot_in_order(qh, kr);
         match softcap {
             Some(cap) => s = cap * (s * (scale / cap)).tanh(),
             None => s *= scale,
@@ -719,14 +719,57 @@ fn attend_f16(
             vs = (s - m).exp();
         }
         let vr = &v[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        for (o, &x) in out.iter_mut().zip(vr) {
-            *o = f16r((f64::from(x) * f64::from(vs) + f64::from(*o)) as f32);
-        }
+        add_scaled_f16(out, vr, vs);
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for o in out.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// Chunks per loop iteration in the attention helpers below: the engine
+/// checks for interruption at every loop back-edge (and spills around the
+/// check), so their loops do 16 elements per iteration.
+const CHUNK: usize = 16;
+
+/// `sum(a[i] * b[i])` added in index order from the empty sum, what
+/// `a.iter().zip(b).map(|(a, b)| a * b).sum()` gives, `CHUNK` terms per
+/// loop iteration.
+#[inline(always)]
+fn dot_in_order(a: &[f32], b: &[f32]) -> f32 {
+    let mut s: f32 = std::iter::empty::<f32>().sum();
+    let (mut ca, mut cb) = (a.chunks_exact(CHUNK), b.chunks_exact(CHUNK));
+    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
+        let (x, y): (&[f32; CHUNK], &[f32; CHUNK]) = (x.try_into().unwrap(), y.try_into().unwrap());
+        for i in 0..CHUNK {
+            s += x[i] * y[i];
+        }
+    }
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
+    }
+    s
+}
+
+/// `out[i] = f16r(v[i] * vs + out[i])` (in f64), `CHUNK` values per loop
+/// iteration: attention's f16 value accumulator.
+#[inline(always)]
+fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
+    #[inline(always)]
+    fn one(o: &mut f32, x: f32, vs: f32) {
+        *o = f16r((f64::from(x) * f64::from(vs) + f64::from(*o)) as f32);
+    }
+    let (mut co, mut cv) = (out.chunks_exact_mut(CHUNK), v.chunks_exact(CHUNK));
+    for (o, x) in co.by_ref().zip(cv.by_ref()) {
+        let (o, x): (&mut [f32; CHUNK], &[f32; CHUNK]) =
+            (o.try_into().unwrap(), x.try_into().unwrap());
+        for i in 0..CHUNK {
+            one(&mut o[i], x[i], vs);
+        }
+    }
+    for (o, &x) in co.into_remainder().iter_mut().zip(cv.remainder()) {
+        one(o, x, vs);
     }
 }
 

@@ -323,6 +323,14 @@ mod simd {
     /// [`PackKind::dot4`] in simd128: per block, the integer sums of each
     /// vector (two chains each, exact in any order) from weights unpacked
     /// once, then each vector's term added to its sums in block order.
+    ///
+    /// For one vector (decode) the loops are unrolled by hand (two blocks
+    /// per iteration, the four parts of a block in straight-line code): the
+    /// engine checks for interruption at every loop back-edge, and a loop
+    /// per part paid that check (and the spills around it) every few
+    /// instructions. With several vectors the straight-line code needs more
+    /// registers than x86 has and spills more than that (measured), so the
+    /// loops stay.
     #[inline(always)]
     pub fn dot4_impl<K: Simd4, const T: usize>(
         g: &[K::Group],
@@ -333,36 +341,77 @@ mod simd {
             assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
         }
         let mut acc = [f32x4_splat(0.0); T];
-        for (b, bx) in g.iter().enumerate() {
-            let mut s = [[i32x4_splat(0); 2]; T];
-            for k in 0..4 {
-                // SAFETY: `weights` reads `bx`; the activation offsets are
-                // below 32, and `yw[t]` has 32 i16 per block (the assert).
-                unsafe {
-                    let (w, off) = K::weights(bx, k);
-                    for t in 0..T {
-                        let yp = yw[t].as_ptr().add(32 * b);
-                        let a = i32x4_add(
-                            dot_pair(w[0], yp.add(off[0])),
-                            dot_pair(w[1], yp.add(off[1])),
-                        );
-                        let c = i32x4_add(
-                            dot_pair(w[2], yp.add(off[2])),
-                            dot_pair(w[3], yp.add(off[3])),
-                        );
-                        s[t][0] = i32x4_add(s[t][0], a);
-                        s[t][1] = i32x4_add(s[t][1], c);
-                    }
-                }
+        if T == 1 {
+            let mut pairs = g.chunks_exact(2);
+            let mut b = 0;
+            for p in pairs.by_ref() {
+                block::<K, T>(&p[0], b, &y, &yw, &mut acc);
+                block::<K, T>(&p[1], b + 1, &y, &yw, &mut acc);
+                b += 2;
             }
-            // SAFETY: reads `bx`.
-            let (d, m) = unsafe { K::scales(bx) };
-            for t in 0..T {
-                let sumi = i32x4_add(s[t][0], s[t][1]);
-                acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
+            if let [bx] = pairs.remainder() {
+                block::<K, T>(bx, b, &y, &yw, &mut acc);
+            }
+        } else {
+            for (b, bx) in g.iter().enumerate() {
+                block::<K, T>(bx, b, &y, &yw, &mut acc);
             }
         }
         acc.map(lanes)
+    }
+
+    /// Block `b` (`bx`) of [`dot4_impl`]: its term added to `acc`.
+    /// `b < y[t].len()` and `yw[t].len() == 32 * y[t].len()` (asserted by
+    /// the caller).
+    #[inline(always)]
+    fn block<K: Simd4, const T: usize>(
+        bx: &K::Group,
+        b: usize,
+        y: &[&[K::Act]; T],
+        yw: &[&[i16]; T],
+        acc: &mut [v128; T],
+    ) {
+        let mut s = [[i32x4_splat(0); 2]; T];
+        let mut part = |k: usize| {
+            // SAFETY: `weights` reads `bx`; the activation offsets are
+            // below 32, and `yw[t]` has 32 i16 per block (the caller's
+            // assert), `b` a block of it.
+            unsafe {
+                let (w, off) = K::weights(bx, k);
+                for t in 0..T {
+                    let yp = yw[t].as_ptr().add(32 * b);
+                    let a = i32x4_add(
+                        dot_pair(w[0], yp.add(off[0])),
+                        dot_pair(w[1], yp.add(off[1])),
+                    );
+                    let c = i32x4_add(
+                        dot_pair(w[2], yp.add(off[2])),
+                        dot_pair(w[3], yp.add(off[3])),
+                    );
+                    s[t][0] = i32x4_add(s[t][0], a);
+                    s[t][1] = i32x4_add(s[t][1], c);
+                }
+            }
+        };
+        if T == 1 {
+            part(0);
+            part(1);
+            part(2);
+            part(3);
+        } else {
+            // With several vectors, the unrolled parts spill more than
+            // the checks cost.
+            for k in (0..4).step_by(2) {
+                part(k);
+                part(k + 1);
+            }
+        }
+        // SAFETY: reads `bx`.
+        let (d, m) = unsafe { K::scales(bx) };
+        for t in 0..T {
+            let sumi = i32x4_add(s[t][0], s[t][1]);
+            acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
+        }
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two

@@ -43,6 +43,32 @@ pub struct Q8_1Act {
 }
 const _: () = assert!(std::mem::size_of::<Q8_1Act>() == 40);
 
+/// `max |x|` of a block (0 for an all-NaN one), as
+/// `fold(0.0, |m, v| m.max(v.abs()))` gives it: a NaN never wins, and the
+/// maximum of the others is the same in any order. A compare and select
+/// rather than `f32::max`, which is a libm call per element on wasm (and a
+/// function entry the engine checks for interruption).
+#[inline(always)]
+fn amax(x: &[f32]) -> f32 {
+    let x: &[f32; QK8] = x.try_into().expect("a whole block");
+    let mut m = [0f32; 4];
+    for c in x.chunks_exact(4) {
+        for (m, &v) in m.iter_mut().zip(c) {
+            let a = v.abs();
+            *m = if a > *m { a } else { *m };
+        }
+    }
+    let (a, b) = (
+        if m[1] > m[0] { m[1] } else { m[0] },
+        if m[3] > m[2] { m[3] } else { m[2] },
+    );
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
 /// ggml's 8-bit activation quantizer as its x86 build runs it
 /// (`quantize_row_q8_0`/`_q8_1` in `arch/x86/quants.c`, the build the goldens
 /// come from): returns (d as f32 before f16 rounding, qs) with
@@ -50,7 +76,7 @@ const _: () = assert!(std::mem::size_of::<Q8_1Act>() == 40);
 /// `round_ties_even` is also wasm's native `f32.nearest`.
 #[inline]
 fn quantize_q8_act_block(x: &[f32]) -> (f32, [i8; QK8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = amax(x);
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
     let mut qs = [0i8; QK8];
     for (q, &v) in qs.iter_mut().zip(x) {
@@ -63,7 +89,7 @@ fn quantize_q8_act_block(x: &[f32]) -> (f32, [i8; QK8]) {
 /// writes): `q = round(x / d)`, ties away from zero, with `d = max|x| / 127`.
 #[inline]
 fn quantize_q8_ref_block(x: &[f32]) -> (f32, [i8; QK8]) {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let amax = amax(x);
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut qs = [0i8; QK8];
