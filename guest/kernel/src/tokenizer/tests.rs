@@ -414,4 +414,10 @@ fn chat_template_namespace_values_are_bounded() {
         apply_chat_template(tpl, &msgs, true, "", "").unwrap(),
         "[S|2|a,b|b|2|True]"
     );
+    // Spans are byte offsets: text before an assignment may be any UTF-8.
+    let utf8 = "日本語 é{% set ns = namespace(a='x') %}{% set ns.a = 'ü=1' ~ ns.a %}{{ ns.a }}";
+    assert_eq!(
+        apply_chat_template(utf8, &msgs, true, "", "").unwrap(),
+        "日本語 éü=1x"
+    );
 }
