@@ -244,3 +244,45 @@ fn cancel_and_deadline_leave_a_usable_runtime() {
     assert_eq!((pieces, stats.generated_tokens), (3, 3));
     assert_eq!(rt.instances_created(), 3);
 }
+
+/// `score-full` returns n_vocab floats per position: more than the guest can
+/// hold is a clear out-of-memory error before any work (it trapped at the
+/// end), and the instance keeps serving.
+#[test]
+fn score_full_larger_than_the_guest_is_an_error() {
+    let (kernel_path, model) = setup();
+    let kernel = Kernel::from_file(
+        &kernel_path,
+        &KernelOptions {
+            max_guest_memory: Some(320 << 20),
+            ..KernelOptions::default()
+        },
+    )
+    .expect("kernel");
+    let mut rt = Runtime::new(&kernel, FileStore::new()).expect("runtime");
+    let m = rt.load(&LoadOptions::new(&model)).expect("load");
+    let n_vocab = rt.info(m).expect("info").n_vocab as usize;
+    let prompt = rt
+        .tokenize(m, "The capital of France is", true, true)
+        .unwrap();
+    let s = rt.new_session(m, 2048).expect("session");
+    // 2000 rows of 49152 floats: 375 MiB.
+    let long: Vec<u32> = (0..2000).map(|i| prompt[i % prompt.len()]).collect();
+    let started = std::time::Instant::now();
+    match rt.score_full(s, &long, 1) {
+        Err(HostError::OutOfMemory(m)) => {
+            assert!(m.contains("score-full") && m.contains("MiB"), "{m}")
+        }
+        other => panic!("expected out-of-memory, got {:?}", other.map(|v| v.len())),
+    }
+    assert!(started.elapsed().as_secs() < 5, "refused before the work");
+    assert_eq!(rt.instances_created(), 1, "no trap");
+    let rows = rt.score_full(s, &prompt, 1).expect("a small score-full");
+    assert_eq!(rows.len(), (prompt.len() - 1) * n_vocab);
+    // The same for score with a top-k as large as the vocabulary.
+    match rt.score(s, &long, 1, n_vocab as u32) {
+        Err(HostError::OutOfMemory(m)) => assert!(m.contains("score"), "{m}"),
+        other => panic!("expected out-of-memory, got {:?}", other.map(|v| v.len())),
+    }
+    assert_eq!(rt.instances_created(), 1, "no trap");
+}

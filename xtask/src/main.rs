@@ -156,6 +156,21 @@ enum Cmd {
         #[arg(long = "wasmtime-arg", value_name = "ARG", allow_hyphen_values = true)]
         wasmtime_args: Vec<String>,
     },
+    /// Soak the native host (host/examples/soak.rs): one process generating,
+    /// scoring and reloading SmolLM2 for N minutes, RSS sampled every minute
+    /// (fails if it grows more than the bound after the first minute), then
+    /// trap-and-recover cycles with the recovery time's p50/p99. Not part of `test`.
+    Soak {
+        /// Minutes of the generate/score/reload loop.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+        /// Trap-and-recover cycles.
+        #[arg(long, default_value_t = 1000)]
+        traps: u32,
+        /// RSS growth allowed after the first minute, in MiB.
+        #[arg(long, default_value_t = 64)]
+        max_growth_mib: u64,
+    },
     /// Build, fetch, then `wasm-chord bench` on SmolLM2; with `--vs-llama-cpp`,
     /// against llama.cpp's `llama-bench` on SmolLM2 Q4_1 and Gemma-3-270M
     /// Q4_K_M, one pinned core each, as a markdown table naming the CPU.
@@ -395,6 +410,37 @@ fn run(cli: Cli) -> Result<()> {
                 Some(cpu),
                 rounds.max(1),
                 &wasmtime_args,
+            )
+        }
+        Cmd::Soak {
+            minutes,
+            traps,
+            max_growth_mib,
+        } => {
+            ctx.build()?;
+            let model = ctx.fetch(&SMOLLM2)?;
+            step("build the soak (host/examples/soak.rs)");
+            ctx.exec(&mut ctx.cargo([
+                "build",
+                "--release",
+                "-p",
+                "wasm-chord",
+                "--example",
+                "soak",
+            ]))?;
+            step(&format!("soak for {minutes} minutes, then {traps} traps"));
+            ctx.exec(
+                Command::new(ctx.target.join("release").join("examples").join("soak"))
+                    .arg("--kernel")
+                    .arg(ctx.kernel_wasm())
+                    .arg("--model")
+                    .arg(&model)
+                    .arg("--minutes")
+                    .arg(minutes.to_string())
+                    .arg("--traps")
+                    .arg(traps.to_string())
+                    .arg("--max-growth-mib")
+                    .arg(max_growth_mib.to_string()),
             )
         }
         Cmd::Bench {

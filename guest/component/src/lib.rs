@@ -412,14 +412,10 @@ impl wit::GuestSession for SessionRes {
     }
 
     fn score_full(&self, tokens: Vec<u32>, first: u32) -> Result<Vec<f32>, wit::Error> {
-        let mut out = Vec::new();
         self.session
             .borrow_mut()
-            .score_with(&self.model, &tokens, first as usize, &mut |_, _, lp| {
-                out.extend_from_slice(lp)
-            })
-            .map_err(err)?;
-        Ok(out)
+            .score_full(&self.model, &tokens, first as usize)
+            .map_err(err)
     }
 }
 

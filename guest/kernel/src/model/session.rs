@@ -273,7 +273,13 @@ impl Session {
                 model.cfg.n_vocab
             )));
         }
+        // Each row's top-k list is allocated as it comes: check up front that
+        // all of them fit (the freed reservation is what they then use).
+        let rows = tokens.len().saturating_sub(first.max(1));
+        let per_row = std::mem::size_of::<TokenScore>() + top_k * 8;
+        reserve_output::<u8>(&mut Vec::new(), rows, per_row, "score")?;
         let mut out = Vec::new();
+        reserve_output(&mut out, rows, 1, "score")?;
         self.score_with(model, tokens, first, &mut |pos, tok, lp| {
             out.push(TokenScore {
                 pos: pos as u32,
@@ -281,6 +287,19 @@ impl Session {
                 logprob: lp[tok as usize],
                 top: top_of(lp, top_k),
             });
+        })?;
+        Ok(out)
+    }
+
+    /// Like [`Session::score`], returning every scored position's full
+    /// log-probability row (`n_vocab` each, concatenated). Rows that do not
+    /// fit in guest memory are an [`Error::OutOfMemory`] before any work.
+    pub fn score_full(&mut self, model: &Model, tokens: &[u32], first: usize) -> Result<Vec<f32>> {
+        let rows = tokens.len().saturating_sub(first.max(1));
+        let mut out = Vec::new();
+        reserve_output(&mut out, rows, model.cfg.n_vocab, "score-full")?;
+        self.score_with(model, tokens, first, &mut |_, _, lp| {
+            out.extend_from_slice(lp)
         })?;
         Ok(out)
     }
@@ -321,6 +340,23 @@ impl Session {
             },
         )
     }
+}
+
+/// Reserve `rows × per_row` elements in `out`, or a clear error: a scoring
+/// call's output is as large as its caller asks, and an allocation that fails
+/// would trap the guest.
+fn reserve_output<T>(out: &mut Vec<T>, rows: usize, per_row: usize, what: &str) -> Result<()> {
+    let too_large = |n: Option<usize>| {
+        let mib = n.map_or(u64::MAX, |n| {
+            (n as u64).saturating_mul(std::mem::size_of::<T>() as u64) >> 20
+        });
+        Error::OutOfMemory(format!(
+            "{what}: {rows} positions need {mib} MiB of output, more than the guest memory \
+             has; score fewer positions per call"
+        ))
+    };
+    let n = rows.checked_mul(per_row).ok_or_else(|| too_large(None))?;
+    out.try_reserve_exact(n).map_err(|_| too_large(Some(n)))
 }
 
 /// The `k` largest entries of `lp` as (index, value), best first.

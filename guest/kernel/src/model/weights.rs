@@ -43,6 +43,29 @@ pub enum Role {
     QkvBias,
 }
 
+impl Role {
+    /// Whether the tensor is a vector (a norm's weights, a bias), decoded to
+    /// f32 at load; the rest are matrices. Known from its role, never from
+    /// its shape: a matrix may have a single row (one KV head of width 1, a
+    /// one-token vocabulary).
+    pub fn is_vector(self) -> bool {
+        matches!(
+            self,
+            Role::AttnNorm
+                | Role::QNorm
+                | Role::KNorm
+                | Role::AttnPostNorm
+                | Role::FfnNorm
+                | Role::FfnPostNorm
+                | Role::OutputNorm
+                | Role::QBias
+                | Role::KBias
+                | Role::VBias
+                | Role::QkvBias
+        )
+    }
+}
+
 /// One tensor inside a layer buffer.
 #[derive(Clone, Debug)]
 pub struct TensorPlan {
@@ -380,7 +403,7 @@ impl LayerData {
         }
         let mut vecs = Vec::with_capacity(plan.tensors.len());
         for t in &plan.tensors {
-            vecs.push(if t.rows == 1 {
+            vecs.push(if t.role.is_vector() {
                 let q = QTensor::new(t.ty, 1, t.cols, &buf[t.at..t.at + t.len])?;
                 let mut v = vec![0f32; t.cols];
                 quant::dequantize_row(&q, 0, &mut v);
@@ -392,7 +415,7 @@ impl LayerData {
         let packed = plan
             .tensors
             .iter()
-            .map(|t| pack && t.rows > 1 && pack_tensor(t, &mut buf[t.at..t.at + t.len]))
+            .map(|t| pack && !t.role.is_vector() && pack_tensor(t, &mut buf[t.at..t.at + t.len]))
             .collect();
         Ok(LayerData {
             plan_index: index,
@@ -598,5 +621,41 @@ impl HeadWeights<'_> {
         {
             quant::dequantize_row(part, t - r0, out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ggml_type::GgmlType;
+    use crate::store::MemSource;
+
+    /// A one-row matrix stays a matrix and a vector is decoded, by role (a
+    /// one-row matrix was decoded as a vector too).
+    #[test]
+    fn vectors_are_known_by_role_not_by_shape() {
+        let f32s: Vec<u8> = (0..8).flat_map(|i| (i as f32).to_le_bytes()).collect();
+        let tensor = |role, at| TensorPlan {
+            name: format!("{role:?}"),
+            role,
+            ty: GgmlType::F32,
+            rows: 1,
+            cols: 4,
+            at,
+            len: 16,
+            parts: vec![1],
+        };
+        let plan = LayerPlan {
+            ranges: vec![ByteRange { offset: 0, len: 32 }],
+            tensors: vec![tensor(Role::Wk, 0), tensor(Role::AttnNorm, 16)],
+            bytes: 32,
+        };
+        let layer = LayerData::load(&MemSource::new(f32s), 0, &plan, true).unwrap();
+        assert_eq!(layer.vector(Role::Wk), None);
+        assert_eq!(layer.tensor(Role::Wk).map(|t| t.rows), Some(1));
+        assert_eq!(
+            layer.vector(Role::AttnNorm),
+            Some(&[4.0, 5.0, 6.0, 7.0][..])
+        );
     }
 }

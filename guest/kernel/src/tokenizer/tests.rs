@@ -324,3 +324,100 @@ fn text_over_the_size_cap_is_invalid_input() {
     let ok = t.try_encode(&big[..1 << 20], false, false).unwrap();
     assert_eq!(ok.len(), 1 << 20);
 }
+
+/// The two crashes the chat_template fuzz target found (fuzz/seeds/chat_template/
+/// namespace-cycle*): a namespace stored in itself was an `Arc` cycle minijinja
+/// never frees (a leak per render), and printing it recursed until the guest's
+/// stack overflowed (a trap). Both are now a clear invalid-model error.
+#[test]
+fn chat_template_namespace_cycles_are_refused() {
+    for tpl in [
+        "{% set ns = namespace() %}{% set ns.n = ns %}",
+        "{% set ns = namespace() %}{% set ns.n = ns %}{{ ns }}",
+        "{% set ns = namespace() %}{% set ns.n = [1, {'a': ns}] %}{{ ns|tojson }}",
+        "{% set a = namespace() %}{% set b = namespace(x=a) %}{% set a.y = b %}{{ a }}",
+        "{% set ns = namespace() %}{% set ns.n = ns, 1 %}{{ ns }}",
+    ] {
+        let r = apply_chat_template(tpl, &one_message(), true, "", "");
+        assert!(
+            matches!(&r, Err(Error::InvalidModel(m)) if m.contains("cannot contain itself")),
+            "{tpl}: {r:?}"
+        );
+    }
+    // A lazy iterable is stored as the list it yields now, so it cannot
+    // reach the namespace later.
+    let lazy = "{% set ns = namespace() %}{% set ns.n = [ns]|map('string') %}{{ ns }}";
+    assert_eq!(
+        apply_chat_template(lazy, &one_message(), true, "", "").unwrap(),
+        "{\"n\": [\"{}\"]}"
+    );
+    // Attribute assignments the guard does not see are refused up front (a
+    // `for` target is already a syntax error in minijinja).
+    for tpl in [
+        "{% set ns = namespace() %}{% for ns.n in [ns] %}{% endfor %}{{ ns }}",
+        "{% set ns = namespace() %}{% set ns.n, ns.m = [ns, ns] %}{{ ns }}",
+        "{% set ns = namespace() %}{% set ns.n %}x{% endset %}",
+        "{% set ns = namespace() %}{% with ns.n = ns %}{% endwith %}",
+        "{{ __wasm_chord_namespace_set(1, 2) }}",
+    ] {
+        let r = apply_chat_template(tpl, &one_message(), true, "", "");
+        assert!(
+            matches!(&r, Err(Error::InvalidModel(_) | Error::InvalidInput(_))),
+            "{tpl}: {r:?}"
+        );
+    }
+}
+
+/// A loop carries values from one iteration to the next only through a
+/// namespace: its values are bounded in nesting and size, so neither a deep
+/// structure (printing it recursed as deep) nor a doubling string can grow
+/// across iterations (fuel alone let 30 doublings fill the guest).
+#[test]
+fn chat_template_namespace_values_are_bounded() {
+    let deep = "{% set ns = namespace(x=0) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}{% endfor %}{{ ns.x }}";
+    let r = apply_chat_template(deep, &one_message(), true, "", "");
+    assert!(
+        matches!(&r, Err(Error::InvalidModel(m)) if m.contains("nested deeper")),
+        "{r:?}"
+    );
+    let doubling = "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+    let r = apply_chat_template(doubling, &one_message(), true, "", "");
+    assert!(
+        matches!(&r, Err(Error::InvalidModel(m)) if m.contains("exceeds")),
+        "{r:?}"
+    );
+    let list = "{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = ns.l + ['x' * 1000] %}{% endfor %}";
+    let r = apply_chat_template(list, &one_message(), true, "", "");
+    assert!(matches!(&r, Err(Error::InvalidModel(_))), "{r:?}");
+    // What chat templates really do with namespaces still works.
+    let tpl = "{% set ns = namespace(sys='', n=0, lines=[], found=false) %}\
+        {% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = ns.sys + m.content %}\
+        {% else %}{% set ns.n = ns.n + 1 %}{% set ns.lines = ns.lines + [m.content] %}\
+        {% set ns.last = m %}{% set ns.users = messages|selectattr('role', 'eq', 'user') %}{% endif %}\
+        {% set ns.found = true %}{% endfor %}\
+        [{{ ns.sys }}|{{ ns.n }}|{{ ns.lines|join(',') }}|{{ ns.last.content }}|{{ ns.users|list|length }}|{{ ns.found }}]";
+    let msgs = [
+        ChatMessage {
+            role: "system".into(),
+            content: "S".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "a".into(),
+        },
+        ChatMessage {
+            role: "user".into(),
+            content: "b".into(),
+        },
+    ];
+    assert_eq!(
+        apply_chat_template(tpl, &msgs, true, "", "").unwrap(),
+        "[S|2|a,b|b|2|True]"
+    );
+    // Spans are byte offsets: text before an assignment may be any UTF-8.
+    let utf8 = "日本語 é{% set ns = namespace(a='x') %}{% set ns.a = 'ü=1' ~ ns.a %}{{ ns.a }}";
+    assert_eq!(
+        apply_chat_template(utf8, &msgs, true, "", "").unwrap(),
+        "日本語 éü=1x"
+    );
+}
