@@ -27,6 +27,28 @@ pub struct KernelOptions {
     pub no_cache: bool,
 }
 
+/// The kernel component a native command loads: `explicit` (its `--kernel`),
+/// else `$WASM_CHORD_KERNEL`, else `wasm-chord-kernel.wasm` next to the
+/// executable; the error says which were tried.
+pub(crate) fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(k) = explicit {
+        return Ok(k.to_path_buf());
+    }
+    if let Some(k) = std::env::var_os("WASM_CHORD_KERNEL").filter(|k| !k.is_empty()) {
+        return Ok(PathBuf::from(k));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the executable: {e}"))?;
+    let k = exe.with_file_name("wasm-chord-kernel.wasm");
+    if k.is_file() {
+        Ok(k)
+    } else {
+        Err(format!(
+            "cannot find the kernel component: no --kernel, no WASM_CHORD_KERNEL, and no '{}'; run `cargo xtask build` to build it",
+            k.display()
+        ))
+    }
+}
+
 /// The cache directory: `$WASM_CHORD_CACHE`, else `~/.cache/wasm-chord`.
 pub fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("WASM_CHORD_CACHE").filter(|d| !d.is_empty()) {

@@ -228,25 +228,6 @@ fn usage(e: clap::Error) -> i32 {
     }
 }
 
-fn kernel_path(c: &Common) -> Result<PathBuf, String> {
-    if let Some(k) = &c.kernel {
-        return Ok(k.clone());
-    }
-    if let Some(k) = std::env::var_os("WASM_CHORD_KERNEL").filter(|k| !k.is_empty()) {
-        return Ok(PathBuf::from(k));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the executable: {e}"))?;
-    let k = exe.with_file_name("wasm-chord-kernel.wasm");
-    if k.is_file() {
-        Ok(k)
-    } else {
-        Err(format!(
-            "--shards needs the kernel component: no --kernel, no WASM_CHORD_KERNEL, and no '{}'",
-            k.display()
-        ))
-    }
-}
-
 fn load(
     c: &Common,
     max_guest_memory: Option<u64>,
@@ -259,7 +240,7 @@ fn load(
         ));
     }
     let kernel = Kernel::from_file(
-        kernel_path(c)?,
+        crate::kernel::locate_kernel(c.kernel.as_deref())?,
         &KernelOptions {
             max_guest_memory,
             ..KernelOptions::default()

@@ -119,25 +119,6 @@ pub fn main(args: &[String], max_guest_memory: Option<u64>) -> i32 {
     }
 }
 
-fn kernel_path(a: &ServeArgs) -> Result<PathBuf, String> {
-    if let Some(k) = &a.kernel {
-        return Ok(k.clone());
-    }
-    if let Some(k) = std::env::var_os("WASM_CHORD_KERNEL").filter(|k| !k.is_empty()) {
-        return Ok(PathBuf::from(k));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the executable: {e}"))?;
-    let k = exe.with_file_name("wasm-chord-kernel.wasm");
-    if k.is_file() {
-        Ok(k)
-    } else {
-        Err(format!(
-            "cannot find the kernel component: no --kernel, no WASM_CHORD_KERNEL, and no '{}'; run `cargo xtask build` to build it",
-            k.display()
-        ))
-    }
-}
-
 fn serve(a: ServeArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
     // A URL is checked by the HTTP store when the instances load it.
     let url = a.model.to_str().is_some_and(crate::store::is_url);
@@ -169,7 +150,7 @@ fn serve(a: ServeArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
         .local_addr()
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let kernel = Kernel::from_file(
-        kernel_path(&a)?,
+        crate::kernel::locate_kernel(a.kernel.as_deref())?,
         &KernelOptions {
             max_guest_memory,
             ..KernelOptions::default()
