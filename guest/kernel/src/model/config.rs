@@ -200,6 +200,20 @@ pub struct Config {
     /// The vocabulary rows whose logits this instance computes: all of them,
     /// or a shard's slice (see `model::shard`).
     pub logit_rows: std::ops::Range<usize>,
+    /// A shard's query and key/value heads within the whole model's (see
+    /// `model::shard`); None: this instance has all of them.
+    pub shard_heads: Option<ShardHeads>,
+}
+
+/// Where a shard's heads sit in the whole model: its query heads start at
+/// `head0`, its key/value heads at `kv0`, and whole-model query head h reads
+/// key/value head h / `group`. A shard's query heads need not be whole
+/// groups: a key/value head may be computed on two shards.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardHeads {
+    pub head0: usize,
+    pub kv0: usize,
+    pub group: usize,
 }
 
 /// The architecture named by `g`, if the kernel supports it.
@@ -228,6 +242,14 @@ fn positive(key: &str, v: f32) -> Result<f32> {
 }
 
 impl Config {
+    /// Which of this instance's key/value heads its query head `h` reads.
+    pub fn kv_head(&self, h: usize) -> usize {
+        match self.shard_heads {
+            None => h / (self.n_head / self.n_head_kv),
+            Some(s) => (s.head0 + h) / s.group - s.kv0,
+        }
+    }
+
     /// Key/value width per token (n_head_kv * head_dim).
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
@@ -472,6 +494,7 @@ impl Config {
             fused_qkv: g.tensor("blk.0.attn_qkv.weight").is_some(),
             fused_gate_up: false,
             logit_rows: 0..n_vocab,
+            shard_heads: None,
         };
         match kind {
             Arch::Llama => {}

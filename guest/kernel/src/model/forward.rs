@@ -531,16 +531,16 @@ fn attn_partial(
         }
     }
 
-    // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv).
+    // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv)
+    //    (`Config::kv_head`: a shard's heads may start inside a group).
     //    On a sliding-window layer the query at pos sees keys pos - n_swa < t <= pos.
-    let group = c.n_head / c.n_head_kv;
     let window = c.window(l);
     for i in 0..n {
         let pos = pos0 + i;
         let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
         for h in 0..c.n_head {
             let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            let kvh = (h / group) * hd;
+            let kvh = c.kv_head(h) * hd;
             let out = &mut s.att[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
             attend_f16(
                 q,

@@ -1,9 +1,10 @@
 //! Tensor-parallel shards (issue 19): which rows and columns of each weight
 //! one of N kernel instances holds. See docs/parallel.md.
 //!
-//! Shard i holds whole key/value heads (and the query heads of their groups:
-//! grouped-query attention stays inside a shard), the rows of q, k, v for
-//! them and the matching columns of the attention output; a range of the
+//! Shard i holds a range of query heads and the key/value heads they read
+//! (a key/value head whose group straddles two shards is computed on both),
+//! the rows of q, k, v for them and the matching columns of the attention
+//! output; a range of the
 //! feed-forward rows (gate, up) and the matching columns of down; a range of
 //! the vocabulary rows of the output matrix. Norms, embeddings and the
 //! residual stream are replicated. After the attention output and after down
@@ -11,7 +12,7 @@
 
 use std::ops::Range;
 
-use super::config::{Arch, Config};
+use super::config::{Arch, Config, ShardHeads};
 use super::weights::{block_tensors, Role};
 use crate::gguf::GgufFile;
 use crate::{Error, Result};
@@ -88,12 +89,11 @@ fn even(n: usize, parts: usize, i: usize) -> Range<usize> {
     start..start + q + usize::from(i < r)
 }
 
-/// The split of `c` (the file `g`) into at most `requested` shards: the
-/// largest count <= `requested` whose slices keep heads whole and start the
-/// column slices of the attention output and down on a quant block. The
-/// key/value heads are spread as evenly as they go (3 heads in 2 shards: 2
-/// and 1); the feed-forward rows then even out the work (weights read per
-/// token) between shards, in whole blocks of down.
+/// The split of `c` (the file `g`) into at most `requested` shards (and at
+/// most one per key/value head): the largest count <= `requested` whose
+/// slices keep heads whole and start the column slices of the attention
+/// output and down on a quant block. Preferably [`balanced`] (query heads
+/// and feed-forward rows each split evenly), else [`whole_groups`].
 pub fn split(g: &GgufFile, c: &Config, requested: usize) -> Result<Vec<ShardSlice>> {
     if requested == 0 {
         return Err(Error::InvalidInput(
@@ -125,49 +125,110 @@ pub fn split(g: &GgufFile, c: &Config, requested: usize) -> Result<Vec<ShardSlic
     }
     let wo_block = col_block(g, c, Role::Wo)?;
     let down_block = col_block(g, c, Role::Down)?;
-    let (d, hd) = (c.n_embd, c.head_dim);
     let group = c.n_head / c.n_head_kv.max(1);
     for n in (2..=requested.min(c.n_head_kv)).rev() {
-        let kv: Vec<Range<usize>> = (0..n).map(|i| even(c.n_head_kv, n, i)).collect();
-        // The attention output's column slices start at whole query heads.
-        if kv
-            .iter()
-            .any(|r| !(r.start * group * hd).is_multiple_of(wo_block))
-        {
-            continue;
-        }
         if c.n_ff / down_block < n || !c.n_ff.is_multiple_of(down_block) {
             continue;
         }
-        // Work per token in weights: q and o (group * hd rows/cols each per
-        // kv head), k and v (hd each), and 3 * n_embd per feed-forward row.
-        let attn = |r: &Range<usize>| r.len() * (2 * group * hd + 2 * hd) * d;
-        let total: usize = kv.iter().map(attn).sum::<usize>() + 3 * d * c.n_ff;
-        let target = total / n;
-        let mut ff = Vec::with_capacity(n);
-        let mut start = 0usize;
-        let blocks_total = c.n_ff / down_block;
-        for (i, r) in kv.iter().enumerate() {
-            let left = n - i - 1; // shards after this one, each at least a block
-            let end = if left == 0 {
-                blocks_total
-            } else {
-                let want = target.saturating_sub(attn(r)) as f64 / (3 * d * down_block) as f64;
-                let b0 = start / down_block;
-                let blocks = (want.round() as usize).max(1);
-                (b0 + blocks).min(blocks_total - left)
-            };
-            let end_rows = end * down_block;
-            if end_rows <= start {
-                break;
-            }
-            ff.push(start..end_rows);
-            start = end_rows;
+        if let Some(s) = balanced(c, n, group, wo_block, down_block) {
+            return Ok(s);
         }
-        if ff.len() != n {
-            continue;
+        if let Some(s) = whole_groups(c, n, group, wo_block, down_block) {
+            return Ok(s);
         }
-        return Ok((0..n)
+    }
+    Ok(vec![whole(1)])
+}
+
+/// Each half-layer balanced on its own (the exchange after the attention
+/// waits for the slowest shard's attention, the one after the FFN for the
+/// slowest FFN): query heads and feed-forward blocks split as evenly as they
+/// go. A shard holds the key/value heads its query heads read, so a
+/// key/value head whose group straddles two shards is computed on both
+/// (SmolLM2's 9 query heads in 2 shards: 5 + 4, key/value heads 0..2 and
+/// 1..3). None if a query-head boundary is not on a block of the attention
+/// output's columns.
+fn balanced(
+    c: &Config,
+    n: usize,
+    group: usize,
+    wo_block: usize,
+    down_block: usize,
+) -> Option<Vec<ShardSlice>> {
+    let hd = c.head_dim;
+    let heads: Vec<Range<usize>> = (0..n).map(|i| even(c.n_head, n, i)).collect();
+    if heads
+        .iter()
+        .any(|r| r.is_empty() || !(r.start * hd).is_multiple_of(wo_block))
+    {
+        return None;
+    }
+    let blocks = c.n_ff / down_block;
+    Some(
+        (0..n)
+            .map(|i| {
+                let h = heads[i].clone();
+                let b = even(blocks, n, i);
+                ShardSlice {
+                    index: i,
+                    count: n,
+                    kv_heads: h.start / group..h.end.div_ceil(group),
+                    heads: h,
+                    ff: b.start * down_block..b.end * down_block,
+                    vocab: even(c.n_vocab, n, i),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Whole groups of query heads per shard (no key/value head on two shards),
+/// the key/value heads spread as evenly as they go and the feed-forward rows
+/// evening out the work per token: the fallback when [`balanced`]'s head
+/// boundaries are not on a quant block.
+fn whole_groups(
+    c: &Config,
+    n: usize,
+    group: usize,
+    wo_block: usize,
+    down_block: usize,
+) -> Option<Vec<ShardSlice>> {
+    let (d, hd) = (c.n_embd, c.head_dim);
+    let kv: Vec<Range<usize>> = (0..n).map(|i| even(c.n_head_kv, n, i)).collect();
+    // The attention output's column slices start at whole query heads.
+    if kv
+        .iter()
+        .any(|r| !(r.start * group * hd).is_multiple_of(wo_block))
+    {
+        return None;
+    }
+    // Work per token in weights: q and o (group * hd rows/cols each per
+    // kv head), k and v (hd each), and 3 * n_embd per feed-forward row.
+    let attn = |r: &Range<usize>| r.len() * (2 * group * hd + 2 * hd) * d;
+    let total: usize = kv.iter().map(attn).sum::<usize>() + 3 * d * c.n_ff;
+    let target = total / n;
+    let mut ff = Vec::with_capacity(n);
+    let mut start = 0usize;
+    let blocks_total = c.n_ff / down_block;
+    for (i, r) in kv.iter().enumerate() {
+        let left = n - i - 1; // shards after this one, each at least a block
+        let end = if left == 0 {
+            blocks_total
+        } else {
+            let want = target.saturating_sub(attn(r)) as f64 / (3 * d * down_block) as f64;
+            let b0 = start / down_block;
+            let blocks = (want.round() as usize).max(1);
+            (b0 + blocks).min(blocks_total - left)
+        };
+        let end_rows = end * down_block;
+        if end_rows <= start {
+            return None;
+        }
+        ff.push(start..end_rows);
+        start = end_rows;
+    }
+    Some(
+        (0..n)
             .map(|i| ShardSlice {
                 index: i,
                 count: n,
@@ -176,9 +237,8 @@ pub fn split(g: &GgufFile, c: &Config, requested: usize) -> Result<Vec<ShardSlic
                 ff: ff[i].clone(),
                 vocab: even(c.n_vocab, n, i),
             })
-            .collect());
-    }
-    Ok(vec![whole(1)])
+            .collect(),
+    )
 }
 
 /// The slice of `spec` in the split of `c`: `InvalidInput` if the index is
@@ -210,6 +270,13 @@ impl ShardSlice {
         l.n_head = self.heads.len();
         l.n_head_kv = self.kv_heads.len();
         l.n_ff = self.ff.len();
+        if !self.is_whole() {
+            l.shard_heads = Some(ShardHeads {
+                head0: self.heads.start,
+                kv0: self.kv_heads.start,
+                group: c.n_head / c.n_head_kv,
+            });
+        }
         l
     }
 
