@@ -35,10 +35,11 @@ fn main() -> ExitCode {
         };
         return exit_code(wasm_chord::serve::main(&rest, args.max_guest_memory));
     }
-    // `run` and `bench` with `--shards N` (N > 1) drive N kernel instances
-    // natively (issue 19); with `--shards 1` they are the guest's as usual.
+    // `run`, `bench` and `perplexity` with `--shards N` (N > 1) drive N
+    // kernel instances natively (issue 19); with `--shards 1` they are the
+    // guest's as usual.
     let mut args = args;
-    if let Some(sub @ ("run" | "bench")) = args.subcommand() {
+    if let Some(sub @ ("run" | "bench" | "perplexity")) = args.subcommand() {
         let sub = sub.to_string();
         let at = args.guest.iter().position(|a| *a == sub).unwrap_or(0);
         match wasm_chord::shard_cli::shards_flag(&args.guest[at + 1..]) {

@@ -153,6 +153,42 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// `wasm-chord perplexity --shards N`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasm-chord perplexity",
+    about = "Teacher-forced perplexity and per-token log-probabilities with the model split across N kernel instances."
+)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Text file to score (tokenized once, cut into chunks of --n-ctx tokens).
+    #[arg(short = 'f', long = "file", value_name = "FILE", group = "input")]
+    file: Option<PathBuf>,
+    /// Text to score, like -f.
+    #[arg(short = 'p', long = "prompt", value_name = "TEXT", group = "input")]
+    prompt: Option<String>,
+    /// JSON array of token ids, scored as is (no tokenization, no BOS) from
+    /// the second token on, in one pass.
+    #[arg(long, value_name = "FILE.json", group = "input")]
+    tokens: Option<PathBuf>,
+    /// Chunk length in tokens (default 512, like llama-perplexity; with
+    /// --tokens: the context is the larger of this and the sequence).
+    #[arg(
+        short = 'c',
+        long = "n-ctx",
+        visible_alias = "ctx-size",
+        value_name = "N"
+    )]
+    n_ctx: Option<u32>,
+    /// Alternatives printed per scored token with --json.
+    #[arg(long, value_name = "K", default_value_t = 5)]
+    top_k: u32,
+    /// One JSON line per scored token, then a summary line.
+    #[arg(long)]
+    json: bool,
+}
+
 /// The `--shards` value in `args` (a `run` or `bench` command line without
 /// the program name), if given: `Err` for a malformed one.
 pub fn shards_flag(args: &[String]) -> Result<Option<u32>, String> {
@@ -196,13 +232,17 @@ pub fn without_shards_flag(args: &[String]) -> Vec<String> {
     out
 }
 
-/// Run `run` or `bench` (`sub`) with `args` (without the subcommand);
+/// Run `run`, `bench` or `perplexity` (`sub`) with `args` (without the subcommand);
 /// returns the exit code.
 pub fn main(sub: &str, args: &[String], max_guest_memory: Option<u64>) -> i32 {
     let argv = std::iter::once(format!("wasm-chord {sub}")).chain(args.iter().cloned());
     let result = match sub {
         "run" => match RunArgs::try_parse_from(argv) {
             Ok(a) => run(a, max_guest_memory),
+            Err(e) => return usage(e),
+        },
+        "perplexity" => match PerplexityArgs::try_parse_from(argv) {
+            Ok(a) => perplexity(a, max_guest_memory),
             Err(e) => return usage(e),
         },
         _ => match BenchArgs::try_parse_from(argv) {
@@ -610,6 +650,157 @@ fn bench(a: BenchArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
             r.busiest_shard_cpu_ms_per_token
         );
     }
+    Ok(())
+}
+
+/// Score `tokens` from position `first` on (>= 1) from a fresh context:
+/// `f(pos, token, logprobs)` for each, as the kernel's `score_with` does,
+/// from the merged logits (log-softmax on the host, in the kernel's code).
+fn score_with(
+    sh: &mut Sharded,
+    tokens: &[u32],
+    first: usize,
+    f: &mut dyn FnMut(usize, u32, &[f32]),
+) -> Result<(), String> {
+    if first == 0 || first >= tokens.len() {
+        return Err(format!(
+            "score: first ({first}) must be in 1..{} (the number of tokens)",
+            tokens.len()
+        ));
+    }
+    sh.reset().map_err(err)?;
+    let mut lp = vec![0f32; sh.info().n_vocab as usize];
+    // Logits of index i predict token i + 1.
+    sh.eval(&tokens[..tokens.len() - 1], first - 1, &mut |i, logits| {
+        wasm_chord_kernel::sample::log_softmax(logits, &mut lp);
+        f(i + 1, tokens[i + 1], &lp);
+    })
+    .map_err(err)
+}
+
+/// `wasm-chord perplexity --shards N`: the guest CLI's `perplexity` (its
+/// chunking, running estimate and `--json` lines, from the kernel crate's
+/// `eval` module) over the sharded model; KL-divergence files are the
+/// guest's only.
+fn perplexity(a: PerplexityArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
+    use wasm_chord_kernel::eval::perplexity::{out_of_vocab, Chunking, Nll, DEFAULT_N_CTX};
+    use wasm_chord_kernel::model::session::top_of;
+    if let Some(n) = a.n_ctx {
+        if n < 2 {
+            return Err(format!("--n-ctx must be at least 2 (got {n})"));
+        }
+    }
+    let text = match (&a.file, &a.prompt) {
+        (Some(f), _) => Some(
+            std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read '{}': {e}", f.display()))?,
+        ),
+        (_, Some(p)) => Some(p.clone()),
+        _ => None,
+    };
+    if text.as_deref().is_some_and(|t| t.trim().is_empty()) {
+        return Err("the text to score is empty".into());
+    }
+    let given = match &a.tokens {
+        Some(f) => {
+            let shown = f.display();
+            let t =
+                std::fs::read_to_string(f).map_err(|e| format!("cannot read '{shown}': {e}"))?;
+            let tokens: Vec<u32> = serde_json::from_str(&t)
+                .map_err(|_| format!("'{shown}' is not a JSON array of token ids"))?;
+            if tokens.len() < 2 {
+                return Err(format!(
+                    "'{shown}' holds {} token(s); scoring needs at least 2",
+                    tokens.len()
+                ));
+            }
+            Some(tokens)
+        }
+        None => None,
+    };
+    if text.is_none() && given.is_none() {
+        return Err("nothing to score: give -f FILE, -p TEXT or --tokens FILE.json".into());
+    }
+    let n_ctx = match &given {
+        Some(t) => a
+            .n_ctx
+            .unwrap_or(0)
+            .max(u32::try_from(t.len()).unwrap_or(u32::MAX)),
+        None => a.n_ctx.unwrap_or(DEFAULT_N_CTX),
+    };
+    if given.is_none() && n_ctx < 4 {
+        return Err(format!(
+            "--n-ctx {n_ctx} is too small: a chunk needs at least 4 tokens"
+        ));
+    }
+    let (mut sh, _) = load(&a.common, max_guest_memory, n_ctx)?;
+    let n_vocab = sh.info().n_vocab as usize;
+    let top_k = if a.json { a.top_k as usize } else { 0 };
+    if top_k > n_vocab {
+        return Err(format!(
+            "score: top-k {top_k} exceeds the vocabulary ({n_vocab})"
+        ));
+    }
+    let print = |pos: usize, token: u32, lp: &[f32]| {
+        if a.json {
+            let line = serde_json::json!({
+                "pos": pos, "token": token, "logprob": lp[token as usize], "top": top_of(lp, top_k)
+            });
+            println!("{line}");
+        }
+    };
+    let progress = |s: &str| {
+        if !a.json {
+            print!("{s}");
+            let _ = std::io::stdout().flush();
+        }
+    };
+    let mut nll = Nll::default();
+    let started = Instant::now();
+    let evaluated = if let Some(tokens) = given {
+        if let Some((i, t)) = out_of_vocab(&tokens, n_vocab) {
+            return Err(format!(
+                "token {i} is {t}, outside the model's vocabulary of {n_vocab}"
+            ));
+        }
+        score_with(&mut sh, &tokens, 1, &mut |pos, tok, lp| {
+            nll.add(lp[tok as usize]);
+            print(pos, tok, lp);
+        })?;
+        progress(&format!("[1]{:.4},\n", nll.ppl()));
+        tokens.len()
+    } else {
+        let text = text.unwrap_or_default();
+        let (rt, model) = sh.first();
+        let tokens = rt.tokenize(model, &text, true, false).map_err(err)?;
+        let info = sh.info();
+        let bos = if info.add_bos { info.bos_token } else { None };
+        let chunking = Chunking::new(tokens.len(), n_ctx as usize).map_err(|e| e.to_string())?;
+        let first = chunking.first();
+        for c in 0..chunking.n_chunk {
+            let chunk = chunking.chunk(&tokens, c, bos);
+            let base = c * chunking.n_ctx;
+            score_with(&mut sh, &chunk, first, &mut |pos, tok, lp| {
+                nll.add(lp[tok as usize]);
+                print(base + pos, tok, lp);
+            })?;
+            progress(&format!("[{}]{:.4},", c + 1, nll.ppl()));
+        }
+        progress("\n");
+        chunking.n_evaluated()
+    };
+    if a.json {
+        let line = serde_json::json!({"perplexity": nll.ppl(), "n_tokens": nll.count});
+        println!("{line}");
+    } else {
+        println!("{}", nll.final_estimate());
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "scored {} tokens ({evaluated} evaluated) in {secs:.2} s: {:.2} tokens/s",
+        nll.count,
+        evaluated as f64 / secs
+    );
     Ok(())
 }
 
