@@ -453,6 +453,7 @@ fn run(a: RunArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
             "load_time_ms": load_time.as_secs_f64() * 1e3,
             "stop_reason": reason,
             "shards": sh.count(),
+            "streamed": sh.info().streamed,
         }});
         writeln!(out, "{line}").map_err(|e| format!("cannot write to stdout: {e}"))?;
     } else if !shown.is_empty() && !shown.ends_with('\n') {

@@ -394,6 +394,17 @@ pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
 /// the sequence's length), for models whose function depends on the
 /// context size as llama.cpp's does (LongRoPE).
 pub fn teacher_forced_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> TeacherForced {
+    teacher_forced_with(model, golden, n_ctx, &[])
+}
+
+/// [`teacher_forced_ctx`] with `extra` arguments for `wasm-chord perplexity`
+/// (e.g. `--shards 2`).
+pub fn teacher_forced_with(
+    model: &Path,
+    golden: &Golden,
+    n_ctx: Option<u32>,
+    extra: &[&str],
+) -> TeacherForced {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
     let dir = tmp_dir(&format!("teacher-{stem}{ctx_tag}"));
@@ -423,6 +434,7 @@ pub fn teacher_forced_ctx(model: &Path, golden: &Golden, n_ctx: Option<u32>) -> 
         if let Some(n) = n_ctx {
             args.extend(["--n-ctx".into(), n.to_string().into()]);
         }
+        args.extend(extra.iter().map(Into::into));
         let out = run_cli(&args);
         assert!(
             out.status.success(),

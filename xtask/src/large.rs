@@ -114,3 +114,87 @@ pub fn run(bin: &Path, model: &Path, extra: &[String]) -> Result<()> {
 pub fn path(models: &Path) -> PathBuf {
     models.join("synthetic-llama-98x2048-q8_0.gguf")
 }
+
+/// The padded SmolLM2 (`xtask/make_padded_gguf.py`: SmolLM2 Q8_0 embedded in
+/// layers 7x as wide, ~5.7 GB, the same function) in `models`.
+pub fn padded_path(models: &Path) -> PathBuf {
+    models.join("padded-smollm2-x7-q8_0.gguf")
+}
+
+/// Bytes of memory available (`MemAvailable`), if the system says.
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+impl crate::Ctx {
+    /// `cargo xtask large --padded`: make the padded model unless it is
+    /// there, then run the ignored test that holds it resident in 2 shards
+    /// against llama.cpp's golden outputs, and its speed with `bench`.
+    pub fn large_padded(&self, bin: &Path, models: &Path, q8_0: &Path) -> Result<()> {
+        let dest = padded_path(models);
+        if !dest.is_file() {
+            crate::step("make the padded model (xtask/make_padded_gguf.py)");
+            let has = Command::new("python3")
+                .args(["-c", "import gguf, numpy"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if !has {
+                bail!("make_padded_gguf.py needs Python's gguf and numpy: pip install gguf==0.19.0 numpy");
+            }
+            let tmp = dest.with_extension("tmp");
+            self.exec(
+                Command::new("python3")
+                    .arg(self.root.join("xtask").join("make_padded_gguf.py"))
+                    .arg(q8_0)
+                    .arg(&tmp),
+            )?;
+            std::fs::rename(&tmp, &dest)?;
+        }
+        const NEEDED: u64 = 12 << 30;
+        if let Some(avail) = mem_available().filter(|&a| a < NEEDED) {
+            bail!(
+                "two resident shards of the padded model hold ~6 GB (and the page cache its 5.7 GB): {:.1} GiB available, 12 wanted",
+                avail as f64 / (1u64 << 30) as f64
+            );
+        }
+        crate::step("2 resident shards against llama.cpp's golden outputs");
+        let mut test = self.cargo([
+            "test",
+            "--release",
+            "-p",
+            "wasm-chord-tests",
+            "--test",
+            "shards",
+            "--",
+            "--ignored",
+            "--nocapture",
+            "padded_model",
+        ]);
+        test.env("WASM_CHORD_KERNEL", self.kernel_wasm())
+            .env("WASM_CHORD_BIN", bin)
+            .env("WASM_CHORD_PADDED", &dest);
+        self.exec(&mut test)?;
+        crate::step("speed: bench --shards 2 --resident");
+        self.exec(
+            Command::new(bin)
+                .arg("bench")
+                .arg("-m")
+                .arg(&dest)
+                .args([
+                    "--shards",
+                    "2",
+                    "--resident",
+                    "-p",
+                    "16",
+                    "-n",
+                    "16",
+                    "-r",
+                    "3",
+                ])
+                .env("WASM_CHORD_KERNEL", self.kernel_wasm()),
+        )
+    }
+}

@@ -91,8 +91,13 @@ enum Cmd {
         model: Option<PathBuf>,
     },
     /// Generate a ~4.5 GiB synthetic model (tensors beyond 4 GiB) and run it
-    /// streamed through the wasm32 kernel with a 1 GiB guest budget.
+    /// streamed through the wasm32 kernel with a 1 GiB guest budget. With
+    /// `--padded`: the 5.7 GB padded SmolLM2 (made unless present) fully
+    /// resident in 2 shards, against llama.cpp's golden outputs.
     Large {
+        /// The padded SmolLM2 in 2 resident shards instead (needs ~12 GB free).
+        #[arg(long)]
+        padded: bool,
         /// More arguments for `wasm-chord run` (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -370,10 +375,20 @@ fn run(cli: Cli) -> Result<()> {
             near_tie,
             server_args,
         }),
-        Cmd::Large { args } => {
+        Cmd::Large { padded, args } => {
             let bin = ctx.build()?;
             let smol = ctx.fetch(&SMOLLM2)?;
-            let model = large::path(smol.parent().context("model dir")?);
+            let models = smol.parent().context("model dir")?;
+            if padded {
+                let q8_0 = ctx.variants_dir().join("smollm2-Q8_0.gguf");
+                let q8_0 = if q8_0.is_file() {
+                    q8_0
+                } else {
+                    ctx.fetch_variants()?.join("smollm2-Q8_0.gguf")
+                };
+                return ctx.large_padded(&bin, models, &q8_0);
+            }
+            let model = large::path(models);
             step("generate the synthetic large model");
             large::generate(&model, &smol)?;
             step("run it streamed");
