@@ -345,7 +345,10 @@ impl Sharded {
 /// keeps the exchange cheap, parking still frees the core between tokens.
 const SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
-/// `rx.recv()`, spinning for up to [`SPIN`] before blocking.
+/// `rx.recv()`, spinning for up to [`SPIN`] before blocking. Between rounds
+/// of polling the thread yields its core: on a quiet machine that returns at
+/// once, on a loaded one it lets the thread that will send the message (or
+/// anyone else) run instead of burning the slice.
 fn recv_spinning<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
     let start = std::time::Instant::now();
     loop {
@@ -356,6 +359,7 @@ fn recv_spinning<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
                 Err(TryRecvError::Empty) => std::hint::spin_loop(),
             }
         }
+        std::thread::yield_now();
         if start.elapsed() >= SPIN {
             return rx.recv();
         }
