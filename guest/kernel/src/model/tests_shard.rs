@@ -175,6 +175,30 @@ fn uneven_heads_split_and_separate_output() {
 }
 
 #[test]
+fn whole_groups_when_an_even_head_split_is_off_a_quant_block() {
+    // Q4_K (blocks of 256), heads of 128: the even split's boundary (3
+    // heads, column 384) is not on a block, the whole-group one (2 kv
+    // heads of 2, column 512) is: kv heads 2 + 1, none on both shards.
+    let mut s = spec(768, 6, 3, 512, false);
+    s.weight_type = GgmlType::Q4_K;
+    let toks = tokens(7);
+    let (sharded, n) = sharded_logits(&s, 2, &toks, 7);
+    assert_eq!(n, 2);
+    assert_close(&sharded, &whole_logits(&s, &toks, 7));
+    let m0 = load(&s, Some(ShardSpec { index: 0, count: 2 })).unwrap();
+    let m1 = load(&s, Some(ShardSpec { index: 1, count: 2 })).unwrap();
+    assert_eq!(
+        (m0.shard.heads.clone(), m1.shard.heads.clone()),
+        (0..4, 4..6)
+    );
+    assert_eq!(
+        (m0.shard.kv_heads.clone(), m1.shard.kv_heads.clone()),
+        (0..2, 2..3)
+    );
+    assert_eq!(m0.shard.ff.end, m1.shard.ff.start);
+}
+
+#[test]
 fn packed_types_shard_too() {
     // Q4_1 and Q4_0 have packed layouts (the tied output part is packed on
     // its own); Q4_K's 256-blocks split 512 feed-forward rows in 2.
