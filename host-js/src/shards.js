@@ -101,6 +101,11 @@ export class Exchange {
     }
   }
 
+  /** Whether a shard has failed (the set must be loaded again). */
+  get aborted() {
+    return Atomics.load(this.ctl, ABORT) === 1;
+  }
+
   /** Tell every shard to give up (after a failure in this one). */
   abort() {
     Atomics.store(this.ctl, ABORT, 1);
