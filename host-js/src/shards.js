@@ -82,11 +82,14 @@ export class Exchange {
     at += 4 * 2 * count * slot;
     this.logits = new Float32Array(sab, at, nVocab);
     this.parity = 0;
+    /** Barriers passed and the time spent waiting in them (ms): the cost of the exchange. */
+    this.stats = { barriers: 0, waitMs: 0 };
   }
 
   /** Wait until every shard has arrived (spin briefly, then `Atomics.wait`). */
   barrier() {
     const { ctl } = this;
+    this.stats.barriers++;
     const round = Atomics.load(ctl, ROUND);
     if (Atomics.add(ctl, ARRIVED, 1) === this.count - 1) {
       Atomics.store(ctl, ARRIVED, 0);
@@ -94,11 +97,15 @@ export class Exchange {
       Atomics.notify(ctl, ROUND);
       return;
     }
-    const until = performance.now() + SPIN_MS;
+    const start = performance.now();
+    const until = start + SPIN_MS;
+    let now = start;
     while (Atomics.load(ctl, ROUND) === round) {
       if (Atomics.load(ctl, ABORT)) throw new ShardAborted();
-      if (performance.now() > until) Atomics.wait(ctl, ROUND, round, 1000);
+      if (now > until) Atomics.wait(ctl, ROUND, round, 1000);
+      now = performance.now();
     }
+    this.stats.waitMs += now - start;
   }
 
   /** Whether a shard has failed (the set must be loaded again). */
@@ -435,7 +442,15 @@ export class ShardHost {
     const i = this.model.info();
     this.shard = s;
     return {
-      index: s.index, count: s.count, vocabStart: s.vocabStart, vocabLen: s.vocabLen, nEmbd: i.nEmbd, nVocab: i.nVocab,
+      index: s.index,
+      count: s.count,
+      vocabStart: s.vocabStart,
+      vocabLen: s.vocabLen,
+      nEmbd: i.nEmbd,
+      nVocab: i.nVocab,
+      // What the kernel read from the store for this shard (its slices, the replicated tensors, the metadata).
+      bytesRead: Number(this.model.storeStats().bytesServed),
+      fileSize: Number(i.fileSize),
     };
   }
 
@@ -464,7 +479,7 @@ export class ShardHost {
   generate(prompt, options, onPiece, shouldStop) {
     const r = generateSharded(this.model, this.session, this.exchange, prompt, options, onPiece, shouldStop);
     return {
-      tokens: r.generated, promptMs: r.promptMs, generationMs: r.generationMs, stopReason: r.stopReason,
+      tokens: r.generated, promptMs: r.promptMs, generationMs: r.generationMs, stopReason: r.stopReason, exchange: { ...this.exchange.stats },
     };
   }
 }
