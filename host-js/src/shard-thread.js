@@ -1,6 +1,6 @@
 // A Node worker thread holding one shard (see ShardedKernel in shards-node.js).
 // Messages in: {op:'load', name, options, index, count} {op:'attach', sab}
-//              {op:'follow'} {op:'generate', prompt, options}
+//              {op:'follow'} {op:'generate', prompt, options} {op:'logits', prompt}
 // Messages out: {ok, value | error} per request, {piece} during generate.
 import { parentPort } from 'node:worker_threads';
 import { NodeFileStore, kernel, loadOptions, generateOptions, errorMessage } from './node.js';
@@ -24,6 +24,8 @@ parentPort.on('message', async ({ op, ...a }) => {
       const prompt = Array.from(host.model.tokenize(a.prompt, true, true));
       const r = host.generate(prompt, generateOptions(a.options), (p) => parentPort.postMessage({ piece: p }));
       value = { ...r, promptTokens: prompt.length };
+    } else if (op === 'logits') {
+      value = host.logits(Array.from(host.model.tokenize(a.prompt, true, true)));
     } else {
       throw new Error(`unknown operation ${op}`);
     }

@@ -74,7 +74,8 @@ export class ShardedKernel {
           t.pending = { resolve, reject };
           t.worker.postMessage({ op: 'follow' });
         });
-        t.pending = { resolve: () => {}, reject: () => {} };
+        // A follower answers again only when it fails: keep why.
+        t.pending = { resolve: () => {}, reject: (e) => { t.failure = e; } };
       }
     } catch (e) {
       await k.terminate();
@@ -94,8 +95,26 @@ export class ShardedKernel {
       text += p.text;
       onPiece?.(p);
     };
-    const r = await leader.call('generate', { prompt, options });
+    const r = await this.#leader('generate', { prompt, options });
     return { ...r, text };
+  }
+
+  /** The whole vocabulary's logits after `prompt` (text), from an empty context (a Float32Array). */
+  logits(prompt) {
+    return this.#leader('logits', { prompt });
+  }
+
+  /** A request to shard 0; a failure elsewhere is reported as that shard's error. */
+  async #leader(op, args) {
+    try {
+      return await this.#threads[0].call(op, args);
+    } catch (e) {
+      const other = this.#threads.slice(1).find((t) => t.failure && !/another shard failed/.test(t.failure.message));
+      if (/another shard failed/.test(e.message) && other) {
+        throw new Error(`shard ${this.#threads.indexOf(other)}: ${other.failure.message}`);
+      }
+      throw e;
+    }
   }
 
   /** Stop every thread. */

@@ -472,6 +472,20 @@ export class ShardHost {
     }
   }
 
+  /** Leader: the whole vocabulary's logits after `prompt` (token ids), from an empty context. */
+  logits(prompt) {
+    if (prompt.length === 0 || prompt.length >= this.session.nCtx()) {
+      throw new Error(`invalid input: the prompt has ${prompt.length} tokens, n_ctx is ${this.session.nCtx()}`);
+    }
+    try {
+      this.exchange.leaderReset(this.session);
+      return this.exchange.leaderEval(this.session, Uint32Array.from(prompt));
+    } catch (e) {
+      this.exchange.abort();
+      throw e;
+    }
+  }
+
   /**
    * Leader: generate from `prompt` (token ids) with `generateOptions(...)`;
    * returns `{ tokens, promptMs, generationMs, stopReason }`.

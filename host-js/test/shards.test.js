@@ -53,6 +53,22 @@ describe('JS shards (2 worker threads) = native --shards 2', () => {
     assert.equal(ours.stopReason, 'length');
   });
 
+  test('logits: bit-identical run to run and in a second set of shard threads; same argmax as greedy', async () => {
+    const prompt = 'The capital of France is';
+    const a = await k.logits(prompt);
+    assert.equal(a.length, 49152);
+    assert.ok(a.every(Number.isFinite));
+    assert.deepEqual(await k.logits(prompt), a);
+    const other = await ShardedKernel.load(MODEL, { shards: 2 });
+    try {
+      assert.deepEqual(await other.logits(prompt), a);
+    } finally {
+      await other.terminate();
+    }
+    const first = (await k.generate(prompt, { maxTokens: 1, ignoreEos: true, sampling: { temperature: 0 } })).tokens[0];
+    assert.equal(first, a.indexOf(Math.max(...a)));
+  });
+
   test('bad sampling options: a clear error, and the shards still work', async () => {
     await assert.rejects(k.generate('Hi', { sampling: { topP: 0 } }), /invalid input: top-p must be in \(0, 1\]/);
     const r = await k.generate('Hi', { maxTokens: 2, ignoreEos: true, sampling: { temperature: 0 } });
