@@ -23,7 +23,7 @@ const WANT_SHARDS = ISOLATED
 let worker; // the one worker, or shard 0's (the leader)
 let followers = []; // shards 1.. (shard mode)
 let sab = null; // the exchange buffer (shard mode)
-let pending = null; // a shard load in progress: { source, count, loaded, info, ms }
+let pending = null; // a shard load in progress: { source, count, loaded, errors, info, ms }
 let loaded = false;
 let busy = false;
 let messages = []; // chat history
@@ -77,17 +77,31 @@ function startWorker() {
   worker = newWorker(({ data }) => handlers[data.type]?.(data));
 }
 
-/** Messages of shards 1..: only their load, attach and failures matter. */
-function followerMessage({ data }) {
+/** Messages of shard `index` (1..): only its load, attach and failures matter. */
+const followerMessage = (index) => ({ data }) => {
   if (data.type === 'loaded') shardLoaded(data);
   else if (data.type === 'attached') shardAttached();
-  // A follower unwinding after the leader failed: the leader reports why.
-  else if (data.type === 'error' && !/another shard failed/.test(data.message)) handlers.error({ ...data, fatal: true });
-}
+  else if (data.type === 'error') {
+    // A follower unwinding after the leader failed: the leader reports why.
+    if (/another shard failed/.test(data.message)) return;
+    // While loading, an index beyond the model's split fails: not an error.
+    if (pending && pending.count === null) pending.errors.set(index, data);
+    else if (!pending || index < pending.count) handlers.error({ ...data, fatal: true });
+  }
+};
 
-function shardLoaded({ shard }) {
-  pending.loaded++;
-  if (pending.loaded < pending.count) return;
+/** A shard loaded (all load at once; shard 0 says how many the model splits into). */
+function shardLoaded({ shard, info }) {
+  if (shard.index === 0) {
+    pending.info = info;
+    pending.count = shard.count;
+    // Fewer shards than asked for: drop the extra workers.
+    for (const f of followers.slice(shard.count - 1)) f.terminate();
+    followers.length = shard.count - 1;
+    for (const [i, e] of pending.errors) if (i < shard.count) return handlers.error({ ...e, fatal: true });
+  }
+  pending.loaded.add(shard.index);
+  if (pending.count === null || [...pending.loaded].filter((i) => i < pending.count).length < pending.count) return;
   sab = new SharedArrayBuffer(exchangeBytes(shard.count, shard.nEmbd, shard.nVocab));
   pending.attached = 0;
   for (const w of [worker, ...followers]) w.postMessage({ type: 'attach', sab });
@@ -124,16 +138,7 @@ const handlers = {
   },
   loaded({ info, ms, shard }) {
     if (!shard) return showLoaded(info, ms, 1);
-    // Shard 0 says how many shards the model splits into; load the others.
-    pending.info = info;
-    pending.count = shard.count;
-    pending.loaded = 0;
-    for (let i = 1; i < shard.count; i++) {
-      const f = newWorker(followerMessage);
-      followers.push(f);
-      f.postMessage({ ...pending.source, shard: { index: i, count: WANT_SHARDS } });
-    }
-    shardLoaded({ shard });
+    return shardLoaded({ shard, info });
   },
   attached() {
     shardAttached();
@@ -200,8 +205,16 @@ ui.load.onclick = () => {
   if (WANT_SHARDS > 1) {
     // Shards: a fresh set of workers for every model.
     startWorker();
-    pending = { source, count: 1, loaded: 0, ms: performance.now() };
+    // Every shard loads at once (each reads only its slices).
+    pending = {
+      source, count: null, loaded: new Set(), errors: new Map(), ms: performance.now(),
+    };
     worker.postMessage({ ...source, shard: { index: 0, count: WANT_SHARDS } });
+    for (let i = 1; i < WANT_SHARDS; i++) {
+      const f = newWorker(followerMessage(i));
+      followers.push(f);
+      f.postMessage({ ...source, shard: { index: i, count: WANT_SHARDS } });
+    }
   } else {
     worker.postMessage(source);
   }
