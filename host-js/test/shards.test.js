@@ -7,13 +7,13 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ShardedKernel } from '../src/node.js';
 import {
-  GOLDEN, MODEL, NATIVE_BIN, checkGreedy, parseJsonRun, requireFile, runCli, tempDir,
+  GEMMA3, GOLDEN, MODEL, NATIVE_BIN, checkGreedy, parseJsonRun, requireFile, runCli, tempDir,
 } from './helpers.js';
 
 const N = GOLDEN.n_predict ?? 32;
 
-function native(args) {
-  const r = runCli('native', ['run', '-m', MODEL, '--shards', '2', '--ignore-eos', '--json', ...args]);
+function native(args, model = MODEL) {
+  const r = runCli('native', ['run', '-m', model, '--shards', '2', '--ignore-eos', '--json', ...args]);
   assert.equal(r.status, 0, r.stderr);
   return parseJsonRun(r.stdout).tokens.map((t) => t.token);
 }
@@ -80,4 +80,17 @@ test('JS shards: a file that is not a model fails clearly', async () => {
   const bad = path.join(tempDir(), 'bad.gguf');
   fs.writeFileSync(bad, 'not a gguf file'.repeat(10));
   await assert.rejects(ShardedKernel.load(bad, { shards: 2 }), /invalid model: bad magic/);
+});
+
+test('JS shards: Gemma-3 (one key/value head) falls back to one shard, the native tokens', async () => {
+  requireFile(GEMMA3, 'run `cargo xtask fetch` or set WASM_CHORD_GEMMA3');
+  const k = await ShardedKernel.load(GEMMA3, { shards: 2 });
+  try {
+    assert.equal(k.count, 1);
+    const prompt = 'The capital of France is';
+    const ours = await k.generate(prompt, { maxTokens: 8, ignoreEos: true, sampling: { temperature: 0 } });
+    assert.deepEqual(ours.tokens, native(['-p', prompt, '-n', '8', '--temp', '0'], GEMMA3));
+  } finally {
+    await k.terminate();
+  }
 });

@@ -38,6 +38,7 @@ describe('browser demo: shards when cross-origin isolated, one worker otherwise 
     requireFile(CHROMIUM, 'install chromium (apt-get install -y chromium) or set CHROMIUM');
     const models = tempDir();
     fs.symlinkSync(path.resolve(MODEL), path.join(models, MODEL_NAME));
+    fs.writeFileSync(path.join(models, 'not-a-model.gguf'), 'hello, this is not a GGUF file\n'.repeat(100));
     isolated = await startServer({ port: 0, models, isolated: true });
     plain = await startServer({ port: 0, models, isolated: false });
     browser = await chromium.launch({
@@ -54,15 +55,19 @@ describe('browser demo: shards when cross-origin isolated, one worker otherwise 
     plain?.close();
   });
 
-  async function open(server) {
+  async function load(page, url) {
+    await page.fill('#url', url);
+    await page.click('#load');
+    await page.waitForFunction(() => ['loaded', 'error'].includes(document.body.dataset.state), null, { timeout: 180_000 });
+    return page.evaluate(() => document.body.dataset.state);
+  }
+
+  async function open(server, query = '') {
     const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
     const errors = [];
     page.on('pageerror', (e) => errors.push(e.message));
-    await page.goto(`http://127.0.0.1:${server.address().port}/demo/`);
-    await page.fill('#url', `/models/${MODEL_NAME}`);
-    await page.click('#load');
-    await page.waitForFunction(() => ['loaded', 'error'].includes(document.body.dataset.state), null, { timeout: 180_000 });
-    assert.equal(await page.evaluate(() => document.body.dataset.state), 'loaded', await page.textContent('#error'));
+    await page.goto(`http://127.0.0.1:${server.address().port}/demo/${query}`);
+    assert.equal(await load(page, `/models/${MODEL_NAME}`), 'loaded', await page.textContent('#error'));
     return { page, errors };
   }
 
@@ -113,6 +118,27 @@ describe('browser demo: shards when cross-origin isolated, one worker otherwise 
 
     // And it generates again afterwards, the same tokens.
     assert.deepEqual((await greedy(page, 'browser-shards-again.png')).tokens, r.tokens);
+
+    // Bad models: the shard's message, then the page loads SmolLM2 again.
+    assert.equal(await load(page, '/models/missing.gguf'), 'error');
+    assert.match(await page.textContent('#error'), /HTTP 404/);
+    assert.equal(await load(page, '/models/not-a-model.gguf'), 'error');
+    assert.match(await page.textContent('#error'), /invalid model: bad magic/);
+    assert.equal(await load(page, `/models/${MODEL_NAME}`), 'loaded', await page.textContent('#error'));
+    assert.equal(page.workers().length, workers);
+    assert.deepEqual((await greedy(page, 'browser-shards-reloaded.png')).tokens, r.tokens);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
+
+  test('isolated, ?shards=4: SmolLM2 (3 key/value heads) splits into 3, the page says so, tokens = native --shards 3', async () => {
+    const { page, errors } = await open(isolated, '?shards=4');
+    assert.equal(await page.getAttribute('#mode', 'data-workers'), '3');
+    assert.equal(page.workers().length, 3, 'the fourth worker was dropped');
+    assert.equal(await page.textContent('#mode'), '3 shards, cross-origin isolated (the model splits into 3)');
+    const r = await greedy(page, 'browser-3-shards.png');
+    assert.deepEqual(r.tokens, nativeTokens(3));
+    checkGreedy(CASE.id, r.tokens, CASE, GOLDEN.near_tie ?? 0.75);
     assert.deepEqual(errors, []);
     await page.close();
   });
