@@ -19,8 +19,8 @@ const MODEL_NAME = path.basename(MODEL);
 const CASE = GOLDEN.cases.find((c) => c.id === 'capital');
 const N = GOLDEN.n_predict;
 
-function nativeTokens(shards) {
-  const r = runCli('native', ['run', '-m', MODEL, '--shards', String(shards), '-p', CASE.prompt, '-n', String(N),
+function nativeTokens(shards, input = ['-p', CASE.prompt]) {
+  const r = runCli('native', ['run', '-m', MODEL, '--shards', String(shards), ...input, '-n', String(N),
     '--temp', '0', '--ignore-eos', '--json']);
   assert.equal(r.status, 0, r.stderr);
   return parseJsonRun(r.stdout).tokens.map((t) => t.token);
@@ -118,6 +118,22 @@ describe('browser demo: shards when cross-origin isolated, one worker otherwise 
 
     // And it generates again afterwards, the same tokens.
     assert.deepEqual((await greedy(page, 'browser-shards-again.png')).tokens, r.tokens);
+
+    // Chat mode: the model's template on the leader, the native --shards N reply.
+    const c = GOLDEN.cases.find((x) => x.messages);
+    await page.check('#chat');
+    await page.fill('#prompt', c.messages[0].content);
+    await page.fill('#n', String(N));
+    await page.click('#run');
+    await page.waitForFunction(() => ['done', 'error'].includes(document.body.dataset.state), null, { timeout: 180_000 });
+    const chat = (await page.getAttribute('#output', 'data-tokens')).split(',').map(Number);
+    const file = path.join(tempDir(), 'messages.json');
+    fs.writeFileSync(file, JSON.stringify(c.messages));
+    assert.deepEqual(chat, nativeTokens(workers, ['--messages', file]), 'chat tokens = native');
+    checkGreedy(c.id, chat, c, GOLDEN.near_tie ?? 0.75);
+    assert.ok((await page.textContent('#conversation')).includes(`user: ${c.messages[0].content}`));
+    await page.click('#clear');
+    await page.uncheck('#chat');
 
     // Bad models: the shard's message, then the page loads SmolLM2 again.
     assert.equal(await load(page, '/models/missing.gguf'), 'error');
