@@ -67,8 +67,8 @@ export class ShardedKernel {
       k.shards = [info0, ...infos];
       k.#sab = new SharedArrayBuffer(exchangeBytes(info0.count, info0.nEmbd, info0.nVocab));
       await Promise.all(k.#threads.map((t) => t.call('attach', { sab: k.#sab })));
-      // The followers block in their exchange from now on; their 'follow'
-      // request is answered when they fail (or never).
+      // The followers answer 'follow', then block in their exchange; they
+      // post again only if they fail.
       for (const t of rest) {
         await new Promise((resolve, reject) => {
           t.pending = { resolve, reject };
@@ -86,7 +86,8 @@ export class ShardedKernel {
 
   /**
    * Generate from `prompt` (text) with `generateOptions(options)`;
-   * resolves to `{ tokens, text, promptTokens, promptMs, generationMs, stopReason }`.
+   * resolves to `{ tokens, text, promptTokens, promptMs, generationMs, stopReason, exchange }`
+   * (`exchange`: barriers passed and ms the leader waited in them, since the load).
    */
   async generate(prompt, options = {}, onPiece = undefined) {
     const leader = this.#threads[0];
@@ -117,7 +118,7 @@ export class ShardedKernel {
     }
   }
 
-  /** Stop every thread. */
+  /** Stop every thread (needed: the followers' threads block in the exchange and keep Node running). */
   async terminate() {
     await Promise.all(this.#threads.map((t) => t.worker.terminate()));
     this.#threads = [];
