@@ -1,13 +1,29 @@
 // The demo page: the kernel runs in worker.js; this file is only UI.
+//
+// Cross-origin isolated (the server sends COOP/COEP), the page runs one
+// worker per tensor-parallel shard, exchanging partial sums through a
+// SharedArrayBuffer (src/shards.js): as many as the browser reports cores
+// (`navigator.hardwareConcurrency`, at most 4; `?shards=N` overrides) and the
+// model splits into. Otherwise one worker runs the whole model.
+import { exchangeBytes, canShare, Exchange } from '../src/shards.js';
+
 const $ = (id) => document.getElementById(id);
 const ui = {
   file: $('file'), url: $('url'), load: $('load'), progress: $('progress'), status: $('status'), error: $('error'),
   chat: $('chat'), n: $('n'), temp: $('temp'), topk: $('topk'), topp: $('topp'), seed: $('seed'),
   ignoreEos: $('ignore-eos'), prompt: $('prompt'), run: $('run'), stop: $('stop'), clear: $('clear'),
-  speed: $('speed'), output: $('output'), conversation: $('conversation'),
+  speed: $('speed'), output: $('output'), conversation: $('conversation'), mode: $('mode'),
 };
 
-let worker;
+const ISOLATED = canShare();
+const WANT_SHARDS = ISOLATED
+  ? Math.max(1, Number(new URLSearchParams(location.search).get('shards')) || Math.min(navigator.hardwareConcurrency || 1, 4))
+  : 1;
+
+let worker; // the one worker, or shard 0's (the leader)
+let followers = []; // shards 1.. (shard mode)
+let sab = null; // the exchange buffer (shard mode)
+let pending = null; // a shard load in progress: { source, count, loaded, errors, info, ms }
 let loaded = false;
 let busy = false;
 let messages = []; // chat history
@@ -30,16 +46,88 @@ function mib(n) {
   return `${(n / 2 ** 20).toFixed(1)} MiB`;
 }
 
-function startWorker() {
-  worker?.terminate();
-  worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-  worker.onmessage = ({ data }) => handlers[data.type]?.(data);
-  worker.onerror = (e) => {
+function showMode(workers) {
+  ui.mode.dataset.workers = String(workers);
+  ui.mode.dataset.isolated = String(ISOLATED);
+  ui.mode.textContent = ISOLATED
+    ? `${workers} shard${workers === 1 ? '' : 's'}, cross-origin isolated${workers < WANT_SHARDS ? ` (the model splits into ${workers})` : ''}`
+    : '1 worker: not cross-origin isolated';
+}
+
+function newWorker(onmessage) {
+  const w = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
+  w.onmessage = onmessage;
+  w.onerror = (e) => {
     showError(`worker failed: ${e.message}`);
     loaded = false;
+    document.body.dataset.state = 'error';
     setBusy(false);
     startWorker();
   };
+  return w;
+}
+
+/** Drop every worker (and the model) and start a fresh leader (or the one worker). */
+function startWorker() {
+  worker?.terminate();
+  for (const f of followers) f.terminate();
+  followers = [];
+  sab = null;
+  pending = null;
+  worker = newWorker(({ data }) => handlers[data.type]?.(data));
+}
+
+/** Messages of shard `index` (1..): only its load, attach and failures matter. */
+const followerMessage = (index) => ({ data }) => {
+  if (data.type === 'loaded') shardLoaded(data);
+  else if (data.type === 'attached') shardAttached();
+  else if (data.type === 'error') {
+    // A follower unwinding after the leader failed: the leader reports why.
+    if (/another shard failed/.test(data.message)) return;
+    // While loading, an index beyond the model's split fails: not an error.
+    if (pending && pending.count === null) pending.errors.set(index, data);
+    else if (!pending || index < pending.count) handlers.error({ ...data, fatal: true });
+  }
+};
+
+/** A shard loaded (all load at once; shard 0 says how many the model splits into). */
+function shardLoaded({ shard, info }) {
+  if (shard.index === 0) {
+    pending.info = info;
+    pending.count = shard.count;
+    // Fewer shards than asked for: drop the extra workers.
+    for (const f of followers.slice(shard.count - 1)) f.terminate();
+    followers.length = shard.count - 1;
+    for (const [i, e] of pending.errors) if (i < shard.count) return handlers.error({ ...e, fatal: true });
+  }
+  pending.loaded.add(shard.index);
+  if (pending.count === null || [...pending.loaded].filter((i) => i < pending.count).length < pending.count) return;
+  sab = new SharedArrayBuffer(exchangeBytes(shard.count, shard.nEmbd, shard.nVocab));
+  pending.attached = 0;
+  for (const w of [worker, ...followers]) w.postMessage({ type: 'attach', sab });
+}
+
+function shardAttached() {
+  pending.attached++;
+  if (pending.attached < pending.count) return;
+  for (const f of followers) f.postMessage({ type: 'follow' });
+  const { info, ms, count } = pending;
+  pending = null;
+  showLoaded(info, performance.now() - ms, count);
+}
+
+function showLoaded(info, ms, workers) {
+  loaded = true;
+  ui.progress.value = 1;
+  ui.progress.hidden = true;
+  document.body.dataset.state = 'loaded';
+  const types = info.tensorTypes.map(([t, n]) => `${t}×${n}`).join(' ');
+  ui.status.textContent = `Loaded ${info.name || info.source} (${info.architecture}, ${(info.nParams / 1e6).toFixed(1)} M params, `
+    + `${info.nLayers} layers, ${mib(info.fileSize)}, ${types}) in ${(ms / 1e3).toFixed(1)} s.`;
+  ui.chat.disabled = !info.hasChatTemplate;
+  if (!info.hasChatTemplate) ui.chat.checked = false;
+  showMode(workers);
+  setBusy(false);
 }
 
 const handlers = {
@@ -48,17 +136,12 @@ const handlers = {
     ui.progress.value = done / total;
     ui.status.textContent = `Loading… ${mib(done)} of ${mib(total)}`;
   },
-  loaded({ info, ms }) {
-    loaded = true;
-    ui.progress.value = 1;
-    ui.progress.hidden = true;
-    document.body.dataset.state = 'loaded';
-    const types = info.tensorTypes.map(([t, n]) => `${t}×${n}`).join(' ');
-    ui.status.textContent = `Loaded ${info.name || info.source} (${info.architecture}, ${(info.nParams / 1e6).toFixed(1)} M params, `
-      + `${info.nLayers} layers, ${mib(info.fileSize)}, ${types}) in ${(ms / 1e3).toFixed(1)} s.`;
-    ui.chat.disabled = !info.hasChatTemplate;
-    if (!info.hasChatTemplate) ui.chat.checked = false;
-    setBusy(false);
+  loaded({ info, ms, shard }) {
+    if (!shard) return showLoaded(info, ms, 1);
+    return shardLoaded({ shard, info });
+  },
+  attached() {
+    shardAttached();
   },
   prompt({ tokens: n }) {
     ui.speed.textContent = `prompt: ${n} tokens…`;
@@ -82,6 +165,7 @@ const handlers = {
     setBusy(false);
   },
   error({ message, fatal }) {
+    if (pending) fatal = true; // a shard failed to load: start over
     showError(message);
     if (!loaded || fatal) ui.status.textContent = 'No model loaded.';
     if (fatal) {
@@ -117,8 +201,23 @@ ui.load.onclick = () => {
   setBusy(true);
   ui.stop.disabled = true;
   // The file picker is cleared after use (picking it again reloads it).
-  if (url) worker.postMessage({ type: 'load', url: new URL(url, location.href).href });
-  else worker.postMessage({ type: 'load', file });
+  const source = url ? { type: 'load', url: new URL(url, location.href).href } : { type: 'load', file };
+  if (WANT_SHARDS > 1) {
+    // Shards: a fresh set of workers for every model.
+    startWorker();
+    // Every shard loads at once (each reads only its slices).
+    pending = {
+      source, count: null, loaded: new Set(), errors: new Map(), ms: performance.now(),
+    };
+    worker.postMessage({ ...source, shard: { index: 0, count: WANT_SHARDS } });
+    for (let i = 1; i < WANT_SHARDS; i++) {
+      const f = newWorker(followerMessage(i));
+      followers.push(f);
+      f.postMessage({ ...source, shard: { index: i, count: WANT_SHARDS } });
+    }
+  } else {
+    worker.postMessage(source);
+  }
   ui.file.value = '';
 };
 
@@ -153,7 +252,8 @@ ui.run.onclick = () => {
 ui.file.onchange = () => {
   if (ui.file.files.length) ui.url.value = '';
 };
-ui.stop.onclick = () => worker.postMessage({ type: 'stop' });
+// Shard 0 is busy in its exchange: the stop flag is in the shared buffer.
+ui.stop.onclick = () => (sab ? Exchange.requestStop(sab) : worker.postMessage({ type: 'stop' }));
 ui.clear.onclick = () => {
   messages = [];
   renderConversation();
@@ -163,4 +263,5 @@ ui.chat.onchange = () => {
   if (ui.chat.checked && ui.prompt.value === 'The capital of France is') ui.prompt.value = '';
 };
 
+showMode(WANT_SHARDS);
 startWorker();

@@ -4,7 +4,12 @@
 // the WASI shim) and, under /models/, the GGUF files of a models directory
 // ($WASM_CHORD_MODELS, else ~/.cache/wasm-chord/models).
 //
-//   node demo/server.mjs [--port 8080] [--models DIR]
+// By default the pages are cross-origin isolated (COOP `same-origin`, COEP
+// `require-corp`), so the demo may share memory between workers and runs one
+// per tensor-parallel shard; `--no-isolation` serves without those headers
+// (one worker).
+//
+//   node demo/server.mjs [--port 8080] [--models DIR] [--no-isolation]
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -75,13 +80,25 @@ export function allowedOrigin(origin) {
   }
 }
 
+/** The headers that make a page cross-origin isolated (SharedArrayBuffer, Atomics.wait in workers). */
+export const ISOLATION_HEADERS = Object.freeze({
+  'Cross-Origin-Opener-Policy': 'same-origin',
+  'Cross-Origin-Embedder-Policy': 'require-corp',
+});
+
 /**
  * Start the server. `range: false` makes it ignore Range headers (to test
- * the demo's error for servers without them). Resolves to the http.Server.
+ * the demo's error for servers without them); `isolated: true` sends the
+ * cross-origin isolation headers on every response. Resolves to the http.Server.
  */
-export function startServer({ port = 8080, host = '127.0.0.1', models = DEFAULT_MODELS, range = true } = {}) {
+export function startServer({
+  port = 8080, host = '127.0.0.1', models = DEFAULT_MODELS, range = true, isolated = false,
+} = {}) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://x');
+    if (isolated) {
+      for (const [k, v] of Object.entries(ISOLATION_HEADERS)) res.setHeader(k, v);
+    }
     const origin = req.headers.origin && allowedOrigin(req.headers.origin);
     if (origin) {
       res.setHeader('Access-Control-Allow-Origin', origin);
@@ -140,8 +157,10 @@ if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.me
     return i >= 0 ? args[i + 1] : dflt;
   };
   const models = opt('--models', DEFAULT_MODELS);
-  const server = await startServer({ port: Number(opt('--port', process.env.PORT || 8080)), models });
+  const isolated = !args.includes('--no-isolation');
+  const server = await startServer({ port: Number(opt('--port', process.env.PORT || 8080)), models, isolated });
   const { port } = server.address();
-  console.log(`wasm-chord demo: http://127.0.0.1:${port}/demo/`);
+  console.log(`wasm-chord demo: http://127.0.0.1:${port}/demo/ (${isolated
+    ? 'cross-origin isolated: one worker per shard' : 'not cross-origin isolated: one worker'})`);
   console.log(`models from ${models} at http://127.0.0.1:${port}/models/<file>.gguf`);
 }

@@ -9,3 +9,6 @@ export {
 export { MemoryStore } from './stores/memory.js';
 export { BlobStore } from './stores/blob.js';
 export { HttpRangeStore } from './stores/http.js';
+export {
+  Exchange, ShardHost, Sampler, Pcg64, exchangeBytes, canShare, generateSharded, MAX_STEP_TOKENS,
+} from './shards.js';

@@ -2,3 +2,4 @@
 export * from './index.js';
 export { NodeFileStore, ioReason } from './stores/node-file.js';
 export { KernelWorker, DeadlineExceeded } from './worker-kernel.js';
+export { ShardedKernel } from './shards-node.js';

@@ -36,3 +36,21 @@ test('demo server: cross-origin reads only for loopback origins', async () => {
     server.close();
   }
 });
+
+test('demo server: cross-origin isolation headers only when asked for', async () => {
+  const isolated = await startServer({ port: 0, models: tempDir(), isolated: true });
+  const plain = await startServer({ port: 0, models: tempDir() });
+  try {
+    for (const p of ['/demo/', '/demo/worker.js', '/src/shards.js', '/models/missing.gguf']) {
+      const a = await fetch(`http://127.0.0.1:${isolated.address().port}${p}`);
+      assert.equal(a.headers.get('cross-origin-opener-policy'), 'same-origin', p);
+      assert.equal(a.headers.get('cross-origin-embedder-policy'), 'require-corp', p);
+      const b = await fetch(`http://127.0.0.1:${plain.address().port}${p}`);
+      assert.equal(b.headers.get('cross-origin-opener-policy'), null, p);
+      assert.equal(b.headers.get('cross-origin-embedder-policy'), null, p);
+    }
+  } finally {
+    isolated.close();
+    plain.close();
+  }
+});

@@ -16,6 +16,10 @@ const cache = process.env.WASM_CHORD_CACHE || path.join(os.homedir(), '.cache/wa
 export const MODEL = process.env.WASM_CHORD_SMOLLM2
   || path.join(cache, 'models', 'SmolLM2-135M-Instruct.Q4_1.gguf');
 
+/** The Gemma-3-270M model file ($WASM_CHORD_GEMMA3, else the xtask models cache). */
+export const GEMMA3 = process.env.WASM_CHORD_GEMMA3
+  || path.join(cache, 'models', 'gemma-3-270m-q4_k_m.gguf');
+
 /** The native CLI ($WASM_CHORD_BIN, else the cargo build). */
 export const NATIVE_BIN = process.env.WASM_CHORD_BIN || path.join(target, 'release', 'wasm-chord');
 

@@ -3,7 +3,10 @@
 // responses, only in Web Workers). The server must answer `Range` with 206.
 //
 // Small reads (the GGUF header and metadata come as many small reads) go
-// through a block cache, so they cost one request per block.
+// through a block cache, so they cost one request per block. Blocks are
+// 64 KiB, not larger: a tensor-parallel shard reads only its rows of most
+// tensors, and a block reaching into the next tensor's rows would fetch
+// bytes of the other shards (reads of a block or more are fetched exactly).
 //
 // Every 206 must carry the `Content-Range` asked for (same first and last
 // byte, same total size), and the file is pinned at open: its strong `ETag`
@@ -12,7 +15,7 @@
 // so a proxy or a file replaced meanwhile cannot mix bytes of two files.
 import { StoreError } from '../layer-store.js';
 
-const BLOCK = 1 << 20;
+const BLOCK = 1 << 16;
 
 // `If-Range` is not a CORS-safelisted header: cross-origin it would need the
 // server's preflight consent, so there the returned validator alone is checked.
