@@ -72,7 +72,12 @@ fn ours(bin: &Path, kernel: &Path, case: &Case, cpu: Option<usize>) -> Result<Ve
             .arg("bench")
             .arg("-m")
             .arg(case.model)
-            .args(["-p", &case.n_prompt.to_string(), "-n", &case.n_gen.to_string()])
+            .args([
+                "-p",
+                &case.n_prompt.to_string(),
+                "-n",
+                &case.n_gen.to_string(),
+            ])
             .args(["-r", &case.reps.to_string(), "--json"])
             .args(case.ours_args)
             .env("WASM_CHORD_KERNEL", kernel),
