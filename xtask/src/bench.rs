@@ -54,15 +54,32 @@ fn command(program: &Path, cpu: Option<usize>) -> Command {
     }
 }
 
+/// One row of `--vs-llama-cpp`: a model, the lengths, and what else our run gets.
+struct Case<'a> {
+    name: String,
+    model: &'a Path,
+    n_prompt: u32,
+    n_gen: u32,
+    reps: u32,
+    /// Extra `wasm-chord bench` arguments (llama.cpp gets none: it holds the model resident).
+    ours_args: &'a [&'a str],
+}
+
 /// `wasm-chord bench --json`: its rows' test names and median tokens/s.
-fn ours(bin: &Path, kernel: &Path, model: &Path, cpu: Option<usize>) -> Result<Vec<Speed>> {
+fn ours(bin: &Path, kernel: &Path, case: &Case, cpu: Option<usize>) -> Result<Vec<Speed>> {
     let v = json_of(
         command(bin, cpu)
             .arg("bench")
             .arg("-m")
-            .arg(model)
-            .args(["-p", &N_PROMPT.to_string(), "-n", &N_GEN.to_string()])
-            .args(["-r", &REPS.to_string(), "--json"])
+            .arg(case.model)
+            .args([
+                "-p",
+                &case.n_prompt.to_string(),
+                "-n",
+                &case.n_gen.to_string(),
+            ])
+            .args(["-r", &case.reps.to_string(), "--json"])
+            .args(case.ours_args)
             .env("WASM_CHORD_KERNEL", kernel),
     )?;
     v.as_array()
@@ -78,20 +95,20 @@ fn ours(bin: &Path, kernel: &Path, model: &Path, cpu: Option<usize>) -> Result<V
 }
 
 /// `llama-bench -t 1 -o json`: pp/tg tests and their average tokens/s.
-fn theirs(llama_bench: &Path, model: &Path, cpu: Option<usize>) -> Result<Vec<Speed>> {
+fn theirs(llama_bench: &Path, case: &Case, cpu: Option<usize>) -> Result<Vec<Speed>> {
     let v = json_of(
         command(llama_bench, cpu)
             .arg("-m")
-            .arg(model)
+            .arg(case.model)
             .args([
                 "-t",
                 "1",
                 "-p",
-                &N_PROMPT.to_string(),
+                &case.n_prompt.to_string(),
                 "-n",
-                &N_GEN.to_string(),
+                &case.n_gen.to_string(),
             ])
-            .args(["-r", &REPS.to_string(), "-o", "json"]),
+            .args(["-r", &case.reps.to_string(), "-o", "json"]),
     )?;
     v.as_array()
         .context("llama-bench: not an array")?
@@ -124,8 +141,16 @@ impl Ctx {
         let mut failed = Vec::new();
         for (name, model) in &models {
             step(&format!("wasm-chord bench: {name}"));
+            let case = Case {
+                name: name.to_string(),
+                model,
+                n_prompt: N_PROMPT,
+                n_gen: N_GEN,
+                reps: REPS,
+                ours_args: &[],
+            };
             // A model the kernel cannot run yet still gets llama.cpp's figures.
-            let ours = ours(&bin, &kernel, model, None).unwrap_or_else(|e| {
+            let ours = ours(&bin, &kernel, &case, None).unwrap_or_else(|e| {
                 println!("    {e:#}");
                 failed.push(name.to_string());
                 Vec::new()
@@ -133,7 +158,7 @@ impl Ctx {
             let theirs = match llama_bench {
                 Some(lb) => {
                     step(&format!("llama-bench -t 1: {name}"));
-                    theirs(lb, model, None)?
+                    theirs(lb, &case, None)?
                 }
                 None => Vec::new(),
             };
@@ -197,17 +222,71 @@ fn have_taskset() -> bool {
 }
 
 impl Ctx {
-    pub fn bench_vs_llama_cpp(&self, llama_bench: Option<&Path>, cpu: usize) -> Result<()> {
+    /// `large`: a model over 4 GiB, streamed by us through a 1 GiB guest
+    /// (`--max-guest-memory 1073741824`, no other flag) against llama.cpp
+    /// holding it resident.
+    pub fn bench_vs_llama_cpp(
+        &self,
+        llama_bench: Option<&Path>,
+        cpu: usize,
+        large: Option<&Path>,
+    ) -> Result<()> {
+        if let Some(large) = large {
+            if !large.is_file() {
+                bail!(
+                    "--large: '{}' is not a file (the 5.7 GB model: \
+                     `python3 make_padded_gguf.py smollm2-Q8_0.gguf OUT.gguf`, see README)",
+                    large.display()
+                );
+            }
+        }
         let bin = self.build()?;
         let kernel = self.kernel_wasm();
         let llama_bench = match llama_bench {
             Some(p) => p.to_path_buf(),
             None => self.llama_bench()?,
         };
-        let models = [
-            ("SmolLM2-135M Q4_1", self.fetch(&SMOLLM2)?),
-            ("Gemma-3-270M Q4_K_M", self.fetch(&GEMMA3)?),
+        let (smollm2, gemma3) = (self.fetch(&SMOLLM2)?, self.fetch(&GEMMA3)?);
+        let mut cases = vec![
+            Case {
+                name: "SmolLM2-135M Q4_1".into(),
+                model: &smollm2,
+                n_prompt: N_PROMPT,
+                n_gen: N_GEN,
+                reps: REPS,
+                ours_args: &[],
+            },
+            Case {
+                name: "SmolLM2-135M Q4_1, 1024-token prompt".into(),
+                model: &smollm2,
+                n_prompt: 1024,
+                n_gen: 0,
+                reps: REPS,
+                ours_args: &[],
+            },
+            Case {
+                name: "Gemma-3-270M Q4_K_M".into(),
+                model: &gemma3,
+                n_prompt: N_PROMPT,
+                n_gen: N_GEN,
+                reps: REPS,
+                ours_args: &[],
+            },
         ];
+        if let Some(large) = large {
+            let gb = std::fs::metadata(large)?.len() as f64 / 1e9;
+            cases.push(Case {
+                name: format!(
+                    "{} ({gb:.1} GB), ours streamed through a 1 GiB guest, llama.cpp resident",
+                    large.file_name().unwrap_or_default().to_string_lossy()
+                ),
+                model: large,
+                n_prompt: 32,
+                n_gen: 16,
+                reps: 1,
+                ours_args: &["--max-guest-memory", "1073741824"],
+            });
+        }
         let cpu = if have_taskset() {
             Some(cpu)
         } else {
@@ -220,18 +299,21 @@ impl Ctx {
                 .map(|s| s.ts)
                 .with_context(|| format!("no {t} result"))
         };
-        let (pp, tg) = (format!("pp{N_PROMPT}"), format!("tg{N_GEN}"));
         let mut rows = Vec::new();
-        for (name, model) in &models {
-            step(&format!("wasm-chord bench: {name}"));
-            let ours = ours(&bin, &kernel, model, cpu)?;
-            step(&format!("llama-bench -t 1: {name}"));
-            let theirs = theirs(&llama_bench, model, cpu)?;
-            rows.push((
-                *name,
-                [find(&ours, &pp)?, find(&theirs, &pp)?],
-                [find(&ours, &tg)?, find(&theirs, &tg)?],
-            ));
+        for case in &cases {
+            step(&format!("wasm-chord bench: {}", case.name));
+            let ours = ours(&bin, &kernel, case, cpu)?;
+            step(&format!("llama-bench -t 1: {}", case.name));
+            let theirs = theirs(&llama_bench, case, cpu)?;
+            let (pp, tg) = (format!("pp{}", case.n_prompt), format!("tg{}", case.n_gen));
+            let pair = |t: &str, n: u32| -> Result<Option<[f64; 2]>> {
+                Ok(if n == 0 {
+                    None
+                } else {
+                    Some([find(&ours, t)?, find(&theirs, t)?])
+                })
+            };
+            rows.push((case, pair(&pp, case.n_prompt)?, pair(&tg, case.n_gen)?));
         }
         step("results");
         let pinned = match cpu {
@@ -239,19 +321,23 @@ impl Ctx {
             None => "not pinned".to_string(),
         };
         println!(
-            "CPU: {}; one thread each, {pinned}; {N_PROMPT}-token prompt, {N_GEN} tokens \
-             generated, {REPS} repetitions (wasm-chord: median, llama.cpp: mean).\n",
+            "CPU: {}; one thread each, {pinned}; wasm-chord: median, llama.cpp: mean of the \
+             repetitions.\n",
             cpu_name().unwrap_or_else(|| "unknown".into())
         );
         println!(
-            "| model | prompt t/s (wasm-chord / llama.cpp) | ratio | decode t/s (wasm-chord / llama.cpp) | ratio |"
+            "| model | prompt t/s (wasm-chord / llama.cpp) | ratio | decode t/s (wasm-chord / llama.cpp) | ratio | runs |"
         );
-        println!("| --- | ---: | ---: | ---: | ---: |");
-        for (name, [po, pt], [go, gt]) in rows {
+        println!("| --- | ---: | ---: | ---: | ---: | --- |");
+        let cell = |v: Option<[f64; 2]>| match v {
+            Some([o, t]) => (format!("{o:.2} / {t:.2}"), format!("**{:.2}x**", o / t)),
+            None => ("—".to_string(), "—".to_string()),
+        };
+        for (case, pp, tg) in rows {
+            let ((p, pr), (g, gr)) = (cell(pp), cell(tg));
             println!(
-                "| {name} | {po:.1} / {pt:.1} | **{:.2}x** | {go:.1} / {gt:.1} | **{:.2}x** |",
-                po / pt,
-                go / gt
+                "| {} | {p} | {pr} | {g} | {gr} | -p {} -n {} -r {} |",
+                case.name, case.n_prompt, case.n_gen, case.reps
             );
         }
         Ok(())

@@ -191,6 +191,11 @@ enum Cmd {
         /// With --vs-llama-cpp: the CPU both run on (`taskset -c`).
         #[arg(long, default_value_t = 0, requires = "vs_llama_cpp")]
         cpu: usize,
+        /// With --vs-llama-cpp: also this model over 4 GiB (the 5.7 GB one from
+        /// make_padded_gguf.py), ours streamed through a 1 GiB guest
+        /// (`--max-guest-memory 1073741824`) against llama.cpp holding it resident.
+        #[arg(long, requires = "vs_llama_cpp")]
+        large: Option<PathBuf>,
         /// Arguments for `wasm-chord bench` (after `--`; not with --vs-llama-cpp).
         #[arg(
             trailing_var_arg = true,
@@ -462,8 +467,9 @@ fn run(cli: Cli) -> Result<()> {
             vs_llama_cpp: true,
             llama_bench,
             cpu,
+            large,
             ..
-        } => ctx.bench_vs_llama_cpp(llama_bench.as_deref(), cpu),
+        } => ctx.bench_vs_llama_cpp(llama_bench.as_deref(), cpu, large.as_deref()),
         Cmd::Bench { args, .. } => {
             let bin = ctx.build()?;
             let model = ctx.fetch(&SMOLLM2)?;

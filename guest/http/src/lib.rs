@@ -377,7 +377,7 @@ fn random_id() -> u64 {
 fn chat(request: &IncomingRequest, config: &Config, cost: &mut Cost) -> Result<Reply, ApiError> {
     let body = read_body(request)?;
     let req: ChatRequest = parse_body(&body)?;
-    let plan = req.plan(&config.id, random_id)?;
+    let plan = api::plan(&req, &config.id, random_id)?;
     let generation = with_model(config, cost, |s| start(s, &plan))?;
     let reply = Streamed {
         id: format!("chatcmpl-{:016x}", random_id()),

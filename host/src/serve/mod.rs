@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::{Kernel, KernelOptions, LoadOptions, PieceLogprobs, Residency, TokenLogprob};
-use api::{parse_body, ApiError, ChatRequest, CompletionRequest, Plan, PromptField};
+use api::{
+    parse_body, usage, ApiError, ChatRequest, CompletionRequest, Plan, PromptField, Respond,
+};
 use pool::{Event, Job, Pool, Prompt, Work};
 
 /// `wasm-chord serve`'s command line.
@@ -227,7 +229,7 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
             .map(str::trim);
         if given != Some(key.as_str()) {
             return ApiError::new(
-                StatusCode::UNAUTHORIZED,
+                StatusCode::UNAUTHORIZED.as_u16(),
                 "invalid_request_error",
                 "a valid API key is required: send 'Authorization: Bearer KEY'",
             )
@@ -238,13 +240,14 @@ async fn auth(State(app): State<Arc<App>>, req: Request, next: Next) -> Response
     next.run(req).await
 }
 
-async fn not_found(req: Request) -> ApiError {
+async fn not_found(req: Request) -> Response {
     ApiError::new(
-        StatusCode::NOT_FOUND,
+        StatusCode::NOT_FOUND.as_u16(),
         "invalid_request_error",
         format!("no endpoint {} {}", req.method(), req.uri().path()),
     )
     .with_code("not_found")
+    .into_response()
 }
 
 async fn health(State(app): State<Arc<App>>) -> Json<Value> {
@@ -342,7 +345,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 fn body_error(e: BytesRejection) -> ApiError {
-    ApiError::new(e.status(), "invalid_request_error", e.body_text())
+    ApiError::new(e.status().as_u16(), "invalid_request_error", e.body_text())
 }
 
 impl App {
@@ -367,7 +370,7 @@ impl App {
 /// The instance went away without a word (cannot happen unless a thread died).
 fn lost() -> ApiError {
     ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
         "server_error",
         "the kernel instance stopped answering",
     )
@@ -386,8 +389,8 @@ async fn chat(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejection>) 
     };
     let run = || -> Result<(Prompt, Plan), ApiError> {
         let req: ChatRequest = parse_body(&body)?;
-        let plan = req.common.plan(&app.model_id, true)?;
-        Ok((Prompt::Messages(req.chat_messages()?), plan))
+        let plan = req.common.plan(&app.model_id, true, api::random_seed)?;
+        Ok((Prompt::Messages(api::chat_messages(&req)?), plan))
     };
     match run() {
         Ok((prompt, plan)) => generate(app, Kind::Chat, prompt, plan).await,
@@ -402,7 +405,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
     };
     let run = || -> Result<(Prompt, Plan), ApiError> {
         let req: CompletionRequest = parse_body(&body)?;
-        let plan = req.common.plan(&app.model_id, false)?;
+        let plan = req.common.plan(&app.model_id, false, api::random_seed)?;
         if req.echo {
             return Err(ApiError::bad_param("echo", "echo is not supported"));
         }
@@ -431,7 +434,7 @@ async fn completions(State(app): State<Arc<App>>, body: Result<Bytes, BytesRejec
 async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Response {
     let mut rx = match app.submit(Work::Generate {
         prompt,
-        options: plan.options.clone(),
+        options: api::options(&plan),
         logprobs: plan.logprobs,
     }) {
         Ok(rx) => rx,
@@ -500,14 +503,6 @@ async fn generate(app: Arc<App>, kind: Kind, prompt: Prompt, plan: Plan) -> Resp
             _ => return lost().into_response(),
         }
     }
-}
-
-fn usage(prompt: u32, completion: u32) -> Value {
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
 }
 
 /// Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`.

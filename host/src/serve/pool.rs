@@ -171,13 +171,13 @@ impl Pool {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(match e {
                     TrySendError::Full(_) => ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        StatusCode::SERVICE_UNAVAILABLE.as_u16(),
                         "server_error",
                         "the server is busy: every instance is working and the queue is full; retry later",
                     )
                     .with_code("queue_full"),
                     TrySendError::Disconnected(_) => ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
+                        StatusCode::SERVICE_UNAVAILABLE.as_u16(),
                         "server_error",
                         "no kernel instance is running",
                     ),
@@ -405,7 +405,7 @@ impl Instance {
 
 pub fn deadline_error() -> ApiError {
     ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
+        StatusCode::GATEWAY_TIMEOUT.as_u16(),
         "timeout_error",
         "the request passed its deadline (--timeout) before it was done",
     )
@@ -423,13 +423,13 @@ fn kernel_error(e: HostError, counters: &Counters) -> ApiError {
         HostError::Trap(m) => {
             counters.traps.fetch_add(1, Ordering::Relaxed);
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
                 "server_error",
                 format!("the kernel trapped ({m}); its instance is replaced"),
             )
         }
         other => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
             "server_error",
             other.to_string(),
         ),

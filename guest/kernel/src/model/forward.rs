@@ -698,7 +698,7 @@ fn attend_f16(
     out.fill(0.0);
     for t in ts {
         let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let mut s = dot_in_order(qh, kr);
+        let mut s = dot_f16(qh, kr);
         match softcap {
             Some(cap) => s = cap * (s * (scale / cap)).tanh(),
             None => s *= scale,
@@ -712,9 +712,7 @@ fn attend_f16(
                 (m - s).exp()
             };
             m = s;
-            for o in out.iter_mut() {
-                *o = f16r(*o * ms);
-            }
+            rescale_f16(out, ms);
         } else {
             vs = (s - m).exp();
         }
@@ -733,43 +731,227 @@ fn attend_f16(
 /// check), so their loops do 16 elements per iteration.
 const CHUNK: usize = 16;
 
-/// `sum(a[i] * b[i])` added in index order from the empty sum, what
-/// `a.iter().zip(b).map(|(a, b)| a * b).sum()` gives, `CHUNK` terms per
-/// loop iteration.
+/// `sum(a[i] * b[i])` of two vectors of f16 values (as f32) in the order of
+/// ggml's `ggml_vec_dot_f16` on x86 with AVX-512F (without AVX512-FP16),
+/// which llama.cpp's flash attention uses for q·k: 4 accumulators of 16
+/// lanes over each 64 elements (the products of two f16 values are exact in
+/// f32, so its fused multiply-adds are plain adds here), summed as
+/// `(s0 + s2) + (s1 + s3)`, the 16 lanes reduced as `_mm512_reduce_add_ps`
+/// pairs them (lane i with i + 8, then i + 4, i + 2, i + 1), then the
+/// elements past the last 64 added one by one in f64, rounded to f32 at the
+/// end. In simd128 the same sums 4 lanes at a time (bit-identical, tested
+/// as wasm32).
 #[inline(always)]
-fn dot_in_order(a: &[f32], b: &[f32]) -> f32 {
-    let mut s: f32 = std::iter::empty::<f32>().sum();
-    let (mut ca, mut cb) = (a.chunks_exact(CHUNK), b.chunks_exact(CHUNK));
-    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
-        let (x, y): (&[f32; CHUNK], &[f32; CHUNK]) = (x.try_into().unwrap(), y.try_into().unwrap());
-        for i in 0..CHUNK {
-            s += x[i] * y[i];
+fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return simd::dot_f16(a, b);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    dot_f16_scalar(a, b)
+}
+
+/// The scalar reference of [`dot_f16`].
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+fn dot_f16_scalar(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    let np = a.len() & !63;
+    let mut acc = [[0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, s) in acc.iter_mut().enumerate() {
+            for (l, s) in s.iter_mut().enumerate() {
+                *s += a[i + 16 * j + l] * b[i + 16 * j + l];
+            }
         }
     }
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        s += x * y;
+    let mut sum = f64::from(reduce16(acc));
+    for (x, y) in a[np..].iter().zip(&b[np..]) {
+        sum += f64::from(x * y);
     }
-    s
+    sum as f32
+}
+
+/// ggml's AVX-512 reduction of 4 accumulators of 16 lanes to one f32.
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+fn reduce16(acc: [[f32; 16]; 4]) -> f32 {
+    let x: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t3: [f32; 8] = std::array::from_fn(|i| x[i] + x[i + 8]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i] + t3[i + 4]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
 /// `out[i] = f16r(v[i] * vs + out[i])` (in f64), `CHUNK` values per loop
-/// iteration: attention's f16 value accumulator.
+/// iteration: attention's f16 value accumulator. In simd128, 4 lanes at a
+/// time with the same operations (bit-identical, tested as wasm32).
 #[inline(always)]
 fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
-    #[inline(always)]
-    fn one(o: &mut f32, x: f32, vs: f32) {
-        *o = f16r((f64::from(x) * f64::from(vs) + f64::from(*o)) as f32);
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    simd::add_scaled_f16(out, v, vs);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    add_scaled_f16_scalar(out, v, vs);
+}
+
+/// `out[i] = f16r(out[i] * ms)`: the accumulator rescaled when the running
+/// maximum grows (simd128 as [`add_scaled_f16`]).
+#[inline(always)]
+fn rescale_f16(out: &mut [f32], ms: f32) {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    simd::rescale_f16(out, ms);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    for o in out.iter_mut() {
+        *o = f16r(*o * ms);
     }
+}
+
+/// One value of [`add_scaled_f16`].
+#[inline(always)]
+fn add_scaled_f16_one(o: &mut f32, x: f32, vs: f32) {
+    *o = f16r((f64::from(x) * f64::from(vs) + f64::from(*o)) as f32);
+}
+
+/// The scalar reference of [`add_scaled_f16`].
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+#[inline(always)]
+fn add_scaled_f16_scalar(out: &mut [f32], v: &[f32], vs: f32) {
     let (mut co, mut cv) = (out.chunks_exact_mut(CHUNK), v.chunks_exact(CHUNK));
     for (o, x) in co.by_ref().zip(cv.by_ref()) {
         let (o, x): (&mut [f32; CHUNK], &[f32; CHUNK]) =
             (o.try_into().unwrap(), x.try_into().unwrap());
         for i in 0..CHUNK {
-            one(&mut o[i], x[i], vs);
+            add_scaled_f16_one(&mut o[i], x[i], vs);
         }
     }
     for (o, &x) in co.into_remainder().iter_mut().zip(cv.remainder()) {
-        one(o, x, vs);
+        add_scaled_f16_one(o, x, vs);
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use super::{add_scaled_f16_one, f16r};
+    use core::arch::wasm32::*;
+
+    /// [`f16r`] of 4 lanes. The bit rounding is [`f16r`]'s normal-range
+    /// branch; zero passes through it unchanged. Lanes in f16's subnormal
+    /// range, at or beyond 65520, or NaN are rare here (an accumulator of
+    /// values), and then all 4 lanes take the scalar [`f16r`].
+    #[inline(always)]
+    fn f16r4(x: v128) -> v128 {
+        let a = v128_and(x, u32x4_splat(0x7fff_ffff));
+        // 2^-14 <= |x| < 65520 as one unsigned compare of the bits, or zero.
+        let normal = u32x4_lt(
+            i32x4_sub(a, u32x4_splat(0x3880_0000)),
+            u32x4_splat(0x477f_f000 - 0x3880_0000),
+        );
+        let ok = v128_or(normal, i32x4_eq(a, i32x4_splat(0)));
+        if u32x4_all_true(ok) {
+            let odd = v128_and(u32x4_shr(x, 13), u32x4_splat(1));
+            let r = i32x4_add(i32x4_add(x, u32x4_splat(0xfff)), odd);
+            v128_and(r, u32x4_splat(!0x1fff))
+        } else {
+            f32x4(
+                f16r(f32x4_extract_lane::<0>(x)),
+                f16r(f32x4_extract_lane::<1>(x)),
+                f16r(f32x4_extract_lane::<2>(x)),
+                f16r(f32x4_extract_lane::<3>(x)),
+            )
+        }
+    }
+
+    /// `f16r((x * vs + o) in f64, as f32)` on 4 lanes.
+    #[inline(always)]
+    fn step(o: v128, x: v128, vs: v128) -> v128 {
+        let lo = f64x2_add(
+            f64x2_mul(f64x2_promote_low_f32x4(x), vs),
+            f64x2_promote_low_f32x4(o),
+        );
+        let hi = f64x2_add(
+            f64x2_mul(f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(x, x)), vs),
+            f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(o, o)),
+        );
+        let r = i64x2_shuffle::<0, 2>(f32x4_demote_f64x2_zero(lo), f32x4_demote_f64x2_zero(hi));
+        f16r4(r)
+    }
+
+    /// [`super::dot_f16`]: lane group k (0..4) of accumulator j in `acc[j][k]`.
+    pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        let np = a.len() & !63;
+        let mut acc = [[f32x4_splat(0.0); 4]; 4];
+        for i in (0..np).step_by(64) {
+            // SAFETY: i + 64 <= np <= a.len() == b.len().
+            unsafe {
+                let (pa, pb) = (
+                    a.as_ptr().add(i) as *const v128,
+                    b.as_ptr().add(i) as *const v128,
+                );
+                for (j, acc) in acc.iter_mut().enumerate() {
+                    for (k, s) in acc.iter_mut().enumerate() {
+                        let p =
+                            f32x4_mul(v128_load(pa.add(4 * j + k)), v128_load(pb.add(4 * j + k)));
+                        *s = f32x4_add(*s, p);
+                    }
+                }
+            }
+        }
+        let x: [v128; 4] = std::array::from_fn(|k| {
+            f32x4_add(
+                f32x4_add(acc[0][k], acc[2][k]),
+                f32x4_add(acc[1][k], acc[3][k]),
+            )
+        });
+        // Lanes i + (i + 8), then + (i + 4): x[k] holds lanes 4k..4k+4.
+        let t6 = f32x4_add(f32x4_add(x[0], x[2]), f32x4_add(x[1], x[3]));
+        let t8 = f32x4_add(t6, i32x4_shuffle::<2, 3, 0, 1>(t6, t6));
+        let r = f32x4_extract_lane::<0>(t8) + f32x4_extract_lane::<1>(t8);
+        let mut sum = f64::from(r);
+        for (x, y) in a[np..].iter().zip(&b[np..]) {
+            sum += f64::from(x * y);
+        }
+        sum as f32
+    }
+
+    pub fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
+        assert_eq!(out.len(), v.len());
+        let vs2 = f64x2_splat(f64::from(vs));
+        let (mut co, mut cv) = (out.chunks_exact_mut(16), v.chunks_exact(16));
+        for (o, x) in co.by_ref().zip(cv.by_ref()) {
+            // SAFETY: `o` and `x` hold 16 f32 each (wasm loads and stores
+            // need no alignment).
+            unsafe {
+                let po = o.as_mut_ptr() as *mut v128;
+                let px = x.as_ptr() as *const v128;
+                for k in 0..4 {
+                    let r = step(v128_load(po.add(k)), v128_load(px.add(k)), vs2);
+                    v128_store(po.add(k), r);
+                }
+            }
+        }
+        for (o, &x) in co.into_remainder().iter_mut().zip(cv.remainder()) {
+            add_scaled_f16_one(o, x, vs);
+        }
+    }
+
+    pub fn rescale_f16(out: &mut [f32], ms: f32) {
+        let m = f32x4_splat(ms);
+        let mut co = out.chunks_exact_mut(4);
+        for o in co.by_ref() {
+            // SAFETY: `o` holds 4 f32.
+            unsafe {
+                let p = o.as_mut_ptr() as *mut v128;
+                v128_store(p, f16r4(f32x4_mul(v128_load(p), m)));
+            }
+        }
+        for o in co.into_remainder() {
+            *o = f16r(*o * ms);
+        }
     }
 }
 
@@ -920,6 +1102,85 @@ mod tests {
                 (f64::from(*o) - want).abs() < 2e-3,
                 "dim {d}: {o} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn dot_f16_is_a_dot_product_and_simd_matches_its_reference() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        };
+        for len in [64, 128, 256, 80, 100, 7] {
+            for _ in 0..100 {
+                let a: Vec<f32> = (0..len).map(|_| f16r(rnd())).collect();
+                let b: Vec<f32> = (0..len).map(|_| f16r(rnd())).collect();
+                let got = dot_f16(&a, &b);
+                assert_eq!(got.to_bits(), dot_f16_scalar(&a, &b).to_bits(), "len {len}");
+                let exact: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                    .sum();
+                let mag: f64 = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| f64::from((x * y).abs()))
+                    .sum();
+                assert!(
+                    (f64::from(got) - exact).abs() <= 1e-6 * mag + 1e-30,
+                    "len {len}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_f16_accumulator_matches_its_scalar_reference() {
+        // As wasm32 this holds the simd128 lanes to the scalar f16r; values
+        // from f16's subnormals to past its range, zeros, NaN, and lengths
+        // with a scalar tail.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as u32
+        };
+        let mut value = |r: u32| -> f32 {
+            let e = (r % 40) as i32 - 30; // 2^-30 .. 2^9
+            let m = 1.0 + (r >> 8) as f32 / (1u32 << 24) as f32;
+            let x = m * 2f32.powi(e) * if r & 1 == 0 { 1.0 } else { -1.0 };
+            match r % 97 {
+                0 => 0.0,
+                1 => 65_519.0,
+                2 => f32::NAN,
+                3 => 70_000.0,
+                _ => x,
+            }
+        };
+        for len in [16, 64, 70, 256, 3] {
+            for _ in 0..200 {
+                let out: Vec<f32> = (0..len).map(|_| f16r(value(rnd()))).collect();
+                let v: Vec<f32> = (0..len).map(|_| f16r(value(rnd()))).collect();
+                let vs = (rnd() as f32 / u32::MAX as f32) * 1.5;
+                let (mut a, mut b) = (out.clone(), out.clone());
+                add_scaled_f16(&mut a, &v, vs);
+                add_scaled_f16_scalar(&mut b, &v, vs);
+                let bits = |x: &[f32]| {
+                    x.iter()
+                        .map(|f| if f.is_nan() { u32::MAX } else { f.to_bits() })
+                        .collect::<Vec<_>>()
+                };
+                assert_eq!(bits(&a), bits(&b), "add, len {len}, vs {vs}");
+                let (mut a, mut b) = (out.clone(), out);
+                rescale_f16(&mut a, vs * 1e-3);
+                b.iter_mut().for_each(|o| *o = f16r(*o * (vs * 1e-3)));
+                assert_eq!(bits(&a), bits(&b), "rescale, len {len}");
+            }
         }
     }
 
