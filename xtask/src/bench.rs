@@ -235,7 +235,7 @@ impl Ctx {
             if !large.is_file() {
                 bail!(
                     "--large: '{}' is not a file (the 5.7 GB model: \
-                     `python3 make_padded_gguf.py smollm2-Q8_0.gguf OUT.gguf`, see README)",
+                     `cargo xtask large --padded` makes it)",
                     large.display()
                 );
             }
