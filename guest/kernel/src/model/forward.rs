@@ -698,7 +698,7 @@ fn attend_f16(
     out.fill(0.0);
     for t in ts {
         let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let mut s = dot_f16(qh, kr);
+        let mut s = dot_in_order(qh, kr);
         match softcap {
             Some(cap) => s = cap * (s * (scale / cap)).tanh(),
             None => s *= scale,
@@ -731,57 +731,23 @@ fn attend_f16(
 /// check), so their loops do 16 elements per iteration.
 const CHUNK: usize = 16;
 
-/// `sum(a[i] * b[i])` of two vectors of f16 values (as f32) in the order of
-/// ggml's `ggml_vec_dot_f16` on x86 with AVX-512F (without AVX512-FP16),
-/// which llama.cpp's flash attention uses for q·k: 4 accumulators of 16
-/// lanes over each 64 elements (the products of two f16 values are exact in
-/// f32, so its fused multiply-adds are plain adds here), summed as
-/// `(s0 + s2) + (s1 + s3)`, the 16 lanes reduced as `_mm512_reduce_add_ps`
-/// pairs them (lane i with i + 8, then i + 4, i + 2, i + 1), then the
-/// elements past the last 64 added one by one in f64, rounded to f32 at the
-/// end. In simd128 the same sums 4 lanes at a time (bit-identical, tested
-/// as wasm32).
+/// `sum(a[i] * b[i])` added in index order from the empty sum, what
+/// `a.iter().zip(b).map(|(a, b)| a * b).sum()` gives, `CHUNK` terms per
+/// loop iteration.
 #[inline(always)]
-fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return simd::dot_f16(a, b);
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    dot_f16_scalar(a, b)
-}
-
-/// The scalar reference of [`dot_f16`].
-#[cfg_attr(
-    all(target_arch = "wasm32", target_feature = "simd128"),
-    allow(dead_code)
-)]
-fn dot_f16_scalar(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let np = a.len() & !63;
-    let mut acc = [[0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
-        for (j, s) in acc.iter_mut().enumerate() {
-            for (l, s) in s.iter_mut().enumerate() {
-                *s += a[i + 16 * j + l] * b[i + 16 * j + l];
-            }
+fn dot_in_order(a: &[f32], b: &[f32]) -> f32 {
+    let mut s: f32 = std::iter::empty::<f32>().sum();
+    let (mut ca, mut cb) = (a.chunks_exact(CHUNK), b.chunks_exact(CHUNK));
+    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
+        let (x, y): (&[f32; CHUNK], &[f32; CHUNK]) = (x.try_into().unwrap(), y.try_into().unwrap());
+        for i in 0..CHUNK {
+            s += x[i] * y[i];
         }
     }
-    let mut sum = f64::from(reduce16(acc));
-    for (x, y) in a[np..].iter().zip(&b[np..]) {
-        sum += f64::from(x * y);
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        s += x * y;
     }
-    sum as f32
-}
-
-/// ggml's AVX-512 reduction of 4 accumulators of 16 lanes to one f32.
-#[cfg_attr(
-    all(target_arch = "wasm32", target_feature = "simd128"),
-    allow(dead_code)
-)]
-fn reduce16(acc: [[f32; 16]; 4]) -> f32 {
-    let x: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-    let t3: [f32; 8] = std::array::from_fn(|i| x[i] + x[i + 8]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[i] + t3[i + 4]);
-    (t6[0] + t6[2]) + (t6[1] + t6[3])
+    s
 }
 
 /// `out[i] = f16r(v[i] * vs + out[i])` (in f64), `CHUNK` values per loop
@@ -878,44 +844,6 @@ mod simd {
         );
         let r = i64x2_shuffle::<0, 2>(f32x4_demote_f64x2_zero(lo), f32x4_demote_f64x2_zero(hi));
         f16r4(r)
-    }
-
-    /// [`super::dot_f16`]: lane group k (0..4) of accumulator j in `acc[j][k]`.
-    pub fn dot_f16(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        let np = a.len() & !63;
-        let mut acc = [[f32x4_splat(0.0); 4]; 4];
-        for i in (0..np).step_by(64) {
-            // SAFETY: i + 64 <= np <= a.len() == b.len().
-            unsafe {
-                let (pa, pb) = (
-                    a.as_ptr().add(i) as *const v128,
-                    b.as_ptr().add(i) as *const v128,
-                );
-                for (j, acc) in acc.iter_mut().enumerate() {
-                    for (k, s) in acc.iter_mut().enumerate() {
-                        let p =
-                            f32x4_mul(v128_load(pa.add(4 * j + k)), v128_load(pb.add(4 * j + k)));
-                        *s = f32x4_add(*s, p);
-                    }
-                }
-            }
-        }
-        let x: [v128; 4] = std::array::from_fn(|k| {
-            f32x4_add(
-                f32x4_add(acc[0][k], acc[2][k]),
-                f32x4_add(acc[1][k], acc[3][k]),
-            )
-        });
-        // Lanes i + (i + 8), then + (i + 4): x[k] holds lanes 4k..4k+4.
-        let t6 = f32x4_add(f32x4_add(x[0], x[2]), f32x4_add(x[1], x[3]));
-        let t8 = f32x4_add(t6, i32x4_shuffle::<2, 3, 0, 1>(t6, t6));
-        let r = f32x4_extract_lane::<0>(t8) + f32x4_extract_lane::<1>(t8);
-        let mut sum = f64::from(r);
-        for (x, y) in a[np..].iter().zip(&b[np..]) {
-            sum += f64::from(x * y);
-        }
-        sum as f32
     }
 
     pub fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
@@ -1102,39 +1030,6 @@ mod tests {
                 (f64::from(*o) - want).abs() < 2e-3,
                 "dim {d}: {o} vs {want}"
             );
-        }
-    }
-
-    #[test]
-    fn dot_f16_is_a_dot_product_and_simd_matches_its_reference() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
-        };
-        for len in [64, 128, 256, 80, 100, 7] {
-            for _ in 0..100 {
-                let a: Vec<f32> = (0..len).map(|_| f16r(rnd())).collect();
-                let b: Vec<f32> = (0..len).map(|_| f16r(rnd())).collect();
-                let got = dot_f16(&a, &b);
-                assert_eq!(got.to_bits(), dot_f16_scalar(&a, &b).to_bits(), "len {len}");
-                let exact: f64 = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| f64::from(*x) * f64::from(*y))
-                    .sum();
-                let mag: f64 = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(x, y)| f64::from((x * y).abs()))
-                    .sum();
-                assert!(
-                    (f64::from(got) - exact).abs() <= 1e-6 * mag + 1e-30,
-                    "len {len}"
-                );
-            }
         }
     }
 
