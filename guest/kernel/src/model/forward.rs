@@ -84,7 +84,7 @@ pub struct State {
     k: Vec<f32>,           // (n, kv_dim)
     v: Vec<f32>,           // (n, kv_dim)
     att: Vec<f32>,         // (n, q_dim) attention output
-    qh: Vec<f32>,          // (head_dim,) one query head rounded to f16
+    qh: Vec<f32>,          // (4 * head_dim,) up to 4 query heads rounded to f16
     hb: Vec<f32>,          // (n, n_ff) gate, then silu(gate) * up
     hb2: Vec<f32>,         // (n, n_ff) up
     logits: Vec<f32>,      // (rows, n_vocab)
@@ -106,7 +106,7 @@ impl State {
         grow(&mut self.k, n * c.kv_dim());
         grow(&mut self.v, n * c.kv_dim());
         grow(&mut self.att, n * c.q_dim());
-        grow(&mut self.qh, c.head_dim);
+        grow(&mut self.qh, HEADS * c.head_dim);
         grow(&mut self.hb, n * c.n_ff);
         grow(&mut self.hb2, n * c.n_ff);
     }
@@ -538,22 +538,29 @@ fn attn_partial(
     for i in 0..n {
         let pos = pos0 + i;
         let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        for h in 0..c.n_head {
-            let q = &s.q[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            let kvh = c.kv_head(h) * hd;
-            let out = &mut s.att[i * q_dim + h * hd..i * q_dim + (h + 1) * hd];
-            attend_f16(
-                q,
+        // Runs of up to HEADS consecutive heads reading the same kv head.
+        let mut h = 0;
+        while h < c.n_head {
+            let kvh = c.kv_head(h);
+            let mut g = 1;
+            while g < HEADS && h + g < c.n_head && c.kv_head(h + g) == kvh {
+                g += 1;
+            }
+            let (a, b) = (i * q_dim + h * hd, i * q_dim + (h + g) * hd);
+            attend_f16_heads(
+                hd,
+                &s.q[a..b],
                 &kv.k[l],
                 &kv.v[l],
                 kv_dim,
-                kvh,
+                kvh * hd,
                 t0..pos + 1,
                 c.attn_scale,
                 c.attn_softcap,
-                &mut s.qh[..hd],
-                out,
+                &mut s.qh[..HEADS * hd],
+                &mut s.att[a..b],
             );
+            h += g;
         }
     }
 
@@ -666,6 +673,72 @@ fn f16r(x: f32) -> f32 {
     }
 }
 
+/// Query heads per pass of [`attend_f16_heads`]: the lanes of an f32x4.
+const HEADS: usize = 4;
+
+/// [`attend_f16`] for `g = qs.len() / hd` (1..=HEADS) query heads of
+/// `hd` values that read the same kv head: `qs` and `out` hold the heads one
+/// after the other. Each key row is read once for all of them, and in
+/// simd128 their q·k sums run in the lanes of one vector, each lane adding
+/// its products in index order as [`dot_in_order`] does: every head's
+/// result has the bits of [`attend_f16`] (tested as wasm32). `qh` is
+/// scratch (HEADS * head_dim).
+#[allow(clippy::too_many_arguments)]
+fn attend_f16_heads(
+    hd: usize,
+    qs: &[f32],
+    k: &[f32],
+    v: &[f32],
+    kv_dim: usize,
+    kvh: usize,
+    ts: std::ops::Range<usize>,
+    scale: f32,
+    softcap: Option<f32>,
+    qh: &mut [f32],
+    out: &mut [f32],
+) {
+    let g = qs.len() / hd;
+    assert!((1..=HEADS).contains(&g) && out.len() == qs.len() && qh.len() >= HEADS * hd);
+    scores::prepare(qs, g, hd, qh);
+    let mut m = [f32::NEG_INFINITY; HEADS];
+    let mut sum = [0f32; HEADS];
+    out.fill(0.0);
+    for t in ts {
+        let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
+        let sc = scores::of(qh, g, hd, kr);
+        let vr = &v[t * kv_dim + kvh..t * kv_dim + kvh + hd];
+        for j in 0..g {
+            let mut s = sc[j];
+            match softcap {
+                Some(cap) => s = cap * (s * (scale / cap)).tanh(),
+                None => s *= scale,
+            }
+            let o = &mut out[j * hd..(j + 1) * hd];
+            let mut ms = 1.0f32;
+            let mut vs = 1.0f32;
+            if s > m[j] {
+                ms = if m[j] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    (m[j] - s).exp()
+                };
+                m[j] = s;
+                rescale_f16(o, ms);
+            } else {
+                vs = (s - m[j]).exp();
+            }
+            add_scaled_f16(o, vr, vs);
+            sum[j] = sum[j] * ms + vs;
+        }
+    }
+    for j in 0..g {
+        let inv = if sum[j] == 0.0 { 0.0 } else { 1.0 / sum[j] };
+        for o in out[j * hd..(j + 1) * hd].iter_mut() {
+            *o *= inv;
+        }
+    }
+}
+
 /// One query head `q` against the cached keys and values at positions `ts`
 /// (kv head offset `kvh`), into `out`: the arithmetic of llama.cpp's CPU
 /// flash attention for one query with its default f16 cache
@@ -676,6 +749,8 @@ fn f16r(x: f32) -> f32 {
 /// decodes; matching it brought the teacher-forced median |Δ logprob| over
 /// the 14 SmolLM2 variants from 0.066 to 0.065 and the mean of the maxima
 /// from 0.82 to 0.72 (tests/tests/coverage.rs). `qh` is scratch (head_dim).
+/// The reference of [`attend_f16_heads`] (one head).
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attend_f16(
     q: &[f32],
@@ -723,6 +798,77 @@ fn attend_f16(
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
     for o in out.iter_mut() {
         *o *= inv;
+    }
+}
+
+/// The q·k sums of [`attend_f16_heads`].
+mod scores {
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    use super::dot_in_order;
+    use super::{f16r, HEADS};
+
+    /// The `g` heads of `qs` rounded to f16 into `qh`: one after the other
+    /// (scalar), or transposed, `qh[4 i + j]` = head j's element i (simd128).
+    pub fn prepare(qs: &[f32], g: usize, hd: usize, qh: &mut [f32]) {
+        if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
+            qh[..HEADS * hd].fill(0.0);
+            for j in 0..g {
+                for i in 0..hd {
+                    qh[HEADS * i + j] = f16r(qs[j * hd + i]);
+                }
+            }
+        } else {
+            for (a, &b) in qh[..g * hd].iter_mut().zip(&qs[..g * hd]) {
+                *a = f16r(b);
+            }
+        }
+    }
+
+    /// Head j's q · `kr` in lane j (j < g), in index order.
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    #[inline(always)]
+    pub fn of(qh: &[f32], g: usize, hd: usize, kr: &[f32]) -> [f32; HEADS] {
+        let mut r = [0f32; HEADS];
+        for (j, r) in r.iter_mut().enumerate().take(g) {
+            *r = dot_in_order(&qh[j * hd..(j + 1) * hd], kr);
+        }
+        r
+    }
+
+    /// Head j's q · `kr` in lane j (j < g), each lane adding its products
+    /// in index order from the empty sum, as [`dot_in_order`] does.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    pub fn of(qh: &[f32], _g: usize, hd: usize, kr: &[f32]) -> [f32; HEADS] {
+        use core::arch::wasm32::*;
+        assert!(qh.len() >= HEADS * hd && kr.len() == hd);
+        let mut acc = f32x4_splat(std::iter::empty::<f32>().sum());
+        let q = qh.as_ptr() as *const v128;
+        let mut ck = kr.chunks_exact(8);
+        let mut i = 0;
+        for c in ck.by_ref() {
+            // SAFETY: i + 8 <= hd, and qh holds HEADS * hd values.
+            unsafe {
+                for (e, &x) in c.iter().enumerate() {
+                    let p = f32x4_mul(v128_load(q.add(i + e)), f32x4_splat(x));
+                    acc = f32x4_add(acc, p);
+                }
+            }
+            i += 8;
+        }
+        for &x in ck.remainder() {
+            // SAFETY: i < hd.
+            unsafe {
+                acc = f32x4_add(acc, f32x4_mul(v128_load(q.add(i)), f32x4_splat(x)));
+            }
+            i += 1;
+        }
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
     }
 }
 
@@ -1030,6 +1176,68 @@ mod tests {
                 (f64::from(*o) - want).abs() < 2e-3,
                 "dim {d}: {o} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn grouped_heads_give_each_heads_bits() {
+        // attend_f16_heads over 1..=4 heads against attend_f16 per head,
+        // bit for bit (as wasm32: the simd128 lanes), with and without
+        // soft-capping, over whole and windowed position ranges.
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
+        };
+        for (hd, n_kv) in [(64, 2), (70, 1), (8, 3)] {
+            let kv_dim = hd * n_kv;
+            let n = 40;
+            let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            for g in 1..=HEADS {
+                let qs: Vec<f32> = (0..g * hd).map(|_| rnd()).collect();
+                for (ts, cap) in [(0..n, None), (7..30, Some(2.0f32)), (3..4, None)] {
+                    let kvh = hd * (n_kv - 1);
+                    let mut qh = vec![0f32; HEADS * hd];
+                    let mut got = vec![0f32; g * hd];
+                    attend_f16_heads(
+                        hd,
+                        &qs,
+                        &k,
+                        &v,
+                        kv_dim,
+                        kvh,
+                        ts.clone(),
+                        0.125,
+                        cap,
+                        &mut qh,
+                        &mut got,
+                    );
+                    for j in 0..g {
+                        let mut want = vec![0f32; hd];
+                        attend_f16(
+                            &qs[j * hd..(j + 1) * hd],
+                            &k,
+                            &v,
+                            kv_dim,
+                            kvh,
+                            ts.clone(),
+                            0.125,
+                            cap,
+                            &mut qh[..hd],
+                            &mut want,
+                        );
+                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got[j * hd..(j + 1) * hd]),
+                            bits(&want),
+                            "hd {hd} g {g} head {j} {ts:?}"
+                        );
+                    }
+                }
+            }
         }
     }
 
