@@ -26,8 +26,9 @@ use wasm_chord_tests::*;
 /// for every quantized type; these four had a far-tail entry above 1.0.
 fn max_bound(ty: &str) -> f64 {
     match ty {
-        // Q4_1: 1.08 (chat-mountain step 26, an entry at logprob -8.6);
-        // Q3_K_M: 1.05 (python step 22, at -12.2). Q2_K and Q4_K_M (whose
+        // Q4_1 was here at 1.08 (chat-mountain step 26, an entry at
+        // logprob -8.6); measured 0.66 since (top-1 94.3%, median 0.067),
+        // so it is held to 1.0. Q3_K_M: 1.05 (python step 22, at -12.2). Q2_K and Q4_K_M (whose
         // 576-column matrices are Q4_0 / Q5_0 + Q8_0, output Q8_0): 1.12
         // (python step 24, at -9.0) and 1.02 (python step 31, at -13.8)
         // since the Q4_0/Q8_0 dots sum each row's blocks in the scalar
@@ -35,7 +36,7 @@ fn max_bound(ty: &str) -> f64 {
         // same runs moved their medians 0.082 -> 0.079 and 0.087 -> 0.079,
         // top-1 agreement 97.9% -> 99.0% and 94.3% -> 96.9%; their maxima
         // were 0.85 before.
-        "Q4_1" | "Q3_K_M" | "Q2_K" | "Q4_K_M" => 1.25,
+        "Q3_K_M" | "Q2_K" | "Q4_K_M" => 1.25,
         _ => 1.0,
     }
 }
