@@ -880,6 +880,10 @@ const CHUNK: usize = 16;
 /// `sum(a[i] * b[i])` added in index order from the empty sum, what
 /// `a.iter().zip(b).map(|(a, b)| a * b).sum()` gives, `CHUNK` terms per
 /// loop iteration.
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128", not(test)),
+    allow(dead_code)
+)]
 #[inline(always)]
 fn dot_in_order(a: &[f32], b: &[f32]) -> f32 {
     let mut s: f32 = std::iter::empty::<f32>().sum();
@@ -1253,7 +1257,7 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) as u32
         };
-        let mut value = |r: u32| -> f32 {
+        let value = |r: u32| -> f32 {
             let e = (r % 40) as i32 - 30; // 2^-30 .. 2^9
             let m = 1.0 + (r >> 8) as f32 / (1u32 << 24) as f32;
             let x = m * 2f32.powi(e) * if r & 1 == 0 { 1.0 } else { -1.0 };
