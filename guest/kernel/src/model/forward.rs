@@ -11,7 +11,7 @@
 
 use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
-use super::weights::{BlockWeights, HeadWeights, LayerData};
+use super::weights::{BlockWeights, HeadWeights, LayerData, Mat};
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
 use crate::{Error, Result};
@@ -145,13 +145,19 @@ fn matmul(out: &mut [f32], w: &QTensor, x: &[f32], n: usize, acts: &mut QActs) {
     quant::matmul(&mut out[..n * w.rows], w, acts);
 }
 
-/// Like [`matmul`] for a second weight on the same input: reuses the
+/// [`matmul`] for a block's matrix, which may be streamed from the store.
+fn mat_mul(out: &mut [f32], w: &Mat, x: &[f32], n: usize, acts: &mut QActs) -> Result<()> {
+    acts.quantize(quant::vec_dot_type(w.ty), &x[..n * w.cols], n, w.cols);
+    w.matmul(&mut out[..n * w.rows], acts)
+}
+
+/// Like [`mat_mul`] for a second weight on the same input: reuses the
 /// quantized activations when the weight wants the same type.
-fn matmul_again(out: &mut [f32], w: &QTensor, x: &[f32], n: usize, acts: &mut QActs) {
+fn mat_mul_again(out: &mut [f32], w: &Mat, x: &[f32], n: usize, acts: &mut QActs) -> Result<()> {
     if acts.ty() == quant::vec_dot_type(w.ty) && acts.n() == n && acts.cols() == w.cols {
-        quant::matmul(&mut out[..n * w.rows], w, acts);
+        w.matmul(&mut out[..n * w.rows], acts)
     } else {
-        matmul(out, w, x, n, acts);
+        mat_mul(out, w, x, n, acts)
     }
 }
 
@@ -297,10 +303,10 @@ pub fn forward(
         // Read ahead the next layer while this one computes.
         cache.prefetch(src, l + 1);
         let layer = cache.layer(src, l)?;
-        let w = layer.block(c)?;
-        attn_partial(c, kv, s, &w, l, n, pos0);
+        let w = layer.block(c, src)?;
+        attn_partial(c, kv, s, &w, l, n, pos0)?;
         attn_finish(c, s, &w, n);
-        ffn_partial(c, s, &w, n);
+        ffn_partial(c, s, &w, n)?;
         ffn_finish(c, s, &w, n);
     }
     logits(c, s, &hw, n, logits_from, sink);
@@ -361,7 +367,7 @@ impl Pass {
         embed(c, s, &head.head(c.logit_rows.clone())?, tokens)?;
         cache.prefetch(src, 1);
         let layer = cache.layer(src, 0)?;
-        attn_partial(c, kv, s, &layer.block(c)?, 0, n, pos0);
+        attn_partial(c, kv, s, &layer.block(c, src)?, 0, n, pos0)?;
         Ok(Pass {
             n,
             pos0,
@@ -395,11 +401,11 @@ impl Pass {
             )));
         }
         s.xb2[..n * dim].copy_from_slice(reduced);
-        let w = self.layer.block(c)?;
+        let w = self.layer.block(c, src)?;
         match self.stage {
             Stage::Attn(l) => {
                 attn_finish(c, s, &w, n);
-                ffn_partial(c, s, &w, n);
+                ffn_partial(c, s, &w, n)?;
                 self.stage = Stage::Ffn(l);
                 Ok(false)
             }
@@ -408,7 +414,7 @@ impl Pass {
                 if l + 1 < c.n_layers {
                     cache.prefetch(src, l + 2);
                     let next = cache.layer(src, l + 1)?;
-                    attn_partial(c, kv, s, &next.block(c)?, l + 1, n, self.pos0);
+                    attn_partial(c, kv, s, &next.block(c, src)?, l + 1, n, self.pos0)?;
                     self.layer = next;
                     self.stage = Stage::Attn(l + 1);
                     Ok(false)
@@ -462,7 +468,7 @@ fn attn_partial(
     l: usize,
     n: usize,
     pos0: usize,
-) {
+) -> Result<()> {
     let (dim, hd, kv_dim, q_dim) = (c.n_embd, c.head_dim, c.kv_dim(), c.q_dim());
     // 2. Attention: RMSNorm, then q, k, v projections (plus their biases
     //    where the file has them); per-head RMSNorm of q and k where the
@@ -473,9 +479,9 @@ fn attn_partial(
         w.attn_norm,
         c.norm_eps,
     );
-    matmul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts);
-    matmul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts);
-    matmul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts);
+    mat_mul(&mut s.q, &w.wq, &s.xb, n, &mut s.acts)?;
+    mat_mul_again(&mut s.k, &w.wk, &s.xb, n, &mut s.acts)?;
+    mat_mul_again(&mut s.v, &w.wv, &s.xb, n, &mut s.acts)?;
     for (x, b) in [(&mut s.q, w.bq), (&mut s.k, w.bk), (&mut s.v, w.bv)] {
         if let Some(b) = b {
             add_bias(&mut x[..n * b.len()], b);
@@ -566,7 +572,7 @@ fn attn_partial(
 
     // 5. Output projection (RMSNorm'd where the architecture has a
     //    post-attention norm) and residual.
-    matmul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts);
+    mat_mul(&mut s.xb2, &w.wo, &s.att, n, &mut s.acts)
 }
 
 /// The attention output (summed over shards) into the residual stream,
@@ -584,7 +590,7 @@ fn attn_finish(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
 
 /// 6. Feed-forward: RMSNorm, act(gate) * up (SwiGLU or GeGLU), down
 ///    projection (this instance's rows' share of it) into `s.xb2`.
-fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
+fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) -> Result<()> {
     let dim = c.n_embd;
     rmsnorm(
         &mut s.xb[..n * dim],
@@ -592,8 +598,8 @@ fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
         w.ffn_norm,
         c.norm_eps,
     );
-    matmul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts);
-    matmul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts);
+    mat_mul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts)?;
+    mat_mul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts)?;
     let act = match c.ffn_act {
         FfnAct::Silu => silu,
         FfnAct::GeluTanh => gelu,
@@ -601,7 +607,7 @@ fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) {
     for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
         *g = act(*g) * u;
     }
-    matmul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts);
+    mat_mul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts)
 }
 
 /// The feed-forward output (summed over shards) into the residual stream,

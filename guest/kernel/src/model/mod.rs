@@ -142,6 +142,19 @@ impl Model {
             .max()
             .unwrap_or(0)
             .max(1);
+        // A block streamed chunk by chunk (the pinned policy) holds only what
+        // cannot be streamed (its vectors, a shard's column slices) while in
+        // flight; a block loaded whole holds all of it.
+        let chunked = opts.policy == Policy::Pinned;
+        let in_flight = if chunked {
+            plans[..cfg.n_layers]
+                .iter()
+                .map(|p| p.chunked_bytes())
+                .max()
+                .unwrap_or(0)
+        } else {
+            max_block
+        };
 
         // Residency plan: resident when the weights fit, else a bounded cache.
         // Weights get three quarters of the guest budget; the rest is for the
@@ -179,14 +192,33 @@ impl Model {
                 DEFAULT_STREAM_BUDGET
             };
             let budget = weights_budget(total);
-            // One block is in flight while another is being evicted.
-            let k = budget.saturating_sub(head_bytes) / max_block;
-            if k < 2 {
-                return Err(Error::OutOfMemory(format!(
-                    "a guest budget of {total} bytes cannot hold the head ({head_bytes} bytes) and two layers of {max_block} bytes"
-                )));
+            let n = cfg.n_layers as u64;
+            if chunked {
+                // Pinned blocks next to the head and two streamed blocks'
+                // unstreamed parts (the one in use and the next).
+                let fixed = head_bytes.saturating_add(2 * in_flight);
+                if fixed > budget {
+                    return Err(Error::OutOfMemory(format!(
+                        "a guest budget of {total} bytes cannot hold the head ({head_bytes} bytes) and two streamed layers ({in_flight} bytes each)"
+                    )));
+                }
+                let k = (budget - fixed) / max_block;
+                if k >= n {
+                    cfg.n_layers
+                } else {
+                    // The cache's capacity counts the streaming slot.
+                    (k + 1).min(n.saturating_sub(1)).max(1) as usize
+                }
+            } else {
+                // One block is in flight while another is being evicted.
+                let k = budget.saturating_sub(head_bytes) / max_block;
+                if k < 2 {
+                    return Err(Error::OutOfMemory(format!(
+                        "a guest budget of {total} bytes cannot hold the head ({head_bytes} bytes) and two layers of {max_block} bytes"
+                    )));
+                }
+                (k - 1).min(n) as usize
             }
-            (k - 1).min(cfg.n_layers as u64) as usize
         };
         // What is left of a known budget for the KV cache: the weights held
         // (every layer, or the head and the cached layers plus one in
@@ -196,10 +228,18 @@ impl Model {
             (0, true) => Some(DEFAULT_STREAM_BUDGET),
             (b, _) => Some(b),
         };
-        let weights_cap = if stream {
-            head_bytes.saturating_add((capacity as u64 + 1).saturating_mul(max_block))
-        } else {
+        let weights_cap = if !stream {
             weight_bytes
+        } else if chunked {
+            head_bytes
+                .saturating_add(
+                    (capacity as u64)
+                        .saturating_sub(1)
+                        .saturating_mul(max_block),
+                )
+                .saturating_add(2 * in_flight)
+        } else {
+            head_bytes.saturating_add((capacity as u64 + 1).saturating_mul(max_block))
         };
         let kv_budget = budget.map(|b| {
             b.saturating_sub(weights_cap)

@@ -57,6 +57,9 @@ pub struct LayerCache {
     /// Blocks that may be resident at once.
     capacity: usize,
     n_blocks: usize,
+    /// Streamed blocks are read chunk by chunk by their matmuls
+    /// ([`LayerData::load_chunked`]) rather than loaded whole.
+    chunked: bool,
     stats: CacheStats,
 }
 
@@ -90,8 +93,16 @@ impl LayerCache {
             policy,
             capacity,
             n_blocks,
+            // LRU caches whatever was loaded last, so it loads whole layers.
+            chunked: policy == Policy::Pinned,
             stats: CacheStats::default(),
         }
+    }
+
+    /// Whether streamed blocks are read chunk by chunk as their matmuls use
+    /// them (the default) or loaded whole.
+    pub fn set_chunked(&mut self, chunked: bool) {
+        self.chunked = chunked;
     }
 
     /// Whether every block stays resident.
@@ -165,7 +176,13 @@ impl LayerCache {
         // pass is used as loaded (repacking it would cost a pass over its
         // bytes per load for little gain: streaming is bound by the copy).
         let pack = self.pinned[l];
-        let data = Rc::new(LayerData::load(src, l, &self.plans[l], pack)?);
+        let data = Rc::new(if pack || !self.chunked {
+            LayerData::load(src, l, &self.plans[l], pack)?
+        } else {
+            // A block streamed for one pass: only its vectors now, its
+            // matrices chunk by chunk as the matmuls use them.
+            LayerData::load_chunked(src, l, &self.plans[l])?
+        });
         self.stats.load_nanos += now_nanos().saturating_sub(t0);
         self.stats.bytes_loaded += data.bytes() as u64;
         self.slots[l] = Some(Rc::clone(&data));

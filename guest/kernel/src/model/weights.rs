@@ -97,6 +97,24 @@ pub struct LayerPlan {
     pub bytes: u64,
 }
 
+impl LayerPlan {
+    /// Bytes [`LayerData::load_chunked`] loads of this layer: the tensors
+    /// it cannot leave in the store (vectors, matrices in several pieces).
+    pub fn chunked_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .filter(|t| !streamable(self, t))
+            .map(|t| t.len as u64)
+            .sum()
+    }
+}
+
+/// Whether `t` of `plan` can be streamed chunk by chunk: a matrix stored in
+/// one piece of the file.
+fn streamable(plan: &LayerPlan, t: &TensorPlan) -> bool {
+    !t.role.is_vector() && t.rows > 0 && file_ranges(plan, t.at, t.len).len() == 1
+}
+
 /// Whether an architecture needs a block tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Need {
@@ -378,6 +396,13 @@ pub fn plan_layers(g: &GgufFile, c: &Config, sh: &ShardSlice) -> Result<Vec<Laye
 pub struct LayerData {
     pub plan_index: usize,
     buf: Vec<u8>,
+    /// Per tensor of the plan: where its bytes start in `buf` (meaningless
+    /// for a streamed tensor).
+    at: Vec<usize>,
+    /// Per tensor of the plan: for a matrix left in the store and streamed
+    /// in chunks by each matmul ([`LayerData::load_chunked`]), its offset in
+    /// the model file.
+    streamed: Vec<Option<u64>>,
     /// Per tensor of the plan: whether its parts are packed.
     packed: Vec<bool>,
     /// Per tensor of the plan: its values as f32 if it is a vector.
@@ -401,17 +426,8 @@ impl LayerData {
                 plan.bytes
             )));
         }
-        let mut vecs = Vec::with_capacity(plan.tensors.len());
-        for t in &plan.tensors {
-            vecs.push(if t.role.is_vector() {
-                let q = QTensor::new(t.ty, 1, t.cols, &buf[t.at..t.at + t.len])?;
-                let mut v = vec![0f32; t.cols];
-                quant::dequantize_row(&q, 0, &mut v);
-                Some(v)
-            } else {
-                None
-            });
-        }
+        let at: Vec<usize> = plan.tensors.iter().map(|t| t.at).collect();
+        let vecs = decode_vectors(&plan.tensors, &at, &buf)?;
         let packed = plan
             .tensors
             .iter()
@@ -420,7 +436,60 @@ impl LayerData {
         Ok(LayerData {
             plan_index: index,
             buf,
+            at,
+            streamed: vec![None; plan.tensors.len()],
             packed,
+            vecs,
+            tensors: plan.tensors.clone(),
+        })
+    }
+
+    /// Fetch layer `index` for one pass without its matrices: the vectors
+    /// (norms, biases) are loaded and decoded, and every matrix stored in
+    /// one piece of the file is left in the store, to be streamed by each
+    /// matmul in chunks that stay in the cache while they are used
+    /// ([`Mat::matmul`]): each weight byte then crosses DRAM once, not three
+    /// times (copied into a layer-sized buffer, then read again). Matrices
+    /// in several pieces (a shard's column slice) are loaded as before.
+    pub fn load_chunked(src: &dyn ByteSource, index: usize, plan: &LayerPlan) -> Result<LayerData> {
+        let n = plan.tensors.len();
+        let mut streamed = vec![None; n];
+        let mut at = vec![0usize; n];
+        let mut ranges: Vec<ByteRange> = Vec::new();
+        let mut bytes = 0usize;
+        for (i, t) in plan.tensors.iter().enumerate() {
+            let rs = file_ranges(plan, t.at, t.len);
+            if streamable(plan, t) {
+                streamed[i] = Some(rs[0].offset);
+                continue;
+            }
+            at[i] = bytes;
+            bytes += t.len;
+            for r in rs {
+                match ranges.last_mut() {
+                    Some(last) if last.offset + last.len == r.offset => last.len += r.len,
+                    _ => ranges.push(r),
+                }
+            }
+        }
+        let buf = if ranges.is_empty() {
+            Vec::new()
+        } else {
+            src.load_layer(index as u32, &ranges)?
+        };
+        if buf.len() != bytes {
+            return Err(Error::InvalidModel(format!(
+                "layer {index}: the store returned {} bytes, expected {bytes}",
+                buf.len()
+            )));
+        }
+        let vecs = decode_vectors(&plan.tensors, &at, &buf)?;
+        Ok(LayerData {
+            plan_index: index,
+            buf,
+            at,
+            streamed,
+            packed: vec![false; n],
             vecs,
             tensors: plan.tensors.clone(),
         })
@@ -436,18 +505,52 @@ impl LayerData {
         self.tensors.iter().position(|t| t.role == role)
     }
 
-    /// Quantized view of the tensor for `role`, if the layer has one.
+    /// Quantized view of the tensor for `role`, if the layer has one in
+    /// memory (a streamed matrix has none: see [`LayerData::mat`]).
     pub fn tensor(&self, role: Role) -> Option<QTensor<'_>> {
-        self.find(role).map(|i| {
-            let t = &self.tensors[i];
-            QTensor {
-                ty: t.ty,
-                rows: t.rows,
-                cols: t.cols,
-                data: &self.buf[t.at..t.at + t.len],
-                packed: self.packed[i],
+        self.find(role)
+            .filter(|&i| self.streamed[i].is_none())
+            .map(|i| {
+                let t = &self.tensors[i];
+                let at = self.at[i];
+                QTensor {
+                    ty: t.ty,
+                    rows: t.rows,
+                    cols: t.cols,
+                    data: &self.buf[at..at + t.len],
+                    packed: self.packed[i],
+                }
+            })
+    }
+
+    /// The matrix for `role`, in memory or streamed from `src`.
+    pub fn mat<'a>(&'a self, role: Role, src: &'a dyn ByteSource) -> Option<Mat<'a>> {
+        let i = self.find(role)?;
+        match self.streamed[i] {
+            None => self.tensor(role).map(|q| Mat { q, stream: None }),
+            Some(offset) => {
+                let t = &self.tensors[i];
+                Some(Mat {
+                    q: QTensor {
+                        ty: t.ty,
+                        rows: t.rows,
+                        cols: t.cols,
+                        data: &[],
+                        packed: false,
+                    },
+                    stream: Some(Streamed {
+                        src,
+                        layer: self.plan_index as u32,
+                        offset,
+                    }),
+                })
             }
-        })
+        }
+    }
+
+    /// Whether any matrix of the layer is streamed.
+    pub fn is_streamed(&self) -> bool {
+        self.streamed.iter().any(Option::is_some)
     }
 
     /// The vector (norm, bias) for `role` as f32, if the layer has one.
@@ -459,6 +562,10 @@ impl LayerData {
         self.tensor(role).ok_or_else(|| self.missing(role))
     }
 
+    fn need_mat<'a>(&'a self, role: Role, src: &'a dyn ByteSource) -> Result<Mat<'a>> {
+        self.mat(role, src).ok_or_else(|| self.missing(role))
+    }
+
     fn need_vector(&self, role: Role) -> Result<&[f32]> {
         self.vector(role).ok_or_else(|| self.missing(role))
     }
@@ -467,26 +574,26 @@ impl LayerData {
         Error::InvalidModel(format!("layer {} has no {role:?} tensor", self.plan_index))
     }
 
-    /// Views of a transformer block. Fused tensors are split into row-range
-    /// views of one buffer (no copies): `attn_qkv` into q, k and v, phi3's
-    /// `ffn_up` into gate and up.
-    pub fn block(&self, c: &Config) -> Result<BlockWeights<'_>> {
+    /// Views of a transformer block (its streamed matrices read through
+    /// `src`). Fused tensors are split into row-range views of one buffer
+    /// (no copies): `attn_qkv` into q, k and v, phi3's `ffn_up` into gate
+    /// and up.
+    pub fn block<'a>(&'a self, c: &Config, src: &'a dyn ByteSource) -> Result<BlockWeights<'a>> {
         let (q, kv, ff) = (c.q_dim(), c.kv_dim(), c.n_ff);
-        let (wq, wk, wv) = match self.tensor(Role::Wqkv) {
-            Some(qkv) => (
-                row_view(&qkv, 0, q),
-                row_view(&qkv, q, kv),
-                row_view(&qkv, q + kv, kv),
-            ),
+        let (wq, wk, wv) = match self.mat(Role::Wqkv, src) {
+            Some(qkv) => (qkv.rows(0, q), qkv.rows(q, kv), qkv.rows(q + kv, kv)),
             None => (
-                self.need_tensor(Role::Wq)?,
-                self.need_tensor(Role::Wk)?,
-                self.need_tensor(Role::Wv)?,
+                self.need_mat(Role::Wq, src)?,
+                self.need_mat(Role::Wk, src)?,
+                self.need_mat(Role::Wv, src)?,
             ),
         };
-        let (w_gate, w_up) = match self.tensor(Role::GateUp) {
-            Some(gu) => (row_view(&gu, 0, ff), row_view(&gu, ff, ff)),
-            None => (self.need_tensor(Role::Gate)?, self.need_tensor(Role::Up)?),
+        let (w_gate, w_up) = match self.mat(Role::GateUp, src) {
+            Some(gu) => (gu.rows(0, ff), gu.rows(ff, ff)),
+            None => (
+                self.need_mat(Role::Gate, src)?,
+                self.need_mat(Role::Up, src)?,
+            ),
         };
         let (bq, bk, bv) = match self.vector(Role::QkvBias) {
             Some(b) => (
@@ -510,12 +617,12 @@ impl LayerData {
             bv,
             q_norm: self.vector(Role::QNorm),
             k_norm: self.vector(Role::KNorm),
-            wo: self.need_tensor(Role::Wo)?,
+            wo: self.need_mat(Role::Wo, src)?,
             attn_post_norm: self.vector(Role::AttnPostNorm),
             ffn_norm: self.need_vector(Role::FfnNorm)?,
             w_gate,
             w_up,
-            w_down: self.need_tensor(Role::Down)?,
+            w_down: self.need_mat(Role::Down, src)?,
             ffn_post_norm: self.vector(Role::FfnPostNorm),
         })
     }
@@ -548,6 +655,165 @@ impl LayerData {
             output_norm: self.need_vector(Role::OutputNorm)?,
             output,
         })
+    }
+}
+
+/// Decode the vector tensors (norms, biases) of `tensors` (at `at` in
+/// `buf`) to f32.
+fn decode_vectors(
+    tensors: &[TensorPlan],
+    at: &[usize],
+    buf: &[u8],
+) -> Result<Vec<Option<Vec<f32>>>> {
+    let mut vecs = Vec::with_capacity(tensors.len());
+    for (t, &at) in tensors.iter().zip(at) {
+        vecs.push(if t.role.is_vector() {
+            let q = QTensor::new(t.ty, 1, t.cols, &buf[at..at + t.len])?;
+            let mut v = vec![0f32; t.cols];
+            quant::dequantize_row(&q, 0, &mut v);
+            Some(v)
+        } else {
+            None
+        });
+    }
+    Ok(vecs)
+}
+
+/// The file ranges holding bytes `at..at + len` of a layer buffer laid out
+/// by `plan` (its ranges, concatenated).
+fn file_ranges(plan: &LayerPlan, at: usize, len: usize) -> Vec<ByteRange> {
+    let (start, end) = (at as u64, (at + len) as u64);
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    for r in &plan.ranges {
+        let (a, b) = (pos.max(start), (pos + r.len).min(end));
+        if a < b {
+            out.push(ByteRange {
+                offset: r.offset + (a - pos),
+                len: b - a,
+            });
+        }
+        pos += r.len;
+    }
+    out
+}
+
+/// A matrix of a layer: in memory, or left in the store and streamed by
+/// [`Mat::matmul`] in chunks of whole rows. Derefs to its [`QTensor`], whose
+/// `data` is empty when streamed.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub q: QTensor<'a>,
+    stream: Option<Streamed<'a>>,
+}
+
+#[derive(Clone, Copy)]
+struct Streamed<'a> {
+    src: &'a dyn ByteSource,
+    layer: u32,
+    /// File offset of row 0.
+    offset: u64,
+}
+
+/// Bytes of weights a streamed matmul fetches at a time: small enough that
+/// a chunk stays in the L2 cache while every vector of the batch is dotted
+/// against it, large enough that the per-call cost stays small.
+pub const STREAM_CHUNK: usize = 256 * 1024;
+
+/// Batches of at least this many vectors repack each streamed chunk.
+const PACK_BATCH: usize = 2;
+
+impl<'a> std::ops::Deref for Mat<'a> {
+    type Target = QTensor<'a>;
+    fn deref(&self) -> &QTensor<'a> {
+        &self.q
+    }
+}
+
+impl<'a> Mat<'a> {
+    /// A matrix in memory.
+    pub fn resident(q: QTensor<'a>) -> Mat<'a> {
+        Mat { q, stream: None }
+    }
+
+    /// Whether the matrix is streamed from the store.
+    pub fn is_streamed(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// Bytes of one row.
+    fn row_bytes(&self) -> usize {
+        self.q.cols / self.q.ty.block_size() * self.q.ty.type_size()
+    }
+
+    /// Rows `r0..r0 + n`, as a view of the same bytes (or file range).
+    pub fn rows(&self, r0: usize, n: usize) -> Mat<'a> {
+        match self.stream {
+            None => Mat::resident(row_view(&self.q, r0, n)),
+            Some(s) => Mat {
+                q: QTensor { rows: n, ..self.q },
+                stream: Some(Streamed {
+                    offset: s.offset + (r0 * self.row_bytes()) as u64,
+                    ..s
+                }),
+            },
+        }
+    }
+
+    /// `out = self · x` ([`quant::matmul`]; `out` is `x.n()` vectors of
+    /// `rows` values). A streamed matrix is fetched a chunk of rows at a
+    /// time and each chunk applied to every vector while it is in cache;
+    /// every output is the same dot product of the same row as in memory,
+    /// so the result is bit-identical.
+    pub fn matmul(&self, out: &mut [f32], x: &quant::QActs) -> Result<()> {
+        let Some(s) = self.stream else {
+            quant::matmul(out, &self.q, x);
+            return Ok(());
+        };
+        let (rows, n) = (self.q.rows, x.n());
+        let row_bytes = self.row_bytes();
+        let chunk_rows = (STREAM_CHUNK / row_bytes.max(1)).max(1);
+        let mut tmp = if n > 1 {
+            vec![0f32; n * chunk_rows.min(rows)]
+        } else {
+            Vec::new()
+        };
+        for r0 in (0..rows).step_by(chunk_rows) {
+            let k = chunk_rows.min(rows - r0);
+            let want = k * row_bytes;
+            let mut bytes = s.src.load_layer(
+                s.layer,
+                &[ByteRange {
+                    offset: s.offset + (r0 * row_bytes) as u64,
+                    len: want as u64,
+                }],
+            )?;
+            if bytes.len() != want {
+                return Err(Error::InvalidModel(format!(
+                    "layer {}: the store returned {} bytes, expected {want}",
+                    s.layer,
+                    bytes.len()
+                )));
+            }
+            // For a batch, repacked for the fast kernels while the chunk is
+            // in cache (types without a packed layout stay as they are); a
+            // single vector is faster on the bytes as they came.
+            let packed =
+                n >= PACK_BATCH && quant::pack_in_place(self.q.ty, &mut bytes, k, self.q.cols);
+            let w = QTensor {
+                packed,
+                ..QTensor::new(self.q.ty, k, self.q.cols, &bytes)?
+            };
+            if n == 1 {
+                quant::matmul(&mut out[r0..r0 + k], &w, x);
+            } else {
+                quant::matmul(&mut tmp[..n * k], &w, x);
+                for b in 0..n {
+                    out[b * rows + r0..b * rows + r0 + k].copy_from_slice(&tmp[b * k..(b + 1) * k]);
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -586,20 +852,20 @@ fn row_view<'a>(t: &QTensor<'a>, r0: usize, n: usize) -> QTensor<'a> {
 /// are the tensors only some architectures have.
 pub struct BlockWeights<'a> {
     pub attn_norm: &'a [f32],              // (n_embd,)
-    pub wq: QTensor<'a>,                   // (q_dim, n_embd)
-    pub wk: QTensor<'a>,                   // (kv_dim, n_embd)
-    pub wv: QTensor<'a>,                   // (kv_dim, n_embd)
+    pub wq: Mat<'a>,                       // (q_dim, n_embd)
+    pub wk: Mat<'a>,                       // (kv_dim, n_embd)
+    pub wv: Mat<'a>,                       // (kv_dim, n_embd)
     pub bq: Option<&'a [f32]>,             // (q_dim,)
     pub bk: Option<&'a [f32]>,             // (kv_dim,)
     pub bv: Option<&'a [f32]>,             // (kv_dim,)
     pub q_norm: Option<&'a [f32]>,         // (head_dim,)
     pub k_norm: Option<&'a [f32]>,         // (head_dim,)
-    pub wo: QTensor<'a>,                   // (n_embd, q_dim)
+    pub wo: Mat<'a>,                       // (n_embd, q_dim)
     pub attn_post_norm: Option<&'a [f32]>, // (n_embd,)
     pub ffn_norm: &'a [f32],               // (n_embd,)
-    pub w_gate: QTensor<'a>,               // (n_ff, n_embd)
-    pub w_up: QTensor<'a>,                 // (n_ff, n_embd)
-    pub w_down: QTensor<'a>,               // (n_embd, n_ff)
+    pub w_gate: Mat<'a>,                   // (n_ff, n_embd)
+    pub w_up: Mat<'a>,                     // (n_ff, n_embd)
+    pub w_down: Mat<'a>,                   // (n_embd, n_ff)
     pub ffn_post_norm: Option<&'a [f32]>,  // (n_embd,)
 }
 
