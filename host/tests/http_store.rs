@@ -237,6 +237,51 @@ fn http_store_beyond_4_gib() {
         1,
         "one request for a prefetched layer"
     );
+    // Chunks inside a read-ahead layer come from its bytes, without a request.
+    let (r0, _) = server.counts();
+    src.prefetch(&ranges);
+    let chunks = [
+        vec![ByteRange {
+            offset: base + 5,
+            len: 1 << 20,
+        }],
+        vec![ByteRange {
+            offset: base + (3 << 20) + 1064 + 100,
+            len: 400,
+        }],
+        vec![
+            ByteRange {
+                offset: base + (3 << 20) + 10,
+                len: 20,
+            },
+            ByteRange {
+                offset: base + (3 << 20) + 1064,
+                len: 8,
+            },
+        ],
+    ];
+    for c in &chunks {
+        let mut want = Vec::new();
+        for r in c {
+            want.extend(expect(r.offset, r.len));
+        }
+        assert_eq!(&src.load_layer(c).expect("chunk")[..], &want[..]);
+    }
+    assert_eq!(
+        server.counts().0 - r0,
+        1,
+        "chunks of a prefetched layer cost no request"
+    );
+    // A range reaching past the layer's is fetched.
+    let across = [ByteRange {
+        offset: base + (3 << 20) + 900,
+        len: 200,
+    }];
+    assert_eq!(
+        &src.load_layer(&across).expect("across")[..],
+        &expect(across[0].offset, 200)[..]
+    );
+    assert_eq!(server.counts().0 - r0, 2, "a range outside is asked for");
     // A read-ahead nobody asks for is dropped after PREFETCH_DEPTH others.
     let other = |i: u64| {
         [ByteRange {

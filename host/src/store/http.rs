@@ -409,8 +409,10 @@ impl Pin {
 /// A model file on an HTTP server, served by [`HttpStore`].
 ///
 /// `prefetch` fetches a layer on a background thread; the `load-layer` of
-/// the same ranges that follows waits for it instead of asking again. At most
-/// [`PREFETCH_DEPTH`] layers are in flight.
+/// the same ranges that follows waits for it instead of asking again, and so
+/// does a `load-layer` of ranges inside it (the kernel streams a large
+/// layer's matrices in chunks): those are served from the read-ahead bytes,
+/// which stay until [`PREFETCH_DEPTH`] newer read-aheads replace them.
 pub struct HttpSource {
     core: Arc<SourceCore>,
     pending: Mutex<VecDeque<Pending>>,
@@ -423,7 +425,56 @@ pub const PREFETCH_DEPTH: usize = 2;
 /// A layer being read ahead.
 struct Pending {
     key: Vec<(u64, u64)>,
-    done: std::sync::mpsc::Receiver<Result<Bytes, StoreError>>,
+    ahead: Arc<Mutex<Ahead>>,
+}
+
+/// A read-ahead's state: in flight, or its result.
+enum Ahead {
+    Waiting(std::sync::mpsc::Receiver<Result<Bytes, StoreError>>),
+    /// `None`: the read failed or its thread died (ask again).
+    Done(Option<Bytes>),
+}
+
+impl Ahead {
+    /// The layer's bytes, waiting for them if need be.
+    fn bytes(&mut self) -> Option<Bytes> {
+        if let Ahead::Waiting(rx) = self {
+            *self = Ahead::Done(rx.recv().ok().and_then(Result::ok));
+        }
+        match self {
+            Ahead::Done(b) => b.clone(),
+            Ahead::Waiting(_) => None,
+        }
+    }
+}
+
+/// `want` cut from the bytes of the layer `key` (its ranges one after the
+/// other), when every range of `want` lies inside one of `key`'s.
+fn cut(key: &[(u64, u64)], layer: &Bytes, want: &[ByteRange]) -> Option<Bytes> {
+    let at = |r: &ByteRange| {
+        let mut pos = 0u64;
+        for &(o, l) in key {
+            if r.offset >= o && r.offset + r.len <= o + l {
+                return Some((pos + r.offset - o) as usize);
+            }
+            pos += l;
+        }
+        None
+    };
+    let place = |r: &ByteRange| {
+        let p = at(r)?;
+        (p + r.len as usize <= layer.len()).then_some(p..p + r.len as usize)
+    };
+    match want {
+        [r] => Some(layer.slice(place(r)?)),
+        _ => {
+            let mut out = Vec::with_capacity(want.iter().map(|r| r.len as usize).sum());
+            for r in want {
+                out.extend_from_slice(&layer[place(r)?]);
+            }
+            Some(Bytes::from(out))
+        }
+    }
 }
 
 fn key(ranges: &[ByteRange]) -> Vec<(u64, u64)> {
@@ -740,17 +791,38 @@ impl Source for HttpSource {
 
     fn load_layer(&self, ranges: &[ByteRange]) -> Result<Bytes, StoreError> {
         let k = key(ranges);
-        let ahead = {
+        // The read-ahead of these ranges (taken), or of a layer holding them
+        // (kept for the layer's other chunks).
+        let (ahead, whole) = {
             let mut pending = lock(&self.pending);
-            let i = pending.iter().position(|p| p.key == k);
-            i.and_then(|i| pending.remove(i))
+            match pending.iter().position(|p| p.key == k) {
+                Some(i) => (pending.remove(i), true),
+                None => {
+                    let inside = |p: &&Pending| {
+                        k.iter().all(|&(o, l)| {
+                            p.key.iter().any(|&(po, pl)| o >= po && o + l <= po + pl)
+                        })
+                    };
+                    let p = pending.iter().find(inside).map(|p| Pending {
+                        key: p.key.clone(),
+                        ahead: Arc::clone(&p.ahead),
+                    });
+                    (p, false)
+                }
+            }
         };
-        // Read ahead: its result (bytes or the error the same request gives).
-        // A read-ahead thread that died answers nothing: ask again.
-        match ahead.map(|p| p.done.recv()) {
-            Some(Ok(result)) => result,
-            _ => self.core.load_layer(ranges),
+        // A read-ahead that failed or died answers nothing: ask again.
+        if let Some(p) = ahead {
+            if let Some(layer) = lock(&p.ahead).bytes() {
+                if whole {
+                    return Ok(layer);
+                }
+                if let Some(b) = cut(&p.key, &layer, ranges) {
+                    return Ok(b);
+                }
+            }
         }
+        self.core.load_layer(ranges)
     }
 
     fn prefetch(&self, ranges: &[ByteRange]) {
@@ -770,9 +842,12 @@ impl Source for HttpSource {
         if spawned.is_err() {
             return; // only a hint
         }
-        pending.push_back(Pending { key: k, done: rx });
-        // The oldest read-ahead nobody asked for is dropped (its thread
-        // finishes and its bytes are freed).
+        pending.push_back(Pending {
+            key: k,
+            ahead: Arc::new(Mutex::new(Ahead::Waiting(rx))),
+        });
+        // The oldest read-ahead is dropped (its thread finishes and its
+        // bytes are freed once no chunk holds them).
         while pending.len() > PREFETCH_DEPTH {
             pending.pop_front();
         }
