@@ -109,6 +109,11 @@ fn sharded_logits(s: &SynthSpec, count: u32, toks: &[u32], step: usize) -> (Vec<
 }
 
 fn assert_close(a: &[f32], b: &[f32]) {
+    assert_close_within(a, b, 1e-3);
+}
+
+/// [`assert_close`] with a relative tolerance of `rel`.
+fn assert_close_within(a: &[f32], b: &[f32], rel: f32) {
     assert_eq!(a.len(), b.len());
     let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
     let worst = a
@@ -116,7 +121,7 @@ fn assert_close(a: &[f32], b: &[f32]) {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0f32, f32::max);
-    assert!(worst <= 1e-3 * scale, "max |diff| {worst} (scale {scale})");
+    assert!(worst <= rel * scale, "max |diff| {worst} (scale {scale})");
 }
 
 #[test]
@@ -184,7 +189,10 @@ fn whole_groups_when_an_even_head_split_is_off_a_quant_block() {
     let toks = tokens(7);
     let (sharded, n) = sharded_logits(&s, 2, &toks, 7);
     assert_eq!(n, 2);
-    assert_close(&sharded, &whole_logits(&s, &toks, 7));
+    // 5e-3, not 1e-3: Q4_K's activations are quantized to 8 bits (Q8_K) at
+    // every matmul, and in this random model a sum in another order flips
+    // quanta; measured 2.1e-3 of the logits' scale as wasm32 (simd128).
+    assert_close_within(&sharded, &whole_logits(&s, &toks, 7), 5e-3);
     let m0 = load(&s, Some(ShardSpec { index: 0, count: 2 })).unwrap();
     let m1 = load(&s, Some(ShardSpec { index: 1, count: 2 })).unwrap();
     assert_eq!(
