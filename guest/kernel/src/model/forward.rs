@@ -1189,18 +1189,20 @@ mod tests {
         }
     }
 
+    /// A seeded stream of u32 for the SIMD-against-reference tests.
+    fn stream(seed: u64) -> impl FnMut() -> u32 {
+        use rand_core::{RngCore, SeedableRng};
+        let mut g = rand_pcg::Pcg32::seed_from_u64(seed);
+        move || g.next_u32()
+    }
+
     #[test]
     fn grouped_heads_give_each_heads_bits() {
         // attend_f16_heads over 1..=4 heads against attend_f16 per head,
         // bit for bit (as wasm32: the simd128 lanes), with and without
         // soft-capping, over whole and windowed position ranges.
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 6.0
-        };
+        let mut next = stream(1);
+        let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
         for (hd, n_kv) in [(64, 2), (70, 1), (8, 3)] {
             let kv_dim = hd * n_kv;
             let n = 40;
@@ -1256,13 +1258,7 @@ mod tests {
         // As wasm32 this holds the simd128 lanes to the scalar f16r; values
         // from f16's subnormals to past its range, zeros, NaN, and lengths
         // with a scalar tail.
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            (state >> 33) as u32
-        };
+        let mut rnd = stream(2);
         let value = |r: u32| -> f32 {
             let e = (r % 40) as i32 - 30; // 2^-30 .. 2^9
             let m = 1.0 + (r >> 8) as f32 / (1u32 << 24) as f32;
