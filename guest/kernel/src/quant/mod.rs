@@ -72,6 +72,13 @@ pub trait QuantKind {
     fn vec_dot(x: &[Self::Block], y: &[Self::Act]) -> f32 {
         Self::vec_dot_scalar(x, y)
     }
+    /// [`QuantKind::vec_dot`] of four rows `x` with the same `y` (a decode
+    /// mat-vec, 4 rows at a time): each result has the bits of
+    /// [`QuantKind::vec_dot_scalar`] of its row. `yw`: `y`'s quants widened
+    /// to i16 ([`QActs`] keeps them for the 8-bit activation types).
+    fn vec_dot4(x: [&[Self::Block]; 4], y: &[Self::Act], _yw: &[i16]) -> [f32; 4] {
+        x.map(|x| Self::vec_dot(x, y))
+    }
 }
 
 /// Runs `$body` with `$K` bound to the [`QuantKind`] of weight type `$ty`.
@@ -203,6 +210,19 @@ pub fn f16_to_f32(h: u16) -> f32 {
         v
     };
     f32::from_bits(v.to_bits() | (((h & 0x8000) as u32) << 16))
+}
+
+/// [`f16_to_f32`] of four f16 (`h`: one per u32 lane, upper halves zero),
+/// lane by lane with its operations: the same bits, Inf and NaN included.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn f16x4_to_f32x4(h: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let mag = i32x4_shl(v128_and(h, u32x4_splat(0x7fff)), 13);
+    let v = f32x4_mul(mag, f32x4_splat(f32::from_bits(0x7780_0000)));
+    let special = i32x4_eq(v128_and(h, u32x4_splat(0x7c00)), u32x4_splat(0x7c00));
+    let v = v128_bitselect(v128_or(mag, u32x4_splat(0x7f80_0000)), v, special);
+    v128_or(v, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
 }
 
 /// Little-endian f16 bytes to f32.
@@ -416,6 +436,7 @@ fn matmul_kind<K: QuantKind>(
     w: &QTensor,
     x: &QActs,
     dot: impl Fn(&[K::Block], &[K::Act]) -> f32,
+    four: bool,
 ) {
     let blocks: &[K::Block] = bytemuck::cast_slice(w.data);
     let nb = w.cols / K::BLOCK;
@@ -423,8 +444,21 @@ fn matmul_kind<K: QuantKind>(
     let row = |r: usize| &blocks[r * nb..(r + 1) * nb];
     if x.n == 1 {
         let y = x.vec::<K::Act>(0);
-        for (r, o) in out[..rows].iter_mut().enumerate() {
-            *o = dot(row(r), y);
+        // Widened quants exist for the 8-bit activation types only.
+        let yw: &[i16] = if x.wide.is_empty() { &[] } else { x.wide(0) };
+        let mut r0 = 0;
+        if four {
+            for o in out[..rows].chunks_exact_mut(4) {
+                o.copy_from_slice(&K::vec_dot4(
+                    [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
+                    y,
+                    yw,
+                ));
+                r0 += 4;
+            }
+        }
+        for (r, o) in out[r0..rows].iter_mut().enumerate() {
+            *o = dot(row(r0 + r), y);
         }
         return;
     }
@@ -509,7 +543,7 @@ pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
     if w.packed {
         return packed::with_pack!(w.ty, K => matmul_packed::<K>(out, w, x), unsupported(w.ty));
     }
-    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot), unsupported(w.ty))
+    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot, true), unsupported(w.ty))
 }
 
 /// [`matmul`] with the scalar reference dot products (row by row, also for
@@ -519,7 +553,7 @@ pub fn matmul_scalar(out: &mut [f32], w: &QTensor, x: &QActs) {
     if w.packed {
         return packed::with_pack!(w.ty, K => matmul_packed_scalar::<K>(out, w, x), unsupported(w.ty));
     }
-    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot_scalar), unsupported(w.ty))
+    with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot_scalar, false), unsupported(w.ty))
 }
 
 fn matmul_packed_scalar<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {

@@ -232,4 +232,80 @@ impl QuantKind for Q8_0 {
         }
         sum
     }
+
+    /// Four rows at a time: each activation block is loaded once (widened
+    /// to i16), each row's quants are widened and dotted with it
+    /// (`i32x4.dot_i16x8_s`), the four rows' integer sums are reduced into
+    /// one i32x4, and the float part runs lane by lane (a lane per row)
+    /// with the f32 operations of the scalar reference in its order, so
+    /// every row has its bits.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    fn vec_dot4(x: [&[BlockQ8_0]; 4], y: &[Q8_0Act], yw: &[i16]) -> [f32; 4] {
+        use core::arch::wasm32::*;
+        let n = y.len();
+        assert!(x.iter().all(|r| r.len() == n), "row lengths");
+        assert_eq!(yw.len(), QK8 * n, "widened activations");
+        /// Row block `bx` dotted with the widened activations `yv`: 4
+        /// partial integer sums (|x| <= 128, |y| <= 127: exact in i32).
+        #[inline(always)]
+        fn part(bx: &BlockQ8_0, yv: &[v128; 4]) -> v128 {
+            // SAFETY: each load reads 16 of the 32 bytes of `qs`; wasm
+            // loads have no alignment requirement.
+            let (x0, x1) = unsafe {
+                let xp = bx.qs.as_ptr();
+                (
+                    v128_load(xp as *const v128),
+                    v128_load(xp.add(16) as *const v128),
+                )
+            };
+            let a = i32x4_add(
+                i32x4_dot_i16x8(i16x8_extend_low_i8x16(x0), yv[0]),
+                i32x4_dot_i16x8(i16x8_extend_high_i8x16(x0), yv[1]),
+            );
+            let b = i32x4_add(
+                i32x4_dot_i16x8(i16x8_extend_low_i8x16(x1), yv[2]),
+                i32x4_dot_i16x8(i16x8_extend_high_i8x16(x1), yv[3]),
+            );
+            i32x4_add(a, b)
+        }
+        let mut acc = f32x4_splat(0.0);
+        for (b, by) in y.iter().enumerate() {
+            // SAFETY: reads the 32 i16 of block `b` of `yw` (asserted above).
+            let yv: [v128; 4] = unsafe {
+                let p = yw.as_ptr().add(QK8 * b);
+                std::array::from_fn(|k| v128_load(p.add(8 * k) as *const v128))
+            };
+            let [s0, s1, s2, s3] = x.map(|r| part(&r[b], &yv));
+            // Lane r: row r's block sum (integer sums are exact in any order).
+            let t0 = i32x4_add(
+                i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
+                i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
+            );
+            let t1 = i32x4_add(
+                i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
+                i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
+            );
+            let sumi = i32x4_add(
+                i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
+                i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
+            );
+            let h = u32x4(
+                u16::from_le_bytes(x[0][b].d) as u32,
+                u16::from_le_bytes(x[1][b].d) as u32,
+                u16::from_le_bytes(x[2][b].d) as u32,
+                u16::from_le_bytes(x[3][b].d) as u32,
+            );
+            let d = super::f16x4_to_f32x4(h);
+            acc = f32x4_add(
+                acc,
+                f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi)),
+            );
+        }
+        [
+            f32x4_extract_lane::<0>(acc),
+            f32x4_extract_lane::<1>(acc),
+            f32x4_extract_lane::<2>(acc),
+            f32x4_extract_lane::<3>(acc),
+        ]
+    }
 }
