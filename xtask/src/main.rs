@@ -933,7 +933,7 @@ impl Ctx {
             ("openai Python client against wasm-chord serve", openai),
             (
                 "kernel tests (wasm32-wasip2, simd128, under wasmtime)",
-                self.kernel_wasm_tests(&wasmtime, &model)?,
+                self.kernel_wasm_tests(&wasmtime, &model, &gemma3)?,
             ),
         ];
         for (name, mut cmd) in steps {
@@ -949,11 +949,13 @@ impl Ctx {
     /// `cargo test` of the kernel compiled for wasm32-wasip2 (the only build
     /// with the simd128 dots) with the pinned wasmtime as the test runner. The
     /// guest sees the workspace (fixtures) and the models directory at their
-    /// host paths, and `WASM_CHORD_SMOLLM2`, so the real-model tests run too.
-    fn kernel_wasm_tests(&self, wasmtime: &Path, model: &Path) -> Result<Command> {
+    /// host paths, and `WASM_CHORD_SMOLLM2` and `WASM_CHORD_GEMMA3`, so the
+    /// real-model tests run too.
+    fn kernel_wasm_tests(&self, wasmtime: &Path, model: &Path, gemma3: &Path) -> Result<Command> {
         let models = model.parent().context("model has no directory")?;
+        let gemma_dir = gemma3.parent().context("model has no directory")?;
         let mut runner = vec![wasmtime.as_os_str().to_owned(), "run".into()];
-        for dir in [self.root.as_path(), models] {
+        for dir in [self.root.as_path(), models, gemma_dir] {
             let mut arg = std::ffi::OsString::from("--dir=");
             arg.push(dir);
             arg.push("::");
@@ -962,6 +964,9 @@ impl Ctx {
         }
         let mut env = std::ffi::OsString::from("--env=WASM_CHORD_SMOLLM2=");
         env.push(model);
+        runner.push(env);
+        let mut env = std::ffi::OsString::from("--env=WASM_CHORD_GEMMA3=");
+        env.push(gemma3);
         runner.push(env);
         // The test's own CARGO_MANIFEST_DIR (cargo sets it for the runner): a
         // binary reused from another checkout has that one's path compiled in.

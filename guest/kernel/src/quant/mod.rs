@@ -21,6 +21,7 @@ pub mod float;
 pub mod iq4_nl;
 pub mod iq4_xs;
 pub mod packed;
+pub mod packed_k;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -365,12 +366,13 @@ impl QActs {
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
+            GgmlType::Q8_K => self.widen(|b: &q8_k::Q8_KAct| b.qs),
             _ => {}
         }
     }
 
     /// Fills `wide` from the quants `qs` of every block of type `A`.
-    fn widen<A: ActBlock>(&mut self, qs: impl Fn(&A) -> [i8; 32]) {
+    fn widen<A: ActBlock, const N: usize>(&mut self, qs: impl Fn(&A) -> [i8; N]) {
         let mut wide = std::mem::take(&mut self.wide);
         wide.reserve(self.n * self.cols);
         for b in 0..self.n {

@@ -467,6 +467,19 @@ macro_rules! with_pack {
                 type $K = crate::quant::q8::Q8_0;
                 $body
             }
+            // Layouts in `packed_k`.
+            crate::ggml_type::GgmlType::Q5_0 => {
+                type $K = crate::quant::q5_0::Q5_0;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q4_K => {
+                type $K = crate::quant::q4_k::Q4_K;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q6_K => {
+                type $K = crate::quant::q6_k::Q6_K;
+                $body
+            }
             _ => $other,
         }
     };

@@ -863,6 +863,8 @@ fn simd_path_is_compiled_on_wasm() {
 }
 
 const PACKED_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+/// The layouts of `packed_k`.
+const PACKED_K_TYPES: &[GgmlType] = &[GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
 /// Packs `data` (`rows` x `cols` of `ty`) in place; a copy.
 fn packed_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
@@ -924,7 +926,7 @@ fn check_packed(ty: GgmlType, rows: usize, cols: usize, data: &[u8], x: &[f32], 
 #[test]
 fn packed_matmul_bit_identical_to_scalar() {
     let mut rng = Lcg(11);
-    for &ty in PACKED_TYPES {
+    for &ty in PACKED_TYPES.iter().chain(PACKED_K_TYPES) {
         for rows in [1, 3, 4, 5, 7, 8, 13, 64] {
             let cols = unit(ty) * 9;
             let data = random_matrix(ty, rows, cols, &mut rng);
@@ -1064,6 +1066,97 @@ fn q8_0_matvec_four_rows_bit_identical() {
         matmul_scalar(&mut slow, &w, &a);
         for (r, (f, s)) in fast.iter().zip(&slow).enumerate() {
             assert_eq!(f.to_bits(), s.to_bits(), "rows {rows}, row {r}: {f} vs {s}");
+        }
+    }
+}
+
+/// Real rows (Gemma 3's Q5_0, Q4_K and Q6_K matrices at
+/// `$WASM_CHORD_GEMMA3`; skipped without it): the packed matmul has the
+/// bits of the scalar reference.
+#[test]
+fn packed_k_matmul_real_rows() {
+    let Ok(path) = std::env::var("WASM_CHORD_GEMMA3") else {
+        eprintln!("WASM_CHORD_GEMMA3 not set; skipped");
+        return;
+    };
+    let bytes = std::fs::read(&path).expect("read the GGUF");
+    let src = crate::store::MemSource::new(bytes.clone());
+    let g = crate::gguf::GgufFile::parse(&src).expect("parse the GGUF");
+    let mut rng = Lcg(14);
+    let mut seen = Vec::new();
+    for name in [
+        "blk.0.attn_q.weight",
+        "blk.0.attn_output.weight",
+        "blk.0.ffn_down.weight",
+        "blk.1.ffn_down.weight",
+        "blk.2.ffn_down.weight",
+    ] {
+        let t = g.tensor(name).expect(name);
+        if !PACKED_K_TYPES.contains(&t.ty) {
+            continue;
+        }
+        let cols = t.ne0() as usize;
+        let rows = (t.n_rows() as usize).min(203);
+        let rb = t.ty.row_bytes(cols as u64).unwrap() as usize;
+        let data = &bytes[t.offset as usize..t.offset as usize + rows * rb];
+        let x = rng.vec(5 * cols, 2.0);
+        check_packed(t.ty, rows, cols, data, &x, 5);
+        seen.push(t.ty);
+    }
+    for ty in PACKED_K_TYPES {
+        assert!(seen.contains(ty), "no {ty} matrix checked");
+    }
+}
+
+/// Random bytes (every quant and scale pattern) with finite scales keep
+/// the reference's bits through the `packed_k` layouts; an Inf or NaN
+/// scale (or Q4_K minimum scale) leaves the tensor unpacked.
+#[test]
+fn packed_k_matmul_random_bytes() {
+    let mut rng = Lcg(15);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for &ty in PACKED_K_TYPES {
+        // Offsets of the block's f16 scales.
+        let scales: &[usize] = match ty {
+            GgmlType::Q4_K => &[0, 2],
+            GgmlType::Q6_K => &[208],
+            _ => &[0],
+        };
+        let (rows, cols) = (9, unit(ty) * 3);
+        let mut data = vec![0u8; rows * cols / ty.block_size() * ty.type_size()];
+        for b in data.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = state as u8;
+        }
+        let specials: [u16; 7] = [0x0000, 0x8000, 0x0001, 0x83ff, 0x7bff, 0xfbff, 0x0400];
+        for (i, blk) in data.chunks_exact_mut(ty.type_size()).enumerate() {
+            for &o in scales {
+                if i % 3 == 0 {
+                    blk[o..o + 2]
+                        .copy_from_slice(&specials[(i / 3 + o) % specials.len()].to_le_bytes());
+                }
+                if u16::from_le_bytes([blk[o], blk[o + 1]]) & 0x7c00 == 0x7c00 {
+                    blk[o + 1] ^= 0x40;
+                }
+            }
+        }
+        for &o in scales {
+            for bad in [0x7c00u16, 0xfc00, 0x7e00] {
+                let mut d = data.clone();
+                d[ty.type_size() * 5 + o..][..2].copy_from_slice(&bad.to_le_bytes());
+                let before = d.clone();
+                assert!(
+                    !pack_in_place(ty, &mut d, rows, cols),
+                    "{ty}: packed an Inf/NaN scale at {o}"
+                );
+                assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+            }
+        }
+        for n in [1, 2, 5] {
+            let x = rng.vec(n * cols, 1.0);
+            check_packed(ty, rows, cols, &data, &x, n);
         }
     }
 }

@@ -1,0 +1,520 @@
+//! 4-row packed layouts (see [`super::packed`]) for Q5_0, Q4_K and Q6_K,
+//! with the same contract: the packed bytes take the space of the rows
+//! they replace (packing is in place), the weights of a group are unpacked
+//! once for `T` activation vectors, and every row's result has the bits of
+//! [`super::QuantKind::vec_dot_scalar`] (the integer sums are exact in any order;
+//! the float part repeats the reference's operations lane by lane).
+//!
+//! Layouts (group block `b` = block `b` of 4 rows):
+//! - Q5_0: the 4 f16 scales, then per 16-byte part `k` of the quants two
+//!   u16 masks of fifth bits (low and high nibbles), bit `8 (i % 2) + i / 2`
+//!   for byte `i` of the part, then the quants interleaved two bytes at a
+//!   time as in [`super::packed`].
+//! - Q4_K: the 4 `d`, the 4 `dmin`, the 4 rows' 12 scale bytes, then the
+//!   quants interleaved two bytes at a time.
+//! - Q6_K: `ql` and `qh` each interleaved two bytes at a time, the 16
+//!   scales of the 4 rows transposed (`scales[4 s + r]`), then the 4 `d`.
+
+use super::packed::{PackKind, ROWS};
+use super::q4_k::{BlockQ4_K, Q4_K};
+use super::q5_0::{BlockQ5_0, Q5_0};
+use super::q6_k::{BlockQ6_K, Q6_K};
+use bytemuck::{Pod, Zeroable};
+
+/// Q5_0, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_0x4 {
+    /// The 4 rows' f16 scales.
+    pub d: [[u8; 2]; ROWS],
+    /// Per part `k`: the fifth-bit masks of its low (`2k`) and high
+    /// (`2k + 1`) nibbles, u16 little-endian.
+    pub qh: [[u8; 2]; 8],
+    pub qs: [u8; 64],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_0x4>() == 4 * 22);
+
+/// Q4_K, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ4_Kx4 {
+    pub d: [[u8; 2]; ROWS],
+    pub dmin: [[u8; 2]; ROWS],
+    pub scales: [[u8; 12]; ROWS],
+    pub qs: [u8; 512],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_Kx4>() == 4 * 144);
+
+/// Q6_K, 4 rows.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ6_Kx4 {
+    pub ql: [u8; 512],
+    pub qh: [u8; 256],
+    /// `scales[4 s + r]`: row `r`'s scale of sub-block `s`.
+    pub scales: [i8; 64],
+    pub d: [[u8; 2]; ROWS],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6_Kx4>() == 4 * 210);
+
+/// Whether f16 `h` (little-endian) is finite.
+fn finite(h: [u8; 2]) -> bool {
+    u16::from_le_bytes(h) & 0x7c00 != 0x7c00
+}
+
+/// Interleave 4 rows' bytes two at a time (`out[8 c + 2 r + e]` = row
+/// `r`'s byte `2 c + e`).
+fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
+    debug_assert_eq!(M, N * ROWS);
+    let mut out = [0u8; M];
+    for c in 0..N / 2 {
+        for (r, row) in rows.iter().enumerate() {
+            out[8 * c + 2 * r] = row[2 * c];
+            out[8 * c + 2 * r + 1] = row[2 * c + 1];
+        }
+    }
+    out
+}
+
+/// Lane `r`'s bytes of [`interleave`]d bytes.
+fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for c in 0..N / 2 {
+        out[2 * c] = qs[8 * c + 2 * r];
+        out[2 * c + 1] = qs[8 * c + 2 * r + 1];
+    }
+    out
+}
+
+/// For byte `i` of a 16-byte part `k` of interleaved Q5_0 quants: its row,
+/// its column (the low nibble's weight; the high nibble's is 16 more) and
+/// its bit in the part's fifth-bit masks.
+fn q5_0_byte(k: usize, i: usize) -> (usize, usize, usize) {
+    let (c, r, e) = (i / 8, (i / 2) % ROWS, i % 2);
+    (r, 4 * k + 2 * c + e, 8 * (i % 2) + i / 2)
+}
+
+impl PackKind for Q5_0 {
+    type Group = BlockQ5_0x4;
+    fn pack(rows: [&BlockQ5_0; ROWS]) -> BlockQ5_0x4 {
+        let mut qh = [[0u8; 2]; 8];
+        for k in 0..4 {
+            let (mut lo, mut hi) = (0u16, 0u16);
+            for i in 0..16 {
+                let (r, j, bit) = q5_0_byte(k, i);
+                let h = u32::from_le_bytes(rows[r].qh);
+                lo |= (((h >> j) & 1) as u16) << bit;
+                hi |= (((h >> (j + 16)) & 1) as u16) << bit;
+            }
+            qh[2 * k] = lo.to_le_bytes();
+            qh[2 * k + 1] = hi.to_le_bytes();
+        }
+        BlockQ5_0x4 {
+            d: rows.map(|b| b.d),
+            qh,
+            qs: interleave(rows.map(|b| &b.qs)),
+        }
+    }
+    fn finite(b: &BlockQ5_0) -> bool {
+        finite(b.d)
+    }
+    fn unpack(g: &BlockQ5_0x4, r: usize) -> BlockQ5_0 {
+        let mut h = 0u32;
+        for k in 0..4 {
+            let lo = u16::from_le_bytes(g.qh[2 * k]);
+            let hi = u16::from_le_bytes(g.qh[2 * k + 1]);
+            for i in 0..16 {
+                let (ri, j, bit) = q5_0_byte(k, i);
+                if ri == r {
+                    h |= (((lo >> bit) & 1) as u32) << j;
+                    h |= (((hi >> bit) & 1) as u32) << (j + 16);
+                }
+            }
+        }
+        BlockQ5_0 {
+            d: g.d[r],
+            qh: h.to_le_bytes(),
+            qs: deinterleave(&g.qs, r),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+impl PackKind for Q4_K {
+    type Group = BlockQ4_Kx4;
+    fn pack(rows: [&BlockQ4_K; ROWS]) -> BlockQ4_Kx4 {
+        BlockQ4_Kx4 {
+            d: rows.map(|b| b.d),
+            dmin: rows.map(|b| b.dmin),
+            scales: rows.map(|b| b.scales),
+            qs: interleave(rows.map(|b| &b.qs)),
+        }
+    }
+    fn finite(b: &BlockQ4_K) -> bool {
+        finite(b.d) && finite(b.dmin)
+    }
+    fn unpack(g: &BlockQ4_Kx4, r: usize) -> BlockQ4_K {
+        BlockQ4_K {
+            d: g.d[r],
+            dmin: g.dmin[r],
+            scales: g.scales[r],
+            qs: deinterleave(&g.qs, r),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+impl PackKind for Q6_K {
+    type Group = BlockQ6_Kx4;
+    fn pack(rows: [&BlockQ6_K; ROWS]) -> BlockQ6_Kx4 {
+        let mut scales = [0i8; 64];
+        for (r, b) in rows.iter().enumerate() {
+            for s in 0..16 {
+                scales[4 * s + r] = b.scales[s];
+            }
+        }
+        BlockQ6_Kx4 {
+            ql: interleave(rows.map(|b| &b.ql)),
+            qh: interleave(rows.map(|b| &b.qh)),
+            scales,
+            d: rows.map(|b| b.d),
+        }
+    }
+    fn finite(b: &BlockQ6_K) -> bool {
+        finite(b.d)
+    }
+    fn unpack(g: &BlockQ6_Kx4, r: usize) -> BlockQ6_K {
+        BlockQ6_K {
+            ql: deinterleave(&g.ql, r),
+            qh: deinterleave(&g.qh, r),
+            scales: std::array::from_fn(|s| g.scales[4 * s + r]),
+            d: g.d[r],
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+/// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
+/// the reference.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn dot4_impl<K: PackKind, const T: usize>(
+    g: &[K::Group],
+    y: [&[K::Act]; T],
+    _yw: [&[i16]; T],
+) -> [[f32; ROWS]; T] {
+    let mut row: Vec<K::Block> = Vec::with_capacity(g.len());
+    let mut out = [[0f32; ROWS]; T];
+    for r in 0..ROWS {
+        row.clear();
+        row.extend(g.iter().map(|b| K::unpack(b, r)));
+        for (o, y) in out.iter_mut().zip(y) {
+            o[r] = K::vec_dot_scalar(&row, y);
+        }
+    }
+    out
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+use simd::dot4_impl;
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ6_Kx4, PackKind, ROWS};
+    use crate::quant::q4_k::Q4_K;
+    use crate::quant::q5_0::Q5_0;
+    use crate::quant::q6_k::Q6_K;
+    use crate::quant::q8::Q8_0Act;
+    use crate::quant::q8_k::{scales_mins_k4, Q8_KAct};
+    use core::arch::wasm32::*;
+
+    /// One group block of a packed type.
+    pub trait SimdK: PackKind {
+        /// Group block `b` (`bx`) dotted with vectors `y`/`yw`, its term
+        /// added to `acc` lane by lane as the reference adds it. The caller
+        /// asserted `b < y[t].len()` and `yw[t].len() == BLOCK * y[t].len()`.
+        fn block<const T: usize>(
+            bx: &Self::Group,
+            b: usize,
+            y: &[&[Self::Act]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        );
+    }
+
+    /// [`PackKind::dot4`] in simd128.
+    #[inline(always)]
+    pub fn dot4_impl<K: SimdK, const T: usize>(
+        g: &[K::Group],
+        y: [&[K::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        for t in 0..T {
+            assert!(y[t].len() == g.len() && yw[t].len() == K::BLOCK * g.len());
+        }
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            K::block::<T>(bx, b, &y, &yw, &mut acc);
+        }
+        acc.map(lanes)
+    }
+
+    impl SimdK for Q5_0 {
+        #[inline(always)]
+        fn block<const T: usize>(
+            bx: &BlockQ5_0x4,
+            b: usize,
+            y: &[&[Q8_0Act]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        ) {
+            let m4 = u8x16_splat(0x0f);
+            let s16 = i8x16_splat(16);
+            // Byte i of a part tests bit i / 2 of mask byte i % 2.
+            let bits = u8x16(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128);
+            let mut s = [[i32x4_splat(0); 2]; T];
+            for k in 0..4 {
+                // SAFETY: 16 bytes at 16k of the 64-byte `qs`, 2 bytes of
+                // `qh`; activation offsets below 32 in vector blocks `b`
+                // (32 i16 each, the caller's assert).
+                unsafe {
+                    let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
+                    let hl = v128_load16_splat(bx.qh[2 * k].as_ptr() as *const u16);
+                    let hh = v128_load16_splat(bx.qh[2 * k + 1].as_ptr() as *const u16);
+                    let hl = i8x16_eq(v128_and(hl, bits), bits);
+                    let hh = i8x16_eq(v128_and(hh, bits), bits);
+                    // (nibble | bit << 4) - 16 == nibble - (bit ? 0 : 16).
+                    let lo = i8x16_sub(v128_and(q, m4), v128_andnot(s16, hl));
+                    let hi = i8x16_sub(u8x16_shr(q, 4), v128_andnot(s16, hh));
+                    let w = [
+                        i16x8_extend_low_i8x16(lo),
+                        i16x8_extend_high_i8x16(lo),
+                        i16x8_extend_low_i8x16(hi),
+                        i16x8_extend_high_i8x16(hi),
+                    ];
+                    for t in 0..T {
+                        let yp = yw[t].as_ptr().add(32 * b + 4 * k);
+                        let a = i32x4_add(dot_pair(w[0], yp), dot_pair(w[1], yp.add(2)));
+                        let c = i32x4_add(dot_pair(w[2], yp.add(16)), dot_pair(w[3], yp.add(18)));
+                        s[t][0] = i32x4_add(s[t][0], a);
+                        s[t][1] = i32x4_add(s[t][1], c);
+                    }
+                }
+            }
+            // SAFETY: reads the 8-byte `d`.
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            for t in 0..T {
+                let sumi = i32x4_add(s[t][0], s[t][1]);
+                let term = f32x4_mul(
+                    f32x4_mul(d, f32x4_splat(y[t][b].d)),
+                    f32x4_convert_i32x4(sumi),
+                );
+                acc[t] = f32x4_add(acc[t], term);
+            }
+        }
+    }
+
+    impl SimdK for Q4_K {
+        #[inline(always)]
+        fn block<const T: usize>(
+            bx: &BlockQ4_Kx4,
+            b: usize,
+            y: &[&[Q8_KAct]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        ) {
+            let m4 = u8x16_splat(0x0f);
+            let sm = bx.scales.map(|s| scales_mins_k4(&s));
+            let lane = |k: usize, min: bool| {
+                let v = |r: usize| {
+                    let (sc, m) = &sm[r];
+                    (if min { m[k] } else { sc[k] }) as i32
+                };
+                i32x4(v(0), v(1), v(2), v(3))
+            };
+            // Min sums: sum over sub-blocks of (its two bsums) * min, exact.
+            let mut summ = [i32x4_splat(0); T];
+            for k in 0..8 {
+                let m = lane(k, true);
+                for t in 0..T {
+                    let bs = &y[t][b].bsums;
+                    let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
+                    summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
+                }
+            }
+            let mut isum = [i32x4_splat(0); T];
+            for k in 0..4 {
+                let mut slo = [i32x4_splat(0); T];
+                let mut shi = [i32x4_splat(0); T];
+                for p in 0..8 {
+                    // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`;
+                    // activation offsets 64k + 4p + 34 + 2 <= 256 in vector
+                    // block `b` (256 i16 each, the caller's assert).
+                    unsafe {
+                        let q = v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128);
+                        let lo = v128_and(q, m4);
+                        let hi = u8x16_shr(q, 4);
+                        let w = [
+                            u16x8_extend_low_u8x16(lo),
+                            u16x8_extend_high_u8x16(lo),
+                            u16x8_extend_low_u8x16(hi),
+                            u16x8_extend_high_u8x16(hi),
+                        ];
+                        for t in 0..T {
+                            let yp = yw[t].as_ptr().add(256 * b + 64 * k + 4 * p);
+                            slo[t] = i32x4_add(
+                                slo[t],
+                                i32x4_add(dot_pair(w[0], yp), dot_pair(w[1], yp.add(2))),
+                            );
+                            shi[t] = i32x4_add(
+                                shi[t],
+                                i32x4_add(dot_pair(w[2], yp.add(32)), dot_pair(w[3], yp.add(34))),
+                            );
+                        }
+                    }
+                }
+                let (sl, sh) = (lane(2 * k, false), lane(2 * k + 1, false));
+                for t in 0..T {
+                    isum[t] = i32x4_add(
+                        isum[t],
+                        i32x4_add(i32x4_mul(sl, slo[t]), i32x4_mul(sh, shi[t])),
+                    );
+                }
+            }
+            // SAFETY: reads the 8-byte `d` and `dmin`.
+            let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
+            for t in 0..T {
+                let yd = f32x4_splat(y[t][b].d);
+                let term = f32x4_sub(
+                    f32x4_mul(f32x4_mul(d, yd), f32x4_convert_i32x4(isum[t])),
+                    f32x4_mul(f32x4_mul(dmin, yd), f32x4_convert_i32x4(summ[t])),
+                );
+                acc[t] = f32x4_add(acc[t], term);
+            }
+        }
+    }
+
+    impl SimdK for Q6_K {
+        #[inline(always)]
+        fn block<const T: usize>(
+            bx: &BlockQ6_Kx4,
+            b: usize,
+            y: &[&[Q8_KAct]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        ) {
+            let m4 = u8x16_splat(0x0f);
+            let m3 = u8x16_splat(0x03);
+            let s32 = i8x16_splat(32);
+            let mut isum = [i32x4_splat(0); T];
+            // Sub-block 8h + 2i + lq: weights 128h + 32i + 16lq + 0..16,
+            // low bits from nibble i / 2 of ql[64h + 32 (i % 2) + l], high
+            // bits from bits 2i.. of qh[32h + l].
+            for h in 0..2 {
+                for i in 0..4 {
+                    for lq in 0..2 {
+                        let mut s = [i32x4_splat(0); T];
+                        for p in 0..4 {
+                            let l0 = 16 * lq + 4 * p;
+                            // SAFETY: interleaved row byte x (a multiple of
+                            // 4) is at 4x: 4 (64h + 32 + l0) + 16 <= 512 in
+                            // `ql`, 4 (32h + l0) + 16 <= 256 in `qh`;
+                            // activation offsets 128h + 32i + l0 + 4 <= 256
+                            // in vector block `b` (the caller's assert).
+                            unsafe {
+                                let ql =
+                                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (i % 2) + l0))
+                                        as *const v128);
+                                let qh =
+                                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128);
+                                let low = if i < 2 {
+                                    v128_and(ql, m4)
+                                } else {
+                                    u8x16_shr(ql, 4)
+                                };
+                                let high = v128_and(u8x16_shr(qh, 2 * i as u32), m3);
+                                let q = i8x16_sub(v128_or(low, i8x16_shl(high, 4)), s32);
+                                let (w0, w1) =
+                                    (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
+                                for t in 0..T {
+                                    let yp = yw[t].as_ptr().add(256 * b + 128 * h + 32 * i + l0);
+                                    s[t] = i32x4_add(
+                                        s[t],
+                                        i32x4_add(dot_pair(w0, yp), dot_pair(w1, yp.add(2))),
+                                    );
+                                }
+                            }
+                        }
+                        let sub = 8 * h + 2 * i + lq;
+                        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+                        let sc = unsafe {
+                            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
+                            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+                        };
+                        for t in 0..T {
+                            isum[t] = i32x4_add(isum[t], i32x4_mul(sc, s[t]));
+                        }
+                    }
+                }
+            }
+            // SAFETY: reads the 8-byte `d`.
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            for t in 0..T {
+                let term = f32x4_mul(
+                    f32x4_mul(d, f32x4_splat(y[t][b].d)),
+                    f32x4_convert_i32x4(isum[t]),
+                );
+                acc[t] = f32x4_add(acc[t], term);
+            }
+        }
+    }
+
+    /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
+    /// activations at `y`, splat: each lane a row's 2-term sum.
+    ///
+    /// # Safety
+    /// `y` must point to 2 readable i16.
+    #[inline(always)]
+    unsafe fn dot_pair(w: v128, y: *const i16) -> v128 {
+        i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
+    }
+
+    /// 4 finite f16 at `p` to f32, exactly (the bits of
+    /// [`crate::quant::f16_to_f32`]); see `packed::simd::load_f16x4`.
+    ///
+    /// # Safety
+    /// `p` must point to 8 readable bytes.
+    #[inline(always)]
+    unsafe fn load_f16x4(p: *const [u8; 2]) -> v128 {
+        let h = i32x4_load_extend_i16x4(p as *const i16);
+        let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
+        f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+    }
+
+    #[inline(always)]
+    fn lanes(v: v128) -> [f32; ROWS] {
+        [
+            f32x4_extract_lane::<0>(v),
+            f32x4_extract_lane::<1>(v),
+            f32x4_extract_lane::<2>(v),
+            f32x4_extract_lane::<3>(v),
+        ]
+    }
+}
