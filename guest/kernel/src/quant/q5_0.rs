@@ -107,7 +107,9 @@ impl QuantKind for Q5_0 {
             const ONES: u64 = 0x0101_0101_0101_0101;
             u64x2(a as u64 * ONES, b as u64 * ONES)
         };
-        let mut acc = f32x4_splat(0.0);
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits (the packed path's too).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
             // the 32-byte `qs` of `by`; wasm loads need no alignment.
@@ -137,9 +139,8 @@ impl QuantKind for Q5_0 {
                 ),
             );
             let s = i32x4_extadd_pairwise_i16x8(p);
-            let d = f32x4_splat(f16_le(bx.d) * by.d);
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(s), d));
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(s) as f32;
         }
-        super::hsum_f32x4(acc)
+        sum
     }
 }
