@@ -20,6 +20,7 @@ use bytemuck::Pod;
 pub mod float;
 pub mod iq4_nl;
 pub mod iq4_xs;
+mod kbatch;
 pub mod packed;
 pub mod q2_k;
 pub mod q3_k;
@@ -345,12 +346,14 @@ impl QActs {
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
+            // For the batched k-quant dots only.
+            GgmlType::Q8_K if n > 1 => self.widen(|b: &q8_k::Q8_KAct| b.qs),
             _ => {}
         }
     }
 
     /// Fills `wide` from the quants `qs` of every block of type `A`.
-    fn widen<A: ActBlock>(&mut self, qs: impl Fn(&A) -> [i8; 32]) {
+    fn widen<A: ActBlock, const N: usize>(&mut self, qs: impl Fn(&A) -> [i8; N]) {
         let mut wide = std::mem::take(&mut self.wide);
         wide.reserve(self.n * self.cols);
         for b in 0..self.n {
@@ -509,7 +512,31 @@ pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
     if w.packed {
         return packed::with_pack!(w.ty, K => matmul_packed::<K>(out, w, x), unsupported(w.ty));
     }
+    if x.n > 1 && kbatch::with_kbatch!(w.ty, K => { matmul_kbatch::<K>(out, w, x); true }, false) {
+        return;
+    }
     with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot), unsupported(w.ty))
+}
+
+/// [`matmul_kind`] for several vectors of a k-quant with a batched dot
+/// ([`kbatch`]): each row's weights expanded once per tile of vectors.
+fn matmul_kbatch<K: kbatch::KBatch>(out: &mut [f32], w: &QTensor, x: &QActs) {
+    let blocks: &[K::Block] = bytemuck::cast_slice(w.data);
+    let nb = w.cols / K::BLOCK;
+    for v0 in (0..x.n).step_by(VEC_TILE) {
+        let v1 = (v0 + VEC_TILE).min(x.n);
+        let y: Vec<&[q8_k::Q8_KAct]> = (v0..v1).map(|b| x.vec::<q8_k::Q8_KAct>(b)).collect();
+        let yw: Vec<&[i16]> = (v0..v1).map(|b| x.wide(b)).collect();
+        kbatch::dots::<K>(
+            blocks,
+            nb,
+            0..w.rows,
+            &y,
+            &yw,
+            &mut out[v0 * w.rows..],
+            w.rows,
+        );
+    }
 }
 
 /// [`matmul`] with the scalar reference dot products (row by row, also for

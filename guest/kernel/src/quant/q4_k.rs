@@ -98,12 +98,12 @@ impl QuantKind for Q4_K {
     fn vec_dot(x: &[BlockQ4_K], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        let mut mins = f32x4_splat(0.0);
+        // Integer sums in SIMD, the float part as the scalar reference does
+        // it: the same bits (and those of the batched dots).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let (sc, m) = scales_mins_k4(&bx.scales);
-            let summ = f32x4_convert_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
-            mins = f32x4_add(mins, f32x4_mul(summ, f32x4_splat(f16_le(bx.dmin) * by.d)));
+            let summ = super::hsum_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
             let mut isum = i32x4_splat(0);
             for k in 0..4 {
                 // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
@@ -153,8 +153,9 @@ impl QuantKind for Q4_K {
                 );
             }
             let d = f16_le(bx.d) * by.d;
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
+            let dmin = f16_le(bx.dmin) * by.d;
+            sum += d * super::hsum_i32x4(isum) as f32 - dmin * summ as f32;
         }
-        super::hsum_f32x4(acc) - super::hsum_f32x4(mins)
+        sum
     }
 }

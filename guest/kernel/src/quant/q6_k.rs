@@ -137,7 +137,9 @@ impl QuantKind for Q6_K {
         let m4 = u8x16_splat(0x0f);
         let m3 = u8x16_splat(0x03);
         let m30 = u8x16_splat(0x30);
-        let mut acc = f32x4_splat(0.0);
+        // Integer sums in SIMD, the float part as the scalar reference does
+        // it: the same bits (and those of the batched dots).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             // The quants are dotted unsigned (0..=63); the -32 comes back as
             // -32 * sum(scales[s] * bsums[s]).
@@ -190,9 +192,8 @@ impl QuantKind for Q6_K {
                     }
                 }
             }
-            let d = f16_le(bx.d) * by.d;
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(isum) as f32;
         }
-        super::hsum_f32x4(acc)
+        sum
     }
 }
