@@ -1,4 +1,4 @@
-//! The k-quants (Q4_K, Q6_K) dotted with several activation vectors at
+//! The k-quants (Q4_K, Q5_K, Q6_K) dotted with several activation vectors at
 //! once, for prompt batches.
 //!
 //! Each super-block's 256 weights are expanded once into i16, already
@@ -10,6 +10,7 @@
 //! batch, as the single-vector dots do (tests).
 
 use super::q4_k::{BlockQ4_K, Q4_K};
+use super::q5_k::{BlockQ5_K, Q5_K};
 use super::q6_k::{BlockQ6_K, Q6_K};
 use super::q8_k::{scales_mins_k4, Q8_KAct, QK_K};
 use super::{f16_le, QuantKind};
@@ -35,13 +36,34 @@ impl KBatch for Q4_K {
     }
     #[inline(always)]
     fn term(b: &BlockQ4_K, m: [u8; 8], isum: i32, y: &Q8_KAct) -> f32 {
-        let mut summ = 0i32;
-        for (j, &s) in y.bsums.iter().enumerate() {
-            summ += s as i32 * m[j / 2] as i32;
-        }
-        let d = f16_le(b.d) * y.d;
-        let dmin = f16_le(b.dmin) * y.d;
-        d * isum as f32 - dmin * summ as f32
+        term_k4(b.d, b.dmin, m, isum, y)
+    }
+}
+
+/// The reference's float term of a Q4_K / Q5_K block (scales `d`, `dmin`,
+/// mins `m`) from its integer sum.
+#[inline(always)]
+fn term_k4(d: [u8; 2], dmin: [u8; 2], m: [u8; 8], isum: i32, y: &Q8_KAct) -> f32 {
+    let mut summ = 0i32;
+    for (j, &s) in y.bsums.iter().enumerate() {
+        summ += s as i32 * m[j / 2] as i32;
+    }
+    let d = f16_le(d) * y.d;
+    let dmin = f16_le(dmin) * y.d;
+    d * isum as f32 - dmin * summ as f32
+}
+
+impl KBatch for Q5_K {
+    /// The 8 mins.
+    type Aux = [u8; 8];
+    fn scaled(b: &BlockQ5_K, out: &mut [i16; QK_K]) -> [u8; 8] {
+        let (sc, m) = scales_mins_k4(&b.scales);
+        simd::scaled_q5_k(b, &sc, out);
+        m
+    }
+    #[inline(always)]
+    fn term(b: &BlockQ5_K, m: [u8; 8], isum: i32, y: &Q8_KAct) -> f32 {
+        term_k4(b.d, b.dmin, m, isum, y)
     }
 }
 
@@ -62,6 +84,10 @@ macro_rules! with_kbatch {
         match $ty {
             crate::ggml_type::GgmlType::Q4_K => {
                 type $K = crate::quant::q4_k::Q4_K;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q5_K => {
+                type $K = crate::quant::q5_k::Q5_K;
                 $body
             }
             crate::ggml_type::GgmlType::Q6_K => {
@@ -113,7 +139,7 @@ pub(crate) fn dots<K: KBatch>(
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod simd {
-    use super::{BlockQ4_K, BlockQ6_K, QK_K};
+    use super::{BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
 
     pub fn scaled_q4_k(b: &BlockQ4_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {
         for k in 0..4 {
@@ -121,6 +147,17 @@ mod simd {
                 let q = b.qs[32 * k + i];
                 out[64 * k + i] = (q & 0x0f) as i16 * sc[2 * k] as i16;
                 out[64 * k + 32 + i] = (q >> 4) as i16 * sc[2 * k + 1] as i16;
+            }
+        }
+    }
+
+    pub fn scaled_q5_k(b: &BlockQ5_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {
+        for k in 0..4 {
+            for l in 0..32 {
+                let q = b.qs[32 * k + l];
+                let h = |s: usize| ((b.qh[l] >> s) & 1) << 4;
+                out[64 * k + l] = ((q & 0x0f) | h(2 * k)) as i16 * sc[2 * k] as i16;
+                out[64 * k + 32 + l] = ((q >> 4) | h(2 * k + 1)) as i16 * sc[2 * k + 1] as i16;
             }
         }
     }
@@ -155,7 +192,7 @@ mod simd {
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    use super::{BlockQ4_K, BlockQ6_K, QK_K};
+    use super::{BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
     use core::arch::wasm32::*;
 
     /// Stores `v` (16 quants, u8 or i8 per `signed`) times `s` as 16 i16 at `p`.
@@ -188,6 +225,43 @@ mod simd {
                 store_scaled(o.add(64 * k + 16), v128_and(q1, m4), s0, false);
                 store_scaled(o.add(64 * k + 32), u8x16_shr(q0, 4), s1, false);
                 store_scaled(o.add(64 * k + 48), u8x16_shr(q1, 4), s1, false);
+            }
+        }
+    }
+
+    pub fn scaled_q5_k(b: &BlockQ5_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {
+        let m4 = u8x16_splat(0x0f);
+        let m10 = u8x16_splat(0x10);
+        let o = out.as_mut_ptr();
+        // SAFETY: the two halves of the 32-byte `qh`.
+        let qh = unsafe {
+            let p = b.qh.as_ptr();
+            [
+                v128_load(p as *const v128),
+                v128_load(p.add(16) as *const v128),
+            ]
+        };
+        // Bit `s` of each byte of `h`, moved to bit 4.
+        let hbit = |h: v128, s: u32| {
+            let t = if s <= 4 {
+                i8x16_shl(h, 4 - s)
+            } else {
+                u8x16_shr(h, s - 4)
+            };
+            v128_and(t, m10)
+        };
+        for k in 0..4 {
+            let s = 2 * k as u32;
+            for (c, &h) in qh.iter().enumerate() {
+                // SAFETY: a 16-byte load at 32k + 16c of the 128-byte `qs`;
+                // stores of 16 i16 at 64k + 16c (+ 32) of the 256 in `out`.
+                unsafe {
+                    let q = v128_load(b.qs.as_ptr().add(32 * k + 16 * c) as *const v128);
+                    let lo = v128_or(v128_and(q, m4), hbit(h, s));
+                    let hi = v128_or(u8x16_shr(q, 4), hbit(h, s + 1));
+                    store_scaled(o.add(64 * k + 16 * c), lo, sc[2 * k] as i16, false);
+                    store_scaled(o.add(64 * k + 32 + 16 * c), hi, sc[2 * k + 1] as i16, false);
+                }
             }
         }
     }
