@@ -20,7 +20,6 @@
 
 use super::q4_0::{BlockQ4_0, Q4_0};
 use super::q4_1::{BlockQ4_1, Q4_1};
-use super::q5_0::{BlockQ5_0, Q5_0};
 use super::q8::{BlockQ8_0, Q8_0};
 use super::QuantKind;
 use bytemuck::{Pod, Zeroable};
@@ -69,21 +68,6 @@ pub struct BlockQ4_1x4 {
     pub qs: [u8; 64],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_1x4>() == 4 * 20);
-
-/// Q5_0, 4 rows.
-#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
-#[repr(C)]
-pub struct BlockQ5_0x4 {
-    /// The 4 rows' f16 scales.
-    pub d: [[u8; 2]; ROWS],
-    /// The fifth bits, by the byte of `qs` they belong to: for part `k`
-    /// (bytes `16 k..16 k + 16` of `qs`), bit `i` of the little-endian u16
-    /// `qh[k][0]` is the fifth bit of the low nibble of byte `16 k + i`,
-    /// `qh[k][1]` the same for its high nibble.
-    pub qh: [[[u8; 2]; 2]; 4],
-    pub qs: [u8; 64],
-}
-const _: () = assert!(std::mem::size_of::<BlockQ5_0x4>() == 4 * 22);
 
 /// Q8_0, 4 rows.
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -181,63 +165,6 @@ impl PackKind for Q4_1 {
     }
 }
 
-/// Row, and element of the row (0..16, the low nibble's), of byte `i` of
-/// [`interleave`]d quants.
-fn lane_of(i: usize) -> (usize, usize) {
-    let (c, w) = (i / 8, i % 8);
-    (w / 2, 2 * c + w % 2)
-}
-
-impl PackKind for Q5_0 {
-    type Group = BlockQ5_0x4;
-    fn pack(rows: [&BlockQ5_0; ROWS]) -> BlockQ5_0x4 {
-        let qh = rows.map(|b| u32::from_le_bytes(b.qh));
-        let mut masks = [[[0u8; 2]; 2]; 4];
-        for (k, m) in masks.iter_mut().enumerate() {
-            let (mut lo, mut hi) = (0u16, 0u16);
-            for i in 0..16 {
-                let (r, j) = lane_of(16 * k + i);
-                lo |= (((qh[r] >> j) & 1) as u16) << i;
-                hi |= (((qh[r] >> (j + 16)) & 1) as u16) << i;
-            }
-            *m = [lo.to_le_bytes(), hi.to_le_bytes()];
-        }
-        BlockQ5_0x4 {
-            d: rows.map(|b| b.d),
-            qh: masks,
-            qs: interleave(rows.map(|b| &b.qs)),
-        }
-    }
-    fn finite(b: &BlockQ5_0) -> bool {
-        finite(b.d)
-    }
-    fn unpack(g: &BlockQ5_0x4, r: usize) -> BlockQ5_0 {
-        let mut qh = 0u32;
-        for (k, m) in g.qh.iter().enumerate() {
-            let (lo, hi) = (u16::from_le_bytes(m[0]), u16::from_le_bytes(m[1]));
-            for i in 0..16 {
-                let (row, j) = lane_of(16 * k + i);
-                if row == r {
-                    qh |= (((lo >> i) & 1) as u32) << j;
-                    qh |= (((hi >> i) & 1) as u32) << (j + 16);
-                }
-            }
-        }
-        BlockQ5_0 {
-            d: g.d[r],
-            qh: qh.to_le_bytes(),
-            qs: deinterleave(&g.qs, r),
-        }
-    }
-    fn dot4<const T: usize>(
-        g: &[Self::Group],
-        y: [&[Self::Act]; T],
-        yw: [&[i16]; T],
-    ) -> [[f32; ROWS]; T] {
-        dot4_impl::<Self, T>(g, y, yw)
-    }
-}
-
 impl PackKind for Q8_0 {
     type Group = BlockQ8_0x4;
     fn pack(rows: [&BlockQ8_0; ROWS]) -> BlockQ8_0x4 {
@@ -289,10 +216,9 @@ use simd::dot4_impl;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ5_0x4, BlockQ8_0x4, PackKind, ROWS};
+    use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ8_0x4, PackKind, ROWS};
     use crate::quant::q4_0::Q4_0;
     use crate::quant::q4_1::Q4_1;
-    use crate::quant::q5_0::Q5_0;
     use crate::quant::q8::{Q8_0Act, Q8_1Act, Q8_0};
     use core::arch::wasm32::*;
 
@@ -367,49 +293,6 @@ mod simd {
             let t = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi));
             f32x4_add(t, f32x4_mul(m, f32x4_splat(y.s)))
         }
-    }
-
-    impl Simd4 for Q5_0 {
-        #[inline(always)]
-        unsafe fn weights(g: &BlockQ5_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
-            let q = v128_load(g.qs.as_ptr().add(16 * k) as *const v128);
-            let s16 = i8x16_splat(16);
-            // (nibble | bit << 4) - 16 == nibble - (bit ? 0 : 16).
-            let lo = i8x16_sub(
-                v128_and(q, u8x16_splat(0x0f)),
-                v128_andnot(s16, bit_mask(&g.qh[k][0])),
-            );
-            let hi = i8x16_sub(u8x16_shr(q, 4), v128_andnot(s16, bit_mask(&g.qh[k][1])));
-            (
-                [
-                    i16x8_extend_low_i8x16(lo),
-                    i16x8_extend_high_i8x16(lo),
-                    i16x8_extend_low_i8x16(hi),
-                    i16x8_extend_high_i8x16(hi),
-                ],
-                [4 * k, 4 * k + 2, 16 + 4 * k, 16 + 4 * k + 2],
-            )
-        }
-        #[inline(always)]
-        unsafe fn scales(g: &BlockQ5_0x4) -> (v128, v128) {
-            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
-        }
-        #[inline(always)]
-        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
-            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
-        }
-    }
-
-    /// 0xff in byte `i` where bit `i` of the little-endian u16 `m` is set.
-    ///
-    /// # Safety
-    /// None beyond reading `m`.
-    #[inline(always)]
-    unsafe fn bit_mask(m: &[u8; 2]) -> v128 {
-        let bits = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
-        let v = v128_load16_splat(m.as_ptr() as *const u16);
-        let v = i8x16_swizzle(v, u8x16(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-        i8x16_eq(v128_and(v, bits), bits)
     }
 
     impl Simd4 for Q8_0 {
@@ -578,10 +461,6 @@ macro_rules! with_pack {
             }
             crate::ggml_type::GgmlType::Q4_1 => {
                 type $K = crate::quant::q4_1::Q4_1;
-                $body
-            }
-            crate::ggml_type::GgmlType::Q5_0 => {
-                type $K = crate::quant::q5_0::Q5_0;
                 $body
             }
             crate::ggml_type::GgmlType::Q8_0 => {

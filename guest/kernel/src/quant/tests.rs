@@ -862,12 +862,7 @@ fn simd_path_is_compiled_on_wasm() {
     assert!(simd || !cfg!(target_arch = "wasm32"));
 }
 
-const PACKED_TYPES: &[GgmlType] = &[
-    GgmlType::Q4_0,
-    GgmlType::Q4_1,
-    GgmlType::Q5_0,
-    GgmlType::Q8_0,
-];
+const PACKED_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
 /// Packs `data` (`rows` x `cols` of `ty`) in place; a copy.
 fn packed_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
