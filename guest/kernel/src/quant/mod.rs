@@ -20,6 +20,7 @@ use bytemuck::Pod;
 pub mod float;
 pub mod iq4_nl;
 pub mod iq4_xs;
+mod kbatch;
 pub mod packed;
 pub mod packed_k;
 pub mod q2_k;
@@ -545,7 +546,31 @@ pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
     if w.packed {
         return packed::with_pack!(w.ty, K => matmul_packed::<K>(out, w, x), unsupported(w.ty));
     }
+    if x.n > 1 && kbatch::with_kbatch!(w.ty, K => { matmul_kbatch::<K>(out, w, x); true }, false) {
+        return;
+    }
     with_kind!(w.ty, K => matmul_kind::<K>(out, w, x, K::vec_dot, true), unsupported(w.ty))
+}
+
+/// [`matmul_kind`] for several vectors of a k-quant with a batched dot
+/// ([`kbatch`]): each row's weights expanded once per tile of vectors.
+fn matmul_kbatch<K: kbatch::KBatch>(out: &mut [f32], w: &QTensor, x: &QActs) {
+    let blocks: &[K::Block] = bytemuck::cast_slice(w.data);
+    let nb = w.cols / K::BLOCK;
+    for v0 in (0..x.n).step_by(VEC_TILE) {
+        let v1 = (v0 + VEC_TILE).min(x.n);
+        let y: Vec<&[q8_k::Q8_KAct]> = (v0..v1).map(|b| x.vec::<q8_k::Q8_KAct>(b)).collect();
+        let yw: Vec<&[i16]> = (v0..v1).map(|b| x.wide(b)).collect();
+        kbatch::dots::<K>(
+            blocks,
+            nb,
+            0..w.rows,
+            &y,
+            &yw,
+            &mut out[v0 * w.rows..],
+            w.rows,
+        );
+    }
 }
 
 /// [`matmul`] with the scalar reference dot products (row by row, also for

@@ -80,12 +80,12 @@ pub struct BlockQ8_0x4 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_0x4>() == 4 * 34);
 
 /// Whether f16 `h` (little-endian) is finite.
-fn finite(h: [u8; 2]) -> bool {
+pub(super) fn finite(h: [u8; 2]) -> bool {
     u16::from_le_bytes(h) & 0x7c00 != 0x7c00
 }
 
 /// Interleave 4 rows' quant bytes two at a time.
-fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
+pub(super) fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
     debug_assert_eq!(M, N * ROWS);
     let mut out = [0u8; M];
     for c in 0..N / 2 {
@@ -98,7 +98,7 @@ fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M]
 }
 
 /// Lane `r`'s bytes of [`interleave`]d quants.
-fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
+pub(super) fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
     let mut out = [0u8; N];
     for c in 0..N / 2 {
         out[2 * c] = qs[8 * c + 2 * r];

@@ -15,7 +15,7 @@
 //! - Q6_K: `ql` and `qh` each interleaved two bytes at a time, the 16
 //!   scales of the 4 rows transposed (`scales[4 s + r]`), then the 4 `d`.
 
-use super::packed::{PackKind, ROWS};
+use super::packed::{deinterleave, finite, interleave, PackKind, ROWS};
 use super::q4_k::{BlockQ4_K, Q4_K};
 use super::q5_0::{BlockQ5_0, Q5_0};
 use super::q6_k::{BlockQ6_K, Q6_K};
@@ -56,35 +56,6 @@ pub struct BlockQ6_Kx4 {
     pub d: [[u8; 2]; ROWS],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6_Kx4>() == 4 * 210);
-
-/// Whether f16 `h` (little-endian) is finite.
-fn finite(h: [u8; 2]) -> bool {
-    u16::from_le_bytes(h) & 0x7c00 != 0x7c00
-}
-
-/// Interleave 4 rows' bytes two at a time (`out[8 c + 2 r + e]` = row
-/// `r`'s byte `2 c + e`).
-fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
-    debug_assert_eq!(M, N * ROWS);
-    let mut out = [0u8; M];
-    for c in 0..N / 2 {
-        for (r, row) in rows.iter().enumerate() {
-            out[8 * c + 2 * r] = row[2 * c];
-            out[8 * c + 2 * r + 1] = row[2 * c + 1];
-        }
-    }
-    out
-}
-
-/// Lane `r`'s bytes of [`interleave`]d bytes.
-fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
-    let mut out = [0u8; N];
-    for c in 0..N / 2 {
-        out[2 * c] = qs[8 * c + 2 * r];
-        out[2 * c + 1] = qs[8 * c + 2 * r + 1];
-    }
-    out
-}
 
 /// For byte `i` of a 16-byte part `k` of interleaved Q5_0 quants: its row,
 /// its column (the low nibble's weight; the high nibble's is 16 more) and

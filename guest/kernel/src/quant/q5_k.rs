@@ -112,12 +112,12 @@ impl QuantKind for Q5_K {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
         let m10 = u8x16_splat(0x10);
-        let mut acc = f32x4_splat(0.0);
-        let mut mins = f32x4_splat(0.0);
+        // Integer sums in SIMD, the float part as the scalar reference does
+        // it: the same bits (and those of the batched dots).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let (sc, m) = scales_mins_k4(&bx.scales);
-            let summ = f32x4_convert_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
-            mins = f32x4_add(mins, f32x4_mul(summ, f32x4_splat(f16_le(bx.dmin) * by.d)));
+            let summ = super::hsum_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
             // SAFETY: the two halves of the 32-byte `qh`.
             let (qh0, qh1) = unsafe {
                 let p = bx.qh.as_ptr();
@@ -187,8 +187,9 @@ impl QuantKind for Q5_K {
                 );
             }
             let d = f16_le(bx.d) * by.d;
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
+            let dmin = f16_le(bx.dmin) * by.d;
+            sum += d * super::hsum_i32x4(isum) as f32 - dmin * summ as f32;
         }
-        super::hsum_f32x4(acc) - super::hsum_f32x4(mins)
+        sum
     }
 }

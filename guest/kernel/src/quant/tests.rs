@@ -1160,3 +1160,29 @@ fn packed_k_matmul_random_bytes() {
         }
     }
 }
+
+/// The k-quants with batched dots (Q4_K, Q5_K, Q6_K): one vector and batches
+/// (over a tile of 32 vectors included) give the bits of the scalar
+/// reference, as wasm32 SIMD and natively.
+#[test]
+fn kquant_batched_matmul_bit_identical_to_scalar() {
+    let mut rng = Lcg(13);
+    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+        for rows in [1, 5, 16] {
+            let cols = unit(ty) * 3;
+            let data = random_matrix(ty, rows, cols, &mut rng);
+            let w = QTensor::new(ty, rows, cols, &data).unwrap();
+            for n in [1, 2, 7, 33] {
+                let x = rng.vec(n * cols, 3.0);
+                let mut a = QActs::new();
+                a.quantize(vec_dot_type(ty), &x, n, cols);
+                let mut want = vec![0f32; n * rows];
+                matmul_scalar(&mut want, &w, &a);
+                let mut got = vec![1f32; n * rows];
+                matmul(&mut got, &w, &a);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{ty} {rows}x{cols} n={n}");
+            }
+        }
+    }
+}
