@@ -28,8 +28,10 @@ pub struct KernelOptions {
 }
 
 /// The kernel component a native command loads: `explicit` (its `--kernel`),
-/// else `$WASM_CHORD_KERNEL`, else `wasm-chord-kernel.wasm` next to the
-/// executable; the error says which were tried.
+/// else `$WASM_CHORD_KERNEL`, else `wasm-chord-kernel-relaxed.wasm` (relaxed
+/// SIMD, which [`new_engine`] enables; bit-identical results) or
+/// `wasm-chord-kernel.wasm` next to the executable; the error says which were
+/// tried.
 pub(crate) fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(k) = explicit {
         return Ok(k.to_path_buf());
@@ -38,6 +40,10 @@ pub(crate) fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, String> 
         return Ok(PathBuf::from(k));
     }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the executable: {e}"))?;
+    let relaxed = exe.with_file_name("wasm-chord-kernel-relaxed.wasm");
+    if relaxed.is_file() {
+        return Ok(relaxed);
+    }
     let k = exe.with_file_name("wasm-chord-kernel.wasm");
     if k.is_file() {
         Ok(k)

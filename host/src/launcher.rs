@@ -7,8 +7,9 @@
 //! Every subcommand, flag and message belongs to the guest; the launcher
 //! only adds what needs the host:
 //!
-//! - `--app PATH` (else `$WASM_CHORD_APP`, else `wasm-chord-app.wasm` next to
-//!   the executable) and `--max-guest-memory BYTES` (default 4 GiB, the cap
+//! - `--app PATH` (else `$WASM_CHORD_APP`, else `wasm-chord-app-relaxed.wasm`
+//!   (the kernel built with relaxed SIMD, which the engine enables) or
+//!   `wasm-chord-app.wasm` next to the executable) and `--max-guest-memory BYTES` (default 4 GiB, the cap
 //!   on each guest linear memory), taken out of the arguments wherever they
 //!   appear before a `--`;
 //! - the compiled-component cache (as for [`crate::Kernel`]);
@@ -43,6 +44,9 @@ use crate::DEFAULT_MAX_GUEST_MEMORY;
 
 /// File name of the composed app, looked for next to the executable.
 pub const APP_FILE: &str = "wasm-chord-app.wasm";
+/// The app with the relaxed-SIMD kernel (bit-identical results), preferred
+/// when it is next to the executable: the engine has relaxed SIMD on.
+pub const APP_RELAXED_FILE: &str = "wasm-chord-app-relaxed.wasm";
 
 /// Environment variables passed to the guest (besides every `WASM_CHORD_*`).
 const PASSED_ENV: &[&str] = &[
@@ -171,6 +175,10 @@ pub fn app_path(args: &LauncherArgs) -> Result<PathBuf, LaunchError> {
     }
     let exe = std::env::current_exe()
         .map_err(|e| LaunchError::App(format!("cannot locate this executable: {e}")))?;
+    let relaxed = exe.with_file_name(APP_RELAXED_FILE);
+    if relaxed.is_file() {
+        return Ok(relaxed);
+    }
     let beside = exe.with_file_name(APP_FILE);
     if beside.is_file() {
         return Ok(beside);

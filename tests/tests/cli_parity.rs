@@ -475,3 +475,51 @@ fn bench_runs_in_the_guest() {
         }
     }
 }
+
+/// The relaxed-SIMD kernel and the simd128 one give bit-identical logits:
+/// the native launcher with each app (`cargo xtask build` puts both next to
+/// the executable) writes a KL-divergence base file (every logit of every
+/// scored token), and the two files are the same bytes.
+#[test]
+fn relaxed_simd_and_simd128_logits_are_identical() {
+    let dir = tmp_dir("parity-relaxed");
+    let m = smollm2();
+    let text = short_text(&dir);
+    let apps = ["wasm-chord-app.wasm", "wasm-chord-app-relaxed.wasm"];
+    let mut files = Vec::new();
+    for app in apps {
+        let app = bin().with_file_name(app);
+        assert!(
+            app.is_file(),
+            "no '{}': run `cargo xtask build`",
+            app.display()
+        );
+        let base = dir.join(format!(
+            "{}.kld",
+            app.file_stem().unwrap().to_string_lossy()
+        ));
+        let out = cli_command(&args(&[
+            &"perplexity",
+            &"-m",
+            &m,
+            &"-c",
+            &"64",
+            &"-f",
+            &text,
+            &"--kl-divergence-base",
+            &base,
+        ]))
+        .env("WASM_CHORD_APP", &app)
+        .output()
+        .expect("spawn wasm-chord");
+        assert_ok(&app.display().to_string(), &out);
+        files.push(std::fs::read(&base).unwrap());
+    }
+    assert!(files[0].len() > 20 && files[0].starts_with(b"_logits_"));
+    assert!(
+        files[0] == files[1],
+        "the relaxed-SIMD kernel's logits differ from simd128's ({} vs {} bytes)",
+        files[1].len(),
+        files[0].len()
+    );
+}

@@ -4,7 +4,7 @@
 //! Every cargo child runs with `CARGO_TARGET_DIR` set (default
 //! `~/.cache/wasm-chord/target`), so clones of the project share builds.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -533,6 +533,27 @@ impl Ctx {
         self.target.join("release").join("wasm-chord-kernel.wasm")
     }
 
+    /// The kernel built with relaxed SIMD as well, which hosts that have it
+    /// load instead of [`Self::kernel_wasm`] (same results, bit for bit).
+    fn kernel_relaxed_wasm(&self) -> PathBuf {
+        self.target
+            .join("release")
+            .join("wasm-chord-kernel-relaxed.wasm")
+    }
+
+    /// The guest's build flags with relaxed SIMD (`.cargo/config.toml` has
+    /// simd128 alone), and a target directory of its own so the two builds
+    /// do not invalidate each other.
+    fn relaxed_args(&self) -> [OsString; 4] {
+        [
+            "--config".into(),
+            r#"target.wasm32-wasip2.rustflags=["-C", "target-feature=+simd128,+relaxed-simd"]"#
+                .into(),
+            "--target-dir".into(),
+            self.target.join("relaxed").into_os_string(),
+        ]
+    }
+
     /// The composed command component that stock `wasmtime run` runs.
     fn cli_wasm(&self) -> PathBuf {
         self.target.join("release").join("wasm-chord-cli.wasm")
@@ -547,6 +568,13 @@ impl Ctx {
     /// native `wasm-chord` launcher runs with its memory-mapped store.
     fn app_wasm(&self) -> PathBuf {
         self.target.join("release").join("wasm-chord-app.wasm")
+    }
+
+    /// [`Self::app_wasm`] with the relaxed-SIMD kernel.
+    fn app_relaxed_wasm(&self) -> PathBuf {
+        self.target
+            .join("release")
+            .join("wasm-chord-app-relaxed.wasm")
     }
 
     /// Install `tool` (pinned) into $WASM_CHORD_CACHE/tools unless it is there;
@@ -653,6 +681,23 @@ impl Ctx {
                 .arg(self.app_wasm())
                 .current_dir(&work),
         )?;
+        // The same with the relaxed-SIMD kernel, which the native launcher
+        // prefers. The stock-wasmtime components above keep the simd128
+        // kernel: they run on any engine configuration.
+        step("compose wasm-chord-app-relaxed.wasm (cli + relaxed-SIMD kernel)");
+        std::fs::copy(
+            self.kernel_relaxed_wasm(),
+            work.join("wasm-chord-kernel-relaxed.wasm"),
+        )
+        .context("cannot copy the relaxed kernel")?;
+        self.exec(
+            Command::new(&tools)
+                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
+                .args(["-d", "wasm-chord-kernel-relaxed.wasm"])
+                .arg("-o")
+                .arg(self.app_relaxed_wasm())
+                .current_dir(&work),
+        )?;
         Ok(out)
     }
 
@@ -742,8 +787,35 @@ impl Ctx {
         std::fs::copy(&built, &dest).with_context(|| {
             format!("cannot copy '{}' to '{}'", built.display(), dest.display())
         })?;
+        step("build the relaxed-SIMD kernel (wasm32-wasip2, release-wasm)");
+        let mut c = self.cargo([
+            "build",
+            "-p",
+            "wasm-chord-component",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            "release-wasm",
+        ]);
+        c.args(self.relaxed_args());
+        self.exec(&mut c)?;
+        let built = self
+            .target
+            .join("relaxed")
+            .join("wasm32-wasip2")
+            .join("release-wasm")
+            .join("wasm_chord_component.wasm");
+        let relaxed = self.kernel_relaxed_wasm();
+        std::fs::copy(&built, &relaxed).with_context(|| {
+            format!(
+                "cannot copy '{}' to '{}'",
+                built.display(),
+                relaxed.display()
+            )
+        })?;
         let composed = self.compose(&wasm_dir)?;
         println!("    kernel: {}", dest.display());
+        println!("    kernel (relaxed SIMD): {}", relaxed.display());
         println!("    cli:    {}", self.cli_bin().display());
         println!("    app (launcher): {}", self.app_wasm().display());
         println!("    wasi command: {}", composed.display());
@@ -918,6 +990,7 @@ impl Ctx {
             ("tests", {
                 let mut c = self.cargo(["test", "--release", "--workspace"]);
                 c.env("WASM_CHORD_KERNEL", &kernel)
+                    .env("WASM_CHORD_KERNEL_RELAXED", self.kernel_relaxed_wasm())
                     .env("WASM_CHORD_SMOLLM2", &model)
                     .env("WASM_CHORD_GEMMA3", &gemma3)
                     .env("WASM_CHORD_VARIANTS_DIR", &variants)
@@ -933,7 +1006,11 @@ impl Ctx {
             ("openai Python client against wasm-chord serve", openai),
             (
                 "kernel tests (wasm32-wasip2, simd128, under wasmtime)",
-                self.kernel_wasm_tests(&wasmtime, &model, &gemma3)?,
+                self.kernel_wasm_tests(&wasmtime, &model, &gemma3, false)?,
+            ),
+            (
+                "kernel tests (wasm32-wasip2, relaxed SIMD, under wasmtime)",
+                self.kernel_wasm_tests(&wasmtime, &model, &gemma3, true)?,
             ),
         ];
         for (name, mut cmd) in steps {
@@ -950,8 +1027,14 @@ impl Ctx {
     /// with the simd128 dots) with the pinned wasmtime as the test runner. The
     /// guest sees the workspace (fixtures) and the models directory at their
     /// host paths, and `WASM_CHORD_SMOLLM2` and `WASM_CHORD_GEMMA3`, so the
-    /// real-model tests run too.
-    fn kernel_wasm_tests(&self, wasmtime: &Path, model: &Path, gemma3: &Path) -> Result<Command> {
+    /// real-model tests run too. `relaxed`: the relaxed-SIMD build.
+    fn kernel_wasm_tests(
+        &self,
+        wasmtime: &Path,
+        model: &Path,
+        gemma3: &Path,
+        relaxed: bool,
+    ) -> Result<Command> {
         let models = model.parent().context("model has no directory")?;
         let gemma_dir = gemma3.parent().context("model has no directory")?;
         let mut runner = vec![wasmtime.as_os_str().to_owned(), "run".into()];
@@ -989,6 +1072,9 @@ impl Ctx {
             "wasm32-wasip2",
             "--release",
         ]);
+        if relaxed {
+            c.args(self.relaxed_args());
+        }
         c.env(
             "CARGO_TARGET_WASM32_WASIP2_RUNNER",
             runner.join(OsStr::new(" ")),
