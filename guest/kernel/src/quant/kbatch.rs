@@ -230,26 +230,10 @@ mod simd {
     }
 
     pub fn scaled_q5_k(b: &BlockQ5_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {
+        use crate::quant::q5_k::{simd_hbit as hbit, simd_qh};
         let m4 = u8x16_splat(0x0f);
-        let m10 = u8x16_splat(0x10);
         let o = out.as_mut_ptr();
-        // SAFETY: the two halves of the 32-byte `qh`.
-        let qh = unsafe {
-            let p = b.qh.as_ptr();
-            [
-                v128_load(p as *const v128),
-                v128_load(p.add(16) as *const v128),
-            ]
-        };
-        // Bit `s` of each byte of `h`, moved to bit 4.
-        let hbit = |h: v128, s: u32| {
-            let t = if s <= 4 {
-                i8x16_shl(h, 4 - s)
-            } else {
-                u8x16_shr(h, s - 4)
-            };
-            v128_and(t, m10)
-        };
+        let qh = simd_qh(b);
         for k in 0..4 {
             let s = 2 * k as u32;
             for (c, &h) in qh.iter().enumerate() {
@@ -267,32 +251,19 @@ mod simd {
     }
 
     pub fn scaled_q6_k(b: &BlockQ6_K, out: &mut [i16; QK_K]) {
-        let m4 = u8x16_splat(0x0f);
-        let m3 = u8x16_splat(0x03);
-        let m30 = u8x16_splat(0x30);
         let s32 = i8x16_splat(32);
         let o = out.as_mut_ptr();
         for h in 0..2 {
             for c in 0..2 {
-                // SAFETY: 16-byte loads inside `ql` (64h + 32 + 16c + 16 <=
-                // 128) and `qh` (32h + 16c + 16 <= 64); stores of 16 i16 at
-                // 128h + 32i + 16c + 16 <= 256 of `out`.
-                unsafe {
-                    let lp = b.ql.as_ptr().add(64 * h + 16 * c);
-                    let la = v128_load(lp as *const v128);
-                    let lb = v128_load(lp.add(32) as *const v128);
-                    let qh = v128_load(b.qh.as_ptr().add(32 * h + 16 * c) as *const v128);
-                    let q = [
-                        v128_or(v128_and(la, m4), i8x16_shl(v128_and(qh, m3), 4)),
-                        v128_or(v128_and(lb, m4), v128_and(i8x16_shl(qh, 2), m30)),
-                        v128_or(u8x16_shr(la, 4), v128_and(qh, m30)),
-                        v128_or(u8x16_shr(lb, 4), v128_and(u8x16_shr(qh, 2), m30)),
-                    ];
-                    for (i, q) in q.into_iter().enumerate() {
-                        let at = 128 * h + 32 * i + 16 * c;
-                        let s = b.scales[at / 16] as i16;
-                        store_scaled(o.add(at), i8x16_sub(q, s32), s, true);
-                    }
+                for (i, q) in crate::quant::q6_k::simd_quants(b, h, c)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let at = 128 * h + 32 * i + 16 * c;
+                    // SAFETY: stores of 16 i16 at at + 16 <= 256 of `out`.
+                    unsafe {
+                        store_scaled(o.add(at), i8x16_sub(q, s32), b.scales[at / 16] as i16, true)
+                    };
                 }
             }
         }

@@ -194,7 +194,7 @@ impl PackKind for Q8_0 {
 /// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
 /// the reference.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn dot4_impl<K: PackKind, const T: usize>(
+pub(super) fn dot4_impl<K: PackKind, const T: usize>(
     g: &[K::Group],
     y: [&[K::Act]; T],
     _yw: [&[i16]; T],

@@ -183,25 +183,9 @@ impl PackKind for Q6_K {
     }
 }
 
-/// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
-/// the reference.
+/// The scalar [`PackKind::dot4`] is [`super::packed`]'s.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn dot4_impl<K: PackKind, const T: usize>(
-    g: &[K::Group],
-    y: [&[K::Act]; T],
-    _yw: [&[i16]; T],
-) -> [[f32; ROWS]; T] {
-    let mut row: Vec<K::Block> = Vec::with_capacity(g.len());
-    let mut out = [[0f32; ROWS]; T];
-    for r in 0..ROWS {
-        row.clear();
-        row.extend(g.iter().map(|b| K::unpack(b, r)));
-        for (o, y) in out.iter_mut().zip(y) {
-            o[r] = K::vec_dot_scalar(&row, y);
-        }
-    }
-    out
-}
+use super::packed::dot4_impl;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use simd::dot4_impl;

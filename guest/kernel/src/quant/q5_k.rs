@@ -111,30 +111,13 @@ impl QuantKind for Q5_K {
     fn vec_dot(x: &[BlockQ5_K], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
-        let m10 = u8x16_splat(0x10);
         // Integer sums in SIMD, the float part as the scalar reference does
         // it: the same bits (and those of the batched dots).
         let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let (sc, m) = scales_mins_k4(&bx.scales);
             let summ = super::hsum_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
-            // SAFETY: the two halves of the 32-byte `qh`.
-            let (qh0, qh1) = unsafe {
-                let p = bx.qh.as_ptr();
-                (
-                    v128_load(p as *const v128),
-                    v128_load(p.add(16) as *const v128),
-                )
-            };
-            // Bit `b` of each byte, moved to bit 4.
-            let hbit = |h: v128, b: u32| {
-                let t = if b <= 4 {
-                    i8x16_shl(h, 4 - b)
-                } else {
-                    u8x16_shr(h, b - 4)
-                };
-                v128_and(t, m10)
-            };
+            let [qh0, qh1] = simd_qh(bx);
             let mut isum = i32x4_splat(0);
             for k in 0..4 {
                 // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
@@ -153,10 +136,10 @@ impl QuantKind for Q5_K {
                     )
                 };
                 let b = 2 * k as u32;
-                let l0 = v128_or(v128_and(q0, m4), hbit(qh0, b));
-                let l1 = v128_or(v128_and(q1, m4), hbit(qh1, b));
-                let h0 = v128_or(u8x16_shr(q0, 4), hbit(qh0, b + 1));
-                let h1 = v128_or(u8x16_shr(q1, 4), hbit(qh1, b + 1));
+                let l0 = v128_or(v128_and(q0, m4), simd_hbit(qh0, b));
+                let l1 = v128_or(v128_and(q1, m4), simd_hbit(qh1, b));
+                let h0 = v128_or(u8x16_shr(q0, 4), simd_hbit(qh0, b + 1));
+                let h1 = v128_or(u8x16_shr(q1, 4), simd_hbit(qh1, b + 1));
                 // q <= 31 and |y| <= 127: four products fit i16.
                 let plo = i16x8_add(
                     i16x8_add(
@@ -192,4 +175,32 @@ impl QuantKind for Q5_K {
         }
         sum
     }
+}
+
+/// The two halves of block `b`'s 32-byte `qh`, in simd128.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn simd_qh(b: &BlockQ5_K) -> [core::arch::wasm32::v128; 2] {
+    use core::arch::wasm32::*;
+    // SAFETY: the two halves of the 32-byte `qh`; no alignment needed.
+    unsafe {
+        let p = b.qh.as_ptr();
+        [
+            v128_load(p as *const v128),
+            v128_load(p.add(16) as *const v128),
+        ]
+    }
+}
+
+/// Bit `s` (0..8) of each byte of `h`, moved to bit 4 (a fifth bit).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn simd_hbit(h: core::arch::wasm32::v128, s: u32) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let t = if s <= 4 {
+        i8x16_shl(h, 4 - s)
+    } else {
+        u8x16_shr(h, s - 4)
+    };
+    v128_and(t, u8x16_splat(0x10))
 }

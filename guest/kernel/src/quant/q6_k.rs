@@ -134,9 +134,6 @@ impl QuantKind for Q6_K {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     fn vec_dot(x: &[BlockQ6_K], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
-        let m4 = u8x16_splat(0x0f);
-        let m3 = u8x16_splat(0x03);
-        let m30 = u8x16_splat(0x30);
         // Integer block sums in SIMD, the float part as the scalar
         // reference does it: the same bits.
         let mut sum = 0f32;
@@ -160,25 +157,7 @@ impl QuantKind for Q6_K {
             let mut isum = i32x4_neg(i32x4_shl(corr, 5));
             for h in 0..2 {
                 for c in 0..2 {
-                    // SAFETY: 16-byte loads inside `ql` (offsets up to
-                    // 64h + 32 + 16c + 16 <= 128), `qh` (32h + 16c + 16 <= 64)
-                    // and `by.qs` (128h + 16c + 96 + 16 <= 256); wasm loads
-                    // need no alignment.
-                    let (la, lb, qh) = unsafe {
-                        let lp = bx.ql.as_ptr().add(64 * h + 16 * c);
-                        (
-                            v128_load(lp as *const v128),
-                            v128_load(lp.add(32) as *const v128),
-                            v128_load(bx.qh.as_ptr().add(32 * h + 16 * c) as *const v128),
-                        )
-                    };
-                    let q = [
-                        v128_or(v128_and(la, m4), i8x16_shl(v128_and(qh, m3), 4)),
-                        v128_or(v128_and(lb, m4), v128_and(i8x16_shl(qh, 2), m30)),
-                        v128_or(u8x16_shr(la, 4), v128_and(qh, m30)),
-                        v128_or(u8x16_shr(lb, 4), v128_and(u8x16_shr(qh, 2), m30)),
-                    ];
-                    for (i, q) in q.into_iter().enumerate() {
+                    for (i, q) in simd_quants(bx, h, c).into_iter().enumerate() {
                         let off = 128 * h + 32 * i + 16 * c;
                         // SAFETY: off + 16 <= 256, inside `by.qs`.
                         let yv = unsafe { v128_load(by.qs.as_ptr().add(off) as *const v128) };
@@ -196,4 +175,30 @@ impl QuantKind for Q6_K {
         }
         sum
     }
+}
+
+/// The unsigned quants (0..=63) of block `b` at `128 h + 32 i + 16 c`
+/// (`i` = 0..4, 16 each; `h`, `c` < 2), in simd128.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn simd_quants(b: &BlockQ6_K, h: usize, c: usize) -> [core::arch::wasm32::v128; 4] {
+    use core::arch::wasm32::*;
+    assert!(h < 2 && c < 2);
+    let (m4, m3, m30) = (u8x16_splat(0x0f), u8x16_splat(0x03), u8x16_splat(0x30));
+    // SAFETY: 16-byte loads inside `ql` (64h + 32 + 16c + 16 <= 128) and
+    // `qh` (32h + 16c + 16 <= 64); wasm loads need no alignment.
+    let (la, lb, qh) = unsafe {
+        let lp = b.ql.as_ptr().add(64 * h + 16 * c);
+        (
+            v128_load(lp as *const v128),
+            v128_load(lp.add(32) as *const v128),
+            v128_load(b.qh.as_ptr().add(32 * h + 16 * c) as *const v128),
+        )
+    };
+    [
+        v128_or(v128_and(la, m4), i8x16_shl(v128_and(qh, m3), 4)),
+        v128_or(v128_and(lb, m4), v128_and(i8x16_shl(qh, 2), m30)),
+        v128_or(u8x16_shr(la, 4), v128_and(qh, m30)),
+        v128_or(u8x16_shr(lb, 4), v128_and(u8x16_shr(qh, 2), m30)),
+    ]
 }
