@@ -7,26 +7,12 @@ const SIMD128_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
 
-/**
- * Smallest module using i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113): the
- * relaxed-SIMD kernel build (bit-identical results) is taken when it validates.
- */
-const RELAXED_SIMD_PROBE = new Uint8Array([
-  0, 97, 115, 109, 1, 0, 0, 0, 1, 8, 1, 96, 3, 123, 123, 123, 1, 123, 3, 2, 1, 0,
-  10, 13, 1, 11, 0, 32, 0, 32, 1, 32, 2, 253, 147, 2, 11,
-]);
-
 /** What this engine supports, found with WebAssembly.validate. */
 export function wasmFeatures() {
-  return {
-    simd128: WebAssembly.validate(SIMD128_PROBE),
-    relaxedSimd: WebAssembly.validate(RELAXED_SIMD_PROBE),
-  };
+  return { simd128: WebAssembly.validate(SIMD128_PROBE) };
 }
 
 let loaded = null;
-// Whether gen/relaxed/ exists: its marker module, written by `npm run build`.
-const relaxedBuilt = await import('../gen/relaxed.js').then((m) => m.built === true, () => false);
 let instances = 0; // kernel instances created so far (more than one after a trap)
 let live = 0; // the number of the live instance
 
@@ -96,18 +82,14 @@ export function kernelInstances() {
 export async function kernel(store) {
   if (store) setModelStore(store);
   if (!loaded || kernelState.poisoned) {
-    const features = wasmFeatures();
-    if (!features.simd128) {
+    if (!wasmFeatures().simd128) {
       throw new Error('this JavaScript engine lacks WebAssembly SIMD128, which the kernel needs (Node 16.4+, Chrome 91+, Firefox 89+, Safari 16.4+)');
     }
     // Node and bundlers resolve the shim's bare specifiers; a plain browser
     // worker (no import maps) takes the build whose WASI imports are paths.
-    // The relaxed-SIMD build where the engine validates it (and `npm run
-    // build` made it), else the simd128 one.
-    const dir = features.relaxedSimd && relaxedBuilt ? '../gen/relaxed' : '../gen';
     const gen = typeof process !== 'undefined' && process.versions?.node
-      ? `${dir}/kernel.js`
-      : `${dir}/browser/kernel.js`;
+      ? '../gen/kernel.js'
+      : '../gen/browser/kernel.js';
     // A module is instantiated once per URL: a fresh instance takes a new query.
     const id = ++instances;
     kernelState.poisoned = false;
