@@ -25,68 +25,116 @@ pub(super) fn f16r(x: f32) -> f32 {
     }
 }
 
-/// Query heads per pass of [`attend_f16_heads`]: the lanes of an f32x4.
+/// Query heads a pass of [`attend_batch`] takes from one kv head's group.
 pub(super) const HEADS: usize = 4;
 
-/// [`attend_f16`] for `g = qs.len() / hd` (1..=HEADS) query heads of
-/// `hd` values that read the same kv head: `qs` and `out` hold the heads one
-/// after the other. Each key row is read once for all of them, and in
-/// simd128 their q·k sums run in the lanes of one vector, each lane adding
-/// its products in index order as [`dot_in_order`] does: every head's
-/// result has the bits of [`attend_f16`] (tested as wasm32). `qh` is
-/// scratch (HEADS * head_dim).
+/// (query, head) pairs of one pass of [`attend_batch`]: their q·k sums fill
+/// up to 4 f32x4.
+pub(super) const LANES: usize = 16;
+
+/// Queries per pass of [`attend_batch`] for `g` heads (1..=HEADS): as many
+/// as fill [`LANES`], or 4 where `g` does not divide 4 (3 heads: 12 lanes,
+/// three whole vectors, rather than 15 in four).
+pub(super) fn queries_per_pass(g: usize) -> usize {
+    if HEADS.is_multiple_of(g) {
+        LANES / g
+    } else {
+        HEADS
+    }
+}
+
+/// Where one pass of [`attend_batch`] reads its keys and values: the layer's
+/// cache rows (`kv_dim` wide) and the kv head's offset `kvh` in them.
+pub(super) struct KvHead<'a> {
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub kv_dim: usize,
+    pub kvh: usize,
+}
+
+/// Scratch of [`attend_batch`].
+#[derive(Default)]
+pub(super) struct Scratch {
+    /// (LANES, head_dim) the lanes' queries rounded to f16: one after the
+    /// other (scalar), or per 4 lanes transposed, `[4 i + r]` = lane r's
+    /// element i (simd128).
+    qh: Vec<f32>,
+    /// (LANES, head_dim) the lanes' f16 value accumulators.
+    acc: Vec<f32>,
+}
+
+/// [`attend_f16`] for `g` (1..=HEADS) consecutive query heads of `hd`
+/// values that read the kv head `kv`, for `ts.len()` queries (at most
+/// [`queries_per_pass`]`(g)`): query i's head j is `q[i * stride + j * hd..]`
+/// (`hd` values), sees the positions `ts[i]`, and its result goes to the same
+/// place in `out`. Each key row is read once for all of them: in simd128
+/// their q·k sums run in the lanes of f32x4 vectors, each lane adding its
+/// products in index order as [`dot_in_order`] does; positions outside a
+/// query's range leave it untouched. So every (query, head) gets the bits of
+/// [`attend_f16`] (tested, also as wasm32).
 #[allow(clippy::too_many_arguments)]
-pub(super) fn attend_f16_heads(
+pub(super) fn attend_batch(
     hd: usize,
-    qs: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kv_dim: usize,
-    kvh: usize,
-    ts: std::ops::Range<usize>,
+    g: usize,
+    q: &[f32],
+    stride: usize,
+    ts: &[std::ops::Range<usize>],
+    kv: &KvHead,
     scale: f32,
     softcap: Option<f32>,
-    qh: &mut [f32],
+    sc: &mut Scratch,
     out: &mut [f32],
 ) {
-    let g = qs.len() / hd;
-    assert!((1..=HEADS).contains(&g) && out.len() == qs.len() && qh.len() >= HEADS * hd);
-    scores::prepare(qs, g, hd, qh);
-    let mut m = [f32::NEG_INFINITY; HEADS];
-    let mut sum = [0f32; HEADS];
-    out.fill(0.0);
-    for t in ts {
-        let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let sc = scores::of(qh, g, hd, kr);
-        let vr = &v[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        for j in 0..g {
-            let mut s = sc[j];
+    let n = g * ts.len();
+    assert!((1..=HEADS).contains(&g) && (1..=LANES).contains(&n) && hd > 0);
+    // Lane l is query l / g, head l % g.
+    let at = |l: usize| (l / g) * stride + (l % g) * hd;
+    if sc.qh.len() < LANES * hd {
+        sc.qh.resize(LANES * hd, 0.0);
+        sc.acc.resize(LANES * hd, 0.0);
+    }
+    scores::prepare(n, hd, |l, i| q[at(l) + i], &mut sc.qh);
+    let acc = &mut sc.acc[..n * hd];
+    acc.fill(0.0);
+    let mut m = [f32::NEG_INFINITY; LANES];
+    let mut sum = [0f32; LANES];
+    let t_lo = ts.iter().map(|r| r.start).min().unwrap_or(0);
+    let t_hi = ts.iter().map(|r| r.end).max().unwrap_or(0);
+    for t in t_lo..t_hi {
+        let row = t * kv.kv_dim + kv.kvh;
+        let kr = &kv.k[row..row + hd];
+        let sc = scores::of(&sc.qh, n, hd, kr);
+        let vr = &kv.v[row..row + hd];
+        for (l, o) in acc.chunks_exact_mut(hd).enumerate() {
+            if !ts[l / g].contains(&t) {
+                continue;
+            }
+            let mut s = sc[l];
             match softcap {
                 Some(cap) => s = cap * (s * (scale / cap)).tanh(),
                 None => s *= scale,
             }
-            let o = &mut out[j * hd..(j + 1) * hd];
             let mut ms = 1.0f32;
             let mut vs = 1.0f32;
-            if s > m[j] {
-                ms = if m[j] == f32::NEG_INFINITY {
+            if s > m[l] {
+                ms = if m[l] == f32::NEG_INFINITY {
                     0.0
                 } else {
-                    (m[j] - s).exp()
+                    (m[l] - s).exp()
                 };
-                m[j] = s;
+                m[l] = s;
                 rescale_f16(o, ms);
             } else {
-                vs = (s - m[j]).exp();
+                vs = (s - m[l]).exp();
             }
             add_scaled_f16(o, vr, vs);
-            sum[j] = sum[j] * ms + vs;
+            sum[l] = sum[l] * ms + vs;
         }
     }
-    for j in 0..g {
-        let inv = if sum[j] == 0.0 { 0.0 } else { 1.0 / sum[j] };
-        for o in out[j * hd..(j + 1) * hd].iter_mut() {
-            *o *= inv;
+    for (l, a) in acc.chunks_exact(hd).enumerate() {
+        let inv = if sum[l] == 0.0 { 0.0 } else { 1.0 / sum[l] };
+        for (o, &x) in out[at(l)..at(l) + hd].iter_mut().zip(a) {
+            *o = x * inv;
         }
     }
 }
@@ -101,7 +149,7 @@ pub(super) fn attend_f16_heads(
 /// decodes; matching it brought the teacher-forced median |Δ logprob| over
 /// the 14 SmolLM2 variants from 0.066 to 0.065 and the mean of the maxima
 /// from 0.82 to 0.72 (tests/tests/coverage.rs). `qh` is scratch (head_dim).
-/// The reference of [`attend_f16_heads`] (one head).
+/// The reference of [`attend_batch`] (one query, one head).
 #[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 fn attend_f16(
@@ -153,74 +201,95 @@ fn attend_f16(
     }
 }
 
-/// The q·k sums of [`attend_f16_heads`].
+/// The q·k sums of [`attend_batch`].
 mod scores {
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     use super::dot_in_order;
-    use super::{f16r, HEADS};
+    use super::{f16r, LANES};
 
-    /// The `g` heads of `qs` rounded to f16 into `qh`: one after the other
-    /// (scalar), or transposed, `qh[4 i + j]` = head j's element i (simd128).
-    pub fn prepare(qs: &[f32], g: usize, hd: usize, qh: &mut [f32]) {
+    /// The `n` lanes' queries (`q(l, i)`: lane l's element i, of `hd`)
+    /// rounded to f16 into `qh` (the layout of [`super::Scratch::qh`]).
+    #[inline(always)]
+    pub fn prepare(n: usize, hd: usize, q: impl Fn(usize, usize) -> f32, qh: &mut [f32]) {
         if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
-            qh[..HEADS * hd].fill(0.0);
-            for j in 0..g {
+            qh[..n.div_ceil(4) * 4 * hd].fill(0.0);
+            for l in 0..n {
+                let base = (l / 4) * 4 * hd + l % 4;
                 for i in 0..hd {
-                    qh[HEADS * i + j] = f16r(qs[j * hd + i]);
+                    qh[base + 4 * i] = f16r(q(l, i));
                 }
             }
         } else {
-            for (a, &b) in qh[..g * hd].iter_mut().zip(&qs[..g * hd]) {
-                *a = f16r(b);
+            for l in 0..n {
+                for i in 0..hd {
+                    qh[l * hd + i] = f16r(q(l, i));
+                }
             }
         }
     }
 
-    /// Head j's q · `kr` in lane j (j < g), in index order.
+    /// Lane l's q · `kr` in `[l]` (l < n), in index order.
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     #[inline(always)]
-    pub fn of(qh: &[f32], g: usize, hd: usize, kr: &[f32]) -> [f32; HEADS] {
-        let mut r = [0f32; HEADS];
-        for (j, r) in r.iter_mut().enumerate().take(g) {
-            *r = dot_in_order(&qh[j * hd..(j + 1) * hd], kr);
+    pub fn of(qh: &[f32], n: usize, hd: usize, kr: &[f32]) -> [f32; LANES] {
+        let mut r = [0f32; LANES];
+        for (l, r) in r.iter_mut().enumerate().take(n) {
+            *r = dot_in_order(&qh[l * hd..(l + 1) * hd], kr);
         }
         r
     }
 
-    /// Head j's q · `kr` in lane j (j < g), each lane adding its products
-    /// in index order from the empty sum, as [`dot_in_order`] does.
+    /// Lane l's q · `kr` in `[l]` (l < n): 4 lanes per f32x4, each lane
+    /// adding its products in index order from the empty sum, as
+    /// [`dot_in_order`](super::dot_in_order) does.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     #[inline(always)]
-    pub fn of(qh: &[f32], _g: usize, hd: usize, kr: &[f32]) -> [f32; HEADS] {
+    pub fn of(qh: &[f32], n: usize, hd: usize, kr: &[f32]) -> [f32; LANES] {
+        match n.div_ceil(4) {
+            1 => vectors::<1>(qh, hd, kr),
+            2 => vectors::<2>(qh, hd, kr),
+            3 => vectors::<3>(qh, hd, kr),
+            _ => vectors::<4>(qh, hd, kr),
+        }
+    }
+
+    /// [`of`] for `G` vectors of 4 lanes.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn vectors<const G: usize>(qh: &[f32], hd: usize, kr: &[f32]) -> [f32; LANES] {
         use core::arch::wasm32::*;
-        assert!(qh.len() >= HEADS * hd && kr.len() == hd);
-        let mut acc = f32x4_splat(std::iter::empty::<f32>().sum());
+        assert!(G * 4 <= LANES && qh.len() >= G * 4 * hd && kr.len() == hd);
+        let mut acc = [f32x4_splat(std::iter::empty::<f32>().sum()); G];
+        // Vector gi of element i is q[gi * hd + i].
         let q = qh.as_ptr() as *const v128;
         let mut ck = kr.chunks_exact(8);
         let mut i = 0;
         for c in ck.by_ref() {
-            // SAFETY: i + 8 <= hd, and qh holds HEADS * hd values.
-            unsafe {
-                for (e, &x) in c.iter().enumerate() {
-                    let p = f32x4_mul(v128_load(q.add(i + e)), f32x4_splat(x));
-                    acc = f32x4_add(acc, p);
+            for (e, &x) in c.iter().enumerate() {
+                let kx = f32x4_splat(x);
+                for (gi, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + e < hd and gi < G: inside qh's G * 4 * hd.
+                    let qv = unsafe { v128_load(q.add(gi * hd + i + e)) };
+                    *a = f32x4_add(*a, f32x4_mul(qv, kx));
                 }
             }
             i += 8;
         }
         for &x in ck.remainder() {
-            // SAFETY: i < hd.
-            unsafe {
-                acc = f32x4_add(acc, f32x4_mul(v128_load(q.add(i)), f32x4_splat(x)));
+            let kx = f32x4_splat(x);
+            for (gi, a) in acc.iter_mut().enumerate() {
+                // SAFETY: i < hd and gi < G.
+                let qv = unsafe { v128_load(q.add(gi * hd + i)) };
+                *a = f32x4_add(*a, f32x4_mul(qv, kx));
             }
             i += 1;
         }
-        [
-            f32x4_extract_lane::<0>(acc),
-            f32x4_extract_lane::<1>(acc),
-            f32x4_extract_lane::<2>(acc),
-            f32x4_extract_lane::<3>(acc),
-        ]
+        let mut r = [0f32; LANES];
+        for (gi, a) in acc.iter().enumerate() {
+            // SAFETY: 4 * gi + 4 <= LANES.
+            unsafe { v128_store(r.as_mut_ptr().add(4 * gi) as *mut v128, *a) };
+        }
+        r
     }
 }
 
@@ -459,56 +528,70 @@ mod tests {
     }
 
     #[test]
-    fn grouped_heads_give_each_heads_bits() {
-        // attend_f16_heads over 1..=4 heads against attend_f16 per head,
-        // bit for bit (as wasm32: the simd128 lanes), with and without
-        // soft-capping, over whole and windowed position ranges.
+    fn a_batch_gives_each_query_and_head_its_bits() {
+        // attend_batch over 1..=4 heads and 1 to queries_per_pass queries
+        // against attend_f16 per (query, head), bit for bit (as wasm32: the
+        // simd128 lanes), with and without soft-capping, causal and
+        // sliding-window ranges per query; values between the lanes' places
+        // in `out` (other heads) stay untouched.
         let mut next = stream(1);
         let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut sc = Scratch::default();
         for (hd, n_kv) in [(64, 2), (70, 1), (8, 3)] {
             let kv_dim = hd * n_kv;
-            let n = 40;
+            let n = 48;
             let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
             let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            let kv = KvHead {
+                k: &k,
+                v: &v,
+                kv_dim,
+                kvh: hd * (n_kv - 1),
+            };
             for g in 1..=HEADS {
-                let qs: Vec<f32> = (0..g * hd).map(|_| rnd()).collect();
-                for (ts, cap) in [(0..n, None), (7..30, Some(2.0f32)), (3..4, None)] {
-                    let kvh = hd * (n_kv - 1);
-                    let mut qh = vec![0f32; HEADS * hd];
-                    let mut got = vec![0f32; g * hd];
-                    attend_f16_heads(
-                        hd,
-                        &qs,
-                        &k,
-                        &v,
-                        kv_dim,
-                        kvh,
-                        ts.clone(),
-                        0.125,
-                        cap,
-                        &mut qh,
-                        &mut got,
-                    );
-                    for j in 0..g {
-                        let mut want = vec![0f32; hd];
-                        attend_f16(
-                            &qs[j * hd..(j + 1) * hd],
-                            &k,
-                            &v,
-                            kv_dim,
-                            kvh,
-                            ts.clone(),
-                            0.125,
-                            cap,
-                            &mut qh[..hd],
-                            &mut want,
-                        );
-                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(
-                            bits(&got[j * hd..(j + 1) * hd]),
-                            bits(&want),
-                            "hd {hd} g {g} head {j} {ts:?}"
-                        );
+                let stride = (g + 2) * hd;
+                for nq in [1, 2, queries_per_pass(g) - 1, queries_per_pass(g)] {
+                    let q: Vec<f32> = (0..nq * stride).map(|_| rnd()).collect();
+                    // (first position, window, soft-cap)
+                    for (p0, w, cap) in [
+                        (0, None, None),
+                        (nq.min(30), None, Some(2.0f32)),
+                        (n - nq, Some(9), None),
+                        (3, Some(2), Some(30.0)),
+                    ] {
+                        let ts: Vec<_> = (p0..p0 + nq)
+                            .map(|pos| w.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1)
+                            .collect();
+                        let mut got = vec![7f32; nq * stride];
+                        attend_batch(hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got);
+                        for (i, r) in ts.iter().enumerate() {
+                            for j in 0..g {
+                                let at = i * stride + j * hd;
+                                let mut qh = vec![0f32; hd];
+                                let mut want = vec![0f32; hd];
+                                attend_f16(
+                                    &q[at..at + hd],
+                                    &k,
+                                    &v,
+                                    kv_dim,
+                                    kv.kvh,
+                                    r.clone(),
+                                    0.125,
+                                    cap,
+                                    &mut qh,
+                                    &mut want,
+                                );
+                                assert_eq!(
+                                    bits(&got[at..at + hd]),
+                                    bits(&want),
+                                    "hd {hd} g {g} nq {nq} query {i} head {j} {r:?} {cap:?}"
+                                );
+                            }
+                            assert!(got[i * stride + g * hd..(i + 1) * stride]
+                                .iter()
+                                .all(|&x| x == 7.0));
+                        }
                     }
                 }
             }

@@ -9,7 +9,7 @@
 //! share this one code path. Matmuls take quantized activations (`QActs`), as
 //! llama.cpp does, for speed and for parity with its arithmetic.
 
-use super::attention::{attend_f16_heads, f16r, HEADS};
+use super::attention::{self, attend_batch, f16r, KvHead, HEADS};
 use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
 use super::weights::{BlockWeights, HeadWeights, LayerData, Mat};
@@ -85,12 +85,12 @@ pub struct State {
     k: Vec<f32>,           // (n, kv_dim)
     v: Vec<f32>,           // (n, kv_dim)
     att: Vec<f32>,         // (n, q_dim) attention output
-    qh: Vec<f32>,          // (4 * head_dim,) up to 4 query heads rounded to f16
     hb: Vec<f32>,          // (n, n_ff) gate, then silu(gate) * up
     hb2: Vec<f32>,         // (n, n_ff) up
     logits: Vec<f32>,      // (rows, n_vocab)
     rope: Vec<(f32, f32)>, // (rope_dim / 2,) cos, sin of one position
     acts: QActs,
+    attn: attention::Scratch,
 }
 
 impl State {
@@ -107,7 +107,6 @@ impl State {
         grow(&mut self.k, n * c.kv_dim());
         grow(&mut self.v, n * c.kv_dim());
         grow(&mut self.att, n * c.q_dim());
-        grow(&mut self.qh, HEADS * c.head_dim);
         grow(&mut self.hb, n * c.n_ff);
         grow(&mut self.hb2, n * c.n_ff);
     }
@@ -541,34 +540,45 @@ fn attn_partial(
     // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv)
     //    (`Config::kv_head`: a shard's heads may start inside a group).
     //    On a sliding-window layer the query at pos sees keys pos - n_swa < t <= pos.
+    //    Runs of up to HEADS consecutive heads reading the same kv head,
+    //    for several queries of the batch at a time (each key row read once
+    //    for all of them).
     let window = c.window(l);
-    for i in 0..n {
-        let pos = pos0 + i;
-        let t0 = window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        // Runs of up to HEADS consecutive heads reading the same kv head.
-        let mut h = 0;
-        while h < c.n_head {
-            let kvh = c.kv_head(h);
-            let mut g = 1;
-            while g < HEADS && h + g < c.n_head && c.kv_head(h + g) == kvh {
-                g += 1;
+    let kv_l = |kvh: usize| KvHead {
+        k: &kv.k[l],
+        v: &kv.v[l],
+        kv_dim,
+        kvh: kvh * hd,
+    };
+    let mut h = 0;
+    while h < c.n_head {
+        let kvh = c.kv_head(h);
+        let mut g = 1;
+        while g < HEADS && h + g < c.n_head && c.kv_head(h + g) == kvh {
+            g += 1;
+        }
+        let per_pass = attention::queries_per_pass(g);
+        for i0 in (0..n).step_by(per_pass) {
+            let nq = per_pass.min(n - i0);
+            let mut ts: [std::ops::Range<usize>; attention::LANES] = Default::default();
+            for (r, pos) in ts.iter_mut().zip(pos0 + i0..).take(nq) {
+                *r = window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1;
             }
-            let (a, b) = (i * q_dim + h * hd, i * q_dim + (h + g) * hd);
-            attend_f16_heads(
+            let a = i0 * q_dim + h * hd;
+            attend_batch(
                 hd,
-                &s.q[a..b],
-                &kv.k[l],
-                &kv.v[l],
-                kv_dim,
-                kvh * hd,
-                t0..pos + 1,
+                g,
+                &s.q[a..],
+                q_dim,
+                &ts[..nq],
+                &kv_l(kvh),
                 c.attn_scale,
                 c.attn_softcap,
-                &mut s.qh[..HEADS * hd],
-                &mut s.att[a..b],
+                &mut s.attn,
+                &mut s.att[a..],
             );
-            h += g;
         }
+        h += g;
     }
 
     // 5. Output projection (RMSNorm'd where the architecture has a
