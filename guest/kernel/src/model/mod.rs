@@ -1,5 +1,6 @@
 //! A loaded model: hyperparameters, vocabulary, and weights behind the layer cache.
 
+mod attention;
 pub mod config;
 pub mod forward;
 pub mod residency;
