@@ -48,7 +48,7 @@ for (let i = 0; i < v.repetitions; i++) {
   rows['native (wasmtime)'].push(native());
   rows[`node ${process.version} (jco)`].push(js());
 }
-console.log(`model ${v.model}\nprompt ${prompt.length} tokens, ${n} generated (greedy), median of ${v.repetitions}; simd128: ${wasmFeatures().simd128}`);
+console.log(`model ${v.model}\nprompt ${prompt.length} tokens, ${n} generated (greedy), median of ${v.repetitions}; simd128: ${wasmFeatures().simd128}, relaxed SIMD: ${wasmFeatures().relaxedSimd}`);
 console.log('host                      decode tok/s   prompt tok/s');
 for (const [name, rs] of Object.entries(rows)) {
   const d = median(rs.map((r) => r.decode)).toFixed(2);

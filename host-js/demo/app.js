@@ -121,9 +121,10 @@ function showLoaded(info, ms, workers) {
   ui.progress.value = 1;
   ui.progress.hidden = true;
   document.body.dataset.state = 'loaded';
+  document.body.dataset.kernel = info.kernel;
   const types = info.tensorTypes.map(([t, n]) => `${t}×${n}`).join(' ');
   ui.status.textContent = `Loaded ${info.name || info.source} (${info.architecture}, ${(info.nParams / 1e6).toFixed(1)} M params, `
-    + `${info.nLayers} layers, ${mib(info.fileSize)}, ${types}) in ${(ms / 1e3).toFixed(1)} s.`;
+    + `${info.nLayers} layers, ${mib(info.fileSize)}, ${types}) in ${(ms / 1e3).toFixed(1)} s, ${info.kernel} kernel.`;
   ui.chat.disabled = !info.hasChatTemplate;
   if (!info.hasChatTemplate) ui.chat.checked = false;
   showMode(workers);

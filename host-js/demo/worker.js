@@ -16,7 +16,7 @@
 //               {type:'prompt', tokens} {type:'piece', token, text, tokensPerSecond}
 //               {type:'done', stats} {type:'error', message, fatal}
 import {
-  kernel, loadOptions, generateOptions, errorMessage, timings, BlobStore, HttpRangeStore, ShardHost,
+  kernel, kernelBuild, loadOptions, generateOptions, errorMessage, timings, BlobStore, HttpRangeStore, ShardHost,
 } from '../src/index.js';
 
 let model = null;
@@ -83,6 +83,7 @@ async function load({ file, url, shard: spec }) {
       fileSize: Number(i.fileSize),
       tensorTypes: i.tensorTypes,
       hasChatTemplate: i.chatTemplate !== undefined,
+      kernel: kernelBuild(),
     },
   });
 }

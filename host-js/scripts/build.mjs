@@ -56,6 +56,25 @@ transpile(browserOut, [
   ...['cli', 'clocks', 'filesystem', 'http', 'io', 'random', 'sockets']
     .map((pkg) => `wasi:${pkg}/*=${shim}/${pkg}.js#*`),
 ]);
+// gen/relaxed/ (and gen/relaxed/browser/): the relaxed-SIMD kernel
+// (wasm-chord-kernel-relaxed.wasm beside the kernel, or
+// $WASM_CHORD_KERNEL_RELAXED), which src/kernel.js takes when the engine's
+// WebAssembly.validate accepts relaxed SIMD; gen/relaxed.js says it is there.
+const relaxed = process.env.WASM_CHORD_KERNEL_RELAXED
+  || path.join(path.dirname(wasm), 'wasm-chord-kernel-relaxed.wasm');
+const relaxedOut = path.join(out, 'relaxed');
+if (fs.existsSync(relaxed)) {
+  transpile(relaxedOut, ['wasm-chord:runtime/layer-store=../../src/layer-store.js'], relaxed);
+  const relaxedBrowser = path.join(relaxedOut, 'browser');
+  const shimR = path.relative(relaxedBrowser, shimBrowser).split(path.sep).join('/');
+  transpile(relaxedBrowser, [
+    'wasm-chord:runtime/layer-store=../../../src/layer-store.js',
+    ...['cli', 'clocks', 'filesystem', 'http', 'io', 'random', 'sockets']
+      .map((pkg) => `wasi:${pkg}/*=${shimR}/${pkg}.js#*`),
+  ], relaxed);
+}
+fs.writeFileSync(path.join(out, 'relaxed.js'), `export const built = ${fs.existsSync(relaxed)};\n`);
+
 // gen/app/: the one command line that bin/wasm-chord.mjs runs: the composed
 // wasm-chord-app.wasm (guest/cli ∘ kernel, `cargo xtask build` makes it), the
 // same component the native launcher runs; its layer-store import goes to our

@@ -1,7 +1,7 @@
 // wasm-chord for JavaScript: the kernel component transpiled by jco, and the
 // layer stores that feed it model bytes.
 export {
-  kernel, kernelInstances, wasmFeatures, loadOptions, generateOptions, generate, timings, errorMessage, DEFAULT_SAMPLING,
+  kernel, kernelBuild, kernelInstances, wasmFeatures, loadOptions, generateOptions, generate, timings, errorMessage, DEFAULT_SAMPLING,
 } from './kernel.js';
 export {
   StoreError, setModelStore, modelStore, sourceStats, MAX_REQUEST,

@@ -7,12 +7,70 @@ const SIMD128_PROBE = new Uint8Array([
   0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10, 1, 8, 0, 65, 0, 253, 15, 253, 98, 11,
 ]);
 
-/** What this engine supports, found with WebAssembly.validate. */
+/**
+ * A module whose export `f` returns lane 0 of
+ * i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113) of the constants
+ * [-128, -100, 50, 127] · [15, 7, 3, 1] + 1000 = -1343: the instruction the
+ * relaxed-SIMD kernel build depends on, with a negative i8 operand and an
+ * accumulator as the kernel uses it.
+ */
+const RELAXED_DOT_PROBE = new Uint8Array([
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 127, 3, 2, 1, 0, 7, 5, 1, 1, 102, 0, 0,
+  10, 64, 1, 62, 0, 253, 12, 128, 156, 50, 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  253, 12, 15, 7, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  253, 12, 232, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 147, 2, 253, 27, 0, 11,
+]);
+
+/**
+ * Whether relaxed SIMD's dot validates and computes the exact sum. Validating
+ * is not enough: Node 20's experimental relaxed SIMD
+ * (--experimental-wasm-relaxed-simd) validates the dot but returns another
+ * number (measured: -4686), where Chromium 156 returns -1343.
+ */
+function relaxedDotWorks() {
+  if (!WebAssembly.validate(RELAXED_DOT_PROBE)) return false;
+  try {
+    const { exports } = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_DOT_PROBE));
+    return exports.f() === -1343;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * What this engine supports, found with WebAssembly.validate: `simd128`, and
+ * `relaxedSimd` when relaxed SIMD validates and its dot computes exactly.
+ */
 export function wasmFeatures() {
-  return { simd128: WebAssembly.validate(SIMD128_PROBE) };
+  return {
+    simd128: WebAssembly.validate(SIMD128_PROBE),
+    relaxedSimd: relaxedDotWorks(),
+  };
 }
 
 let loaded = null;
+// Whether gen/relaxed/ exists (its marker module, written by `npm run build`),
+// found on the first kernel() call. Not a top-level await: a module worker
+// whose imports suspend at one registers its `onmessage` late, and the page's
+// first messages to it are lost (the browser's shard workers waited forever).
+let relaxedBuilt = null;
+
+/** Whether to take the relaxed build: the engine validates it and it was built. */
+async function relaxedChoice(validates) {
+  if (!validates) return false;
+  if (relaxedBuilt === null) {
+    relaxedBuilt = await import('../gen/relaxed.js').then((m) => m.built === true, () => false);
+  }
+  return relaxedBuilt;
+}
+
+let build = null; // which kernel build the live instance is
+
+/** The kernel build `kernel()` took: 'relaxed-simd', 'simd128', or null before the first call. */
+export function kernelBuild() {
+  return build;
+}
+
 let instances = 0; // kernel instances created so far (more than one after a trap)
 let live = 0; // the number of the live instance
 
@@ -82,19 +140,27 @@ export function kernelInstances() {
 export async function kernel(store) {
   if (store) setModelStore(store);
   if (!loaded || kernelState.poisoned) {
-    if (!wasmFeatures().simd128) {
+    const features = wasmFeatures();
+    if (!features.simd128) {
       throw new Error('this JavaScript engine lacks WebAssembly SIMD128, which the kernel needs (Node 16.4+, Chrome 91+, Firefox 89+, Safari 16.4+)');
     }
     // Node and bundlers resolve the shim's bare specifiers; a plain browser
     // worker (no import maps) takes the build whose WASI imports are paths.
-    const gen = typeof process !== 'undefined' && process.versions?.node
-      ? '../gen/kernel.js'
-      : '../gen/browser/kernel.js';
-    // A module is instantiated once per URL: a fresh instance takes a new query.
+    // The relaxed-SIMD build where the engine validates it (and `npm run
+    // build` made it), else the simd128 one.
+    // `loaded` is set before any await, so concurrent calls share one instance.
     const id = ++instances;
     kernelState.poisoned = false;
     live = id;
-    loaded = import(id === 1 ? gen : `${gen}?instance=${id}`).then((m) => watch(m.inference, id));
+    loaded = relaxedChoice(features.relaxedSimd).then((relaxed) => {
+      build = relaxed ? 'relaxed-simd' : 'simd128';
+      const dir = relaxed ? '../gen/relaxed' : '../gen';
+      const gen = typeof process !== 'undefined' && process.versions?.node
+        ? `${dir}/kernel.js`
+        : `${dir}/browser/kernel.js`;
+      // A module is instantiated once per URL: a fresh instance takes a new query.
+      return import(id === 1 ? gen : `${gen}?instance=${id}`);
+    }).then((m) => watch(m.inference, id));
     loaded.catch(() => {
       if (live === id) loaded = null;
     });

@@ -101,6 +101,9 @@ describe('browser demo (chromium)', () => {
     assert.equal(r.state, 'loaded', r.error);
     assert.equal(await page.isVisible('#error'), false, 'the old error is gone');
     assert.match(r.status, /Loaded .*llama/);
+    // Chromium validates relaxed SIMD and computes its dot exactly: the
+    // relaxed-SIMD kernel build runs (its logits are the simd128 build's bits).
+    assert.equal(await page.evaluate(() => document.body.dataset.kernel), 'relaxed-simd');
 
     await page.fill('#prompt', CASE.prompt);
     await page.fill('#n', String(GOLDEN.n_predict));
