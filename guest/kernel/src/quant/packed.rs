@@ -441,45 +441,6 @@ mod simd {
             return block_relaxed::<K, T>(bx, b, y, acc);
         }
         let mut s = [[i32x4_splat(0); 2]; T];
-        if T == 1 {
-            // One vector: the block's 32 activations in 4 registers, each
-            // column pair a lane splat in register (not a splat load per
-            // pair), the 4 parts in straight-line code.
-            // SAFETY: 32 i16 per block (the caller's assert).
-            let a: [v128; 4] = unsafe {
-                let yp = yw[0].as_ptr().add(32 * b);
-                core::array::from_fn(|i| v128_load(yp.add(8 * i) as *const v128))
-            };
-            #[inline(always)]
-            fn pair(a: &[v128; 4], off: usize) -> v128 {
-                let v = a[off / 8];
-                match (off % 8) / 2 {
-                    0 => i32x4_shuffle::<0, 0, 0, 0>(v, v),
-                    1 => i32x4_shuffle::<1, 1, 1, 1>(v, v),
-                    2 => i32x4_shuffle::<2, 2, 2, 2>(v, v),
-                    _ => i32x4_shuffle::<3, 3, 3, 3>(v, v),
-                }
-            }
-            for k in 0..4 {
-                // SAFETY: `weights` reads `bx`.
-                let (w, off) = unsafe { K::weights(bx, k) };
-                let x = i32x4_add(
-                    i32x4_dot_i16x8(w[0], pair(&a, off[0])),
-                    i32x4_dot_i16x8(w[1], pair(&a, off[1])),
-                );
-                let c = i32x4_add(
-                    i32x4_dot_i16x8(w[2], pair(&a, off[2])),
-                    i32x4_dot_i16x8(w[3], pair(&a, off[3])),
-                );
-                s[0][0] = i32x4_add(s[0][0], x);
-                s[0][1] = i32x4_add(s[0][1], c);
-            }
-            // SAFETY: reads `bx`.
-            let (d, m) = unsafe { K::scales(bx) };
-            let sumi = i32x4_add(s[0][0], s[0][1]);
-            acc[0] = f32x4_add(acc[0], K::term(d, m, sumi, &y[0][b]));
-            return;
-        }
         let mut part = |k: usize| {
             // SAFETY: `weights` reads `bx`; the activation offsets are
             // below 32, and `yw[t]` has 32 i16 per block (the caller's
@@ -501,11 +462,18 @@ mod simd {
                 }
             }
         };
-        // With several vectors, the unrolled parts spill more than the
-        // checks cost.
-        for k in (0..4).step_by(2) {
-            part(k);
-            part(k + 1);
+        if T == 1 {
+            part(0);
+            part(1);
+            part(2);
+            part(3);
+        } else {
+            // With several vectors, the unrolled parts spill more than
+            // the checks cost.
+            for k in (0..4).step_by(2) {
+                part(k);
+                part(k + 1);
+            }
         }
         // SAFETY: reads `bx`.
         let (d, m) = unsafe { K::scales(bx) };
