@@ -428,11 +428,16 @@ mod simd {
         yw: &[&[i16]; T],
         acc: &mut [v128; T],
     ) {
-        // Several vectors (prompts, batches) only: for one (decode) the
-        // unrolled i16 dots measured faster (wasmtime 48, x86: 76 vs 90
-        // tokens/s), the relaxed block 11% faster for prompts.
+        // Several vectors (prompts, batches): the relaxed block, 11% faster
+        // for prompts. One (decode): `block_relaxed1`, whose activations are
+        // one register shuffle per 16 weights (the relaxed block's splat
+        // loads and row shuffles per vector measured slower than the i16
+        // dots for decode: 76 vs 90 tokens/s).
         #[cfg(target_feature = "relaxed-simd")]
-        if K::RELAXED && T > 1 {
+        if K::RELAXED {
+            if T == 1 {
+                return block_relaxed1::<K>(bx, &y[0][b], &mut acc[0]);
+            }
             return block_relaxed::<K, T>(bx, b, y, acc);
         }
         let mut s = [[i32x4_splat(0); 2]; T];
@@ -544,6 +549,84 @@ mod simd {
             }
             acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
         }
+    }
+
+    /// [`block`] for one vector with relaxed SIMD: each 16 bytes of nibbles
+    /// (low and high halves: 4 rows x 2 columns, then 4 rows x the next 2)
+    /// dotted pairwise, by `i16x8.relaxed_dot_i8x16_i7x16_s` with the nibbles
+    /// as the 7-bit operand, with the block's activations shuffled in
+    /// register to the same arrangement (a full vector, no splat loads).
+    /// A lane of a pair sum is at most 2 * 128 * 15 = 3840 in magnitude, the
+    /// 8 pair sums of a lane at most 30720: exact in i16 on every host. The
+    /// lanes `r` and `r + 4` then hold row `r`'s two halves: `sumi` is the
+    /// exact integer sum, the term that of [`block`].
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn block_relaxed1<K: Simd4>(bx: &K::Group, y: &K::Act, acc: &mut v128) {
+        let qs = K::qs(y).as_ptr();
+        let p = K::nibbles(bx);
+        // SAFETY: 32 activation bytes, 64 bytes of quants.
+        let (y0, y1, q) = unsafe {
+            (
+                v128_load(qs as *const v128),
+                v128_load(qs.add(16) as *const v128),
+                [
+                    v128_load(p as *const v128),
+                    v128_load(p.add(16) as *const v128),
+                    v128_load(p.add(32) as *const v128),
+                    v128_load(p.add(48) as *const v128),
+                ],
+            )
+        };
+        // Columns 4k, 4k + 1 for 4 rows, then 4k + 2, 4k + 3.
+        macro_rules! cols {
+            ($v:expr, $a:literal, $b:literal, $c:literal, $d:literal) => {
+                i8x16_shuffle::<$a, $b, $a, $b, $a, $b, $a, $b, $c, $d, $c, $d, $c, $d, $c, $d>(
+                    $v, $v,
+                )
+            };
+        }
+        let m = u8x16_splat(0x0f);
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        let lo = |k: usize| v128_and(q[k], m);
+        let hi = |k: usize| u8x16_shr(q[k], 4);
+        let s0 = i16x8_add(
+            i16x8_add(
+                dot(lo(0), cols!(y0, 0, 1, 2, 3)),
+                dot(lo(1), cols!(y0, 4, 5, 6, 7)),
+            ),
+            i16x8_add(
+                dot(lo(2), cols!(y0, 8, 9, 10, 11)),
+                dot(lo(3), cols!(y0, 12, 13, 14, 15)),
+            ),
+        );
+        let s1 = i16x8_add(
+            i16x8_add(
+                dot(hi(0), cols!(y1, 0, 1, 2, 3)),
+                dot(hi(1), cols!(y1, 4, 5, 6, 7)),
+            ),
+            i16x8_add(
+                dot(hi(2), cols!(y1, 8, 9, 10, 11)),
+                dot(hi(3), cols!(y1, 12, 13, 14, 15)),
+            ),
+        );
+        let s = i16x8_add(s0, s1);
+        let mut sumi = i32x4_add(i32x4_extend_low_i16x8(s), i32x4_extend_high_i16x8(s));
+        if K::BIAS != 0 {
+            // The activations' sum, in every lane (exact: 32 * 128).
+            let one = i8x16_splat(1);
+            let ys = i32x4_relaxed_dot_i8x16_i7x16_add(
+                y0,
+                one,
+                i32x4_relaxed_dot_i8x16_i7x16_add(y1, one, i32x4_splat(0)),
+            );
+            let ys = i32x4_add(ys, i32x4_shuffle::<2, 3, 0, 1>(ys, ys));
+            let ys = i32x4_add(ys, i32x4_shuffle::<1, 0, 3, 2>(ys, ys));
+            sumi = i32x4_sub(sumi, i32x4_mul(ys, i32x4_splat(K::BIAS)));
+        }
+        // SAFETY: reads `bx`.
+        let (d, m) = unsafe { K::scales(bx) };
+        *acc = f32x4_add(*acc, K::term(d, m, sumi, y));
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
