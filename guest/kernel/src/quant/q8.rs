@@ -268,38 +268,58 @@ impl QuantKind for Q8_0 {
             );
             i32x4_add(a, b)
         }
+        // Memory order: a span of blocks of row 0, then of row 1, .., so
+        // that the rows are read as one stream (four rows read side by side,
+        // block by block, measured 3x slower out of cache: 5.5 vs 17 GB/s
+        // for a 262144 x 640 matrix, as hardware prefetching lost track);
+        // the integer sums wait in `sums` for the float part.
+        const SPAN: usize = 32;
+        let mut sums = [[i32x4_splat(0); SPAN]; 4];
         let mut acc = f32x4_splat(0.0);
-        for (b, by) in y.iter().enumerate() {
-            // SAFETY: reads the 32 i16 of block `b` of `yw` (asserted above).
-            let yv: [v128; 4] = unsafe {
-                let p = yw.as_ptr().add(QK8 * b);
-                std::array::from_fn(|k| v128_load(p.add(8 * k) as *const v128))
-            };
-            let [s0, s1, s2, s3] = x.map(|r| part(&r[b], &yv));
-            // Lane r: row r's block sum (integer sums are exact in any order).
-            let t0 = i32x4_add(
-                i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
-                i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
-            );
-            let t1 = i32x4_add(
-                i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
-                i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
-            );
-            let sumi = i32x4_add(
-                i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
-                i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
-            );
-            let h = u32x4(
-                u16::from_le_bytes(x[0][b].d) as u32,
-                u16::from_le_bytes(x[1][b].d) as u32,
-                u16::from_le_bytes(x[2][b].d) as u32,
-                u16::from_le_bytes(x[3][b].d) as u32,
-            );
-            let d = super::f16x4_to_f32x4(h);
-            acc = f32x4_add(
-                acc,
-                f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi)),
-            );
+        for b0 in (0..n).step_by(SPAN) {
+            let m = SPAN.min(n - b0);
+            for (r, xr) in x.iter().enumerate() {
+                for (s, (k, bx)) in sums[r][..m]
+                    .iter_mut()
+                    .zip(xr[b0..b0 + m].iter().enumerate())
+                {
+                    // SAFETY: reads the 32 i16 of block `b0 + k` of `yw`
+                    // (asserted above).
+                    let yv: [v128; 4] = unsafe {
+                        let p = yw.as_ptr().add(QK8 * (b0 + k));
+                        std::array::from_fn(|j| v128_load(p.add(8 * j) as *const v128))
+                    };
+                    *s = part(bx, &yv);
+                }
+            }
+            for (k, by) in y[b0..b0 + m].iter().enumerate() {
+                let xb = b0 + k;
+                let [s0, s1, s2, s3] = [sums[0][k], sums[1][k], sums[2][k], sums[3][k]];
+                // Lane r: row r's block sum (integer sums are exact in any order).
+                let t0 = i32x4_add(
+                    i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
+                    i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
+                );
+                let t1 = i32x4_add(
+                    i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
+                    i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
+                );
+                let sumi = i32x4_add(
+                    i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
+                    i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
+                );
+                let h = u32x4(
+                    u16::from_le_bytes(x[0][xb].d) as u32,
+                    u16::from_le_bytes(x[1][xb].d) as u32,
+                    u16::from_le_bytes(x[2][xb].d) as u32,
+                    u16::from_le_bytes(x[3][xb].d) as u32,
+                );
+                let d = super::f16x4_to_f32x4(h);
+                acc = f32x4_add(
+                    acc,
+                    f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi)),
+                );
+            }
         }
         [
             f32x4_extract_lane::<0>(acc),

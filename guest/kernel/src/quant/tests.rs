@@ -855,6 +855,45 @@ fn bench_matmul() {
     }
 }
 
+/// Decode (one vector) through a tied output matrix the size of
+/// Gemma-3-270M's (262144 x 640 Q8_0, 178 MB: out of every cache), as laid
+/// out in memory and packed.
+#[test]
+#[ignore]
+fn bench_matmul_output() {
+    let mut rng = Lcg(7);
+    let rows: usize = std::env::var("Q8ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(262144);
+    let (ty, cols) = (GgmlType::Q8_0, 640);
+    let data = random_matrix(ty, rows, cols, &mut rng);
+    let p = packed_copy(ty, rows, cols, &data);
+    let w = QTensor::new(ty, rows, cols, &data).unwrap();
+    let pw = QTensor {
+        packed: true,
+        ..QTensor::new(ty, rows, cols, &p).unwrap()
+    };
+    let x = rng.vec(cols, 1.0);
+    let mut a = QActs::new();
+    let mut out = vec![0f32; rows];
+    for (name, w) in [("simd", &w), ("packed", &pw), ("simd", &w), ("packed", &pw)] {
+        let iters = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            a.quantize(vec_dot_type(ty), &x, 1, cols);
+            matmul(&mut out, w, &a);
+        }
+        let ns = t.elapsed().as_nanos() as f64 / iters as f64;
+        println!(
+            "{ty} {rows}x{cols} n=1 {name}: {:.2} ms/matmul, {:.2} GMAC/s, {:.1} GB/s",
+            ns / 1e6,
+            (rows * cols) as f64 / ns,
+            data.len() as f64 / ns
+        );
+    }
+}
+
 /// On wasm32 the tests must exercise the simd128 dots.
 #[test]
 fn simd_path_is_compiled_on_wasm() {
@@ -1040,13 +1079,14 @@ fn packed_matmul_real_rows() {
 
 /// The Q8_0 decode mat-vec (four rows at a time in simd128) gives every row
 /// the bits of the scalar reference, also with subnormal, zero, negative,
-/// Inf and NaN scales and -128 bytes, and for row counts that leave a tail.
+/// Inf and NaN scales and -128 bytes, for row counts that leave a tail and
+/// rows of several spans of blocks (the simd128 dot's SPAN is 32) with a
+/// partial last one.
 #[test]
 fn q8_0_matvec_four_rows_bit_identical() {
     let mut rng = Lcg(11);
-    let cols = 32 * 9;
-    let nb = cols / 32;
-    for rows in [1usize, 4, 7, 13] {
+    for (rows, nb) in [(1usize, 9usize), (4, 9), (7, 9), (13, 9), (8, 32), (9, 75)] {
+        let cols = 32 * nb;
         let mut data = random_matrix(GgmlType::Q8_0, rows, cols, &mut rng);
         let specials: [u16; 8] = [
             0x0001, 0x03ff, 0x0000, 0x8000, 0xbc00, 0x7c00, 0xfc00, 0x7e01,
@@ -1056,6 +1096,9 @@ fn q8_0_matvec_four_rows_bit_identical() {
             data[b * 34..b * 34 + 2].copy_from_slice(&h.to_le_bytes());
             data[b * 34 + 2 + i] = 0x80;
         }
+        // A block of -128 only, in the last span of a row.
+        let b = rows * nb - 2;
+        data[b * 34 + 2..b * 34 + 34].fill(0x80);
         let w = QTensor::new(GgmlType::Q8_0, rows, cols, &data).unwrap();
         let x = rng.vec(cols, 2.0);
         let mut a = QActs::new();
