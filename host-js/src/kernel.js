@@ -8,21 +8,23 @@ const SIMD128_PROBE = new Uint8Array([
 ]);
 
 /**
- * A module whose export `f` returns lane 0 of
- * i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113) of the constants
- * [-128, -100, 50, 127] · [15, 7, 3, 1] + 1000 = -1343: the instruction the
- * relaxed-SIMD kernel build depends on, with a negative i8 operand and an
- * accumulator as the kernel uses it.
+ * A module with the two relaxed-SIMD instructions the relaxed kernel build
+ * depends on, on the constants [-128, -100, 50, 127] · [15, 7, 3, 1]: export
+ * `f` returns lane 0 of i32x4.relaxed_dot_i8x16_i7x16_add_s (0xfd 0x113) with
+ * 1000 added (-1343), `g` lane 0 of i16x8.relaxed_dot_i8x16_i7x16_s
+ * (0xfd 0x112): -128 * 15 - 100 * 7 = -2620.
  */
 const RELAXED_DOT_PROBE = new Uint8Array([
-  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 127, 3, 2, 1, 0, 7, 5, 1, 1, 102, 0, 0,
-  10, 64, 1, 62, 0, 253, 12, 128, 156, 50, 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  253, 12, 15, 7, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-  253, 12, 232, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 147, 2, 253, 27, 0, 11,
+  0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 127, 3, 3, 2, 0, 0, 7, 9, 2, 1,
+  102, 0, 0, 1, 103, 0, 1, 10, 109, 2, 62, 0, 253, 12, 128, 156, 50, 127, 0, 0, 0, 0, 0, 0,
+  0, 0, 0, 0, 0, 0, 253, 12, 15, 7, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+  253, 12, 232, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 147, 2, 253, 27, 0,
+  11, 44, 0, 253, 12, 128, 156, 50, 127, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 12, 15,
+  7, 3, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 253, 146, 2, 253, 24, 0, 11,
 ]);
 
 /**
- * Whether relaxed SIMD's dot validates and computes the exact sum. Validating
+ * Whether relaxed SIMD's dots validate and compute the exact sums. Validating
  * is not enough: Node 20's experimental relaxed SIMD
  * (--experimental-wasm-relaxed-simd) validates the dot but returns another
  * number (measured: -4686), where Chromium 156 returns -1343.
@@ -31,7 +33,7 @@ function relaxedDotWorks() {
   if (!WebAssembly.validate(RELAXED_DOT_PROBE)) return false;
   try {
     const { exports } = new WebAssembly.Instance(new WebAssembly.Module(RELAXED_DOT_PROBE));
-    return exports.f() === -1343;
+    return exports.f() === -1343 && exports.g() === -2620;
   } catch {
     return false;
   }
