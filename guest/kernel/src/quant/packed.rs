@@ -528,24 +528,15 @@ mod simd {
         for t in 0..T {
             let mut sumi = i32x4_add(s[t][0], s[t][1]);
             if K::BIAS != 0 {
-                // The activations' sum, in every lane (exact: 32 * 128).
                 let qs = K::qs(&y[t][b]).as_ptr();
-                let one = i8x16_splat(1);
                 // SAFETY: 32 bytes.
-                let ys = unsafe {
-                    i32x4_relaxed_dot_i8x16_i7x16_add(
+                let (y0, y1) = unsafe {
+                    (
                         v128_load(qs as *const v128),
-                        one,
-                        i32x4_relaxed_dot_i8x16_i7x16_add(
-                            v128_load(qs.add(16) as *const v128),
-                            one,
-                            i32x4_splat(0),
-                        ),
+                        v128_load(qs.add(16) as *const v128),
                     )
                 };
-                let ys = i32x4_add(ys, i32x4_shuffle::<2, 3, 0, 1>(ys, ys));
-                let ys = i32x4_add(ys, i32x4_shuffle::<1, 0, 3, 2>(ys, ys));
-                sumi = i32x4_sub(sumi, i32x4_mul(ys, i32x4_splat(K::BIAS)));
+                sumi = unbias::<K>(sumi, y0, y1);
             }
             acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
         }
@@ -588,45 +579,47 @@ mod simd {
         }
         let m = u8x16_splat(0x0f);
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
-        let lo = |k: usize| v128_and(q[k], m);
-        let hi = |k: usize| u8x16_shr(q[k], 4);
-        let s0 = i16x8_add(
+        // One half (the low or the high nibbles of all 4 parts) against the
+        // activations `a` (y0 or y1).
+        let half = |w: [v128; 4], a: v128| {
             i16x8_add(
-                dot(lo(0), cols!(y0, 0, 1, 2, 3)),
-                dot(lo(1), cols!(y0, 4, 5, 6, 7)),
-            ),
-            i16x8_add(
-                dot(lo(2), cols!(y0, 8, 9, 10, 11)),
-                dot(lo(3), cols!(y0, 12, 13, 14, 15)),
-            ),
-        );
-        let s1 = i16x8_add(
-            i16x8_add(
-                dot(hi(0), cols!(y1, 0, 1, 2, 3)),
-                dot(hi(1), cols!(y1, 4, 5, 6, 7)),
-            ),
-            i16x8_add(
-                dot(hi(2), cols!(y1, 8, 9, 10, 11)),
-                dot(hi(3), cols!(y1, 12, 13, 14, 15)),
-            ),
-        );
+                i16x8_add(
+                    dot(w[0], cols!(a, 0, 1, 2, 3)),
+                    dot(w[1], cols!(a, 4, 5, 6, 7)),
+                ),
+                i16x8_add(
+                    dot(w[2], cols!(a, 8, 9, 10, 11)),
+                    dot(w[3], cols!(a, 12, 13, 14, 15)),
+                ),
+            )
+        };
+        let s0 = half(q.map(|v| v128_and(v, m)), y0);
+        let s1 = half(q.map(|v| u8x16_shr(v, 4)), y1);
         let s = i16x8_add(s0, s1);
         let mut sumi = i32x4_add(i32x4_extend_low_i16x8(s), i32x4_extend_high_i16x8(s));
         if K::BIAS != 0 {
-            // The activations' sum, in every lane (exact: 32 * 128).
-            let one = i8x16_splat(1);
-            let ys = i32x4_relaxed_dot_i8x16_i7x16_add(
-                y0,
-                one,
-                i32x4_relaxed_dot_i8x16_i7x16_add(y1, one, i32x4_splat(0)),
-            );
-            let ys = i32x4_add(ys, i32x4_shuffle::<2, 3, 0, 1>(ys, ys));
-            let ys = i32x4_add(ys, i32x4_shuffle::<1, 0, 3, 2>(ys, ys));
-            sumi = i32x4_sub(sumi, i32x4_mul(ys, i32x4_splat(K::BIAS)));
+            sumi = unbias::<K>(sumi, y0, y1);
         }
         // SAFETY: reads `bx`.
         let (d, m) = unsafe { K::scales(bx) };
         *acc = f32x4_add(*acc, K::term(d, m, sumi, y));
+    }
+
+    /// `sumi` less `K::BIAS` times the sum of the block's 32 activations
+    /// (`y0`, `y1`), in every lane: the relaxed blocks' nibble sums turned
+    /// into the weights' (exact: the sum is at most 32 * 128).
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn unbias<K: Simd4>(sumi: v128, y0: v128, y1: v128) -> v128 {
+        let one = i8x16_splat(1);
+        let ys = i32x4_relaxed_dot_i8x16_i7x16_add(
+            y0,
+            one,
+            i32x4_relaxed_dot_i8x16_i7x16_add(y1, one, i32x4_splat(0)),
+        );
+        let ys = i32x4_add(ys, i32x4_shuffle::<2, 3, 0, 1>(ys, ys));
+        let ys = i32x4_add(ys, i32x4_shuffle::<1, 0, 3, 2>(ys, ys));
+        i32x4_sub(sumi, i32x4_mul(ys, i32x4_splat(K::BIAS)))
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
