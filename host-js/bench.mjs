@@ -4,7 +4,7 @@
 // Model: $WASM_CHORD_SMOLLM2 (or -m); native CLI: $WASM_CHORD_BIN.
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
-import { kernel, loadOptions, generateOptions, generate, NodeFileStore, wasmFeatures } from './src/node.js';
+import { kernel, kernelBuild, loadOptions, generateOptions, generate, NodeFileStore, wasmFeatures } from './src/node.js';
 import { MODEL, NATIVE_BIN } from './test/helpers.js';
 
 const { values: v } = parseArgs({
@@ -48,7 +48,7 @@ for (let i = 0; i < v.repetitions; i++) {
   rows['native (wasmtime)'].push(native());
   rows[`node ${process.version} (jco)`].push(js());
 }
-console.log(`model ${v.model}\nprompt ${prompt.length} tokens, ${n} generated (greedy), median of ${v.repetitions}; simd128: ${wasmFeatures().simd128}, relaxed SIMD: ${wasmFeatures().relaxedSimd}`);
+console.log(`model ${v.model}\nprompt ${prompt.length} tokens, ${n} generated (greedy), median of ${v.repetitions}; simd128: ${wasmFeatures().simd128}, relaxed SIMD: ${wasmFeatures().relaxedSimd}; kernel build: ${kernelBuild()}`);
 console.log('host                      decode tok/s   prompt tok/s');
 for (const [name, rs] of Object.entries(rows)) {
   const d = median(rs.map((r) => r.decode)).toFixed(2);
