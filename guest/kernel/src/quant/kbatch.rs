@@ -1,5 +1,5 @@
-//! The k-quants (Q4_K, Q5_K, Q6_K) dotted with several activation vectors at
-//! once, for prompt batches.
+//! The k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) dotted with several
+//! activation vectors at once, for prompt batches.
 //!
 //! Each super-block's 256 weights are expanded once into i16, already
 //! multiplied by their sub-block scale, and then dotted with every vector's
@@ -9,6 +9,8 @@
 //! every output has the bits of [`QuantKind::vec_dot_scalar`] whatever the
 //! batch, as the single-vector dots do (tests).
 
+use super::q2_k::{BlockQ2_K, Q2_K};
+use super::q3_k::{BlockQ3_K, Q3_K};
 use super::q4_k::{BlockQ4_K, Q4_K};
 use super::q5_k::{BlockQ5_K, Q5_K};
 use super::q6_k::{BlockQ6_K, Q6_K};
@@ -78,10 +80,46 @@ impl KBatch for Q6_K {
     }
 }
 
+impl KBatch for Q2_K {
+    type Aux = ();
+    fn scaled(b: &BlockQ2_K, out: &mut [i16; QK_K]) {
+        simd::scaled_q2_k(b, out);
+    }
+    #[inline(always)]
+    fn term(b: &BlockQ2_K, _: (), isum: i32, y: &Q8_KAct) -> f32 {
+        let mut summs = 0i32;
+        for (&s, &sc) in y.bsums.iter().zip(&b.scales) {
+            summs += s as i32 * (sc >> 4) as i32;
+        }
+        let dall = y.d * f16_le(b.d);
+        let dmin = y.d * f16_le(b.dmin);
+        dall * isum as f32 - dmin * summs as f32
+    }
+}
+
+impl KBatch for Q3_K {
+    type Aux = ();
+    fn scaled(b: &BlockQ3_K, out: &mut [i16; QK_K]) {
+        simd::scaled_q3_k(b, out);
+    }
+    #[inline(always)]
+    fn term(b: &BlockQ3_K, _: (), isum: i32, y: &Q8_KAct) -> f32 {
+        (f16_le(b.d) * y.d) * isum as f32
+    }
+}
+
 /// Runs `$body` with `$K` bound to the [`KBatch`] of weight type `$ty`.
 macro_rules! with_kbatch {
     ($ty:expr, $K:ident => $body:expr, $other:expr) => {
         match $ty {
+            crate::ggml_type::GgmlType::Q2_K => {
+                type $K = crate::quant::q2_k::Q2_K;
+                $body
+            }
+            crate::ggml_type::GgmlType::Q3_K => {
+                type $K = crate::quant::q3_k::Q3_K;
+                $body
+            }
             crate::ggml_type::GgmlType::Q4_K => {
                 type $K = crate::quant::q4_k::Q4_K;
                 $body
@@ -139,7 +177,22 @@ pub(crate) fn dots<K: KBatch>(
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod simd {
-    use super::{BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
+    use super::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
+
+    pub fn scaled_q2_k(b: &BlockQ2_K, out: &mut [i16; QK_K]) {
+        let q = crate::quant::q2_k::quants(b);
+        for (i, (o, q)) in out.iter_mut().zip(q).enumerate() {
+            *o = q as i16 * (b.scales[i / 16] & 0x0f) as i16;
+        }
+    }
+
+    pub fn scaled_q3_k(b: &BlockQ3_K, out: &mut [i16; QK_K]) {
+        let sc = crate::quant::q3_k::scales(&b.scales);
+        let q = crate::quant::q3_k::quants(b);
+        for (i, (o, q)) in out.iter_mut().zip(q).enumerate() {
+            *o = q as i16 * sc[i / 16] as i16;
+        }
+    }
 
     pub fn scaled_q4_k(b: &BlockQ4_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {
         for k in 0..4 {
@@ -192,7 +245,7 @@ mod simd {
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    use super::{BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
+    use super::{BlockQ2_K, BlockQ3_K, BlockQ4_K, BlockQ5_K, BlockQ6_K, QK_K};
     use core::arch::wasm32::*;
 
     /// Stores `v` (16 quants, u8 or i8 per `signed`) times `s` as 16 i16 at `p`.
@@ -209,6 +262,67 @@ mod simd {
         };
         v128_store(p as *mut v128, i16x8_mul(lo, s));
         v128_store(p.add(8) as *mut v128, i16x8_mul(hi, s));
+    }
+
+    /// The two 16-byte halves of `qs[32h..32h + 32]` (`qs` of 64 bytes).
+    #[inline(always)]
+    fn halves(qs: &[u8; QK_K / 4], h: usize) -> [v128; 2] {
+        // SAFETY: 16-byte loads at 32h and 32h + 16 <= 48 of 64 bytes.
+        unsafe {
+            let p = qs.as_ptr().add(32 * h);
+            [
+                v128_load(p as *const v128),
+                v128_load(p.add(16) as *const v128),
+            ]
+        }
+    }
+
+    /// Weight 32i + 16c + k (i = 4h + j) is at bits 2j of byte 16c + k of
+    /// `halves(qs, h)`, in sub-block 2i + c.
+    pub fn scaled_q2_k(b: &BlockQ2_K, out: &mut [i16; QK_K]) {
+        let m3 = u8x16_splat(3);
+        let o = out.as_mut_ptr();
+        for h in 0..2 {
+            let qv = halves(&b.qs, h);
+            for j in 0..4 {
+                let i = 4 * h + j;
+                for (c, &qc) in qv.iter().enumerate() {
+                    let q = v128_and(u8x16_shr(qc, 2 * j as u32), m3);
+                    let s = (b.scales[2 * i + c] & 0x0f) as i16;
+                    // SAFETY: 16 i16 at 32i + 16c + 16 <= 256 of `out`.
+                    unsafe { store_scaled(o.add(32 * i + 16 * c), q, s, false) };
+                }
+            }
+        }
+    }
+
+    /// As [`scaled_q2_k`], less 4 where the weight's bit `i` of `hmask` is clear.
+    pub fn scaled_q3_k(b: &BlockQ3_K, out: &mut [i16; QK_K]) {
+        let (m3, four, zero) = (u8x16_splat(3), i8x16_splat(4), i8x16_splat(0));
+        let sc = crate::quant::q3_k::scales(&b.scales);
+        // SAFETY: the two halves of the 32-byte `hmask`.
+        let hm = unsafe {
+            let p = b.hmask.as_ptr();
+            [
+                v128_load(p as *const v128),
+                v128_load(p.add(16) as *const v128),
+            ]
+        };
+        let o = out.as_mut_ptr();
+        for h in 0..2 {
+            let qv = halves(&b.qs, h);
+            for j in 0..4 {
+                let i = 4 * h + j;
+                let bit = u8x16_splat(1 << i);
+                for c in 0..2 {
+                    let low = v128_and(u8x16_shr(qv[c], 2 * j as u32), m3);
+                    let sub = v128_and(i8x16_eq(v128_and(hm[c], bit), zero), four);
+                    let q = i8x16_sub(low, sub);
+                    // SAFETY: 16 i16 at 32i + 16c + 16 <= 256 of `out`.
+                    unsafe { store_scaled(o.add(32 * i + 16 * c), q, sc[2 * i + c] as i16, true) };
+                }
+            }
+        }
     }
 
     pub fn scaled_q4_k(b: &BlockQ4_K, sc: &[u8; 8], out: &mut [i16; QK_K]) {

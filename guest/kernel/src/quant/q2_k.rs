@@ -25,7 +25,7 @@ const _: () = assert!(std::mem::align_of::<BlockQ2_K>() == 1);
 
 /// The 256 quants (0..=3) of a block, in weight order.
 #[inline(always)]
-fn quants(b: &BlockQ2_K) -> [u8; QK_K] {
+pub(crate) fn quants(b: &BlockQ2_K) -> [u8; QK_K] {
     let mut q = [0u8; QK_K];
     for (i, o) in q.chunks_exact_mut(32).enumerate() {
         let qs = &b.qs[32 * (i / 4)..32 * (i / 4) + 32];
@@ -145,8 +145,10 @@ impl QuantKind for Q2_K {
     fn vec_dot(x: &[BlockQ2_K], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
         let m3 = u8x16_splat(3);
-        let mut acc = f32x4_splat(0.0);
-        let mut mins = 0f32;
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits (so a prompt batch, see
+        // `kbatch`, and one token agree).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let mut summs = 0i32;
             for (&s, &sc) in by.bsums.iter().zip(&bx.scales) {
@@ -181,9 +183,9 @@ impl QuantKind for Q2_K {
                 }
             }
             let dall = by.d * f16_le(bx.d);
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(dall)));
-            mins += by.d * f16_le(bx.dmin) * summs as f32;
+            let dmin = by.d * f16_le(bx.dmin);
+            sum += dall * super::hsum_i32x4(isum) as f32 - dmin * summs as f32;
         }
-        super::hsum_f32x4(acc) - mins
+        sum
     }
 }

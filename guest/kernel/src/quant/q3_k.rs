@@ -27,7 +27,7 @@ const _: () = assert!(std::mem::align_of::<BlockQ3_K>() == 1);
 
 /// The 16 sub-block scales, minus 32.
 #[inline(always)]
-fn scales(s: &[u8; 12]) -> [i8; 16] {
+pub(crate) fn scales(s: &[u8; 12]) -> [i8; 16] {
     std::array::from_fn(|j| {
         let lo = if j < 8 { s[j] & 0x0f } else { s[j - 8] >> 4 };
         let hi = (s[8 + j % 4] >> (2 * (j / 4))) & 3;
@@ -37,7 +37,7 @@ fn scales(s: &[u8; 12]) -> [i8; 16] {
 
 /// The 256 quants (-4..=3) of a block, in weight order.
 #[inline(always)]
-fn quants(b: &BlockQ3_K) -> [i8; QK_K] {
+pub(crate) fn quants(b: &BlockQ3_K) -> [i8; QK_K] {
     let mut q = [0i8; QK_K];
     for (i, o) in q.chunks_exact_mut(32).enumerate() {
         let qs = &b.qs[32 * (i / 4)..32 * (i / 4) + 32];
@@ -218,7 +218,10 @@ impl QuantKind for Q3_K {
         let m3 = u8x16_splat(3);
         let four = i8x16_splat(4);
         let zero = i8x16_splat(0);
-        let mut acc = f32x4_splat(0.0);
+        // Integer block sums in SIMD, the float part as the scalar
+        // reference does it: the same bits (so a prompt batch, see
+        // `kbatch`, and one token agree).
+        let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
             let sc = scales(&bx.scales);
             // SAFETY: the two halves of the 32-byte `hmask`.
@@ -261,9 +264,8 @@ impl QuantKind for Q3_K {
                     }
                 }
             }
-            let d = f16_le(bx.d) * by.d;
-            acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(isum), f32x4_splat(d)));
+            sum += (f16_le(bx.d) * by.d) * super::hsum_i32x4(isum) as f32;
         }
-        super::hsum_f32x4(acc)
+        sum
     }
 }

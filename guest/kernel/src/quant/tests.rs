@@ -1204,13 +1204,19 @@ fn packed_k_matmul_random_bytes() {
     }
 }
 
-/// The k-quants with batched dots (Q4_K, Q5_K, Q6_K): one vector and batches
-/// (over a tile of 32 vectors included) give the bits of the scalar
-/// reference, as wasm32 SIMD and natively.
+/// The k-quants with batched dots (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): one
+/// vector and batches (over a tile of 32 vectors included) give the bits of
+/// the scalar reference, as wasm32 SIMD and natively.
 #[test]
 fn kquant_batched_matmul_bit_identical_to_scalar() {
     let mut rng = Lcg(13);
-    for ty in [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K] {
+    for ty in [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
         for rows in [1, 5, 16] {
             let cols = unit(ty) * 3;
             let data = random_matrix(ty, rows, cols, &mut rng);
