@@ -173,10 +173,7 @@ impl QuantKind for Q2_K {
                             v128_load(by.qs.as_ptr().add(32 * i + 16 * c) as *const v128)
                         };
                         // q <= 3 and |y| <= 127: two products fit i16.
-                        let p = i16x8_add(
-                            i16x8_extmul_low_i8x16(q, yv),
-                            i16x8_extmul_high_i8x16(q, yv),
-                        );
+                        let p = super::q8_k::pair_dot(q, yv);
                         let s = i16x8_splat((bx.scales[2 * i + c] & 0x0f) as i16);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, s));
                     }

@@ -141,26 +141,8 @@ impl QuantKind for Q5_K {
                 let h0 = v128_or(u8x16_shr(q0, 4), simd_hbit(qh0, b + 1));
                 let h1 = v128_or(u8x16_shr(q1, 4), simd_hbit(qh1, b + 1));
                 // q <= 31 and |y| <= 127: four products fit i16.
-                let plo = i16x8_add(
-                    i16x8_add(
-                        i16x8_extmul_low_i8x16(l0, y0),
-                        i16x8_extmul_high_i8x16(l0, y0),
-                    ),
-                    i16x8_add(
-                        i16x8_extmul_low_i8x16(l1, y1),
-                        i16x8_extmul_high_i8x16(l1, y1),
-                    ),
-                );
-                let phi = i16x8_add(
-                    i16x8_add(
-                        i16x8_extmul_low_i8x16(h0, y2),
-                        i16x8_extmul_high_i8x16(h0, y2),
-                    ),
-                    i16x8_add(
-                        i16x8_extmul_low_i8x16(h1, y3),
-                        i16x8_extmul_high_i8x16(h1, y3),
-                    ),
-                );
+                let plo = i16x8_add(super::q8_k::pair_dot(l0, y0), super::q8_k::pair_dot(l1, y1));
+                let phi = i16x8_add(super::q8_k::pair_dot(h0, y2), super::q8_k::pair_dot(h1, y3));
                 isum = i32x4_add(
                     isum,
                     i32x4_add(

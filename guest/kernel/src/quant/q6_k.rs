@@ -162,10 +162,7 @@ impl QuantKind for Q6_K {
                         // SAFETY: off + 16 <= 256, inside `by.qs`.
                         let yv = unsafe { v128_load(by.qs.as_ptr().add(off) as *const v128) };
                         // q <= 63 and |y| <= 127: two products fit i16.
-                        let p = i16x8_add(
-                            i16x8_extmul_low_i8x16(q, yv),
-                            i16x8_extmul_high_i8x16(q, yv),
-                        );
+                        let p = super::q8_k::pair_dot(q, yv);
                         let sc = i16x8_splat(bx.scales[off / 16] as i16);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, sc));
                     }

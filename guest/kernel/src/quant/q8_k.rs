@@ -94,6 +94,28 @@ pub(crate) fn scales_mins_k4(q: &[u8; 12]) -> ([u8; 8], [u8; 8]) {
     (join(sc0, sc1), join(m0, m1))
 }
 
+/// 16 quants `q` in 0..=127 times 16 activations `y`, two products per
+/// i16 lane. Which two share a lane differs between builds (relaxed SIMD:
+/// neighbours, by `i16x8.relaxed_dot_i8x16_i7x16_s` with `q` as the 7-bit
+/// operand, exact on every engine; simd128: lanes l and l + 8), so callers
+/// use only the total. Each lane's sum must fit i16: `q <= 127` does.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn pair_dot(
+    q: core::arch::wasm32::v128,
+    y: core::arch::wasm32::v128,
+) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        i16x8_relaxed_dot_i8x16_i7x16(y, q)
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        i16x8_add(i16x8_extmul_low_i8x16(q, y), i16x8_extmul_high_i8x16(q, y))
+    }
+}
+
 /// `sum(bsums[j] * m[j / 2])` (the min term of Q4_K / Q5_K) as four i32
 /// partial sums.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
