@@ -232,7 +232,23 @@ impl QuantKind for Q3_K {
                     v128_load(p.add(16) as *const v128),
                 ]
             };
-            let mut isum = i32x4_splat(0);
+            // The quants are dotted plus 4 (0..=7, unsigned); the 4 comes
+            // back as -4 * sum(scales[s] * bsums[s]).
+            // SAFETY: the two halves of the 32-byte `bsums` and the 16
+            // scales; wasm loads need no alignment.
+            let (b0, b1, scv) = unsafe {
+                let bp = by.bsums.as_ptr();
+                (
+                    v128_load(bp as *const v128),
+                    v128_load(bp.add(8) as *const v128),
+                    v128_load(sc.as_ptr() as *const v128),
+                )
+            };
+            let corr = i32x4_add(
+                i32x4_dot_i16x8(b0, i16x8_extend_low_i8x16(scv)),
+                i32x4_dot_i16x8(b1, i16x8_extend_high_i8x16(scv)),
+            );
+            let mut isum = i32x4_neg(i32x4_shl(corr, 2));
             for h in 0..2 {
                 // SAFETY: the two halves of `qs[32h..32h + 32]`.
                 let qv = unsafe {
@@ -247,18 +263,15 @@ impl QuantKind for Q3_K {
                     let bit = u8x16_splat(1 << i);
                     for c in 0..2 {
                         let low = v128_and(u8x16_shr(qv[c], 2 * j as u32), m3);
-                        // 4 where the high bit is clear.
-                        let sub = v128_and(i8x16_eq(v128_and(hm[c], bit), zero), four);
-                        let q = i8x16_sub(low, sub);
+                        // q + 4: low, plus 4 where the high bit is set.
+                        let set = v128_and(hm[c], bit);
+                        let q4 = v128_or(low, v128_and(i8x16_ne(set, zero), four));
                         // SAFETY: 32i + 16c + 16 <= 256, inside `by.qs`.
                         let yv = unsafe {
                             v128_load(by.qs.as_ptr().add(32 * i + 16 * c) as *const v128)
                         };
-                        // |q| <= 4 and |y| <= 127: two products fit i16.
-                        let p = i16x8_add(
-                            i16x8_extmul_low_i8x16(q, yv),
-                            i16x8_extmul_high_i8x16(q, yv),
-                        );
+                        // q + 4 <= 7 and |y| <= 127: two products fit i16.
+                        let p = super::q8_k::pair_dot(q4, yv);
                         let s = i16x8_splat(sc[2 * i + c] as i16);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, s));
                     }
