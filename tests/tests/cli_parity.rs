@@ -483,43 +483,47 @@ fn bench_runs_in_the_guest() {
 #[test]
 fn relaxed_simd_and_simd128_logits_are_identical() {
     let dir = tmp_dir("parity-relaxed");
-    let m = smollm2();
     let text = short_text(&dir);
-    let apps = ["wasm-chord-app.wasm", "wasm-chord-app-relaxed.wasm"];
-    let mut files = Vec::new();
-    for app in apps {
-        let app = bin().with_file_name(app);
+    // SmolLM2 (Q4_1, Q8_0 output) and Gemma 3 (Q5_0, Q4_K, Q6_K, Q8_0).
+    for m in [smollm2(), gemma3()] {
+        let name = m.file_stem().unwrap().to_string_lossy().into_owned();
+        let apps = ["wasm-chord-app.wasm", "wasm-chord-app-relaxed.wasm"];
+        let mut files = Vec::new();
+        for app in apps {
+            let app = bin().with_file_name(app);
+            assert!(
+                app.is_file(),
+                "no '{}': run `cargo xtask build`",
+                app.display()
+            );
+            let base = dir.join(format!(
+                "{name}-{}.kld",
+                app.file_stem().unwrap().to_string_lossy()
+            ));
+            let out = cli_command(&args(&[
+                &"perplexity",
+                &"-m",
+                &m,
+                &"-c",
+                &"64",
+                &"-f",
+                &text,
+                &"--kl-divergence-base",
+                &base,
+            ]))
+            .env("WASM_CHORD_APP", &app)
+            .output()
+            .expect("spawn wasm-chord");
+            assert_ok(&app.display().to_string(), &out);
+            files.push(std::fs::read(&base).unwrap());
+            std::fs::remove_file(&base).unwrap();
+        }
+        assert!(files[0].len() > 20 && files[0].starts_with(b"_logits_"));
         assert!(
-            app.is_file(),
-            "no '{}': run `cargo xtask build`",
-            app.display()
+            files[0] == files[1],
+            "{name}: the relaxed-SIMD kernel's logits differ from simd128's ({} vs {} bytes)",
+            files[1].len(),
+            files[0].len()
         );
-        let base = dir.join(format!(
-            "{}.kld",
-            app.file_stem().unwrap().to_string_lossy()
-        ));
-        let out = cli_command(&args(&[
-            &"perplexity",
-            &"-m",
-            &m,
-            &"-c",
-            &"64",
-            &"-f",
-            &text,
-            &"--kl-divergence-base",
-            &base,
-        ]))
-        .env("WASM_CHORD_APP", &app)
-        .output()
-        .expect("spawn wasm-chord");
-        assert_ok(&app.display().to_string(), &out);
-        files.push(std::fs::read(&base).unwrap());
     }
-    assert!(files[0].len() > 20 && files[0].starts_with(b"_logits_"));
-    assert!(
-        files[0] == files[1],
-        "the relaxed-SIMD kernel's logits differ from simd128's ({} vs {} bytes)",
-        files[1].len(),
-        files[0].len()
-    );
 }

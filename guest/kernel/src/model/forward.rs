@@ -253,18 +253,56 @@ fn silu(x: f32) -> f32 {
 
 /// GELU (tanh form) as ggml's CPU backend computes it (`GGML_GELU_FP16`):
 /// looked up in a table indexed by x rounded to f16, whose entries are f16.
+/// The table ([`gelu_table`]) holds [`gelu_ref`] of every f16 value, built
+/// once, so this has the bits of [`gelu_ref`] for every input (tests).
+/// The forward pass calls [`gelu_with`] with the table hoisted.
+#[cfg(test)]
 fn gelu(x: f32) -> f32 {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    const GELU_COEF_A: f32 = 0.044715;
+    gelu_with(gelu_table(), x)
+}
+
+/// [`gelu`] with the table at hand (hoisted out of loops).
+#[inline(always)]
+fn gelu_with(table: &[f32; 1 << 16], x: f32) -> f32 {
     if x <= -10.0 {
         return 0.0;
     }
     if x >= 10.0 {
         return x;
     }
-    let x = half::f16::from_f32(x).to_f32();
+    table[half::f16::from_f32(x).to_bits() as usize]
+}
+
+/// [`gelu_ref`] of each f16 value (by its bits), built on first use.
+fn gelu_table() -> &'static [f32; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([0f32; 1 << 16]);
+        for (h, v) in t.iter_mut().enumerate() {
+            *v = gelu_f16(half::f16::from_bits(h as u16).to_f32());
+        }
+        t
+    })
+}
+
+/// GELU of an f16 value `x`, rounded to f16 (ggml's table entry).
+fn gelu_f16(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const GELU_COEF_A: f32 = 0.044715;
     let y = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh());
     half::f16::from_f32(y).to_f32()
+}
+
+/// The reference [`gelu`], computed per call.
+#[cfg(test)]
+fn gelu_ref(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    gelu_f16(half::f16::from_f32(x).to_f32())
 }
 
 /// `cap * tanh(x / cap)` on every element (soft-capping).
@@ -611,12 +649,13 @@ fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) -> Result<
     );
     mat_mul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts)?;
     mat_mul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts)?;
-    let act = match c.ffn_act {
-        FfnAct::Silu => silu,
-        FfnAct::GeluTanh => gelu,
-    };
-    for (g, &u) in s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]) {
-        *g = act(*g) * u;
+    let gate_up = s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]);
+    match c.ffn_act {
+        FfnAct::Silu => gate_up.for_each(|(g, &u)| *g = silu(*g) * u),
+        FfnAct::GeluTanh => {
+            let table = gelu_table();
+            gate_up.for_each(|(g, &u)| *g = gelu_with(table, *g) * u)
+        }
     }
     mat_mul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts)
 }
@@ -785,5 +824,32 @@ mod tests {
         }
         assert_eq!(gelu(-10.0), 0.0);
         assert_eq!(gelu(12.5), 12.5);
+    }
+
+    #[test]
+    fn gelu_table_has_the_bits_of_the_formula() {
+        // Every f16 value, the values around each (rounding to f16 in
+        // between), the bounds, and non-finite inputs.
+        for h in 0..=u16::MAX {
+            let x = half::f16::from_bits(h).to_f32();
+            for x in [x, x.next_up(), x.next_down()] {
+                let (g, r) = (gelu(x), gelu_ref(x));
+                assert!(
+                    g.to_bits() == r.to_bits() || (g.is_nan() && r.is_nan()),
+                    "{x}: {g} vs {r}"
+                );
+            }
+        }
+        for x in [
+            -10.0f32,
+            10.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e30,
+            -1e30,
+        ] {
+            assert_eq!(gelu(x).to_bits(), gelu_ref(x).to_bits(), "{x}");
+        }
+        assert!(gelu(f32::NAN).is_nan());
     }
 }

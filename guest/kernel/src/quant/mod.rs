@@ -314,6 +314,9 @@ pub struct QActs {
     /// For the 8-bit activation types: every vector's quants as i16
     /// (`cols` per vector), for the [`packed`] dots.
     wide: Vec<i16>,
+    /// For Q8_0 activations: each block's sum of quants (`cols / 32` per
+    /// vector), for the packed dots whose weights are offset (Q5_0's).
+    sums: Vec<i32>,
 }
 
 impl Default for QActs {
@@ -333,6 +336,7 @@ impl QActs {
             stride: 0,
             buf: Vec::new(),
             wide: Vec::new(),
+            sums: Vec::new(),
         }
     }
 
@@ -364,6 +368,19 @@ impl QActs {
             A::quantize(&x[b * cols..(b + 1) * cols], blocks);
         }
         self.wide.clear();
+        self.sums.clear();
+        if A::TYPE == GgmlType::Q8_0 {
+            let mut sums = std::mem::take(&mut self.sums);
+            for b in 0..n {
+                let blocks = self.vec::<q8::Q8_0Act>(b);
+                sums.extend(
+                    blocks
+                        .iter()
+                        .map(|blk| blk.qs.iter().map(|&q| q as i32).sum::<i32>()),
+                );
+            }
+            self.sums = sums;
+        }
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
@@ -387,6 +404,15 @@ impl QActs {
     /// Vector `b`'s quants as i16 (8-bit activation types only).
     fn wide(&self, b: usize) -> &[i16] {
         &self.wide[b * self.cols..(b + 1) * self.cols]
+    }
+
+    /// Vector `b`'s block sums of quants (Q8_0 activations; else empty).
+    fn sums(&self, b: usize) -> &[i32] {
+        if self.sums.is_empty() {
+            return &[];
+        }
+        let nb = self.cols / q8::QK8;
+        &self.sums[b * nb..(b + 1) * nb]
     }
 
     /// Number of vectors.
@@ -531,7 +557,8 @@ fn dot4_into<K: packed::PackKind, const T: usize>(
     use packed::ROWS;
     let y: [&[K::Act]; T] = std::array::from_fn(|t| x.vec::<K::Act>(b + t));
     let yw: [&[i16]; T] = std::array::from_fn(|t| x.wide(b + t));
-    for (t, o) in K::dot4(group, y, yw).iter().enumerate() {
+    let ys: [&[i32]; T] = std::array::from_fn(|t| x.sums(b + t));
+    for (t, o) in K::dot4_sums(group, y, yw, ys).iter().enumerate() {
         let at = (b + t) * rows + g * ROWS;
         out[at..at + ROWS].copy_from_slice(o);
     }

@@ -47,6 +47,18 @@ pub trait PackKind: QuantKind {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T];
+    /// [`PackKind::dot4`] given also each vector's block sums of quants
+    /// (`ys[t]`: one per block for Q8_0 activations, else empty), which
+    /// dots of offset weights use; the same bits.
+    #[inline(always)]
+    fn dot4_sums<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+        _ys: [&[i32]; T],
+    ) -> [[f32; ROWS]; T] {
+        Self::dot4(g, y, yw)
+    }
 }
 
 /// Q4_0, 4 rows.

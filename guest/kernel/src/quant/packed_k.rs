@@ -115,6 +115,24 @@ impl PackKind for Q5_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
+    #[inline(always)]
+    fn dot4_sums<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+        ys: [&[i32]; T],
+    ) -> [[f32; ROWS]; T] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        {
+            let _ = yw;
+            simd::q5_0_relaxed::<T>(g, y, ys)
+        }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+        {
+            let _ = ys;
+            dot4_impl::<Self, T>(g, y, yw)
+        }
+    }
 }
 
 impl PackKind for Q4_K {
@@ -438,6 +456,165 @@ mod simd {
                 );
                 acc[t] = f32x4_add(acc[t], term);
             }
+        }
+    }
+
+    /// [`PackKind::dot4`] of Q5_0 with relaxed SIMD: the weights as their
+    /// unsigned 5-bit codes `u` (0..=31, the weight is `u - 16`), valid 7-bit
+    /// operands of `i16x8.relaxed_dot_i8x16_i7x16_s` against the i8
+    /// activations. A pair sum is at most 2 * 31 * 127 = 7874 in magnitude,
+    /// the 4 pair sums a lane gathers per half block at most 31496: exact in
+    /// i16 on every host, so the block's `sumi` (the codes' sum less 16
+    /// times the activations' block sum `ys`) is the exact integer sum and
+    /// the term that of the scalar reference.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn q5_0_relaxed<const T: usize>(
+        g: &[BlockQ5_0x4],
+        y: [&[Q8_0Act]; T],
+        ys: [&[i32]; T],
+    ) -> [[f32; ROWS]; T] {
+        for t in 0..T {
+            assert!(y[t].len() == g.len() && ys[t].len() == g.len());
+        }
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            if T == 1 {
+                q5_0_relaxed1(bx, &y[0][b], ys[0][b], &mut acc[0]);
+            } else {
+                q5_0_relaxed_block::<T>(bx, b, &y, &ys, &mut acc);
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// Part `k` of a Q5_0 group block as codes `u`: the low nibbles with
+    /// their fifth bits (4 rows x columns 4k..4k+4, two at a time), the
+    /// high nibbles likewise (columns 16 + 4k..).
+    ///
+    /// # Safety
+    /// `k < 4`.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    unsafe fn q5_0_codes(bx: &BlockQ5_0x4, k: usize) -> (v128, v128) {
+        let m4 = u8x16_splat(0x0f);
+        let b4 = u8x16_splat(0x10);
+        // Byte i of a part tests bit i / 2 of mask byte i % 2.
+        let bits = u8x16(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128);
+        let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
+        let hl = v128_load16_splat(bx.qh[2 * k].as_ptr() as *const u16);
+        let hh = v128_load16_splat(bx.qh[2 * k + 1].as_ptr() as *const u16);
+        let hl = v128_and(i8x16_eq(v128_and(hl, bits), bits), b4);
+        let hh = v128_and(i8x16_eq(v128_and(hh, bits), bits), b4);
+        (v128_or(v128_and(q, m4), hl), v128_or(u8x16_shr(q, 4), hh))
+    }
+
+    /// One group block, one vector: the activations shuffled in register
+    /// to the codes' arrangement (4 rows x 2 columns, then the next 2), so
+    /// lanes `r` and `r + 4` of the i16 sums hold row `r`'s halves.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q5_0_relaxed1(bx: &BlockQ5_0x4, y: &Q8_0Act, ys: i32, acc: &mut v128) {
+        macro_rules! cols {
+            ($v:expr, $a:literal, $b:literal, $c:literal, $d:literal) => {
+                i8x16_shuffle::<$a, $b, $a, $b, $a, $b, $a, $b, $c, $d, $c, $d, $c, $d, $c, $d>(
+                    $v, $v,
+                )
+            };
+        }
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        // SAFETY: 32 activation bytes; parts 0..4.
+        let (y0, y1, w) = unsafe {
+            (
+                v128_load(y.qs.as_ptr() as *const v128),
+                v128_load(y.qs.as_ptr().add(16) as *const v128),
+                [
+                    q5_0_codes(bx, 0),
+                    q5_0_codes(bx, 1),
+                    q5_0_codes(bx, 2),
+                    q5_0_codes(bx, 3),
+                ],
+            )
+        };
+        let lo = i16x8_add(
+            i16x8_add(
+                dot(w[0].0, cols!(y0, 0, 1, 2, 3)),
+                dot(w[1].0, cols!(y0, 4, 5, 6, 7)),
+            ),
+            i16x8_add(
+                dot(w[2].0, cols!(y0, 8, 9, 10, 11)),
+                dot(w[3].0, cols!(y0, 12, 13, 14, 15)),
+            ),
+        );
+        let hi = i16x8_add(
+            i16x8_add(
+                dot(w[0].1, cols!(y1, 0, 1, 2, 3)),
+                dot(w[1].1, cols!(y1, 4, 5, 6, 7)),
+            ),
+            i16x8_add(
+                dot(w[2].1, cols!(y1, 8, 9, 10, 11)),
+                dot(w[3].1, cols!(y1, 12, 13, 14, 15)),
+            ),
+        );
+        let sumi = i32x4_add(
+            i32x4_add(i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo)),
+            i32x4_add(i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)),
+        );
+        let sumi = i32x4_sub(sumi, i32x4_splat(16 * ys));
+        // SAFETY: reads the 8-byte `d`.
+        let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+        let term = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi));
+        *acc = f32x4_add(*acc, term);
+    }
+
+    /// One group block, `T` vectors: the codes shuffled to 4 rows x 4
+    /// columns once, each vector's 4 activations splat.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q5_0_relaxed_block<const T: usize>(
+        bx: &BlockQ5_0x4,
+        b: usize,
+        y: &[&[Q8_0Act]; T],
+        ys: &[&[i32]; T],
+        acc: &mut [v128; T],
+    ) {
+        // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
+        // [r0 c0..c4, r1 c0..c4, ..].
+        #[inline(always)]
+        fn rows(q: v128) -> v128 {
+            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
+        }
+        let mut lo = [i16x8_splat(0); T];
+        let mut hi = [i16x8_splat(0); T];
+        for k in 0..4 {
+            // SAFETY: k < 4.
+            let (wl, wh) = unsafe { q5_0_codes(bx, k) };
+            let (wl, wh) = (rows(wl), rows(wh));
+            for t in 0..T {
+                let qs = y[t][b].qs.as_ptr();
+                // SAFETY: columns 4k..4k+4 and 16+4k..16+4k+4 of 32.
+                let (a0, a1) = unsafe {
+                    (
+                        v128_load32_splat(qs.add(4 * k) as *const u32),
+                        v128_load32_splat(qs.add(16 + 4 * k) as *const u32),
+                    )
+                };
+                lo[t] = i16x8_add(lo[t], i16x8_relaxed_dot_i8x16_i7x16(a0, wl));
+                hi[t] = i16x8_add(hi[t], i16x8_relaxed_dot_i8x16_i7x16(a1, wh));
+            }
+        }
+        // SAFETY: reads the 8-byte `d`.
+        let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+        let one = i16x8_splat(1);
+        for t in 0..T {
+            // Adjacent i16 lanes are one row's.
+            let sumi = i32x4_add(i32x4_dot_i16x8(lo[t], one), i32x4_dot_i16x8(hi[t], one));
+            let sumi = i32x4_sub(sumi, i32x4_splat(16 * ys[t][b]));
+            let term = f32x4_mul(
+                f32x4_mul(d, f32x4_splat(y[t][b].d)),
+                f32x4_convert_i32x4(sumi),
+            );
+            acc[t] = f32x4_add(acc[t], term);
         }
     }
 

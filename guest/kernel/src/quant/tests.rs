@@ -1041,6 +1041,47 @@ fn packed_matmul_extreme_bytes() {
     }
 }
 
+/// Q5_0's packed dots at the ends of their ranges (every code 31 or 0,
+/// random bytes; activations at +-127) keep the bits of the reference: the
+/// relaxed-SIMD path's i16 sums must not overflow.
+#[test]
+fn packed_q5_0_extreme_codes() {
+    let ty = GgmlType::Q5_0;
+    let (rows, cols) = (8, 32 * 3);
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state as u8
+    };
+    let nblk = rows * cols / 32;
+    for fill in [Some(0xffu8), Some(0x00), None] {
+        let mut data = vec![0u8; nblk * 22];
+        for blk in data.chunks_exact_mut(22) {
+            blk[..2].copy_from_slice(&0x3c00u16.to_le_bytes());
+            for b in &mut blk[2..] {
+                *b = fill.unwrap_or_else(&mut random);
+            }
+        }
+        for n in [1, 2, 5] {
+            for sign in [1.0f32, -1.0, 0.0] {
+                // sign 0: alternating +-1.
+                let x: Vec<f32> = (0..n * cols)
+                    .map(|i| {
+                        if sign == 0.0 {
+                            [1.0, -1.0][i % 2]
+                        } else {
+                            sign
+                        }
+                    })
+                    .collect();
+                check_packed(ty, rows, cols, &data, &x, n);
+            }
+        }
+    }
+}
+
 /// Real rows (SmolLM2's Q4_1 matrices and Q8_0 embedding, at
 /// `$WASM_CHORD_SMOLLM2`; skipped without it): the packed matmul has the
 /// bits of the scalar reference.
