@@ -35,7 +35,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::bindings::LayerStoreHost;
 use crate::error::{first_line, trap_reason};
-use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine};
+use crate::kernel::{default_cache_dir, load_or_compile_named, new_engine_with};
 use crate::state::MemoryTracker;
 use crate::store::{
     ByteRange, Bytes, ModelStore, PathOrUrlStore, Source, SourceCounters, StoreError,
@@ -267,7 +267,6 @@ struct AppState {
     limits: MemoryTracker,
     models: Arc<dyn ModelStore>,
     opened: Vec<(String, Arc<SourceCounters>)>,
-    interrupt: crate::interrupt::Interrupt,
 }
 
 impl WasiView for AppState {
@@ -307,7 +306,9 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             crate::store::io_reason(&e)
         ))
     })?;
-    let engine = new_engine().map_err(|e| LaunchError::App(e.to_string()))?;
+    // One app, one call, one process: Ctrl-C ends the process (below), so
+    // the engine needs no epoch interruption and its per-loop checks.
+    let engine = new_engine_with(false).map_err(|e| LaunchError::App(e.to_string()))?;
     let (component, _, _) = load_or_compile_named(
         &engine,
         &wasm,
@@ -379,13 +380,11 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
         limits: MemoryTracker::new(max),
         models,
         opened: Vec::new(),
-        interrupt: crate::interrupt::Interrupt::default(),
     };
     let mut store = Store::new(&engine, state);
     store.limiter(|s| &mut s.limits);
-    crate::interrupt::arm(&mut store, |s| &s.interrupt);
-    // Ctrl-C stops the app at its next loop iteration (a second one at once).
-    let _ctrl_c = ctrl_c::Watch::start(store.data().interrupt.canceller(&engine));
+    // Ctrl-C ends the process with `error: interrupted` (exit 130).
+    let _ctrl_c = ctrl_c::Watch::start();
     let ticker = progress.as_ref().map(|p| p.start());
     let result = Command::instantiate(&mut store, &component, &linker)
         .map_err(|e| {
@@ -405,9 +404,6 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
                 return Ok(exit.0);
             }
-            if e.downcast_ref::<crate::interrupt::Interrupted>().is_some() {
-                return Err(LaunchError::Interrupted);
-            }
             let mut reason = trap_reason(&e);
             if store.data().limits.refused {
                 reason.push_str(&format!(
@@ -419,9 +415,12 @@ pub fn run(args: &LauncherArgs) -> Result<i32, LaunchError> {
     }
 }
 
-/// Ctrl-C (SIGINT) as a cancellation of the running app.
+/// Ctrl-C (SIGINT) ends the running app: the guest's output so far is
+/// flushed, `error: interrupted` printed, and the process exits with 130, as
+/// a shell reports SIGINT. The app is one call in one process, so nothing
+/// else is left to stop or clean up.
 mod ctrl_c {
-    use crate::interrupt::Canceller;
+    use super::LaunchError;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     use std::time::Duration;
@@ -431,20 +430,20 @@ mod ctrl_c {
     #[cfg(unix)]
     extern "C" fn on_sigint(_: libc::c_int) {
         // Only async-signal-safe work here: a flag, or a hard exit when the
-        // first Ctrl-C was not enough (the guest is blocked outside wasm).
+        // first Ctrl-C was not enough (the watcher is stuck).
         if SIGNALLED.swap(true, Ordering::SeqCst) {
             // SAFETY: _exit is async-signal-safe.
             unsafe { libc::_exit(130) };
         }
     }
 
-    /// Watches for Ctrl-C while alive; cancels through `canceller`.
+    /// Watches for Ctrl-C while alive.
     pub(super) struct Watch {
         stop: Arc<AtomicBool>,
     }
 
     impl Watch {
-        pub(super) fn start(canceller: Canceller) -> Watch {
+        pub(super) fn start() -> Watch {
             let stop = Arc::new(AtomicBool::new(false));
             #[cfg(unix)]
             {
@@ -461,15 +460,16 @@ mod ctrl_c {
                     .spawn(move || {
                         while !flag.load(Ordering::Relaxed) {
                             if SIGNALLED.load(Ordering::SeqCst) {
-                                canceller.cancel();
-                                return;
+                                use std::io::Write;
+                                let _ = std::io::stdout().flush();
+                                let e = LaunchError::Interrupted;
+                                eprintln!("error: {e}");
+                                std::process::exit(e.exit_code());
                             }
                             std::thread::sleep(Duration::from_millis(20));
                         }
                     });
             }
-            #[cfg(not(unix))]
-            drop(canceller);
             Watch { stop }
         }
     }

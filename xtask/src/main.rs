@@ -572,6 +572,20 @@ impl Ctx {
         self.target.join("release").join("wasm-chord-http.wasm")
     }
 
+    /// [`Self::cli_wasm`] with the simd128 kernel, for engines without relaxed SIMD.
+    fn cli_simd128_wasm(&self) -> PathBuf {
+        self.target
+            .join("release")
+            .join("wasm-chord-cli-simd128.wasm")
+    }
+
+    /// [`Self::http_wasm`] with the simd128 kernel.
+    fn http_simd128_wasm(&self) -> PathBuf {
+        self.target
+            .join("release")
+            .join("wasm-chord-http-simd128.wasm")
+    }
+
     /// The composed CLI with the kernel, `layer-store` left imported: what the
     /// native `wasm-chord` launcher runs with its memory-mapped store.
     fn app_wasm(&self) -> PathBuf {
@@ -649,64 +663,73 @@ impl Ctx {
             std::fs::copy(wasm_dir.join(from), work.join(to))
                 .with_context(|| format!("cannot copy '{from}' to '{}'", work.display()))?;
         }
-        self.exec(
-            Command::new(&tools)
-                .args(["compose", "--quiet", "wasm-chord-kernel.wasm"])
-                .args(["-d", "wasm-chord-fs-store.wasm"])
-                .args(["-o", "wasm-chord-kernel-fs.wasm"])
-                .current_dir(&work),
-        )?;
-        let out = self.cli_wasm();
-        self.exec(
-            Command::new(&tools)
-                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
-                .args(["-d", "wasm-chord-kernel-fs.wasm"])
-                .args(["-d", "wasm-chord-fs-store.wasm"])
-                .arg("-o")
-                .arg(&out)
-                .current_dir(&work),
-        )?;
-        // The wasi:http front, the same way: what stock `wasmtime serve` runs.
-        step("compose wasm-chord-http.wasm (wasi:http front + kernel + fs-store)");
-        self.exec(
-            Command::new(&tools)
-                .args(["compose", "--quiet", "wasm-chord-http-front.wasm"])
-                .args(["-d", "wasm-chord-kernel-fs.wasm"])
-                .args(["-d", "wasm-chord-fs-store.wasm"])
-                .arg("-o")
-                .arg(self.http_wasm())
-                .current_dir(&work),
-        )?;
-        // The launcher's app: front + kernel only. Every `layer-store` import
-        // (the kernel's, and the front's if its world imports it) stays one
-        // import of the result, for the host to satisfy.
-        step("compose wasm-chord-app.wasm (cli + kernel, layer-store imported)");
-        self.exec(
-            Command::new(&tools)
-                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
-                .args(["-d", "wasm-chord-kernel.wasm"])
-                .arg("-o")
-                .arg(self.app_wasm())
-                .current_dir(&work),
-        )?;
-        // The same with the relaxed-SIMD kernel, which the native launcher
-        // prefers. The stock-wasmtime components above keep the simd128
-        // kernel: they run on any engine configuration.
-        step("compose wasm-chord-app-relaxed.wasm (cli + relaxed-SIMD kernel)");
         std::fs::copy(
             self.kernel_relaxed_wasm(),
             work.join("wasm-chord-kernel-relaxed.wasm"),
         )
         .context("cannot copy the relaxed kernel")?;
-        self.exec(
-            Command::new(&tools)
-                .args(["compose", "--quiet", "wasm-chord-front.wasm"])
-                .args(["-d", "wasm-chord-kernel-relaxed.wasm"])
-                .arg("-o")
-                .arg(self.app_relaxed_wasm())
-                .current_dir(&work),
+        let compose = |args: &[&str], out: &Path| -> Result<()> {
+            self.exec(
+                Command::new(&tools)
+                    .args(["compose", "--quiet"])
+                    .args(args)
+                    .arg("-o")
+                    .arg(out)
+                    .current_dir(&work),
+            )
+        };
+        // Each kernel build with the wasi:filesystem layer store.
+        for kernel in ["wasm-chord-kernel", "wasm-chord-kernel-relaxed"] {
+            compose(
+                &[&format!("{kernel}.wasm"), "-d", "wasm-chord-fs-store.wasm"],
+                &work.join(format!("{kernel}-fs.wasm")),
+            )?;
+        }
+        // The stock-wasmtime components (`wasmtime run`, the wasi:http front
+        // for `wasmtime serve`) take the relaxed-SIMD kernel, which wasmtime
+        // runs by default (exactly: its dots are exact on every engine);
+        // their `-simd128` twins are for engines without relaxed SIMD.
+        for (kernel, cli, http) in [
+            (
+                "wasm-chord-kernel-relaxed-fs.wasm",
+                self.cli_wasm(),
+                self.http_wasm(),
+            ),
+            (
+                "wasm-chord-kernel-fs.wasm",
+                self.cli_simd128_wasm(),
+                self.http_simd128_wasm(),
+            ),
+        ] {
+            let front = ["-d", kernel, "-d", "wasm-chord-fs-store.wasm"];
+            compose(&[&["wasm-chord-front.wasm"][..], &front].concat(), &cli)?;
+            step(&format!(
+                "compose {} (wasi:http front + kernel + fs-store)",
+                http.file_name().unwrap_or_default().to_string_lossy()
+            ));
+            compose(
+                &[&["wasm-chord-http-front.wasm"][..], &front].concat(),
+                &http,
+            )?;
+        }
+        // The launcher's app: front + kernel only. Every `layer-store` import
+        // (the kernel's, and the front's if its world imports it) stays one
+        // import of the result, for the host to satisfy. The native launcher
+        // prefers the relaxed one; the Node launcher (jco) runs the simd128 one.
+        step("compose wasm-chord-app{,-relaxed}.wasm (cli + kernel, layer-store imported)");
+        compose(
+            &["wasm-chord-front.wasm", "-d", "wasm-chord-kernel.wasm"],
+            &self.app_wasm(),
         )?;
-        Ok(out)
+        compose(
+            &[
+                "wasm-chord-front.wasm",
+                "-d",
+                "wasm-chord-kernel-relaxed.wasm",
+            ],
+            &self.app_relaxed_wasm(),
+        )?;
+        Ok(self.cli_wasm())
     }
 
     fn cli_bin(&self) -> PathBuf {
@@ -828,6 +851,11 @@ impl Ctx {
         println!("    app (launcher): {}", self.app_wasm().display());
         println!("    wasi command: {}", composed.display());
         println!("    wasi:http server: {}", self.http_wasm().display());
+        println!(
+            "    the same with the simd128 kernel: {}, {}",
+            self.cli_simd128_wasm().display(),
+            self.http_simd128_wasm().display()
+        );
         Ok(self.cli_bin())
     }
 
