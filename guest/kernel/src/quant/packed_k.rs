@@ -161,6 +161,12 @@ impl PackKind for Q4_K {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        {
+            let _ = yw;
+            simd::q4_k_relaxed::<T>(g, y)
+        }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
         dot4_impl::<Self, T>(g, y, yw)
     }
 }
@@ -197,6 +203,14 @@ impl PackKind for Q6_K {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
+        // One vector (decode): relaxed SIMD. Several: the simd128 dots, which
+        // measured faster than relaxed ones splatting each vector's
+        // activations (0.72x vs 0.65x of the unpacked batched dots).
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        if T == 1 {
+            let one = simd::q6_k_relaxed1(g, y[0]);
+            return std::array::from_fn(|_| one);
+        }
         dot4_impl::<Self, T>(g, y, yw)
     }
 }
@@ -616,6 +630,271 @@ mod simd {
             );
             acc[t] = f32x4_add(acc[t], term);
         }
+    }
+
+    /// [`PackKind::dot4`] of Q4_K with relaxed SIMD: the nibbles (0..=15) as
+    /// the 7-bit operand of `i16x8.relaxed_dot_i8x16_i7x16_s` against the i8
+    /// activations. A pair sum is at most 2 * 15 * 127 = 3810 in magnitude,
+    /// the 8 a lane gathers per 32-weight sub-block at most 30480: exact in
+    /// i16 on every host, so every sub-block sum, and the block's integer
+    /// sums, are the simd128 ones: the same float bits.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn q4_k_relaxed<const T: usize>(g: &[BlockQ4_Kx4], y: [&[Q8_KAct]; T]) -> [[f32; ROWS]; T] {
+        assert!(y.iter().all(|y| y.len() == g.len()));
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            let sm = bx.scales.map(|s| scales_mins_k4(&s));
+            let lane = |k: usize, min: bool| {
+                let v = |r: usize| {
+                    let (sc, m) = &sm[r];
+                    (if min { m[k] } else { sc[k] }) as i32
+                };
+                i32x4(v(0), v(1), v(2), v(3))
+            };
+            // Min sums: sum over sub-blocks of (its two bsums) * min, exact.
+            let mut summ = [i32x4_splat(0); T];
+            for k in 0..8 {
+                let m = lane(k, true);
+                for t in 0..T {
+                    let bs = &y[t][b].bsums;
+                    let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
+                    summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
+                }
+            }
+            let mut isum = [i32x4_splat(0); T];
+            for k in 0..4 {
+                // Sub-blocks 2k (low nibbles) and 2k + 1 (high), per row.
+                let (slo, shi) = if T == 1 {
+                    let (l, h) = q4_k_half1(bx, &y[0][b], k);
+                    let mut slo = [i32x4_splat(0); T];
+                    let mut shi = [i32x4_splat(0); T];
+                    slo[0] = l;
+                    shi[0] = h;
+                    (slo, shi)
+                } else {
+                    q4_k_half::<T>(bx, b, &y, k)
+                };
+                let (sl, sh) = (lane(2 * k, false), lane(2 * k + 1, false));
+                for t in 0..T {
+                    isum[t] = i32x4_add(
+                        isum[t],
+                        i32x4_add(i32x4_mul(sl, slo[t]), i32x4_mul(sh, shi[t])),
+                    );
+                }
+            }
+            // SAFETY: reads the 8-byte `d` and `dmin`.
+            let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
+            for t in 0..T {
+                let yd = f32x4_splat(y[t][b].d);
+                let term = f32x4_sub(
+                    f32x4_mul(f32x4_mul(d, yd), f32x4_convert_i32x4(isum[t])),
+                    f32x4_mul(f32x4_mul(dmin, yd), f32x4_convert_i32x4(summ[t])),
+                );
+                acc[t] = f32x4_add(acc[t], term);
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// Chunk `k` (64 weights) of Q4_K group block `bx` against `T` vectors:
+    /// the nibble sums of sub-blocks 2k and 2k + 1 per row, each 4 columns
+    /// of the 4 rows shuffled together once and met by the vector's 4
+    /// activations, splat.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q4_k_half<const T: usize>(
+        bx: &BlockQ4_Kx4,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        k: usize,
+    ) -> ([v128; T], [v128; T]) {
+        #[inline(always)]
+        fn rows(q: v128) -> v128 {
+            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
+        }
+        let m4 = u8x16_splat(0x0f);
+        let mut lo = [i16x8_splat(0); T];
+        let mut hi = [i16x8_splat(0); T];
+        for p in 0..8 {
+            // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`.
+            let q = unsafe { v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128) };
+            let (wl, wh) = (rows(v128_and(q, m4)), rows(u8x16_shr(q, 4)));
+            for t in 0..T {
+                let qs = y[t][b].qs.as_ptr();
+                // SAFETY: columns 64k + 4p + 0..4 and + 32 of 256.
+                let (a0, a1) = unsafe {
+                    (
+                        v128_load32_splat(qs.add(64 * k + 4 * p) as *const u32),
+                        v128_load32_splat(qs.add(64 * k + 32 + 4 * p) as *const u32),
+                    )
+                };
+                lo[t] = i16x8_add(lo[t], i16x8_relaxed_dot_i8x16_i7x16(a0, wl));
+                hi[t] = i16x8_add(hi[t], i16x8_relaxed_dot_i8x16_i7x16(a1, wh));
+            }
+        }
+        // Adjacent i16 lanes are one row's.
+        let one = i16x8_splat(1);
+        (
+            lo.map(|v| i32x4_dot_i16x8(v, one)),
+            hi.map(|v| i32x4_dot_i16x8(v, one)),
+        )
+    }
+
+    /// [`q4_k_half`] for one vector: the activations shuffled in register
+    /// to the nibbles' arrangement (4 rows x 2 columns, then the next 2),
+    /// so lanes `r` and `r + 4` of the i16 sums hold row `r`'s halves.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q4_k_half1(bx: &BlockQ4_Kx4, y: &Q8_KAct, k: usize) -> (v128, v128) {
+        let m4 = u8x16_splat(0x0f);
+        // Activation bytes 4j, 4j + 1 in lanes 0..8, 4j + 2, 4j + 3 in 8..16.
+        let pattern = |j: u8| {
+            let j = 4 * j;
+            u8x16(
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+            )
+        };
+        let qs = y.qs.as_ptr();
+        // SAFETY: columns 64k..64k + 64 of 256.
+        let ya = unsafe {
+            [
+                v128_load(qs.add(64 * k) as *const v128),
+                v128_load(qs.add(64 * k + 16) as *const v128),
+                v128_load(qs.add(64 * k + 32) as *const v128),
+                v128_load(qs.add(64 * k + 48) as *const v128),
+            ]
+        };
+        let mut lo = i16x8_splat(0);
+        let mut hi = i16x8_splat(0);
+        for p in 0..8 {
+            // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`.
+            let q = unsafe { v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128) };
+            let idx = pattern((p % 4) as u8);
+            let a0 = i8x16_swizzle(ya[p / 4], idx);
+            let a1 = i8x16_swizzle(ya[2 + p / 4], idx);
+            lo = i16x8_add(lo, i16x8_relaxed_dot_i8x16_i7x16(a0, v128_and(q, m4)));
+            hi = i16x8_add(hi, i16x8_relaxed_dot_i8x16_i7x16(a1, u8x16_shr(q, 4)));
+        }
+        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
+        (widen(lo), widen(hi))
+    }
+
+    /// [`PackKind::dot4`] of Q6_K for one vector with relaxed SIMD: the 6-bit
+    /// codes `u` (0..=63, the weight is `u - 32`) as the 7-bit operand of
+    /// `i16x8.relaxed_dot_i8x16_i7x16_s` against the i8 activations,
+    /// shuffled in register to the codes' arrangement (4 rows x 2 columns,
+    /// then the next 2: lanes `r` and `r + 4` are row `r`'s). A pair sum is
+    /// at most 2 * 63 * 127 = 16002 in magnitude, two of them per i16 lane
+    /// at most 32004: exact on every host. A 16-weight sub-block's sum is
+    /// the codes' sum less 32 times its activations' `bsums`: the exact
+    /// integer sum, so the block's term is the simd128 one.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn q6_k_relaxed1(g: &[BlockQ6_Kx4], y: &[Q8_KAct]) -> [f32; ROWS] {
+        assert!(y.len() == g.len());
+        // Activation bytes 4j, 4j + 1 in lanes 0..8, 4j + 2, 4j + 3 in 8..16.
+        let pattern = |j: usize| {
+            let j = 4 * j as u8;
+            u8x16(
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j,
+                j + 1,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+                j + 2,
+                j + 3,
+            )
+        };
+        let m4 = u8x16_splat(0x0f);
+        let m30 = u8x16_splat(0x30);
+        let mut acc = f32x4_splat(0.0);
+        for (bx, y) in g.iter().zip(y) {
+            let mut isum = i32x4_splat(0);
+            // Sub-block 8h + 2i + lq: weights 128h + 32i + 16lq + 0..16,
+            // low bits from nibble i / 2 of ql[64h + 32 (i % 2) + l], high
+            // bits from bits 2i.. of qh[32h + l].
+            for h in 0..2 {
+                for i in 0..4 {
+                    for lq in 0..2 {
+                        let sub = 8 * h + 2 * i + lq;
+                        // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
+                        let ya = unsafe { v128_load(y.qs.as_ptr().add(16 * sub) as *const v128) };
+                        let mut s16 = [i16x8_splat(0); 2];
+                        for p in 0..4 {
+                            let l0 = 16 * lq + 4 * p;
+                            // SAFETY: interleaved row byte x (a multiple of
+                            // 4) is at 4x: 4 (64h + 32 + l0) + 16 <= 512 in
+                            // `ql`, 4 (32h + l0) + 16 <= 256 in `qh`.
+                            let (ql, qh) = unsafe {
+                                (
+                                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (i % 2) + l0))
+                                        as *const v128),
+                                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128),
+                                )
+                            };
+                            let low = if i < 2 {
+                                v128_and(ql, m4)
+                            } else {
+                                u8x16_shr(ql, 4)
+                            };
+                            // Bits 2i, 2i + 1 of qh to bits 4, 5.
+                            let high = match i {
+                                0 => i8x16_shl(qh, 4),
+                                1 => i8x16_shl(qh, 2),
+                                2 => qh,
+                                _ => u8x16_shr(qh, 2),
+                            };
+                            let u = v128_or(low, v128_and(high, m30));
+                            let a = i8x16_swizzle(ya, pattern(p));
+                            s16[p / 2] = i16x8_add(s16[p / 2], i16x8_relaxed_dot_i8x16_i7x16(a, u));
+                        }
+                        let widen = |v: v128| {
+                            i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v))
+                        };
+                        let sumi = i32x4_sub(
+                            i32x4_add(widen(s16[0]), widen(s16[1])),
+                            i32x4_splat(32 * y.bsums[sub] as i32),
+                        );
+                        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+                        let sc = unsafe {
+                            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
+                            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+                        };
+                        isum = i32x4_add(isum, i32x4_mul(sc, sumi));
+                    }
+                }
+            }
+            // SAFETY: reads the 8-byte `d`.
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            let term = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(isum));
+            acc = f32x4_add(acc, term);
+        }
+        lanes(acc)
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
