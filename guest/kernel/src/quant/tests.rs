@@ -1041,6 +1041,33 @@ fn packed_matmul_extreme_bytes() {
     }
 }
 
+/// The largest integer sums of a block: every nibble 15 (and 0) against
+/// activations of one sign (all +127 or all -127 after quantizing), which
+/// the relaxed prompt block sums in i16 (8 pair sums of at most 3840 a lane),
+/// keep the bits of the scalar reference for every batch size.
+#[test]
+fn packed_matmul_largest_sums() {
+    let (rows, cols) = (8, 32 * 3);
+    for &ty in &[GgmlType::Q4_0, GgmlType::Q4_1] {
+        let bs = ty.type_size();
+        for nibbles in [0xffu8, 0x00, 0x0f, 0xf0] {
+            let mut data = vec![nibbles; rows * cols / 32 * bs];
+            for blk in data.chunks_exact_mut(bs) {
+                blk[..2].copy_from_slice(&0x3c00u16.to_le_bytes()); // 1.0
+                if ty == GgmlType::Q4_1 {
+                    blk[2..4].copy_from_slice(&0xbc00u16.to_le_bytes()); // -1.0
+                }
+            }
+            for sign in [1.0f32, -1.0] {
+                for n in [1, 2, 3, 4, 5] {
+                    let x = vec![sign * 2.5; n * cols];
+                    check_packed(ty, rows, cols, &data, &x, n);
+                }
+            }
+        }
+    }
+}
+
 /// Q5_0's packed dots at the ends of their ranges (every code 31 or 0,
 /// random bytes; activations at +-127) keep the bits of the reference: the
 /// relaxed-SIMD path's i16 sums must not overflow.
