@@ -25,11 +25,16 @@ pub struct KernelOptions {
     pub max_guest_memory: Option<u64>,
     /// Never read or write the compiled-component cache.
     pub no_cache: bool,
+    /// Compile without epoch interruption: about 1.25x faster, but a call in
+    /// progress can then not be stopped ([`crate::Canceller`] and deadlines
+    /// act only between calls). For one-shot commands that end the process
+    /// on Ctrl-C, not for servers.
+    pub uninterruptible: bool,
 }
 
 /// The kernel component a native command loads: `explicit` (its `--kernel`),
 /// else `$WASM_CHORD_KERNEL`, else `wasm-chord-kernel-relaxed.wasm` (relaxed
-/// SIMD, which [`new_engine`] enables; bit-identical results) or
+/// SIMD, which [`new_engine_with`] enables; bit-identical results) or
 /// `wasm-chord-kernel.wasm` next to the executable; the error says which were
 /// tried.
 pub(crate) fn locate_kernel(explicit: Option<&Path>) -> Result<PathBuf, String> {
@@ -110,7 +115,7 @@ impl Kernel {
 
     /// Like [`Kernel::from_file`], from the bytes of the component.
     pub fn from_bytes(wasm: &[u8], options: &KernelOptions) -> Result<Self, HostError> {
-        let engine = new_engine()?;
+        let engine = new_engine_with(!options.uninterruptible)?;
         let cache_dir = if options.no_cache {
             None
         } else {
@@ -170,13 +175,8 @@ impl Kernel {
     }
 }
 
-/// The engine every kernel instance uses (calls can be cancelled and given
-/// deadlines); its settings are part of the cache key.
-pub(crate) fn new_engine() -> Result<Engine, HostError> {
-    new_engine_with(true)
-}
-
-/// [`new_engine`], with epoch interruption (what [`crate::interrupt`]'s
+/// The engine kernels and the launcher's app run in; its settings are part
+/// of the cache key. With epoch interruption (what [`crate::interrupt`]'s
 /// cancellation and deadlines need) only when `interruptible`. It is not
 /// free: the compiled code checks the epoch at every loop iteration and
 /// function entry, and the launcher's app measured 1.25x the CPU time with
@@ -383,7 +383,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("wasm-chord-cache-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let engine = new_engine().expect("engine");
+        let engine = new_engine_with(true).expect("engine");
         let (_, cached, file) =
             load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("compile");
         assert!(!cached);
@@ -412,7 +412,7 @@ mod tests {
         let dir =
             std::env::temp_dir().join(format!("wasm-chord-cache-test3-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let engine = new_engine().expect("engine");
+        let engine = new_engine_with(true).expect("engine");
         let load = || load_or_compile(&engine, EMPTY_COMPONENT, Some(&dir)).expect("load");
         let (_, cached, file) = load();
         assert!(!cached);
@@ -478,7 +478,7 @@ mod tests {
 
     #[test]
     fn keys_differ_by_content() {
-        let engine = new_engine().expect("engine");
+        let engine = new_engine_with(true).expect("engine");
         let a = cache_key(&engine, b"a");
         assert_eq!(a.len(), 64);
         assert_ne!(a, cache_key(&engine, b"b"));

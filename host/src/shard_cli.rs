@@ -283,6 +283,8 @@ fn load(
         crate::kernel::locate_kernel(c.kernel.as_deref())?,
         &KernelOptions {
             max_guest_memory,
+            // A one-shot command: Ctrl-C ends the process.
+            uninterruptible: true,
             ..KernelOptions::default()
         },
     )
