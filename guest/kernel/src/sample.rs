@@ -164,8 +164,39 @@ impl Sampler {
     }
 }
 
-/// Index of the first maximum.
+/// Index of the first maximum: the index [`argmax_ref`]'s scan ends on
+/// (NaNs never win; a NaN first element wins). That scan's running maximum
+/// only grows, and the index it ends on is the first holding the final
+/// maximum's value, so the maximum is found in independent lanes (SIMD)
+/// and then its first position.
 pub fn argmax(v: &[f32]) -> u32 {
+    const LANES: usize = 16;
+    let Some(&first) = v.first() else {
+        return 0;
+    };
+    if first.is_nan() {
+        return 0;
+    }
+    let mut lanes = [first; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let mut m = first;
+    for &x in lanes.iter().chain(rest) {
+        if x > m {
+            m = x;
+        }
+    }
+    v.iter().position(|&x| x == m).unwrap_or(0) as u32
+}
+
+/// [`argmax`] as a plain scan (the reference).
+#[cfg(test)]
+fn argmax_ref(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &x) in v.iter().enumerate() {
         if x > v[best] {
@@ -209,6 +240,46 @@ pub fn log_softmax(logits: &[f32], out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn argmax_is_the_reference_scan() {
+        let mut state = 0x853c_49e6_748f_ea9bu64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            -1.0,
+        ];
+        for len in [0usize, 1, 2, 15, 16, 17, 31, 33, 100, 1000] {
+            for round in 0..200 {
+                let v: Vec<f32> = (0..len)
+                    .map(|_| {
+                        let r = next();
+                        match (r % 8, round % 3) {
+                            // Few distinct values: ties.
+                            (_, 0) => (r >> 8) as f32 % 4.0 - 2.0,
+                            (0, _) => specials[(r >> 8) as usize % specials.len()],
+                            _ => f32::from_bits((r >> 16) as u32 & 0x807f_ffff | 0x3f00_0000),
+                        }
+                    })
+                    .collect();
+                assert_eq!(argmax(&v), argmax_ref(&v), "{v:?}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, 1.0, 2.0]), 0);
+        assert_eq!(argmax(&[-0.0, 0.0, -0.0]), 0);
+        assert_eq!(argmax(&[-1.0, 0.0, -0.0, 0.0]), 1);
+    }
 
     fn cfg(temperature: f32) -> SamplerConfig {
         SamplerConfig {

@@ -597,9 +597,13 @@ impl Generation {
         if self.done.is_some() {
             session.pending.push(token);
         } else {
-            let mut next = Vec::new();
-            session.eval(model, &[token], 0, &mut |_, l| next = l.to_vec())?;
-            self.logits = next;
+            // The next logits into the same buffer (no allocation per token).
+            let logits = &mut self.logits;
+            logits.clear();
+            session.eval(model, &[token], 0, &mut |_, l| {
+                logits.clear();
+                logits.extend_from_slice(l);
+            })?;
         }
         Ok(Some((Piece { token, text }, logprobs)))
     }
