@@ -1265,7 +1265,8 @@ fn packed_k_matmul_random_bytes() {
                 assert_eq!(d, before, "{ty}: refused packing changed the bytes");
             }
         }
-        for n in [1, 2, 5] {
+        // 33: past a tile of vectors.
+        for n in [1, 2, 5, 33] {
             let x = rng.vec(n * cols, 1.0);
             check_packed(ty, rows, cols, &data, &x, n);
         }
