@@ -318,6 +318,35 @@ mod simd {
         }
     }
 
+    /// A Q4_K group block's per-row scales (`lane(k, false)`: sub-block
+    /// `k`'s of the 4 rows, a lane each) and mins (`lane(k, true)`), and each
+    /// vector's min sums: over sub-blocks, its two bsums times the min (exact).
+    #[inline(always)]
+    fn q4_k_mins<const T: usize>(
+        bx: &BlockQ4_Kx4,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+    ) -> (impl Fn(usize, bool) -> v128, [v128; T]) {
+        let sm = bx.scales.map(|s| scales_mins_k4(&s));
+        let lane = move |k: usize, min: bool| {
+            let v = |r: usize| {
+                let (sc, m) = &sm[r];
+                (if min { m[k] } else { sc[k] }) as i32
+            };
+            i32x4(v(0), v(1), v(2), v(3))
+        };
+        let mut summ = [i32x4_splat(0); T];
+        for k in 0..8 {
+            let m = lane(k, true);
+            for t in 0..T {
+                let bs = &y[t][b].bsums;
+                let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
+                summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
+            }
+        }
+        (lane, summ)
+    }
+
     impl SimdK for Q4_K {
         #[inline(always)]
         fn block<const T: usize>(
@@ -328,24 +357,7 @@ mod simd {
             acc: &mut [v128; T],
         ) {
             let m4 = u8x16_splat(0x0f);
-            let sm = bx.scales.map(|s| scales_mins_k4(&s));
-            let lane = |k: usize, min: bool| {
-                let v = |r: usize| {
-                    let (sc, m) = &sm[r];
-                    (if min { m[k] } else { sc[k] }) as i32
-                };
-                i32x4(v(0), v(1), v(2), v(3))
-            };
-            // Min sums: sum over sub-blocks of (its two bsums) * min, exact.
-            let mut summ = [i32x4_splat(0); T];
-            for k in 0..8 {
-                let m = lane(k, true);
-                for t in 0..T {
-                    let bs = &y[t][b].bsums;
-                    let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
-                    summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
-                }
-            }
+            let (lane, summ) = q4_k_mins(bx, b, y);
             let mut isum = [i32x4_splat(0); T];
             for k in 0..4 {
                 let mut slo = [i32x4_splat(0); T];
@@ -644,24 +656,7 @@ mod simd {
         assert!(y.iter().all(|y| y.len() == g.len()));
         let mut acc = [f32x4_splat(0.0); T];
         for (b, bx) in g.iter().enumerate() {
-            let sm = bx.scales.map(|s| scales_mins_k4(&s));
-            let lane = |k: usize, min: bool| {
-                let v = |r: usize| {
-                    let (sc, m) = &sm[r];
-                    (if min { m[k] } else { sc[k] }) as i32
-                };
-                i32x4(v(0), v(1), v(2), v(3))
-            };
-            // Min sums: sum over sub-blocks of (its two bsums) * min, exact.
-            let mut summ = [i32x4_splat(0); T];
-            for k in 0..8 {
-                let m = lane(k, true);
-                for t in 0..T {
-                    let bs = &y[t][b].bsums;
-                    let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
-                    summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
-                }
-            }
+            let (lane, summ) = q4_k_mins(bx, b, &y);
             let mut isum = [i32x4_splat(0); T];
             for k in 0..4 {
                 // Sub-blocks 2k (low nibbles) and 2k + 1 (high), per row.
