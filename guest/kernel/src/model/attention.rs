@@ -61,6 +61,9 @@ pub(super) struct Scratch {
     qh: Vec<f32>,
     /// (LANES, head_dim) the lanes' f16 value accumulators.
     acc: Vec<f32>,
+    /// (head_dim) the position's value row widened to f64, once for all
+    /// lanes (what [`add_scaled_f16`] widens each value to).
+    vw: Vec<f64>,
 }
 
 /// [`attend_f16`] for `g` (1..=HEADS) consecutive query heads of `hd`
@@ -93,6 +96,7 @@ pub(super) fn attend_batch(
         sc.qh.resize(LANES * hd, 0.0);
         sc.acc.resize(LANES * hd, 0.0);
     }
+    sc.vw.resize(hd, 0.0);
     scores::prepare(n, hd, |l, i| q[at(l) + i], &mut sc.qh);
     let acc = &mut sc.acc[..n * hd];
     acc.fill(0.0);
@@ -103,13 +107,16 @@ pub(super) fn attend_batch(
     for t in t_lo..t_hi {
         let row = t * kv.kv_dim + kv.kvh;
         let kr = &kv.k[row..row + hd];
-        let sc = scores::of(&sc.qh, n, hd, kr);
+        let scores = scores::of(&sc.qh, n, hd, kr);
         let vr = &kv.v[row..row + hd];
+        for (w, &x) in sc.vw.iter_mut().zip(vr) {
+            *w = f64::from(x);
+        }
         for (l, o) in acc.chunks_exact_mut(hd).enumerate() {
             if !ts[l / g].contains(&t) {
                 continue;
             }
-            let mut s = sc[l];
+            let mut s = scores[l];
             match softcap {
                 Some(cap) => s = cap * (s * (scale / cap)).tanh(),
                 None => s *= scale,
@@ -127,7 +134,7 @@ pub(super) fn attend_batch(
             } else {
                 vs = (s - m[l]).exp();
             }
-            add_scaled_f16(o, vr, vs);
+            add_scaled_f16(o, vr, &sc.vw, vs);
             sum[l] = sum[l] * ms + vs;
         }
     }
@@ -192,7 +199,7 @@ fn attend_f16(
             vs = (s - m).exp();
         }
         let vr = &v[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        add_scaled_f16(out, vr, vs);
+        add_scaled_f16_scalar(out, vr, vs);
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -322,14 +329,18 @@ fn dot_in_order(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out[i] = f16r(v[i] * vs + out[i])` (in f64), `CHUNK` values per loop
-/// iteration: attention's f16 value accumulator. In simd128, 4 lanes at a
-/// time with the same operations (bit-identical, tested as wasm32).
+/// iteration: attention's f16 value accumulator. `vw` is `v` widened to
+/// f64 (exact). In simd128, 4 lanes at a time with the same operations
+/// (bit-identical, tested as wasm32).
 #[inline(always)]
-fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
+fn add_scaled_f16(out: &mut [f32], v: &[f32], vw: &[f64], vs: f32) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    simd::add_scaled_f16(out, v, vs);
+    simd::add_scaled_f16(out, v, vw, vs);
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    add_scaled_f16_scalar(out, v, vs);
+    {
+        let _ = vw;
+        add_scaled_f16_scalar(out, v, vs);
+    }
 }
 
 /// `out[i] = f16r(out[i] * ms)`: the accumulator rescaled when the running
@@ -352,7 +363,7 @@ fn add_scaled_f16_one(o: &mut f32, x: f32, vs: f32) {
 
 /// The scalar reference of [`add_scaled_f16`].
 #[cfg_attr(
-    all(target_arch = "wasm32", target_feature = "simd128"),
+    all(target_arch = "wasm32", target_feature = "simd128", not(test)),
     allow(dead_code)
 )]
 #[inline(always)]
@@ -396,23 +407,33 @@ mod simd {
         v128_bitselect(v128_or(f32x4_splat(f32::INFINITY), sign), r, big)
     }
 
-    /// `f16r((x * vs + o) in f64, as f32)` on 4 lanes. `hi` moves the
-    /// upper half's two results to lanes 2 and 3 ([`hi`]).
+    /// [`f16r4`] for lanes of magnitude below 65520 (or NaN): without the
+    /// overflow to infinity, which [`add_scaled_f16`] checks per 16 lanes.
     #[inline(always)]
-    fn step(o: v128, x: v128, vs: v128, hi: v128) -> v128 {
-        let lo = f64x2_add(
-            f64x2_mul(f64x2_promote_low_f32x4(x), vs),
-            f64x2_promote_low_f32x4(o),
+    fn f16r4_finite(x: v128) -> v128 {
+        let sign = v128_and(x, u32x4_splat(0x8000_0000));
+        let e = i32x4_max(
+            v128_and(x, u32x4_splat(0x7f80_0000)),
+            u32x4_splat(0x3880_0000),
         );
+        let m = i32x4_add(e, u32x4_splat((13 << 23) | 0x40_0000));
+        v128_or(f32x4_sub(f32x4_add(x, m), m), sign)
+    }
+
+    /// `(x * vs + o) in f64, as f32` on 4 lanes, before the f16 rounding,
+    /// with `x` given widened (`xlo`: lanes 0, 1; `xhi`: lanes 2, 3). `hi`
+    /// moves the upper half's two results to lanes 2 and 3 ([`hi`]).
+    #[inline(always)]
+    fn step(o: v128, xlo: v128, xhi: v128, vs: v128, hi: v128) -> v128 {
+        let lo = f64x2_add(f64x2_mul(xlo, vs), f64x2_promote_low_f32x4(o));
         let up = f64x2_add(
-            f64x2_mul(f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(x, x)), vs),
+            f64x2_mul(xhi, vs),
             f64x2_promote_low_f32x4(i64x2_shuffle::<1, 1>(o, o)),
         );
-        let r = v128_or(
+        v128_or(
             f32x4_demote_f64x2_zero(lo),
             i8x16_swizzle(f32x4_demote_f64x2_zero(up), hi),
-        );
-        f16r4(r)
+        )
     }
 
     /// The swizzle of [`step`] that moves lanes 0 and 1 to 2 and 3 and zeroes
@@ -426,20 +447,45 @@ mod simd {
         ))
     }
 
-    pub fn add_scaled_f16(out: &mut [f32], v: &[f32], vs: f32) {
-        assert_eq!(out.len(), v.len());
+    /// `vw` is `v` widened to f64, read in pairs. 16 values per loop
+    /// iteration; their results rounded by [`f16r4_finite`] unless one is
+    /// at least 65520 in magnitude (or NaN), which takes [`f16r4`] for
+    /// the 16: the bits of [`f16r4`] either way, one check per 16 values.
+    pub fn add_scaled_f16(out: &mut [f32], v: &[f32], vw: &[f64], vs: f32) {
+        assert!(out.len() == v.len() && vw.len() == v.len());
         let vs2 = f64x2_splat(f64::from(vs));
         let hi = hi();
         let (mut co, mut cv) = (out.chunks_exact_mut(16), v.chunks_exact(16));
-        for (o, x) in co.by_ref().zip(cv.by_ref()) {
-            // SAFETY: `o` and `x` hold 16 f32 each (wasm loads and stores
-            // need no alignment).
+        let mut cw = vw.chunks_exact(16);
+        for ((o, _), w) in co.by_ref().zip(cv.by_ref()).zip(cw.by_ref()) {
+            // SAFETY: `o` holds 16 f32 and `w` 16 f64 (wasm loads and
+            // stores need no alignment).
             unsafe {
                 let po = o.as_mut_ptr() as *mut v128;
-                let px = x.as_ptr() as *const v128;
-                for k in 0..4 {
-                    let r = step(v128_load(po.add(k)), v128_load(px.add(k)), vs2, hi);
-                    v128_store(po.add(k), r);
+                let pw = w.as_ptr() as *const v128;
+                let raw: [v128; 4] = std::array::from_fn(|k| {
+                    step(
+                        v128_load(po.add(k)),
+                        v128_load(pw.add(2 * k)),
+                        v128_load(pw.add(2 * k + 1)),
+                        vs2,
+                        hi,
+                    )
+                });
+                let abs = u32x4_splat(0x7fff_ffff);
+                let most = u32x4_max(
+                    u32x4_max(v128_and(raw[0], abs), v128_and(raw[1], abs)),
+                    u32x4_max(v128_and(raw[2], abs), v128_and(raw[3], abs)),
+                );
+                // 65520.0's bits: lanes at or above it overflow f16 (NaN above).
+                if v128_any_true(u32x4_ge(most, u32x4_splat(0x477f_f000))) {
+                    for (k, &x) in raw.iter().enumerate() {
+                        v128_store(po.add(k), f16r4(x));
+                    }
+                } else {
+                    for (k, &x) in raw.iter().enumerate() {
+                        v128_store(po.add(k), f16r4_finite(x));
+                    }
                 }
             }
         }
@@ -622,7 +668,8 @@ mod tests {
                 let v: Vec<f32> = (0..len).map(|_| f16r(value(rnd()))).collect();
                 let vs = (rnd() as f32 / u32::MAX as f32) * 1.5;
                 let (mut a, mut b) = (out.clone(), out.clone());
-                add_scaled_f16(&mut a, &v, vs);
+                let vw: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+                add_scaled_f16(&mut a, &v, &vw, vs);
                 add_scaled_f16_scalar(&mut b, &v, vs);
                 let bits = |x: &[f32]| {
                     x.iter()
@@ -634,6 +681,28 @@ mod tests {
                 rescale_f16(&mut a, vs * 1e-3);
                 b.iter_mut().for_each(|o| *o = f16r(*o * (vs * 1e-3)));
                 assert_eq!(bits(&a), bits(&b), "rescale, len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_overflowing_sum_among_16_values() {
+        // Finite values whose sum overflows f16 in one lane of 16 (the
+        // simd128 path checks per 16): that lane is infinity, the others
+        // are rounded as usual, and every lane has the scalar bits.
+        for at in [0, 5, 15, 16, 33] {
+            for sign in [1.0f32, -1.0] {
+                let out = vec![sign * 30_000.0; 48];
+                let mut v = vec![f16r(0.3); 48];
+                v[at] = sign * 60_000.0;
+                let vw: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+                let (mut a, mut b) = (out.clone(), out);
+                add_scaled_f16(&mut a, &v, &vw, 0.9);
+                add_scaled_f16_scalar(&mut b, &v, 0.9);
+                assert_eq!(a[at], sign * f32::INFINITY);
+                assert!(a.iter().filter(|x| x.is_infinite()).count() == 1);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "overflow at {at}");
             }
         }
     }
