@@ -347,6 +347,46 @@ mod simd {
         (lane, summ)
     }
 
+    /// `isum[t] += scales.0 * slo[t] + scales.1 * shi[t]`: the two
+    /// sub-blocks of a Q4_K chunk, each row's sums times its scale.
+    #[inline(always)]
+    fn q4_k_add_scaled<const T: usize>(
+        isum: &mut [v128; T],
+        scales: (v128, v128),
+        slo: &[v128; T],
+        shi: &[v128; T],
+    ) {
+        for t in 0..T {
+            isum[t] = i32x4_add(
+                isum[t],
+                i32x4_add(i32x4_mul(scales.0, slo[t]), i32x4_mul(scales.1, shi[t])),
+            );
+        }
+    }
+
+    /// A Q4_K group block's float term, the reference's operations lane by
+    /// lane (`d * yd * isum - dmin * yd * summ`), added to `acc`.
+    #[inline(always)]
+    fn q4_k_term<const T: usize>(
+        bx: &BlockQ4_Kx4,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        isum: &[v128; T],
+        summ: &[v128; T],
+        acc: &mut [v128; T],
+    ) {
+        // SAFETY: reads the 8-byte `d` and `dmin`.
+        let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
+        for t in 0..T {
+            let yd = f32x4_splat(y[t][b].d);
+            let term = f32x4_sub(
+                f32x4_mul(f32x4_mul(d, yd), f32x4_convert_i32x4(isum[t])),
+                f32x4_mul(f32x4_mul(dmin, yd), f32x4_convert_i32x4(summ[t])),
+            );
+            acc[t] = f32x4_add(acc[t], term);
+        }
+    }
+
     impl SimdK for Q4_K {
         #[inline(always)]
         fn block<const T: usize>(
@@ -389,24 +429,10 @@ mod simd {
                         }
                     }
                 }
-                let (sl, sh) = (lane(2 * k, false), lane(2 * k + 1, false));
-                for t in 0..T {
-                    isum[t] = i32x4_add(
-                        isum[t],
-                        i32x4_add(i32x4_mul(sl, slo[t]), i32x4_mul(sh, shi[t])),
-                    );
-                }
+                let scales = (lane(2 * k, false), lane(2 * k + 1, false));
+                q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
-            // SAFETY: reads the 8-byte `d` and `dmin`.
-            let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
-            for t in 0..T {
-                let yd = f32x4_splat(y[t][b].d);
-                let term = f32x4_sub(
-                    f32x4_mul(f32x4_mul(d, yd), f32x4_convert_i32x4(isum[t])),
-                    f32x4_mul(f32x4_mul(dmin, yd), f32x4_convert_i32x4(summ[t])),
-                );
-                acc[t] = f32x4_add(acc[t], term);
-            }
+            q4_k_term(bx, b, y, &isum, &summ, acc);
         }
     }
 
@@ -670,24 +696,10 @@ mod simd {
                 } else {
                     q4_k_half::<T>(bx, b, &y, k)
                 };
-                let (sl, sh) = (lane(2 * k, false), lane(2 * k + 1, false));
-                for t in 0..T {
-                    isum[t] = i32x4_add(
-                        isum[t],
-                        i32x4_add(i32x4_mul(sl, slo[t]), i32x4_mul(sh, shi[t])),
-                    );
-                }
+                let scales = (lane(2 * k, false), lane(2 * k + 1, false));
+                q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
-            // SAFETY: reads the 8-byte `d` and `dmin`.
-            let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
-            for t in 0..T {
-                let yd = f32x4_splat(y[t][b].d);
-                let term = f32x4_sub(
-                    f32x4_mul(f32x4_mul(d, yd), f32x4_convert_i32x4(isum[t])),
-                    f32x4_mul(f32x4_mul(dmin, yd), f32x4_convert_i32x4(summ[t])),
-                );
-                acc[t] = f32x4_add(acc[t], term);
-            }
+            q4_k_term(bx, b, &y, &isum, &summ, &mut acc);
         }
         acc.map(lanes)
     }
