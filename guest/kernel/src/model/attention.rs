@@ -1,8 +1,16 @@
 //! Attention over the KV cache, as llama.cpp's CPU flash attention computes
-//! it with its default f16 cache: q rounded to f16, q·k in f32, an online
-//! softmax over the positions in order, and the weighted sum of values
-//! accumulated in f16. The scalar functions are the reference; the simd128
-//! paths give the same bits (tested as wasm32).
+//! it with its default f16 cache. Two kernels, as llama.cpp has two:
+//!
+//! - [`attend_batch`], its one-query kernel (decode, and micro-batches of
+//!   fewer than 64 tokens): q rounded to f16, q·k in f32, an online softmax
+//!   over the positions in order, and the weighted sum of values
+//!   accumulated in f16.
+//! - [`attend_batch_f32`], its tiled prompt kernel (micro-batches of 64
+//!   tokens or more): q in f32, q·k in f32, softmax weights in f32 and the
+//!   weighted sum of values accumulated in f32.
+//!
+//! The scalar functions are the reference; the simd128 paths give the same
+//! bits (tested as wasm32).
 
 /// `x` rounded to the nearest f16 value (ties to even), as f32: what
 /// storing it in an f16 and reading it back gives, without a conversion
@@ -64,6 +72,8 @@ pub(super) struct Scratch {
     /// (head_dim) the position's value row widened to f64, once for all
     /// lanes (what [`add_scaled_f16`] widens each value to).
     vw: Vec<f64>,
+    /// (LANES, positions) [`attend_batch_f32`]'s scores, then weights.
+    w: Vec<f32>,
 }
 
 /// [`attend_f16`] for `g` (1..=HEADS) consecutive query heads of `hd`
@@ -97,7 +107,7 @@ pub(super) fn attend_batch(
         sc.acc.resize(LANES * hd, 0.0);
     }
     sc.vw.resize(hd, 0.0);
-    scores::prepare(n, hd, |l, i| q[at(l) + i], &mut sc.qh);
+    scores::prepare(n, hd, |l, i| f16r(q[at(l) + i]), &mut sc.qh);
     let acc = &mut sc.acc[..n * hd];
     acc.fill(0.0);
     let mut m = [f32::NEG_INFINITY; LANES];
@@ -116,11 +126,7 @@ pub(super) fn attend_batch(
             if !ts[l / g].contains(&t) {
                 continue;
             }
-            let mut s = scores[l];
-            match softcap {
-                Some(cap) => s = cap * (s * (scale / cap)).tanh(),
-                None => s *= scale,
-            }
+            let s = scaled(scores[l], scale, softcap);
             let mut ms = 1.0f32;
             let mut vs = 1.0f32;
             if s > m[l] {
@@ -143,6 +149,144 @@ pub(super) fn attend_batch(
         for (o, &x) in out[at(l)..at(l) + hd].iter_mut().zip(a) {
             *o = x * inv;
         }
+    }
+}
+
+/// [`attend_batch`]'s arguments and result, with the arithmetic of
+/// llama.cpp's tiled flash attention (`ggml_compute_forward_flash_attn_ext_tiled`,
+/// which it runs for micro-batches of 64 queries or more): q kept in f32
+/// (not rounded to f16), each q·k summed in f32, the softmax weights
+/// `exp(s - max)` in f32 and the weighted sum of values accumulated in f32.
+/// llama.cpp folds the maximum in per tile of 64 positions and fuses its
+/// multiply-adds; here the maximum is the query's own over all its
+/// positions and every product is rounded before its sum (a last-bit
+/// difference, far below the f16 rounding that the one-query kernel pays
+/// per position, which is why this path is several times faster: no f16
+/// emulation per value). Each lane's sums run in position order, so the
+/// simd128 path has the bits of the scalar reference
+/// [`attend_f32_reference`] (tested, also as wasm32).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attend_batch_f32(
+    hd: usize,
+    g: usize,
+    q: &[f32],
+    stride: usize,
+    ts: &[std::ops::Range<usize>],
+    kv: &KvHead,
+    scale: f32,
+    softcap: Option<f32>,
+    sc: &mut Scratch,
+    out: &mut [f32],
+) {
+    let n = g * ts.len();
+    assert!((1..=HEADS).contains(&g) && (1..=LANES).contains(&n) && hd > 0);
+    let at = |l: usize| (l / g) * stride + (l % g) * hd;
+    if sc.qh.len() < LANES * hd {
+        sc.qh.resize(LANES * hd, 0.0);
+        sc.acc.resize(LANES * hd, 0.0);
+    }
+    scores::prepare(n, hd, |l, i| q[at(l) + i], &mut sc.qh);
+    let t_lo = ts.iter().map(|r| r.start).min().unwrap_or(0);
+    let t_hi = ts.iter().map(|r| r.end).max().unwrap_or(0);
+    let span = t_hi - t_lo;
+    if sc.w.len() < LANES * span {
+        sc.w.resize(LANES * span, 0.0);
+    }
+    // 1. Every lane's scaled (soft-capped) q·k at every position of the
+    //    pass; each lane then reads only its own range.
+    for t in t_lo..t_hi {
+        let row = t * kv.kv_dim + kv.kvh;
+        let s = scores::of(&sc.qh, n, hd, &kv.k[row..row + hd]);
+        for (l, &x) in s.iter().enumerate().take(n) {
+            sc.w[l * span + t - t_lo] = scaled(x, scale, softcap);
+        }
+    }
+    // 2. Per lane: the weights, their sum and the weighted sum of values.
+    for l in 0..n {
+        let r = ts[l / g].clone();
+        let w = &mut sc.w[l * span + r.start - t_lo..l * span + r.end - t_lo];
+        let inv = softmax_weights(w);
+        let o = &mut out[at(l)..at(l) + hd];
+        weighted_values(o, w, kv, r.start);
+        for x in o.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+/// A q·k sum scaled (and soft-capped) as both kernels do it.
+#[inline(always)]
+fn scaled(s: f32, scale: f32, softcap: Option<f32>) -> f32 {
+    match softcap {
+        Some(cap) => cap * (s * (scale / cap)).tanh(),
+        None => s * scale,
+    }
+}
+
+/// The scores `w` replaced by `exp(s - max)`, summed in order; returns
+/// 1 / sum (0 for an empty or all-zero sum).
+#[inline(always)]
+fn softmax_weights(w: &mut [f32]) -> f32 {
+    let m = w.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+    let mut sum = 0f32;
+    for x in w.iter_mut() {
+        *x = (*x - m).exp();
+        sum += *x;
+    }
+    if sum == 0.0 {
+        0.0
+    } else {
+        1.0 / sum
+    }
+}
+
+/// `o[i] = sum over positions t0.. of w[t - t0] * v[t][i]`, each sum from
+/// 0.0 in position order with every product rounded (the scalar reference;
+/// simd128 runs 16 values per pass with the same operations per lane).
+#[inline(always)]
+fn weighted_values(o: &mut [f32], w: &[f32], kv: &KvHead, t0: usize) {
+    let hd = o.len();
+    let row = |t: usize| &kv.v[t * kv.kv_dim + kv.kvh..t * kv.kv_dim + kv.kvh + hd];
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let done = simd::weighted_values(o, w, kv.v, kv.kv_dim, kv.kvh + t0 * kv.kv_dim);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let done = 0;
+    for (i, oi) in o.iter_mut().enumerate().skip(done) {
+        let mut a = 0f32;
+        for (k, &p) in w.iter().enumerate() {
+            a += p * row(t0 + k)[i];
+        }
+        *oi = a;
+    }
+}
+
+/// One query head of [`attend_batch_f32`], in plain scalar code: its
+/// reference.
+#[cfg(test)]
+#[allow(clippy::too_many_arguments)]
+fn attend_f32_reference(
+    q: &[f32],
+    kv: &KvHead,
+    ts: std::ops::Range<usize>,
+    scale: f32,
+    softcap: Option<f32>,
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    let mut w: Vec<f32> = ts
+        .clone()
+        .map(|t| {
+            let kr = &kv.k[t * kv.kv_dim + kv.kvh..t * kv.kv_dim + kv.kvh + hd];
+            scaled(dot_in_order(q, kr), scale, softcap)
+        })
+        .collect();
+    let inv = softmax_weights(&mut w);
+    for (i, o) in out.iter_mut().enumerate() {
+        let mut a = 0f32;
+        for (k, t) in ts.clone().enumerate() {
+            a += w[k] * kv.v[t * kv.kv_dim + kv.kvh + i];
+        }
+        *o = a * inv;
     }
 }
 
@@ -180,11 +324,7 @@ fn attend_f16(
     out.fill(0.0);
     for t in ts {
         let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let mut s = dot_in_order(qh, kr);
-        match softcap {
-            Some(cap) => s = cap * (s * (scale / cap)).tanh(),
-            None => s *= scale,
-        }
+        let s = scaled(dot_in_order(qh, kr), scale, softcap);
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
         if s > m {
@@ -212,10 +352,10 @@ fn attend_f16(
 mod scores {
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     use super::dot_in_order;
-    use super::{f16r, LANES};
+    use super::LANES;
 
     /// The `n` lanes' queries (`q(l, i)`: lane l's element i, of `hd`)
-    /// rounded to f16 into `qh` (the layout of [`super::Scratch::qh`]).
+    /// into `qh` (the layout of [`super::Scratch::qh`]).
     #[inline(always)]
     pub fn prepare(n: usize, hd: usize, q: impl Fn(usize, usize) -> f32, qh: &mut [f32]) {
         if cfg!(all(target_arch = "wasm32", target_feature = "simd128")) {
@@ -223,13 +363,13 @@ mod scores {
             for l in 0..n {
                 let base = (l / 4) * 4 * hd + l % 4;
                 for i in 0..hd {
-                    qh[base + 4 * i] = f16r(q(l, i));
+                    qh[base + 4 * i] = q(l, i);
                 }
             }
         } else {
             for l in 0..n {
                 for i in 0..hd {
-                    qh[l * hd + i] = f16r(q(l, i));
+                    qh[l * hd + i] = q(l, i);
                 }
             }
         }
@@ -494,6 +634,66 @@ mod simd {
         }
     }
 
+    /// [`super::weighted_values`] for the first `o.len() / 4 * 4` values
+    /// (the count is returned; the caller does the rest): row k of the
+    /// values starts at `v[base + k * kv_dim]`. 16 values (then 4) per pass
+    /// over the positions, two positions per loop iteration, each lane
+    /// adding `w[k] * v` in position order from 0.0 as the reference does.
+    pub fn weighted_values(
+        o: &mut [f32],
+        w: &[f32],
+        v: &[f32],
+        kv_dim: usize,
+        base: usize,
+    ) -> usize {
+        let hd = o.len();
+        if let Some(last) = w.len().checked_sub(1) {
+            assert!(base + last * kv_dim + hd <= v.len(), "value rows");
+        }
+        /// `acc[j] += p * v[r + 4 j ..]` for the `J` vectors at `r`.
+        #[inline(always)]
+        unsafe fn step<const J: usize>(acc: &mut [v128; J], r: *const f32, p: f32) {
+            let pv = f32x4_splat(p);
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = f32x4_add(*a, f32x4_mul(v128_load(r.add(4 * j) as *const v128), pv));
+            }
+        }
+        /// Values `i..i + 4 J` of `o`.
+        #[inline(always)]
+        fn pass<const J: usize>(o: &mut [f32], w: &[f32], v: &[f32], kv_dim: usize, at: usize) {
+            let mut acc = [f32x4_splat(0.0); J];
+            let mut pairs = w.chunks_exact(2);
+            let mut r = at;
+            // SAFETY: every row read is `v[r..r + 4 J]` with r = at + k *
+            // kv_dim for k < w.len(): inside `v` (asserted by the caller for
+            // the row ends, `at` is at most `base + hd - 4 J`).
+            unsafe {
+                let p = v.as_ptr();
+                for pw in pairs.by_ref() {
+                    step(&mut acc, p.add(r), pw[0]);
+                    step(&mut acc, p.add(r + kv_dim), pw[1]);
+                    r += 2 * kv_dim;
+                }
+                if let [x] = pairs.remainder() {
+                    step(&mut acc, p.add(r), *x);
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    v128_store(o.as_mut_ptr().add(4 * j) as *mut v128, *a);
+                }
+            }
+        }
+        let mut i = 0;
+        while i + 16 <= hd {
+            pass::<4>(&mut o[i..i + 16], w, v, kv_dim, base + i);
+            i += 16;
+        }
+        while i + 4 <= hd {
+            pass::<1>(&mut o[i..i + 4], w, v, kv_dim, base + i);
+            i += 4;
+        }
+        i
+    }
+
     pub fn rescale_f16(out: &mut [f32], ms: f32) {
         let m = f32x4_splat(ms);
         let mut co = out.chunks_exact_mut(4);
@@ -633,6 +833,98 @@ mod tests {
                                     bits(&want),
                                     "hd {hd} g {g} nq {nq} query {i} head {j} {r:?} {cap:?}"
                                 );
+                            }
+                            assert!(got[i * stride + g * hd..(i + 1) * stride]
+                                .iter()
+                                .all(|&x| x == 7.0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_prompt_kernel_gives_each_query_and_head_its_bits() {
+        // attend_batch_f32 against attend_f32_reference per (query, head),
+        // bit for bit (as wasm32: the simd128 lanes, 16- and 4-value passes
+        // and a scalar tail), with and without soft-capping, causal and
+        // sliding-window ranges, odd and even position counts; other heads'
+        // places in `out` stay untouched. Also within f32 rounding of exact
+        // softmax attention in f64.
+        let mut next = stream(3);
+        let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
+        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        let mut sc = Scratch::default();
+        for (hd, n_kv) in [(64, 2), (70, 1), (8, 3), (256, 1)] {
+            let kv_dim = hd * n_kv;
+            let n = 80;
+            let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            let kv = KvHead {
+                k: &k,
+                v: &v,
+                kv_dim,
+                kvh: hd * (n_kv - 1),
+            };
+            for g in 1..=HEADS {
+                let stride = (g + 2) * hd;
+                for nq in [1, 2, queries_per_pass(g)] {
+                    let q: Vec<f32> = (0..nq * stride).map(|_| rnd()).collect();
+                    for (p0, w, cap) in [
+                        (0, None, None),
+                        (nq.min(30), None, Some(2.0f32)),
+                        (n - nq, Some(9), None),
+                        (n - nq, None, None),
+                        (3, Some(2), Some(30.0)),
+                    ] {
+                        let ts: Vec<_> = (p0..p0 + nq)
+                            .map(|pos| w.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1)
+                            .collect();
+                        let mut got = vec![7f32; nq * stride];
+                        attend_batch_f32(
+                            hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got,
+                        );
+                        for (i, r) in ts.iter().enumerate() {
+                            for j in 0..g {
+                                let at = i * stride + j * hd;
+                                let qi = &q[at..at + hd];
+                                let mut want = vec![0f32; hd];
+                                attend_f32_reference(qi, &kv, r.clone(), 0.125, cap, &mut want);
+                                assert_eq!(
+                                    bits(&got[at..at + hd]),
+                                    bits(&want),
+                                    "hd {hd} g {g} nq {nq} query {i} head {j} {r:?} {cap:?}"
+                                );
+                                if cap.is_none() {
+                                    let s: Vec<f64> = r
+                                        .clone()
+                                        .map(|t| {
+                                            let kr = &k[t * kv_dim + kv.kvh..][..hd];
+                                            qi.iter()
+                                                .zip(kr)
+                                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                                                .sum::<f64>()
+                                                * 0.125
+                                        })
+                                        .collect();
+                                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                                    for (d, o) in want.iter().enumerate() {
+                                        let exact: f64 = r
+                                            .clone()
+                                            .zip(&s)
+                                            .map(|(t, x)| {
+                                                (x - m).exp() / z
+                                                    * f64::from(v[t * kv_dim + kv.kvh + d])
+                                            })
+                                            .sum();
+                                        assert!(
+                                            (f64::from(*o) - exact).abs() < 1e-4,
+                                            "dim {d}: {o} vs {exact}"
+                                        );
+                                    }
+                                }
                             }
                             assert!(got[i * stride + g * hd..(i + 1) * stride]
                                 .iter()

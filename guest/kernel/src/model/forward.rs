@@ -91,9 +91,19 @@ pub struct State {
     rope: Vec<(f32, f32)>, // (rope_dim / 2,) cos, sin of one position
     acts: QActs,
     attn: attention::Scratch,
+    /// Whether the next [`forward`] attends as llama.cpp's prompt kernel
+    /// ([`attention::attend_batch_f32`]) rather than its one-query kernel.
+    prompt_attention: bool,
 }
 
 impl State {
+    /// Set which attention kernel the next [`forward`] runs: llama.cpp's
+    /// tiled prompt kernel (`true`: f32 accumulation), or its one-query
+    /// kernel (`false`, the default: f16 accumulation).
+    pub(crate) fn set_prompt_attention(&mut self, on: bool) {
+        self.prompt_attention = on;
+    }
+
     fn ensure(&mut self, c: &Config, n: usize) {
         let grow = |v: &mut Vec<f32>, len: usize| {
             if v.len() < len {
@@ -603,7 +613,12 @@ fn attn_partial(
                 *r = window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1;
             }
             let a = i0 * q_dim + h * hd;
-            attend_batch(
+            let attend = if s.prompt_attention {
+                attention::attend_batch_f32
+            } else {
+                attend_batch
+            };
+            attend(
                 hd,
                 g,
                 &s.q[a..],

@@ -171,6 +171,8 @@ impl Session {
             let base = b * UBATCH;
             let from = logits_from.saturating_sub(base).min(chunk.len());
             let pos0 = self.tokens.len();
+            self.state
+                .set_prompt_attention(prompt_attention(tokens.len(), base));
             let done = model.forward(
                 &mut self.kv,
                 &mut self.state,
@@ -220,6 +222,9 @@ impl Session {
                 self.kv.n_ctx
             )));
         }
+        // A sharded step is a micro-batch of at most UBATCH tokens, which
+        // llama.cpp attends with its one-query kernel.
+        self.state.set_prompt_attention(false);
         let pass = model.begin_pass(
             &mut self.kv,
             &mut self.state,
@@ -340,6 +345,26 @@ impl Session {
             },
         )
     }
+}
+
+/// llama.cpp's default micro-batch (`n_ubatch`): it evaluates a call's
+/// tokens in micro-batches of this many.
+const LLAMA_UBATCH: usize = 512;
+
+/// The smallest micro-batch llama.cpp runs through its tiled prompt
+/// attention (`GGML_FA_TILE_Q`); smaller ones, and every single-token
+/// decode, go through its one-query kernel.
+const LLAMA_FA_TILE_Q: usize = 64;
+
+/// Whether the token at index `at` of an evaluation of `len` tokens attends
+/// as llama.cpp's prompt kernel does: it does when llama.cpp's micro-batch
+/// holding that index has at least [`LLAMA_FA_TILE_Q`] tokens. The two
+/// kernels round differently (f32 vs f16 value sums); following llama.cpp's
+/// choice keeps each token's arithmetic as close to its as we can, and a
+/// long prompt is several times cheaper to attend in f32.
+fn prompt_attention(len: usize, at: usize) -> bool {
+    let ub = at / LLAMA_UBATCH * LLAMA_UBATCH;
+    (len - ub).min(LLAMA_UBATCH) >= LLAMA_FA_TILE_Q
 }
 
 /// Reserve `rows × per_row` elements in `out`, or a clear error: a scoring
@@ -648,5 +673,25 @@ impl Generation {
     fn take_emittable_final(&mut self) -> String {
         let out = self.take_emittable();
         out + &std::mem::take(&mut self.held)
+    }
+}
+
+#[cfg(test)]
+mod prompt_attention_tests {
+    use super::prompt_attention;
+
+    #[test]
+    fn follows_llama_cpp_micro_batches() {
+        // A decode and a short prompt: the one-query kernel.
+        assert!(!prompt_attention(1, 0));
+        assert!(!prompt_attention(63, 32));
+        // 64 tokens or more in one micro-batch: the prompt kernel.
+        assert!(prompt_attention(64, 0) && prompt_attention(64, 32));
+        assert!(prompt_attention(1024, 992));
+        // 530 tokens: 512 in the prompt kernel, the last 18 in the other.
+        assert!(prompt_attention(530, 480));
+        assert!(!prompt_attention(530, 512));
+        // 600: the second micro-batch has 88 tokens.
+        assert!(prompt_attention(600, 576));
     }
 }
