@@ -88,8 +88,14 @@ fn u(v: &Value, k: &str) -> u64 {
 /// Chat `user` (three turns, /stats after the first and the third, then
 /// /reset and the first message again) with `sampling` flags, and check every
 /// reply against `run --messages` with the same flags on the same launcher.
-/// Returns the per-turn stats.
-fn chat_matches_run(l: Launcher, user: &[&str; 3], sampling: &[&str]) -> Vec<Value> {
+/// Returns the per-turn stats. `later_exact` false holds turns 2 and 3 to
+/// everything but the reply itself (see the sampled test).
+fn chat_matches_run(
+    l: Launcher,
+    user: &[&str; 3],
+    sampling: &[&str],
+    later_exact: bool,
+) -> Vec<Value> {
     let m = smollm2();
     let dir = tmp_dir(&format!("chat-{l:?}-{}", sampling.join("")));
     let script = format!(
@@ -121,9 +127,11 @@ fn chat_matches_run(l: Launcher, user: &[&str; 3], sampling: &[&str]) -> Vec<Val
         assert!(run.status.success(), "{l:?} run turn {i}: {}", show(&run));
         let (tokens, text, stats) = parse_run_json(&run.stdout);
         let reply = &replies[i];
-        assert!(!tokens.is_empty());
-        assert_eq!(reply.tokens, tokens, "{l:?} turn {}: reply tokens", i + 1);
-        assert_eq!(reply.text, text, "{l:?} turn {}: reply text", i + 1);
+        assert!(!tokens.is_empty() && !reply.tokens.is_empty());
+        if i == 0 || later_exact {
+            assert_eq!(reply.tokens, tokens, "{l:?} turn {}: reply tokens", i + 1);
+            assert_eq!(reply.text, text, "{l:?} turn {}: reply text", i + 1);
+        }
         let s = &reply.stats;
         assert_eq!(u(s, "turn"), i as u64 + 1);
         assert_eq!(u(s, "generated_tokens"), tokens.len() as u64);
@@ -201,7 +209,7 @@ fn chat_matches_run(l: Launcher, user: &[&str; 3], sampling: &[&str]) -> Vec<Val
 }
 
 fn greedy(l: Launcher) {
-    let stats = chat_matches_run(l, &ENDS, &["--temp", "0"]);
+    let stats = chat_matches_run(l, &ENDS, &["--temp", "0"], true);
     for s in &stats[..3] {
         assert_eq!(s["stop_reason"], "eos", "{l:?}: {s}");
     }
@@ -217,14 +225,22 @@ fn chat_greedy_replies_equal_run_messages_wasmtime() {
     greedy(Launcher::Wasmtime);
 }
 
-/// Sampled replies match too (same seed), and a reply the template re-renders
-/// differently is rewound (`session.truncate`), not reused.
+/// Sampled: the first reply matches `run` (same seed), and a reply the
+/// template re-renders differently is rewound (`session.truncate`), not
+/// reused. Later sampled replies are not held to `run`'s: like llama.cpp,
+/// the kernel attends a micro-batch of 64 tokens or more with its tiled
+/// f32 kernel and a smaller one (a chat turn's new tokens, each generated
+/// token) with its f16 one, so a turn continued from the cache and `run`
+/// re-evaluating the whole conversation differ in the last bits, which a
+/// temperature of 1 can turn into another token. The greedy tests hold
+/// every turn to `run`.
 #[test]
-fn chat_sampled_rewinds_and_equals_run_messages_native() {
+fn chat_sampled_first_reply_equals_run_and_rewinds_native() {
     let stats = chat_matches_run(
         Launcher::Native,
         &REWINDS,
         &["--temp", "1.0", "--seed", "4"],
+        false,
     );
     assert!(
         stats.iter().any(|s| u(s, "rewound_tokens") > 0),

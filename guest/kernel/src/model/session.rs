@@ -135,12 +135,30 @@ impl Session {
 
     /// Evaluate `tokens` after what the session holds; `sink(i, logits)` for
     /// every index `i >= logits_from` of `tokens`.
+    ///
+    /// Attention follows llama.cpp's choice of kernel per micro-batch
+    /// ([`prompt_attention`]), so like llama.cpp's, a token's last bits can
+    /// depend on how the tokens were batched.
     pub fn eval(
         &mut self,
         model: &Model,
         tokens: &[u32],
         logits_from: usize,
         sink: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<()> {
+        self.eval_with(model, tokens, logits_from, sink, true)
+    }
+
+    /// [`Session::eval`]; `prompt_kernel` false attends with llama.cpp's
+    /// one-query kernel (f16 value sums) throughout, as it does when it
+    /// generates.
+    fn eval_with(
+        &mut self,
+        model: &Model,
+        tokens: &[u32],
+        logits_from: usize,
+        sink: &mut dyn FnMut(usize, &[f32]),
+        prompt_kernel: bool,
     ) -> Result<()> {
         if !model.shard.is_whole() {
             return Err(Error::InvalidInput(format!(
@@ -172,7 +190,7 @@ impl Session {
             let from = logits_from.saturating_sub(base).min(chunk.len());
             let pos0 = self.tokens.len();
             self.state
-                .set_prompt_attention(prompt_attention(tokens.len(), base));
+                .set_prompt_attention(prompt_kernel && prompt_attention(tokens.len(), base));
             let done = model.forward(
                 &mut self.kv,
                 &mut self.state,
@@ -222,8 +240,9 @@ impl Session {
                 self.kv.n_ctx
             )));
         }
-        // A sharded step is a micro-batch of at most UBATCH tokens, which
-        // llama.cpp attends with its one-query kernel.
+        // A sharded step is a micro-batch of at most UBATCH tokens (the
+        // host batches; the total is not known here), which llama.cpp
+        // attends with its one-query kernel.
         self.state.set_prompt_attention(false);
         let pass = model.begin_pass(
             &mut self.kv,
@@ -334,8 +353,13 @@ impl Session {
         }
         self.reset();
         let mut lp = vec![0f32; model.cfg.n_vocab];
-        // Logits of index i predict token i + 1.
-        self.eval(
+        // Logits of index i predict token i + 1. Teacher-forced scores are
+        // held to what llama.cpp computes when it generates each token (one
+        // at a time: its one-query kernel, f16 value sums), so every
+        // position attends that way. Measured on the re-laid qwen3 file with
+        // Q/K norms: the tiled kernel here moved the far tail of |Δ logprob|
+        // against llama.cpp's generation from 0.83 to 1.32.
+        self.eval_with(
             model,
             &tokens[..tokens.len() - 1],
             first - 1,
@@ -343,6 +367,7 @@ impl Session {
                 log_softmax(logits, &mut lp);
                 f(i + 1, tokens[i + 1], &lp);
             },
+            false,
         )
     }
 }
