@@ -79,12 +79,15 @@ pub trait QuantKind {
     /// [`QuantKind::vec_dot_scalar`] of its row. `yw`: `y`'s quants widened
     /// to i16 ([`QActs`] keeps them for the 8-bit activation types). `ysm`:
     /// `y`'s [`q8::SignMag`] operands, or empty (Q8_0 activations of one
-    /// vector in the relaxed-SIMD build only).
+    /// vector in the relaxed-SIMD build only). `in_cache`: whether the rows
+    /// are assumed in cache ([`IN_CACHE`]), which suits other orders of
+    /// reading them.
     fn vec_dot4(
         x: [&[Self::Block]; 4],
         y: &[Self::Act],
         _yw: &[i16],
         _ysm: &[q8::SignMag],
+        _in_cache: bool,
     ) -> [f32; 4] {
         x.map(|x| Self::vec_dot(x, y))
     }
@@ -484,11 +487,11 @@ fn check_shapes(out: &[f32], w: &QTensor, x: &QActs) {
 
 /// Weight bytes up to which a one-vector matmul assumes its matrix is in
 /// cache, as a streamed chunk (at most [`STREAM_CHUNK`] bytes, just copied
-/// in by the host) is: the relaxed-SIMD Q8_0 sign-trick dots read 4 rows
-/// side by side, 1.2x faster than the row by row i16 dots from cache
-/// (60 x 4096, 256 KB: 21 vs 17.5 GMAC/s) but 3.5x slower from DRAM
-/// (262144 x 640: 4.6 vs 16.1 GMAC/s), where the hardware prefetcher loses
-/// track.
+/// in by the host) is: the Q8_0 decode dots then read 4 rows side by side,
+/// from cache 1.12x faster than row by row (simd128; relaxed SIMD with the
+/// sign trick 1.2x: 60 x 4096, 256 KB: 21 vs 17.5 GMAC/s) but from DRAM
+/// 3.5x slower (262144 x 640: 4.6 vs 16.1 GMAC/s), as the hardware
+/// prefetcher loses track.
 ///
 /// [`STREAM_CHUNK`]: crate::model::weights::STREAM_CHUNK
 const IN_CACHE: usize = crate::model::weights::STREAM_CHUNK;
@@ -513,13 +516,7 @@ fn matmul_kind<K: QuantKind>(
         let y = x.vec::<K::Act>(0);
         // Widened quants exist for the 8-bit activation types only.
         let yw: &[i16] = if x.wide.is_empty() { &[] } else { x.wide(0) };
-        // The sign-trick dots read 4 rows side by side: only for a matrix
-        // assumed in cache (see `IN_CACHE`).
-        let ysm = if w.data.len() <= IN_CACHE {
-            x.signs()
-        } else {
-            &[]
-        };
+        let in_cache = w.data.len() <= IN_CACHE;
         let mut r0 = 0;
         if four {
             for o in out[..rows].chunks_exact_mut(4) {
@@ -527,7 +524,8 @@ fn matmul_kind<K: QuantKind>(
                     [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
                     y,
                     yw,
-                    ysm,
+                    x.signs(),
+                    in_cache,
                 ));
                 r0 += 4;
             }

@@ -1192,11 +1192,17 @@ fn packed_matmul_real_rows() {
 /// the bits of the scalar reference, also with subnormal, zero, negative,
 /// Inf and NaN scales and -128 bytes, for row counts that leave a tail and
 /// rows of several spans of blocks (the simd128 dot's SPAN is 32) with a
-/// partial last one.
+/// partial last one, read side by side (in cache) and, past [`IN_CACHE`]
+/// bytes, by spans.
 #[test]
 fn q8_0_matvec_four_rows_bit_identical() {
     let mut rng = Lcg(11);
-    for (rows, nb) in [(1usize, 9usize), (4, 9), (7, 9), (13, 9), (8, 32), (9, 75)] {
+    let big = [(12, 700), (5, 1600)];
+    assert!(big.iter().all(|&(rows, nb)| rows * nb * 34 > IN_CACHE));
+    for (rows, nb) in [(1usize, 9usize), (4, 9), (7, 9), (13, 9), (8, 32), (9, 75)]
+        .into_iter()
+        .chain(big)
+    {
         let cols = 32 * nb;
         let mut data = random_matrix(GgmlType::Q8_0, rows, cols, &mut rng);
         let specials: [u16; 8] = [
