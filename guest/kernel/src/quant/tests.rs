@@ -898,6 +898,44 @@ fn bench_q8_0_decode() {
     }
 }
 
+/// A streamed Q8_0 decode mat-vec as `Mat::matmul` runs it: a 4096 x 4096
+/// matrix (71 MB: out of cache) copied a 256 KB chunk at a time (as the
+/// host's `load-layer` does) into a buffer that is then dotted (in cache);
+/// the median of 5 runs of 4 passes, copy included, as GMAC/s.
+#[test]
+#[ignore]
+fn bench_q8_0_streamed() {
+    let mut rng = Lcg(8);
+    let (ty, rows, cols) = (GgmlType::Q8_0, 4096, 4096);
+    let data = random_matrix(ty, rows, cols, &mut rng);
+    let rb = cols / 32 * 34;
+    let chunk_rows = crate::model::weights::STREAM_CHUNK / rb;
+    let mut a = QActs::new();
+    a.quantize(ty, &rng.vec(cols, 1.0), 1, cols);
+    let mut out = vec![0f32; rows];
+    let mut chunk = Vec::new();
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..4 {
+                for r0 in (0..rows).step_by(chunk_rows) {
+                    let k = chunk_rows.min(rows - r0);
+                    chunk.clear();
+                    chunk.extend_from_slice(&data[r0 * rb..(r0 + k) * rb]);
+                    let w = QTensor::new(ty, k, cols, &chunk).unwrap();
+                    matmul(&mut out[r0..r0 + k], &w, &a);
+                }
+            }
+            (4 * rows * cols) as f64 / t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "{ty} {rows}x{cols} n=1 streamed in {chunk_rows}-row chunks: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+        runs[2], runs[0], runs[4]
+    );
+}
+
 /// Decode (one vector) through a tied output matrix the size of
 /// Gemma-3-270M's (262144 x 640 Q8_0, 178 MB: out of every cache), as laid
 /// out in memory and packed.
