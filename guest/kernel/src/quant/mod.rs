@@ -77,8 +77,18 @@ pub trait QuantKind {
     /// [`QuantKind::vec_dot`] of four rows `x` with the same `y` (a decode
     /// mat-vec, 4 rows at a time): each result has the bits of
     /// [`QuantKind::vec_dot_scalar`] of its row. `yw`: `y`'s quants widened
-    /// to i16 ([`QActs`] keeps them for the 8-bit activation types).
-    fn vec_dot4(x: [&[Self::Block]; 4], y: &[Self::Act], _yw: &[i16]) -> [f32; 4] {
+    /// to i16 ([`QActs`] keeps them for the 8-bit activation types). `ysm`:
+    /// `y`'s [`q8::SignMag`] operands, or empty (Q8_0 activations of one
+    /// vector in the relaxed-SIMD build only). `in_cache`: whether the rows
+    /// are assumed in cache ([`IN_CACHE`]), which suits other orders of
+    /// reading them.
+    fn vec_dot4(
+        x: [&[Self::Block]; 4],
+        y: &[Self::Act],
+        _yw: &[i16],
+        _ysm: &[q8::SignMag],
+        _in_cache: bool,
+    ) -> [f32; 4] {
         x.map(|x| Self::vec_dot(x, y))
     }
 }
@@ -317,6 +327,9 @@ pub struct QActs {
     /// For Q8_0 activations: each block's sum of quants (`cols / 32` per
     /// vector), for the packed dots whose weights are offset (Q5_0's).
     sums: Vec<i32>,
+    /// For one Q8_0 activation vector (decode) in the relaxed-SIMD build:
+    /// each block's [`q8::SignMag`] operands, for the Q8_0 weight dots.
+    signs: Vec<q8::SignMag>,
 }
 
 impl Default for QActs {
@@ -337,6 +350,7 @@ impl QActs {
             buf: Vec::new(),
             wide: Vec::new(),
             sums: Vec::new(),
+            signs: Vec::new(),
         }
     }
 
@@ -381,6 +395,16 @@ impl QActs {
             }
             self.sums = sums;
         }
+        self.signs.clear();
+        if A::TYPE == GgmlType::Q8_0 && n == 1 && cfg!(target_feature = "relaxed-simd") {
+            let mut signs = std::mem::take(&mut self.signs);
+            signs.extend(
+                self.vec::<q8::Q8_0Act>(0)
+                    .iter()
+                    .map(|b| q8::SignMag::new(&b.qs)),
+            );
+            self.signs = signs;
+        }
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
@@ -413,6 +437,12 @@ impl QActs {
         }
         let nb = self.cols / q8::QK8;
         &self.sums[b * nb..(b + 1) * nb]
+    }
+
+    /// The [`q8::SignMag`] operands of vector 0, if computed (one Q8_0
+    /// vector in the relaxed-SIMD build); else empty.
+    fn signs(&self) -> &[q8::SignMag] {
+        &self.signs
     }
 
     /// Number of vectors.
@@ -455,6 +485,17 @@ fn check_shapes(out: &[f32], w: &QTensor, x: &QActs) {
     assert_eq!(w.data.len(), w.rows * w.row_bytes(), "weight data size");
 }
 
+/// Weight bytes up to which a one-vector matmul assumes its matrix is in
+/// cache, as a streamed chunk (at most [`STREAM_CHUNK`] bytes, just copied
+/// in by the host) is: the Q8_0 decode dots then read 4 rows side by side,
+/// from cache 1.12x faster than row by row (simd128; relaxed SIMD with the
+/// sign trick 1.2x: 60 x 4096, 256 KB: 21 vs 17.5 GMAC/s) but from DRAM
+/// 3.5x slower (262144 x 640: 4.6 vs 16.1 GMAC/s), as the hardware
+/// prefetcher loses track.
+///
+/// [`STREAM_CHUNK`]: crate::model::weights::STREAM_CHUNK
+const IN_CACHE: usize = crate::model::weights::STREAM_CHUNK;
+
 /// Rows per tile when several vectors are multiplied.
 const ROW_TILE: usize = 8;
 /// Vectors per tile.
@@ -475,6 +516,7 @@ fn matmul_kind<K: QuantKind>(
         let y = x.vec::<K::Act>(0);
         // Widened quants exist for the 8-bit activation types only.
         let yw: &[i16] = if x.wide.is_empty() { &[] } else { x.wide(0) };
+        let in_cache = w.data.len() <= IN_CACHE;
         let mut r0 = 0;
         if four {
             for o in out[..rows].chunks_exact_mut(4) {
@@ -482,6 +524,8 @@ fn matmul_kind<K: QuantKind>(
                     [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
                     y,
                     yw,
+                    x.signs(),
+                    in_cache,
                 ));
                 r0 += 4;
             }

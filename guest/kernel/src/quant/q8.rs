@@ -69,6 +69,38 @@ fn amax(x: &[f32]) -> f32 {
     }
 }
 
+/// A Q8_0 activation block's quants as the operands of the relaxed-SIMD
+/// "sign trick" (decode dots of Q8_0 weights): `x * y = (sign(y) * x) * |y|`,
+/// with `|y|` (0..=127, a valid 7-bit operand of
+/// `i32x4.relaxed_dot_i8x16_i7x16_add_s`, whose result is then exact and the
+/// same on every engine) and `sign(y) * x = (x ^ neg) - neg`, `neg` = -1
+/// (all ones) where `y < 0`, else 0. Computed once per activation vector
+/// ([`super::QActs`]).
+///
+/// The one product this gets wrong is `x = -128` with `y < 0` (`-128`
+/// negated wraps to `-128`): the dots using it only run on weights known to
+/// hold no -128 (checked as the dot reads them, or when packing).
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+pub struct SignMag {
+    /// `|y|` per quant (0..=127).
+    pub mag: [i8; QK8],
+    /// -1 where `y < 0`, else 0.
+    pub neg: [i8; QK8],
+}
+
+impl SignMag {
+    /// The operands of the quants `qs` (each in -127..=127).
+    pub fn new(qs: &[i8; QK8]) -> SignMag {
+        SignMag {
+            // `min`: a valid 7-bit operand even for a -128 no quantizer
+            // of ours writes.
+            mag: qs.map(|q| q.unsigned_abs().min(127) as i8),
+            neg: qs.map(|q| if q < 0 { -1 } else { 0 }),
+        }
+    }
+}
+
 /// ggml's 8-bit activation quantizer as its x86 build runs it
 /// (`quantize_row_q8_0`/`_q8_1` in `arch/x86/quants.c`, the build the goldens
 /// come from): returns (d as f32 before f16 rounding, qs) with
@@ -235,38 +267,51 @@ impl QuantKind for Q8_0 {
 
     /// Four rows at a time: each activation block is loaded once (widened
     /// to i16), each row's quants are widened and dotted with it
-    /// (`i32x4.dot_i16x8_s`), the four rows' integer sums are reduced into
-    /// one i32x4, and the float part runs lane by lane (a lane per row)
-    /// with the f32 operations of the scalar reference in its order, so
-    /// every row has its bits.
+    /// (`i32x4.dot_i16x8_s`, [`part_i16`]), the four rows' integer sums are
+    /// reduced into one i32x4, and the float part runs lane by lane (a lane
+    /// per row) with the f32 operations of the scalar reference in its
+    /// order ([`add_terms4`]), so every row has its bits.
+    ///
+    /// Rows in cache are read side by side ([`side4`]), in the
+    /// relaxed-SIMD build given `ysm` first with the sign trick
+    /// ([`vec_dot4_sign`]), which gives up on rows holding a -128 quant.
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    fn vec_dot4(x: [&[BlockQ8_0]; 4], y: &[Q8_0Act], yw: &[i16]) -> [f32; 4] {
+    fn vec_dot4(
+        x: [&[BlockQ8_0]; 4],
+        y: &[Q8_0Act],
+        yw: &[i16],
+        ysm: &[SignMag],
+        in_cache: bool,
+    ) -> [f32; 4] {
         use core::arch::wasm32::*;
         let n = y.len();
         assert!(x.iter().all(|r| r.len() == n), "row lengths");
         assert_eq!(yw.len(), QK8 * n, "widened activations");
-        /// Row block `bx` dotted with the widened activations `yv`: 4
-        /// partial integer sums (|x| <= 128, |y| <= 127: exact in i32).
-        #[inline(always)]
-        fn part(bx: &BlockQ8_0, yv: &[v128; 4]) -> v128 {
-            // SAFETY: each load reads 16 of the 32 bytes of `qs`; wasm
-            // loads have no alignment requirement.
-            let (x0, x1) = unsafe {
-                let xp = bx.qs.as_ptr();
-                (
-                    v128_load(xp as *const v128),
-                    v128_load(xp.add(16) as *const v128),
-                )
-            };
-            let a = i32x4_add(
-                i32x4_dot_i16x8(i16x8_extend_low_i8x16(x0), yv[0]),
-                i32x4_dot_i16x8(i16x8_extend_high_i8x16(x0), yv[1]),
-            );
-            let b = i32x4_add(
-                i32x4_dot_i16x8(i16x8_extend_low_i8x16(x1), yv[2]),
-                i32x4_dot_i16x8(i16x8_extend_high_i8x16(x1), yv[3]),
-            );
-            i32x4_add(a, b)
+        assert!(ysm.is_empty() || ysm.len() == n, "sign operands");
+        // SAFETY (both closures): reads the 32 i16 of block `b` of `yw`
+        // (asserted above).
+        let yv = |b: usize| -> [v128; 4] {
+            unsafe {
+                let p = yw.as_ptr().add(QK8 * b);
+                std::array::from_fn(|j| v128_load(p.add(8 * j) as *const v128))
+            }
+        };
+        if in_cache {
+            #[cfg(target_feature = "relaxed-simd")]
+            if !ysm.is_empty() {
+                if let Some(r) = vec_dot4_sign(x, y, ysm) {
+                    return r;
+                }
+            }
+            return side4(x, y, |b| {
+                let yv = yv(b);
+                [
+                    part_i16(&x[0][b], &yv),
+                    part_i16(&x[1][b], &yv),
+                    part_i16(&x[2][b], &yv),
+                    part_i16(&x[3][b], &yv),
+                ]
+            });
         }
         // Memory order: a span of blocks of row 0, then of row 1, .., so
         // that the rows are read as one stream (four rows read side by side,
@@ -283,42 +328,14 @@ impl QuantKind for Q8_0 {
                     .iter_mut()
                     .zip(xr[b0..b0 + m].iter().enumerate())
                 {
-                    // SAFETY: reads the 32 i16 of block `b0 + k` of `yw`
-                    // (asserted above).
-                    let yv: [v128; 4] = unsafe {
-                        let p = yw.as_ptr().add(QK8 * (b0 + k));
-                        std::array::from_fn(|j| v128_load(p.add(8 * j) as *const v128))
-                    };
-                    *s = part(bx, &yv);
+                    *s = part_i16(bx, &yv(b0 + k));
                 }
             }
             for (k, by) in y[b0..b0 + m].iter().enumerate() {
                 let xb = b0 + k;
-                let [s0, s1, s2, s3] = [sums[0][k], sums[1][k], sums[2][k], sums[3][k]];
-                // Lane r: row r's block sum (integer sums are exact in any order).
-                let t0 = i32x4_add(
-                    i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
-                    i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
-                );
-                let t1 = i32x4_add(
-                    i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
-                    i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
-                );
-                let sumi = i32x4_add(
-                    i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
-                    i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
-                );
-                let h = u32x4(
-                    u16::from_le_bytes(x[0][xb].d) as u32,
-                    u16::from_le_bytes(x[1][xb].d) as u32,
-                    u16::from_le_bytes(x[2][xb].d) as u32,
-                    u16::from_le_bytes(x[3][xb].d) as u32,
-                );
-                let d = super::f16x4_to_f32x4(h);
-                acc = f32x4_add(
-                    acc,
-                    f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi)),
-                );
+                let s = [sums[0][k], sums[1][k], sums[2][k], sums[3][k]];
+                let d = [x[0][xb].d, x[1][xb].d, x[2][xb].d, x[3][xb].d];
+                acc = add_terms4(acc, s, d, by.d);
             }
         }
         [
@@ -328,4 +345,165 @@ impl QuantKind for Q8_0 {
             f32x4_extract_lane::<3>(acc),
         ]
     }
+}
+
+/// Row block `bx` dotted with the widened activations `yv` (its block's
+/// 32, as i16): 4 partial integer sums (|x| <= 128, |y| <= 127: exact in
+/// i32).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn part_i16(bx: &BlockQ8_0, yv: &[core::arch::wasm32::v128; 4]) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    // SAFETY: each load reads 16 of the 32 bytes of `qs`; wasm loads have
+    // no alignment requirement.
+    let (x0, x1) = unsafe {
+        let xp = bx.qs.as_ptr();
+        (
+            v128_load(xp as *const v128),
+            v128_load(xp.add(16) as *const v128),
+        )
+    };
+    let a = i32x4_add(
+        i32x4_dot_i16x8(i16x8_extend_low_i8x16(x0), yv[0]),
+        i32x4_dot_i16x8(i16x8_extend_high_i8x16(x0), yv[1]),
+    );
+    let b = i32x4_add(
+        i32x4_dot_i16x8(i16x8_extend_low_i8x16(x1), yv[2]),
+        i32x4_dot_i16x8(i16x8_extend_high_i8x16(x1), yv[3]),
+    );
+    i32x4_add(a, b)
+}
+
+/// [`QuantKind::vec_dot4`] with the 4 rows read side by side, block by
+/// block: `int(b)` gives block `b`'s 4 partial integer sums of each row
+/// (its activations loaded once for the 4), then [`add_terms4`] at once
+/// (no round trip through memory). From cache 1.12x faster than the span
+/// order with the i16 dots (60 x 4096: 20.3 vs 18.1 GMAC/s), from DRAM 3.5x
+/// slower, the hardware prefetcher losing track: for rows in cache only.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn side4(
+    x: [&[BlockQ8_0]; 4],
+    y: &[Q8_0Act],
+    mut int: impl FnMut(usize) -> [core::arch::wasm32::v128; 4],
+) -> [f32; 4] {
+    use core::arch::wasm32::*;
+    assert!(x.iter().all(|r| r.len() == y.len()));
+    let mut acc = f32x4_splat(0.0);
+    for (b, by) in y.iter().enumerate() {
+        let d = [x[0][b].d, x[1][b].d, x[2][b].d, x[3][b].d];
+        acc = add_terms4(acc, int(b), d, by.d);
+    }
+    [
+        f32x4_extract_lane::<0>(acc),
+        f32x4_extract_lane::<1>(acc),
+        f32x4_extract_lane::<2>(acc),
+        f32x4_extract_lane::<3>(acc),
+    ]
+}
+
+/// The float part of a block of [`QuantKind::vec_dot4`]: `acc` (lane r: row
+/// r's sum so far) plus, lane by lane, `(d_r * yd) * sumi_r` with the f32
+/// operations of [`QuantKind::vec_dot_scalar`] in its order; `s[r]`: 4
+/// partial integer sums of row r's block (exact in any order), `d[r]` its
+/// f16 scale (any: subnormal, Inf, NaN convert as the scalar one).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+fn add_terms4(
+    acc: core::arch::wasm32::v128,
+    s: [core::arch::wasm32::v128; 4],
+    d: [[u8; 2]; 4],
+    yd: f32,
+) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let [s0, s1, s2, s3] = s;
+    // Lane r: row r's block sum.
+    let t0 = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
+        i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
+    );
+    let t1 = i32x4_add(
+        i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
+        i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
+    );
+    let sumi = i32x4_add(
+        i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
+        i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
+    );
+    let h = u32x4(
+        u16::from_le_bytes(d[0]) as u32,
+        u16::from_le_bytes(d[1]) as u32,
+        u16::from_le_bytes(d[2]) as u32,
+        u16::from_le_bytes(d[3]) as u32,
+    );
+    let d = super::f16x4_to_f32x4(h);
+    f32x4_add(
+        acc,
+        f32x4_mul(f32x4_mul(d, f32x4_splat(yd)), f32x4_convert_i32x4(sumi)),
+    )
+}
+
+/// [`QuantKind::vec_dot4`] of Q8_0 with relaxed SIMD and the sign trick of
+/// [`SignMag`]: per 16 quants `x` of a row, `(x ^ neg) - neg` (= `sign(y) *
+/// x` unless `x = -128` and `y < 0`) dotted with `|y|` by
+/// `i16x8.relaxed_dot_i8x16_i7x16_s` (`|y| <= 127`: a valid 7-bit operand,
+/// so the result is exact and the same on every engine; a pair sum is at
+/// most 2 * 128 * 127 = 32512 in magnitude, no i16 overflow or saturation)
+/// and widened pairwise to i32 (a block's 4 partial sums are at most
+/// 8 * 128 * 127 = 130048 each). The block's float part is that of the i16
+/// dots ([`add_terms4`]): the same bits.
+///
+/// The four rows are read side by side ([`side4`]): rows in cache only.
+/// From cache 1.2x faster than the span order with the i16 dots (60 x
+/// 4096: 21.5 vs 18.1 GMAC/s), about half of it the sign trick (the i16
+/// dots side by side: 20.3).
+///
+/// Returns `None` if any quant of the rows is -128 (the caller then runs
+/// the i16 dots): the minimum is taken of the very registers dotted, so
+/// `Some` proves every product exact, whatever wrote the bytes and when
+/// (a streamed chunk is checked as it is used; nothing is remembered).
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+#[inline(always)]
+pub(super) fn vec_dot4_sign(
+    x: [&[BlockQ8_0]; 4],
+    y: &[Q8_0Act],
+    ysm: &[SignMag],
+) -> Option<[f32; 4]> {
+    use core::arch::wasm32::*;
+    assert_eq!(ysm.len(), y.len());
+    let mut lo = i8x16_splat(0);
+    let out = side4(x, y, |b| {
+        let sm = &ysm[b];
+        // SAFETY: each load reads 16 of the 32 bytes of `mag` or `neg`;
+        // wasm loads have no alignment requirement.
+        let (a0, a1, n0, n1) = unsafe {
+            let (ap, np) = (sm.mag.as_ptr(), sm.neg.as_ptr());
+            (
+                v128_load(ap as *const v128),
+                v128_load(ap.add(16) as *const v128),
+                v128_load(np as *const v128),
+                v128_load(np.add(16) as *const v128),
+            )
+        };
+        // (Array `map`s here were left as calls by the compiler.)
+        let mut row = |r: usize| {
+            // SAFETY: each load reads 16 of the 32 bytes of `qs`.
+            let (x0, x1) = unsafe {
+                let xp = x[r][b].qs.as_ptr();
+                (
+                    v128_load(xp as *const v128),
+                    v128_load(xp.add(16) as *const v128),
+                )
+            };
+            lo = i8x16_min(lo, i8x16_min(x0, x1));
+            let s0 = i8x16_sub(v128_xor(x0, n0), n0);
+            let s1 = i8x16_sub(v128_xor(x1, n1), n1);
+            i32x4_add(
+                i32x4_extadd_pairwise_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s0, a0)),
+                i32x4_extadd_pairwise_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s1, a1)),
+            )
+        };
+        [row(0), row(1), row(2), row(3)]
+    });
+    (!v128_any_true(i8x16_eq(lo, i8x16_splat(i8::MIN)))).then_some(out)
 }

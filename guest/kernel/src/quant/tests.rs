@@ -820,6 +820,10 @@ fn bench_matmul() {
         (GgmlType::IQ4_XS, 1536, 1536),
     ] {
         let data = random_matrix(ty, rows, cols, &mut rng);
+        // `BENCH_TY=Q8_0`: that type only.
+        if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
+            continue;
+        }
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
         let p = packed::has_layout(ty).then(|| packed_copy(ty, rows, cols, &data));
         let pw = p.as_deref().map(|p| QTensor {
@@ -853,6 +857,83 @@ fn bench_matmul() {
             }
         }
     }
+}
+
+/// Decode (one vector) Q8_0 mat-vecs, unpacked (a streamed chunk: 60 rows
+/// of 4096, 256 KB) and packed: the median of 9 runs of 200 matmuls each
+/// (the activations quantized once), as GMAC/s.
+#[test]
+#[ignore]
+fn bench_q8_0_decode() {
+    let mut rng = Lcg(7);
+    let ty = GgmlType::Q8_0;
+    for (rows, cols) in [(60, 4096), (1536, 576), (1536, 1536)] {
+        let data = random_matrix(ty, rows, cols, &mut rng);
+        let p = packed_copy(ty, rows, cols, &data);
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let pw = QTensor {
+            packed: true,
+            ..QTensor::new(ty, rows, cols, &p).unwrap()
+        };
+        let mut a = QActs::new();
+        a.quantize(ty, &rng.vec(cols, 1.0), 1, cols);
+        let mut out = vec![0f32; rows];
+        for (name, w) in [("unpacked", &w), ("packed", &pw)] {
+            let mut runs: Vec<f64> = (0..9)
+                .map(|_| {
+                    let iters = 200;
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        matmul(&mut out, w, &a);
+                    }
+                    (rows * cols * iters) as f64 / t.elapsed().as_nanos() as f64
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            println!(
+                "{ty} {rows}x{cols} n=1 {name}: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+                runs[4], runs[0], runs[8]
+            );
+        }
+    }
+}
+
+/// A streamed Q8_0 decode mat-vec as `Mat::matmul` runs it: a 4096 x 4096
+/// matrix (71 MB: out of cache) copied a 256 KB chunk at a time (as the
+/// host's `load-layer` does) into a buffer that is then dotted (in cache);
+/// the median of 5 runs of 4 passes, copy included, as GMAC/s.
+#[test]
+#[ignore]
+fn bench_q8_0_streamed() {
+    let mut rng = Lcg(8);
+    let (ty, rows, cols) = (GgmlType::Q8_0, 4096, 4096);
+    let data = random_matrix(ty, rows, cols, &mut rng);
+    let rb = cols / 32 * 34;
+    let chunk_rows = crate::model::weights::STREAM_CHUNK / rb;
+    let mut a = QActs::new();
+    a.quantize(ty, &rng.vec(cols, 1.0), 1, cols);
+    let mut out = vec![0f32; rows];
+    let mut chunk = Vec::new();
+    let mut runs: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..4 {
+                for r0 in (0..rows).step_by(chunk_rows) {
+                    let k = chunk_rows.min(rows - r0);
+                    chunk.clear();
+                    chunk.extend_from_slice(&data[r0 * rb..(r0 + k) * rb]);
+                    let w = QTensor::new(ty, k, cols, &chunk).unwrap();
+                    matmul(&mut out[r0..r0 + k], &w, &a);
+                }
+            }
+            (4 * rows * cols) as f64 / t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "{ty} {rows}x{cols} n=1 streamed in {chunk_rows}-row chunks: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+        runs[2], runs[0], runs[4]
+    );
 }
 
 /// Decode (one vector) through a tied output matrix the size of
@@ -1149,11 +1230,17 @@ fn packed_matmul_real_rows() {
 /// the bits of the scalar reference, also with subnormal, zero, negative,
 /// Inf and NaN scales and -128 bytes, for row counts that leave a tail and
 /// rows of several spans of blocks (the simd128 dot's SPAN is 32) with a
-/// partial last one.
+/// partial last one, read side by side (in cache) and, past [`IN_CACHE`]
+/// bytes, by spans.
 #[test]
 fn q8_0_matvec_four_rows_bit_identical() {
     let mut rng = Lcg(11);
-    for (rows, nb) in [(1usize, 9usize), (4, 9), (7, 9), (13, 9), (8, 32), (9, 75)] {
+    let big = [(12, 700), (5, 1600)];
+    assert!(big.iter().all(|&(rows, nb)| rows * nb * 34 > IN_CACHE));
+    for (rows, nb) in [(1usize, 9usize), (4, 9), (7, 9), (13, 9), (8, 32), (9, 75)]
+        .into_iter()
+        .chain(big)
+    {
         let cols = 32 * nb;
         let mut data = random_matrix(GgmlType::Q8_0, rows, cols, &mut rng);
         let specials: [u16; 8] = [
@@ -1303,4 +1390,138 @@ fn kquant_batched_matmul_bit_identical_to_scalar() {
             }
         }
     }
+}
+
+/// Q8_0 quants of `rows` rows of `nb` blocks (scale 1/64 each) from `q(i)`
+/// (i: the quant's index in the matrix), in the GGUF layout.
+fn q8_0_rows(rows: usize, nb: usize, q: impl Fn(usize) -> i8) -> Vec<u8> {
+    let mut data = Vec::with_capacity(rows * nb * 34);
+    for b in 0..rows * nb {
+        data.extend_from_slice(&f32_to_f16_le(1.0 / 64.0));
+        data.extend((0..32).map(|j| q(32 * b + j) as u8));
+    }
+    data
+}
+
+/// The Q8_0 decode mat-vec at the ends of its ranges: weights all 127,
+/// all -127, all -128, alternating 127 / -128, random with a few -128;
+/// activations that quantize to all +127, all -127, alternating +-127, or
+/// random (negative ones included); rows of 1, 2 and 3 spans of the
+/// simd128 dot (32 blocks), row counts with a tail. Every row has the bits
+/// of the scalar reference, unpacked and packed, for one vector (the
+/// relaxed-SIMD sign trick, which must refuse rows with -128) and two.
+#[test]
+fn q8_0_decode_extreme_quants() {
+    let mut state = 0x853c_49e6_748f_ea9bu64;
+    let mut random = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut rng = Lcg(21);
+    for (rows, nb) in [(4usize, 1usize), (6, 9), (4, 33), (5, 70)] {
+        let cols = 32 * nb;
+        let seeds: Vec<u64> = (0..rows * cols).map(|_| random()).collect();
+        let some_min = |i: usize| {
+            if seeds[i].is_multiple_of(997) {
+                -128
+            } else {
+                seeds[i] as i8
+            }
+        };
+        let fills: [(&str, &dyn Fn(usize) -> i8); 5] = [
+            ("127", &|_| 127),
+            ("-127", &|_| -127),
+            ("-128", &|_| -128),
+            ("127/-128", &|i| if i % 2 == 0 { 127 } else { -128 }),
+            ("random, some -128", &some_min),
+        ];
+        for (what, q) in &fills {
+            let data = q8_0_rows(rows, nb, q);
+            let random_x = rng.vec(2 * cols, 3.0);
+            let xs: [(&str, Vec<f32>); 4] = [
+                ("+", vec![1.5; 2 * cols]),
+                ("-", vec![-1.5; 2 * cols]),
+                ("+-", (0..2 * cols).map(|i| [2.0, -2.0][i % 2]).collect()),
+                ("random", random_x),
+            ];
+            for (xw, x) in &xs {
+                eprintln!("{rows}x{cols} weights {what}, activations {xw}");
+                check_packed(GgmlType::Q8_0, rows, cols, &data, &x[..cols], 1);
+                check_packed(GgmlType::Q8_0, rows, cols, &data, x, 2);
+            }
+        }
+    }
+}
+
+/// The relaxed-SIMD sign-trick dot serves rows without -128 (with the
+/// scalar reference's bits, negative activations included) and refuses any
+/// rows holding a -128, wherever it is: with a negative activation there
+/// the trick's product would be wrong.
+#[cfg(target_feature = "relaxed-simd")]
+#[test]
+fn q8_0_sign_trick_refuses_minus_128() {
+    let mut rng = Lcg(22);
+    let nb = 40;
+    let cols = 32 * nb;
+    let data = random_matrix(GgmlType::Q8_0, 4, cols, &mut rng);
+    let x = rng.vec(cols, 2.0);
+    let mut a = QActs::new();
+    a.quantize(GgmlType::Q8_0, &x, 1, cols);
+    let y = a.vec::<q8::Q8_0Act>(0);
+    assert!(y.iter().any(|b| b.qs.iter().any(|&q| q < 0)));
+    let ysm = a.signs();
+    assert_eq!(
+        ysm.len(),
+        nb,
+        "the relaxed build computes the sign operands"
+    );
+    let dot = |data: &[u8]| {
+        let blocks: &[q8::BlockQ8_0] = bytemuck::cast_slice(data);
+        let rows: [&[q8::BlockQ8_0]; 4] = std::array::from_fn(|r| &blocks[r * nb..(r + 1) * nb]);
+        let want = rows.map(|r| q8::Q8_0::vec_dot_scalar(r, y).to_bits());
+        (
+            q8::vec_dot4_sign(rows, y, ysm).map(|o| o.map(f32::to_bits)),
+            want,
+        )
+    };
+    let (got, want) = dot(&data);
+    assert_eq!(got, Some(want), "served");
+    for (r, b, j) in [(0, 0, 0), (1, 17, 31), (2, 39, 16), (3, 20, 5)] {
+        let mut d = data.clone();
+        d[(r * nb + b) * 34 + 2 + j] = 0x80;
+        assert_eq!(dot(&d).0, None, "row {r} block {b} quant {j}: refused");
+    }
+}
+
+/// One Q8_0 decode mat-vec, unpacked and packed, has the same bits in every
+/// build (native, wasm32 simd128, wasm32 relaxed SIMD): a hash of them is
+/// pinned (each build also checks them against its scalar reference).
+#[test]
+fn q8_0_decode_same_bits_in_every_build() {
+    let mut rng = Lcg(23);
+    let (rows, cols) = (22, 32 * 45);
+    let mut data = random_matrix(GgmlType::Q8_0, rows, cols, &mut rng);
+    data[34 * 50 + 7] = 0x80; // row 1: the i16 dots in the relaxed build
+    let x = rng.vec(cols, 2.0);
+    let mut a = QActs::new();
+    a.quantize(GgmlType::Q8_0, &x, 1, cols);
+    let p = packed_copy(GgmlType::Q8_0, rows, cols, &data);
+    let w = QTensor::new(GgmlType::Q8_0, rows, cols, &data).unwrap();
+    let pw = QTensor {
+        packed: true,
+        ..QTensor::new(GgmlType::Q8_0, rows, cols, &p).unwrap()
+    };
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for w in [&w, &pw] {
+        let mut out = vec![0f32; rows];
+        matmul(&mut out, w, &a);
+        for v in out {
+            for byte in v.to_bits().to_le_bytes() {
+                h = (h ^ byte as u64).wrapping_mul(0x100_0000_01b3);
+            }
+        }
+    }
+    assert_eq!(h, 0x1d09_e97f_8e12_b425, "hash {h:#x}");
 }
