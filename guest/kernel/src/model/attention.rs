@@ -98,22 +98,13 @@ pub(super) fn attend_batch(
     sc: &mut Scratch,
     out: &mut [f32],
 ) {
-    let n = g * ts.len();
-    assert!((1..=HEADS).contains(&g) && (1..=LANES).contains(&n) && hd > 0);
-    // Lane l is query l / g, head l % g.
-    let at = |l: usize| (l / g) * stride + (l % g) * hd;
-    if sc.qh.len() < LANES * hd {
-        sc.qh.resize(LANES * hd, 0.0);
-        sc.acc.resize(LANES * hd, 0.0);
-    }
+    let (n, at) = lanes(hd, g, q, stride, ts, sc, f16r);
     sc.vw.resize(hd, 0.0);
-    scores::prepare(n, hd, |l, i| f16r(q[at(l) + i]), &mut sc.qh);
     let acc = &mut sc.acc[..n * hd];
     acc.fill(0.0);
     let mut m = [f32::NEG_INFINITY; LANES];
     let mut sum = [0f32; LANES];
-    let t_lo = ts.iter().map(|r| r.start).min().unwrap_or(0);
-    let t_hi = ts.iter().map(|r| r.end).max().unwrap_or(0);
+    let (t_lo, t_hi) = positions(ts);
     for t in t_lo..t_hi {
         let row = t * kv.kv_dim + kv.kvh;
         let kr = &kv.k[row..row + hd];
@@ -178,16 +169,8 @@ pub(super) fn attend_batch_f32(
     sc: &mut Scratch,
     out: &mut [f32],
 ) {
-    let n = g * ts.len();
-    assert!((1..=HEADS).contains(&g) && (1..=LANES).contains(&n) && hd > 0);
-    let at = |l: usize| (l / g) * stride + (l % g) * hd;
-    if sc.qh.len() < LANES * hd {
-        sc.qh.resize(LANES * hd, 0.0);
-        sc.acc.resize(LANES * hd, 0.0);
-    }
-    scores::prepare(n, hd, |l, i| q[at(l) + i], &mut sc.qh);
-    let t_lo = ts.iter().map(|r| r.start).min().unwrap_or(0);
-    let t_hi = ts.iter().map(|r| r.end).max().unwrap_or(0);
+    let (n, at) = lanes(hd, g, q, stride, ts, sc, |x| x);
+    let (t_lo, t_hi) = positions(ts);
     let span = t_hi - t_lo;
     if sc.w.len() < LANES * span {
         sc.w.resize(LANES * span, 0.0);
@@ -212,6 +195,40 @@ pub(super) fn attend_batch_f32(
             *x *= inv;
         }
     }
+}
+
+/// The lanes of a pass of either kernel: lane l is query l / g, head l % g.
+/// Checks their count, grows the scratch and puts their queries, through
+/// `round`, into `sc.qh`; returns the count and where lane l's values are
+/// in `q` and `out`.
+#[inline(always)]
+fn lanes(
+    hd: usize,
+    g: usize,
+    q: &[f32],
+    stride: usize,
+    ts: &[std::ops::Range<usize>],
+    sc: &mut Scratch,
+    round: impl Fn(f32) -> f32,
+) -> (usize, impl Fn(usize) -> usize) {
+    let n = g * ts.len();
+    assert!((1..=HEADS).contains(&g) && (1..=LANES).contains(&n) && hd > 0);
+    let at = move |l: usize| (l / g) * stride + (l % g) * hd;
+    if sc.qh.len() < LANES * hd {
+        sc.qh.resize(LANES * hd, 0.0);
+        sc.acc.resize(LANES * hd, 0.0);
+    }
+    scores::prepare(n, hd, |l, i| round(q[at(l) + i]), &mut sc.qh);
+    (n, at)
+}
+
+/// The positions any query of a pass sees: from the least start to the
+/// greatest end.
+fn positions(ts: &[std::ops::Range<usize>]) -> (usize, usize) {
+    (
+        ts.iter().map(|r| r.start).min().unwrap_or(0),
+        ts.iter().map(|r| r.end).max().unwrap_or(0),
+    )
 }
 
 /// A q·k sum scaled (and soft-capped) as both kernels do it.
