@@ -25,16 +25,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|i| args.get(i + 1))
     };
     let top_k: usize = flag("--top").map_or(Ok(5), |s| s.parse())?;
-    let tokens: Vec<u32> = if tokens.ends_with(".md") {
-        let m = Model::load(
-            Box::new(MemSource::new(std::fs::read(model)?)),
-            &LoadOptions::default(),
-        )?;
-        let t = m
-            .tokenizer
-            .encode(&std::fs::read_to_string(tokens)?, true, false);
-        t[..1024.min(t.len())].to_vec()
-    } else if std::path::Path::new(tokens).is_file() {
+    let tokens: Vec<u32> = if std::path::Path::new(tokens).is_file() {
         serde_json::from_str(&std::fs::read_to_string(tokens)?)?
     } else {
         tokens
