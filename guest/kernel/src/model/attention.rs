@@ -759,23 +759,14 @@ mod tests {
             &mut out,
         );
         // Exact softmax attention in f64 over positions 3..n.
-        let s: Vec<f64> = (3..n)
-            .map(|t| {
-                let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-                q.iter()
-                    .zip(kr)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum::<f64>()
-                    * f64::from(scale)
-            })
-            .collect();
-        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-        for (d, o) in out.iter().enumerate() {
-            let want: f64 = (3..n)
-                .zip(&s)
-                .map(|(t, x)| (x - m).exp() / z * f64::from(v[t * kv_dim + kvh + d]))
-                .sum();
+        let kv = KvHead {
+            k: &k,
+            v: &v,
+            kv_dim,
+            kvh,
+        };
+        let exact = exact_attention(&q, &kv, 3..n, scale);
+        for (d, (o, &want)) in out.iter().zip(&exact).enumerate() {
             assert!(
                 (f64::from(*o) - want).abs() < 2e-3,
                 "dim {d}: {o} vs {want}"
@@ -790,20 +781,63 @@ mod tests {
         move || g.next_u32()
     }
 
-    #[test]
-    fn a_batch_gives_each_query_and_head_its_bits() {
-        // attend_batch over 1..=4 heads and 1 to queries_per_pass queries
-        // against attend_f16 per (query, head), bit for bit (as wasm32: the
-        // simd128 lanes), with and without soft-capping, causal and
-        // sliding-window ranges per query; values between the lanes' places
-        // in `out` (other heads) stay untouched.
-        let mut next = stream(1);
+    /// Exact softmax attention in f64 of the query `q` over the positions
+    /// `ts` of `kv`, scores scaled by `scale`.
+    fn exact_attention(q: &[f32], kv: &KvHead, ts: std::ops::Range<usize>, scale: f32) -> Vec<f64> {
+        let hd = q.len();
+        let at = |t: usize| t * kv.kv_dim + kv.kvh;
+        let s: Vec<f64> = ts
+            .clone()
+            .map(|t| {
+                q.iter()
+                    .zip(&kv.k[at(t)..at(t) + hd])
+                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .sum::<f64>()
+                    * f64::from(scale)
+            })
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+        (0..hd)
+            .map(|d| {
+                ts.clone()
+                    .zip(&s)
+                    .map(|(t, x)| (x - m).exp() / z * f64::from(kv.v[at(t) + d]))
+                    .sum()
+            })
+            .collect()
+    }
+
+    /// A batch kernel: [`attend_batch`] or [`attend_batch_f32`].
+    type Kernel = fn(
+        usize,
+        usize,
+        &[f32],
+        usize,
+        &[std::ops::Range<usize>],
+        &KvHead,
+        f32,
+        Option<f32>,
+        &mut Scratch,
+        &mut [f32],
+    );
+
+    /// One (query, head)'s expected result: `want(q, kv, positions, softcap)`.
+    type Reference = dyn FnMut(&[f32], &KvHead, std::ops::Range<usize>, Option<f32>) -> Vec<f32>;
+
+    /// `kernel` over 1..=4 heads per kv head, 1 to queries_per_pass
+    /// queries, head sizes 64, 70, 8 and 256, with and without soft-capping,
+    /// causal and sliding-window ranges per query: every (query, head) has
+    /// the bits of `want(q, kv, positions, softcap)` (as wasm32: the simd128
+    /// lanes), and the places of other heads in `out` stay untouched.
+    fn check_batches(seed: u64, kernel: Kernel, want: &mut Reference) {
+        let mut next = stream(seed);
         let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         let mut sc = Scratch::default();
-        for (hd, n_kv) in [(64, 2), (70, 1), (8, 3)] {
+        for (hd, n_kv) in [(64, 2), (70, 1), (8, 3), (256, 1)] {
             let kv_dim = hd * n_kv;
-            let n = 48;
+            let n = 80;
             let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
             let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
             let kv = KvHead {
@@ -821,33 +855,20 @@ mod tests {
                         (0, None, None),
                         (nq.min(30), None, Some(2.0f32)),
                         (n - nq, Some(9), None),
+                        (n - nq, None, None),
                         (3, Some(2), Some(30.0)),
                     ] {
                         let ts: Vec<_> = (p0..p0 + nq)
                             .map(|pos| w.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1)
                             .collect();
                         let mut got = vec![7f32; nq * stride];
-                        attend_batch(hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got);
+                        kernel(hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got);
                         for (i, r) in ts.iter().enumerate() {
                             for j in 0..g {
                                 let at = i * stride + j * hd;
-                                let mut qh = vec![0f32; hd];
-                                let mut want = vec![0f32; hd];
-                                attend_f16(
-                                    &q[at..at + hd],
-                                    &k,
-                                    &v,
-                                    kv_dim,
-                                    kv.kvh,
-                                    r.clone(),
-                                    0.125,
-                                    cap,
-                                    &mut qh,
-                                    &mut want,
-                                );
                                 assert_eq!(
                                     bits(&got[at..at + hd]),
-                                    bits(&want),
+                                    bits(&want(&q[at..at + hd], &kv, r.clone(), cap)),
                                     "hd {hd} g {g} nq {nq} query {i} head {j} {r:?} {cap:?}"
                                 );
                             }
@@ -862,95 +883,41 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_gives_each_query_and_head_its_bits() {
+        // attend_batch against attend_f16 per (query, head).
+        check_batches(1, attend_batch, &mut |q, kv, r, cap| {
+            let hd = q.len();
+            let (mut qh, mut want) = (vec![0f32; hd], vec![0f32; hd]);
+            attend_f16(
+                q, kv.k, kv.v, kv.kv_dim, kv.kvh, r, 0.125, cap, &mut qh, &mut want,
+            );
+            want
+        });
+    }
+
+    #[test]
     fn the_prompt_kernel_gives_each_query_and_head_its_bits() {
-        // attend_batch_f32 against attend_f32_reference per (query, head),
-        // bit for bit (as wasm32: the simd128 lanes, 16- and 4-value passes
-        // and a scalar tail), with and without soft-capping, causal and
-        // sliding-window ranges, odd and even position counts; other heads'
-        // places in `out` stay untouched. Also within f32 rounding of exact
-        // softmax attention in f64.
-        let mut next = stream(3);
-        let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
-        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-        let mut sc = Scratch::default();
-        for (hd, n_kv) in [(64, 2), (70, 1), (8, 3), (256, 1)] {
-            let kv_dim = hd * n_kv;
-            let n = 80;
-            let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
-            let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
-            let kv = KvHead {
-                k: &k,
-                v: &v,
-                kv_dim,
-                kvh: hd * (n_kv - 1),
-            };
-            for g in 1..=HEADS {
-                let stride = (g + 2) * hd;
-                for nq in [1, 2, queries_per_pass(g)] {
-                    let q: Vec<f32> = (0..nq * stride).map(|_| rnd()).collect();
-                    for (p0, w, cap) in [
-                        (0, None, None),
-                        (nq.min(30), None, Some(2.0f32)),
-                        (n - nq, Some(9), None),
-                        (n - nq, None, None),
-                        (3, Some(2), Some(30.0)),
-                    ] {
-                        let ts: Vec<_> = (p0..p0 + nq)
-                            .map(|pos| w.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1)
-                            .collect();
-                        let mut got = vec![7f32; nq * stride];
-                        attend_batch_f32(
-                            hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got,
-                        );
-                        for (i, r) in ts.iter().enumerate() {
-                            for j in 0..g {
-                                let at = i * stride + j * hd;
-                                let qi = &q[at..at + hd];
-                                let mut want = vec![0f32; hd];
-                                attend_f32_reference(qi, &kv, r.clone(), 0.125, cap, &mut want);
-                                assert_eq!(
-                                    bits(&got[at..at + hd]),
-                                    bits(&want),
-                                    "hd {hd} g {g} nq {nq} query {i} head {j} {r:?} {cap:?}"
-                                );
-                                if cap.is_none() {
-                                    let s: Vec<f64> = r
-                                        .clone()
-                                        .map(|t| {
-                                            let kr = &k[t * kv_dim + kv.kvh..][..hd];
-                                            qi.iter()
-                                                .zip(kr)
-                                                .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                                                .sum::<f64>()
-                                                * 0.125
-                                        })
-                                        .collect();
-                                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                                    let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-                                    for (d, o) in want.iter().enumerate() {
-                                        let exact: f64 = r
-                                            .clone()
-                                            .zip(&s)
-                                            .map(|(t, x)| {
-                                                (x - m).exp() / z
-                                                    * f64::from(v[t * kv_dim + kv.kvh + d])
-                                            })
-                                            .sum();
-                                        assert!(
-                                            (f64::from(*o) - exact).abs() < 1e-4,
-                                            "dim {d}: {o} vs {exact}"
-                                        );
-                                    }
-                                }
-                            }
-                            assert!(got[i * stride + g * hd..(i + 1) * stride]
-                                .iter()
-                                .all(|&x| x == 7.0));
-                        }
-                    }
+        // attend_batch_f32 against attend_f32_reference per (query, head)
+        // (as wasm32 also its 16- and 4-value passes and scalar tail), and
+        // without soft-capping within f32 rounding of exact softmax
+        // attention in f64.
+        check_batches(3, attend_batch_f32, &mut |q, kv, r, cap| {
+            let mut want = vec![0f32; q.len()];
+            attend_f32_reference(q, kv, r.clone(), 0.125, cap, &mut want);
+            if cap.is_none() {
+                for (d, (o, exact)) in want
+                    .iter()
+                    .zip(exact_attention(q, kv, r, 0.125))
+                    .enumerate()
+                {
+                    assert!(
+                        (f64::from(*o) - exact).abs() < 1e-4,
+                        "dim {d}: {o} vs {exact}"
+                    );
                 }
             }
-        }
+            want
+        });
     }
 
     #[test]
