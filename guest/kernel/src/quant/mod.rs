@@ -237,6 +237,19 @@ pub(crate) fn f16x4_to_f32x4(h: core::arch::wasm32::v128) -> core::arch::wasm32:
     v128_or(v, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
 }
 
+/// The four f32 lanes of `v`, in order.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn f32x4_lanes(v: core::arch::wasm32::v128) -> [f32; 4] {
+    use core::arch::wasm32::f32x4_extract_lane;
+    [
+        f32x4_extract_lane::<0>(v),
+        f32x4_extract_lane::<1>(v),
+        f32x4_extract_lane::<2>(v),
+        f32x4_extract_lane::<3>(v),
+    ]
+}
+
 /// Little-endian f16 bytes to f32.
 #[inline(always)]
 pub fn f16_le(b: [u8; 2]) -> f32 {

@@ -666,14 +666,10 @@ mod simd {
         f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
     }
 
+    /// The 4 rows' results (ROWS = 4 lanes).
     #[inline(always)]
     fn lanes(v: v128) -> [f32; ROWS] {
-        [
-            f32x4_extract_lane::<0>(v),
-            f32x4_extract_lane::<1>(v),
-            f32x4_extract_lane::<2>(v),
-            f32x4_extract_lane::<3>(v),
-        ]
+        crate::quant::f32x4_lanes(v)
     }
 }
 

@@ -338,12 +338,7 @@ impl QuantKind for Q8_0 {
                 acc = add_terms4(acc, s, d, by.d);
             }
         }
-        [
-            f32x4_extract_lane::<0>(acc),
-            f32x4_extract_lane::<1>(acc),
-            f32x4_extract_lane::<2>(acc),
-            f32x4_extract_lane::<3>(acc),
-        ]
+        super::f32x4_lanes(acc)
     }
 }
 
@@ -394,12 +389,7 @@ fn side4(
         let d = [x[0][b].d, x[1][b].d, x[2][b].d, x[3][b].d];
         acc = add_terms4(acc, int(b), d, by.d);
     }
-    [
-        f32x4_extract_lane::<0>(acc),
-        f32x4_extract_lane::<1>(acc),
-        f32x4_extract_lane::<2>(acc),
-        f32x4_extract_lane::<3>(acc),
-    ]
+    super::f32x4_lanes(acc)
 }
 
 /// The float part of a block of [`QuantKind::vec_dot4`]: `acc` (lane r: row
