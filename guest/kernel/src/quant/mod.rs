@@ -343,6 +343,9 @@ pub struct QActs {
     /// For one Q8_0 activation vector (decode) in the relaxed-SIMD build:
     /// each block's [`q8::SignMag`] operands, for the Q8_0 weight dots.
     signs: Vec<q8::SignMag>,
+    /// For one 8-bit activation vector (decode): its quants as i16 with
+    /// each column pair repeated four times, for the [`packed`] dots.
+    pairs: Vec<i16>,
 }
 
 impl Default for QActs {
@@ -364,6 +367,7 @@ impl QActs {
             wide: Vec::new(),
             sums: Vec::new(),
             signs: Vec::new(),
+            pairs: Vec::new(),
         }
     }
 
@@ -423,6 +427,17 @@ impl QActs {
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
             GgmlType::Q8_K => self.widen(|b: &q8_k::Q8_KAct| b.qs),
             _ => {}
+        }
+        self.pairs.clear();
+        if n == 1 && matches!(A::TYPE, GgmlType::Q8_0 | GgmlType::Q8_1) {
+            let mut pairs = std::mem::take(&mut self.pairs);
+            pairs.reserve(4 * cols);
+            for p in self.wide.chunks_exact(2) {
+                for _ in 0..4 {
+                    pairs.extend_from_slice(p);
+                }
+            }
+            self.pairs = pairs;
         }
     }
 
@@ -615,6 +630,11 @@ fn dot4_into<K: packed::PackKind, const T: usize>(
     let y: [&[K::Act]; T] = std::array::from_fn(|t| x.vec::<K::Act>(b + t));
     let yw: [&[i16]; T] = std::array::from_fn(|t| x.wide(b + t));
     let ys: [&[i32]; T] = std::array::from_fn(|t| x.sums(b + t));
+    if T == 1 && x.n == 1 {
+        let at = b * rows + g * ROWS;
+        out[at..at + ROWS].copy_from_slice(&K::dot1(group, y[0], yw[0], &x.pairs, ys[0]));
+        return T;
+    }
     for (t, o) in K::dot4_sums(group, y, yw, ys).iter().enumerate() {
         let at = (b + t) * rows + g * ROWS;
         out[at..at + ROWS].copy_from_slice(o);

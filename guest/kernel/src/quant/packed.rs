@@ -59,6 +59,16 @@ pub trait PackKind: QuantKind {
     ) -> [[f32; ROWS]; T] {
         Self::dot4(g, y, yw)
     }
+    /// One vector (decode): [`PackKind::dot4_sums`] for `T = 1`, given also
+    /// `yp`, the vector's quants as i16 with each column pair repeated four
+    /// times (`4 * BLOCK` per block, empty if not computed), which the
+    /// simd128 dots of this module load whole where they would splat; the
+    /// same bits.
+    #[inline(always)]
+    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
+        let _ = yp;
+        Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
+    }
 }
 
 /// Q4_0, 4 rows.
@@ -143,6 +153,20 @@ impl PackKind for Q4_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
+    #[inline(always)]
+    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
+        // The relaxed build's one-vector block (`block_relaxed1`) is faster.
+        #[cfg(all(
+            target_arch = "wasm32",
+            target_feature = "simd128",
+            not(target_feature = "relaxed-simd")
+        ))]
+        if !yp.is_empty() {
+            return simd::dot1_pairs::<Self>(g, y, yp);
+        }
+        let _ = yp;
+        Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
+    }
 }
 
 impl PackKind for Q4_1 {
@@ -175,6 +199,20 @@ impl PackKind for Q4_1 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
+    #[inline(always)]
+    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
+        // The relaxed build's one-vector block (`block_relaxed1`) is faster.
+        #[cfg(all(
+            target_arch = "wasm32",
+            target_feature = "simd128",
+            not(target_feature = "relaxed-simd")
+        ))]
+        if !yp.is_empty() {
+            return simd::dot1_pairs::<Self>(g, y, yp);
+        }
+        let _ = yp;
+        Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
+    }
 }
 
 impl PackKind for Q8_0 {
@@ -200,6 +238,21 @@ impl PackKind for Q8_0 {
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
+    }
+    #[inline(always)]
+    fn dot1(
+        g: &[Self::Group],
+        y: &[Self::Act],
+        yw: &[i16],
+        yp: &[i16],
+        _ys: &[i32],
+    ) -> [f32; ROWS] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        if !yp.is_empty() {
+            return simd::dot1_pairs::<Self>(g, y, yp);
+        }
+        let _ = yp;
+        dot4_impl::<Self, 1>(g, [y], [yw])[0]
     }
 }
 
@@ -638,6 +691,35 @@ mod simd {
         let ys = i32x4_add(ys, i32x4_shuffle::<2, 3, 0, 1>(ys, ys));
         let ys = i32x4_add(ys, i32x4_shuffle::<1, 0, 3, 2>(ys, ys));
         i32x4_sub(sumi, i32x4_mul(ys, i32x4_splat(K::BIAS)))
+    }
+
+    /// One vector's [`PackKind::dot1`]: as [`dot4_impl`] for `T = 1`, but
+    /// each column pair's activations loaded whole from `yp` (the pair
+    /// repeated four times, a v128 per pair) rather than splat from the
+    /// vector's i16 quants: a load the dot can take as its memory operand.
+    #[inline(always)]
+    pub fn dot1_pairs<K: Simd4>(g: &[K::Group], y: &[K::Act], yp: &[i16]) -> [f32; ROWS] {
+        assert!(y.len() == g.len() && yp.len() == 128 * g.len());
+        let mut acc = f32x4_splat(0.0);
+        for (b, bx) in g.iter().enumerate() {
+            // SAFETY: `weights` and `scales` read `bx`; the pair offsets
+            // are below 32, so the v128 at `p + off / 2` is inside block
+            // `b`'s 128 i16 of `yp` (asserted above).
+            unsafe {
+                let p = yp.as_ptr().add(128 * b) as *const v128;
+                let pair = |w: v128, off: usize| i32x4_dot_i16x8(w, v128_load(p.add(off / 2)));
+                let mut s0 = i32x4_splat(0);
+                let mut s1 = i32x4_splat(0);
+                for k in 0..4 {
+                    let (w, off) = K::weights(bx, k);
+                    s0 = i32x4_add(s0, i32x4_add(pair(w[0], off[0]), pair(w[1], off[1])));
+                    s1 = i32x4_add(s1, i32x4_add(pair(w[2], off[2]), pair(w[3], off[3])));
+                }
+                let (d, m) = K::scales(bx);
+                acc = f32x4_add(acc, K::term(d, m, i32x4_add(s0, s1), &y[b]));
+            }
+        }
+        lanes(acc)
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
