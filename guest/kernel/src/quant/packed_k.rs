@@ -6,10 +6,12 @@
 //! the float part repeats the reference's operations lane by lane).
 //!
 //! Layouts (group block `b` = block `b` of 4 rows):
-//! - Q5_0: the 4 f16 scales, then per 16-byte part `k` of the quants two
-//!   u16 masks of fifth bits (low and high nibbles), bit `8 (i % 2) + i / 2`
-//!   for byte `i` of the part, then the quants interleaved two bytes at a
-//!   time as in [`super::packed`].
+//! - Q5_0: the 4 f16 scales, then the fifth bits as 8 bit planes (16
+//!   bytes: bit `2k` of byte `i` is the fifth bit of the low nibble of byte
+//!   `i` of 16-byte part `k` of the quants, bit `2k + 1` that of its high
+//!   nibble), then the quants interleaved two bytes at a time as in
+//!   [`super::packed`]. Masking plane `v` and shifting it to bit 4 gives a
+//!   part's fifth bits ready to `or` onto its nibbles: two operations.
 //! - Q4_K: the 4 `d`, the 4 `dmin`, the 4 rows' 12 scale bytes, then the
 //!   quants interleaved two bytes at a time.
 //! - Q6_K: `ql` and `qh` each interleaved two bytes at a time, the 16
@@ -27,9 +29,9 @@ use bytemuck::{Pod, Zeroable};
 pub struct BlockQ5_0x4 {
     /// The 4 rows' f16 scales.
     pub d: [[u8; 2]; ROWS],
-    /// Per part `k`: the fifth-bit masks of its low (`2k`) and high
-    /// (`2k + 1`) nibbles, u16 little-endian.
-    pub qh: [[u8; 2]; 8],
+    /// The fifth bits: bit `2k` (`2k + 1`) of byte `i` is that of the low
+    /// (high) nibble of byte `i` of part `k`.
+    pub qh: [u8; 16],
     pub qs: [u8; 64],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ5_0x4>() == 4 * 22);
@@ -57,28 +59,24 @@ pub struct BlockQ6_Kx4 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ6_Kx4>() == 4 * 210);
 
-/// For byte `i` of a 16-byte part `k` of interleaved Q5_0 quants: its row,
-/// its column (the low nibble's weight; the high nibble's is 16 more) and
-/// its bit in the part's fifth-bit masks.
-fn q5_0_byte(k: usize, i: usize) -> (usize, usize, usize) {
+/// For byte `i` of a 16-byte part `k` of interleaved Q5_0 quants: its row
+/// and its column (the low nibble's weight; the high nibble's is 16 more).
+fn q5_0_byte(k: usize, i: usize) -> (usize, usize) {
     let (c, r, e) = (i / 8, (i / 2) % ROWS, i % 2);
-    (r, 4 * k + 2 * c + e, 8 * (i % 2) + i / 2)
+    (r, 4 * k + 2 * c + e)
 }
 
 impl PackKind for Q5_0 {
     type Group = BlockQ5_0x4;
     fn pack(rows: [&BlockQ5_0; ROWS]) -> BlockQ5_0x4 {
-        let mut qh = [[0u8; 2]; 8];
+        let mut qh = [0u8; 16];
         for k in 0..4 {
-            let (mut lo, mut hi) = (0u16, 0u16);
-            for i in 0..16 {
-                let (r, j, bit) = q5_0_byte(k, i);
+            for (i, plane) in qh.iter_mut().enumerate() {
+                let (r, j) = q5_0_byte(k, i);
                 let h = u32::from_le_bytes(rows[r].qh);
-                lo |= (((h >> j) & 1) as u16) << bit;
-                hi |= (((h >> (j + 16)) & 1) as u16) << bit;
+                *plane |= (((h >> j) & 1) as u8) << (2 * k);
+                *plane |= (((h >> (j + 16)) & 1) as u8) << (2 * k + 1);
             }
-            qh[2 * k] = lo.to_le_bytes();
-            qh[2 * k + 1] = hi.to_le_bytes();
         }
         BlockQ5_0x4 {
             d: rows.map(|b| b.d),
@@ -92,13 +90,11 @@ impl PackKind for Q5_0 {
     fn unpack(g: &BlockQ5_0x4, r: usize) -> BlockQ5_0 {
         let mut h = 0u32;
         for k in 0..4 {
-            let lo = u16::from_le_bytes(g.qh[2 * k]);
-            let hi = u16::from_le_bytes(g.qh[2 * k + 1]);
-            for i in 0..16 {
-                let (ri, j, bit) = q5_0_byte(k, i);
+            for (i, &plane) in g.qh.iter().enumerate() {
+                let (ri, j) = q5_0_byte(k, i);
                 if ri == r {
-                    h |= (((lo >> bit) & 1) as u32) << j;
-                    h |= (((hi >> bit) & 1) as u32) << (j + 16);
+                    h |= (((plane >> (2 * k)) & 1) as u32) << j;
+                    h |= (((plane >> (2 * k + 1)) & 1) as u32) << (j + 16);
                 }
             }
         }
@@ -272,24 +268,14 @@ mod simd {
             yw: &[&[i16]; T],
             acc: &mut [v128; T],
         ) {
-            let m4 = u8x16_splat(0x0f);
             let s16 = i8x16_splat(16);
-            // Byte i of a part tests bit i / 2 of mask byte i % 2.
-            let bits = u8x16(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128);
             let mut s = [[i32x4_splat(0); 2]; T];
-            for k in 0..4 {
-                // SAFETY: 16 bytes at 16k of the 64-byte `qs`, 2 bytes of
-                // `qh`; activation offsets below 32 in vector blocks `b`
+            let codes = q5_0_codes(bx);
+            for (k, &(lo, hi)) in codes.iter().enumerate() {
+                // SAFETY: activation offsets below 32 in vector blocks `b`
                 // (32 i16 each, the caller's assert).
                 unsafe {
-                    let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
-                    let hl = v128_load16_splat(bx.qh[2 * k].as_ptr() as *const u16);
-                    let hh = v128_load16_splat(bx.qh[2 * k + 1].as_ptr() as *const u16);
-                    let hl = i8x16_eq(v128_and(hl, bits), bits);
-                    let hh = i8x16_eq(v128_and(hh, bits), bits);
-                    // (nibble | bit << 4) - 16 == nibble - (bit ? 0 : 16).
-                    let lo = i8x16_sub(v128_and(q, m4), v128_andnot(s16, hl));
-                    let hi = i8x16_sub(u8x16_shr(q, 4), v128_andnot(s16, hh));
+                    let (lo, hi) = (i8x16_sub(lo, s16), i8x16_sub(hi, s16));
                     let w = [
                         i16x8_extend_low_i8x16(lo),
                         i16x8_extend_high_i8x16(lo),
@@ -540,25 +526,45 @@ mod simd {
         acc.map(lanes)
     }
 
-    /// Part `k` of a Q5_0 group block as codes `u`: the low nibbles with
+    /// A Q5_0 group block as codes `u`: per part `k`, the low nibbles with
     /// their fifth bits (4 rows x columns 4k..4k+4, two at a time), the
     /// high nibbles likewise (columns 16 + 4k..).
-    ///
-    /// # Safety
-    /// `k < 4`.
-    #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    unsafe fn q5_0_codes(bx: &BlockQ5_0x4, k: usize) -> (v128, v128) {
+    fn q5_0_codes(bx: &BlockQ5_0x4) -> [(v128, v128); 4] {
+        /// Plane `V` masked (bit `V` of each byte, the only bit left in
+        /// it) and moved to bit 4: a 16-bit shift (by a constant), which no
+        /// set bit crosses a byte boundary in.
+        #[inline(always)]
+        fn fifth<const V: u32>(planes: v128) -> v128 {
+            let m = v128_and(planes, u8x16_splat(1 << V));
+            if V < 4 {
+                i16x8_shl(m, 4 - V)
+            } else {
+                u16x8_shr(m, V - 4)
+            }
+        }
         let m4 = u8x16_splat(0x0f);
-        let b4 = u8x16_splat(0x10);
-        // Byte i of a part tests bit i / 2 of mask byte i % 2.
-        let bits = u8x16(1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128);
-        let q = v128_load(bx.qs.as_ptr().add(16 * k) as *const v128);
-        let hl = v128_load16_splat(bx.qh[2 * k].as_ptr() as *const u16);
-        let hh = v128_load16_splat(bx.qh[2 * k + 1].as_ptr() as *const u16);
-        let hl = v128_and(i8x16_eq(v128_and(hl, bits), bits), b4);
-        let hh = v128_and(i8x16_eq(v128_and(hh, bits), bits), b4);
-        (v128_or(v128_and(q, m4), hl), v128_or(u8x16_shr(q, 4), hh))
+        // SAFETY: the 16 bytes of `qh` and of each quarter of `qs`.
+        let (q, planes) = unsafe {
+            let p = bx.qs.as_ptr() as *const v128;
+            (
+                [
+                    v128_load(p),
+                    v128_load(p.add(1)),
+                    v128_load(p.add(2)),
+                    v128_load(p.add(3)),
+                ],
+                v128_load(bx.qh.as_ptr() as *const v128),
+            )
+        };
+        let lo = |q: v128, f: v128| v128_or(v128_and(q, m4), f);
+        let hi = |q: v128, f: v128| v128_or(u8x16_shr(q, 4), f);
+        [
+            (lo(q[0], fifth::<0>(planes)), hi(q[0], fifth::<1>(planes))),
+            (lo(q[1], fifth::<2>(planes)), hi(q[1], fifth::<3>(planes))),
+            (lo(q[2], fifth::<4>(planes)), hi(q[2], fifth::<5>(planes))),
+            (lo(q[3], fifth::<6>(planes)), hi(q[3], fifth::<7>(planes))),
+        ]
     }
 
     /// One group block, one vector: the activations shuffled in register
@@ -576,18 +582,13 @@ mod simd {
         }
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
         // SAFETY: 32 activation bytes; parts 0..4.
-        let (y0, y1, w) = unsafe {
+        let (y0, y1) = unsafe {
             (
                 v128_load(y.qs.as_ptr() as *const v128),
                 v128_load(y.qs.as_ptr().add(16) as *const v128),
-                [
-                    q5_0_codes(bx, 0),
-                    q5_0_codes(bx, 1),
-                    q5_0_codes(bx, 2),
-                    q5_0_codes(bx, 3),
-                ],
             )
         };
+        let w = q5_0_codes(bx);
         let lo = i16x8_add(
             i16x8_add(
                 dot(w[0].0, cols!(y0, 0, 1, 2, 3)),
@@ -638,9 +639,8 @@ mod simd {
         }
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
-        for k in 0..4 {
-            // SAFETY: k < 4.
-            let (wl, wh) = unsafe { q5_0_codes(bx, k) };
+        let codes = q5_0_codes(bx);
+        for (k, &(wl, wh)) in codes.iter().enumerate() {
             let (wl, wh) = (rows(wl), rows(wh));
             for t in 0..T {
                 let qs = y[t][b].qs.as_ptr();
