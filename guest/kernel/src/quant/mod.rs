@@ -250,6 +250,47 @@ pub(crate) fn f32x4_lanes(v: core::arch::wasm32::v128) -> [f32; 4] {
     ]
 }
 
+/// 32-bit lane `j` (0..4) of the 16 bytes at `p`, in all four lanes: a
+/// whole-vector load and a byte shuffle. wasmtime 48's Cranelift lowers
+/// `v128.load32_splat` to a load into a general register, a move and a
+/// broadcast, and in the i16 dots of several vectors those general
+/// registers spilled: with this, packed Q8_0 1536x1536 x 8 vectors runs at
+/// 29.5 instead of 21 GMAC/s, Q6_K at 19.6 instead of 17 (wasm32, both
+/// builds). It is not a rule: the relaxed dots' i8 splats and the Q5_0 and
+/// Q4_K i16 ones measured slower with it and keep `v128.load32_splat`.
+///
+/// # Safety
+/// `p` must point to 16 readable bytes.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) unsafe fn splat_lane<P>(p: *const P, j: usize) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    const fn lane(j: u8) -> [u8; 16] {
+        let b = 4 * j;
+        [
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+            b,
+            b + 1,
+            b + 2,
+            b + 3,
+        ]
+    }
+    static LANES: [[u8; 16]; 4] = [lane(0), lane(1), lane(2), lane(3)];
+    let v = v128_load(p as *const v128);
+    i8x16_swizzle(v, v128_load(LANES[j & 3].as_ptr() as *const v128))
+}
+
 /// Little-endian f16 bytes to f32.
 #[inline(always)]
 pub fn f16_le(b: [u8; 2]) -> f32 {

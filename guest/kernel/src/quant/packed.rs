@@ -514,14 +514,8 @@ mod simd {
                 let (w, off) = K::weights(bx, k);
                 for t in 0..T {
                     let yp = yw[t].as_ptr().add(32 * b);
-                    let a = i32x4_add(
-                        dot_pair(w[0], yp.add(off[0])),
-                        dot_pair(w[1], yp.add(off[1])),
-                    );
-                    let c = i32x4_add(
-                        dot_pair(w[2], yp.add(off[2])),
-                        dot_pair(w[3], yp.add(off[3])),
-                    );
+                    let a = i32x4_add(dot_pair(w[0], yp, off[0]), dot_pair(w[1], yp, off[1]));
+                    let c = i32x4_add(dot_pair(w[2], yp, off[2]), dot_pair(w[3], yp, off[3]));
                     s[t][0] = i32x4_add(s[t][0], a);
                     s[t][1] = i32x4_add(s[t][1], c);
                 }
@@ -723,13 +717,17 @@ mod simd {
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
-    /// activations at `y`, splat: each lane a row's 2-term sum.
+    /// activations at `base + off` (`off` even), splat: each lane a row's
+    /// 2-term sum. `base` is a multiple of 8 i16 into its vector.
     ///
     /// # Safety
-    /// `y` must point to 2 readable i16.
+    /// The 8 i16 at `base + off / 8 * 8` must be readable.
     #[inline(always)]
-    unsafe fn dot_pair(w: v128, y: *const i16) -> v128 {
-        i32x4_dot_i16x8(w, v128_load32_splat(y as *const u32))
+    unsafe fn dot_pair(w: v128, base: *const i16, off: usize) -> v128 {
+        i32x4_dot_i16x8(
+            w,
+            crate::quant::splat_lane(base.add(off / 8 * 8), off % 8 / 2),
+        )
     }
 
     /// 4 finite f16 at `p` to f32, exactly (the bits of
