@@ -570,6 +570,7 @@ const ROW_TILE: usize = 8;
 /// Vectors per tile.
 const VEC_TILE: usize = 32;
 
+#[inline(never)]
 fn matmul_kind<K: QuantKind>(
     out: &mut [f32],
     w: &QTensor,
@@ -625,6 +626,7 @@ fn matmul_kind<K: QuantKind>(
 /// vectors at a time in one [`packed::PackKind::dot4`], the tail rows with
 /// the scalar reference dot, so every output has the bits of
 /// [`QuantKind::vec_dot_scalar`] whatever the batch.
+#[inline(never)]
 fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
     use packed::ROWS;
     let nb = w.cols / K::BLOCK;
@@ -699,6 +701,7 @@ pub fn matmul(out: &mut [f32], w: &QTensor, x: &QActs) {
 
 /// [`matmul_kind`] for several vectors of a k-quant with a batched dot
 /// ([`kbatch`]): each row's weights expanded once per tile of vectors.
+#[inline(never)]
 fn matmul_kbatch<K: kbatch::KBatch>(out: &mut [f32], w: &QTensor, x: &QActs) {
     let blocks: &[K::Block] = bytemuck::cast_slice(w.data);
     let nb = w.cols / K::BLOCK;
