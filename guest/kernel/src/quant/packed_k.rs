@@ -819,6 +819,36 @@ mod simd {
     #[inline(always)]
     pub fn q6_k_relaxed1(g: &[BlockQ6_Kx4], y: &[Q8_KAct]) -> [f32; ROWS] {
         assert!(y.len() == g.len());
+        let mut acc = f32x4_splat(0.0);
+        for (bx, y) in g.iter().zip(y) {
+            let mut isum = i32x4_splat(0);
+            // Sub-block 8h + 2I + lq ([`q6_k_sub`]); integer sums, exact in
+            // any order.
+            for h in 0..2 {
+                for lq in 0..2 {
+                    isum = i32x4_add(isum, q6_k_sub::<0>(bx, y, h, lq));
+                    isum = i32x4_add(isum, q6_k_sub::<1>(bx, y, h, lq));
+                    isum = i32x4_add(isum, q6_k_sub::<2>(bx, y, h, lq));
+                    isum = i32x4_add(isum, q6_k_sub::<3>(bx, y, h, lq));
+                }
+            }
+            // SAFETY: reads the 8-byte `d`.
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            let term = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(isum));
+            acc = f32x4_add(acc, term);
+        }
+        lanes(acc)
+    }
+
+    /// Sub-block `8h + 2I + lq` of a Q6_K group block (weights 128h + 32I +
+    /// 16lq + 0..16; low bits from nibble I / 2 of ql[64h + 32 (I % 2) + l],
+    /// high bits from bits 2I, 2I + 1 of qh[32h + l]) against one vector:
+    /// each row's scale times its integer sum. `I` a constant, so every
+    /// shift is: the high bits move to bits 4, 5 by a 16-bit shift (the
+    /// bits it carries across a byte are masked off with the rest).
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q6_k_sub<const I: usize>(bx: &BlockQ6_Kx4, y: &Q8_KAct, h: usize, lq: usize) -> v128 {
         // Activation bytes 4j, 4j + 1 in lanes 0..8, 4j + 2, 4j + 3 in 8..16.
         let pattern = |j: usize| {
             let j = 4 * j as u8;
@@ -843,69 +873,48 @@ mod simd {
         };
         let m4 = u8x16_splat(0x0f);
         let m30 = u8x16_splat(0x30);
-        let mut acc = f32x4_splat(0.0);
-        for (bx, y) in g.iter().zip(y) {
-            let mut isum = i32x4_splat(0);
-            // Sub-block 8h + 2i + lq: weights 128h + 32i + 16lq + 0..16,
-            // low bits from nibble i / 2 of ql[64h + 32 (i % 2) + l], high
-            // bits from bits 2i.. of qh[32h + l].
-            for h in 0..2 {
-                for i in 0..4 {
-                    for lq in 0..2 {
-                        let sub = 8 * h + 2 * i + lq;
-                        // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
-                        let ya = unsafe { v128_load(y.qs.as_ptr().add(16 * sub) as *const v128) };
-                        let mut s16 = [i16x8_splat(0); 2];
-                        for p in 0..4 {
-                            let l0 = 16 * lq + 4 * p;
-                            // SAFETY: interleaved row byte x (a multiple of
-                            // 4) is at 4x: 4 (64h + 32 + l0) + 16 <= 512 in
-                            // `ql`, 4 (32h + l0) + 16 <= 256 in `qh`.
-                            let (ql, qh) = unsafe {
-                                (
-                                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (i % 2) + l0))
-                                        as *const v128),
-                                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128),
-                                )
-                            };
-                            let low = if i < 2 {
-                                v128_and(ql, m4)
-                            } else {
-                                u8x16_shr(ql, 4)
-                            };
-                            // Bits 2i, 2i + 1 of qh to bits 4, 5.
-                            let high = match i {
-                                0 => i8x16_shl(qh, 4),
-                                1 => i8x16_shl(qh, 2),
-                                2 => qh,
-                                _ => u8x16_shr(qh, 2),
-                            };
-                            let u = v128_or(low, v128_and(high, m30));
-                            let a = i8x16_swizzle(ya, pattern(p));
-                            s16[p / 2] = i16x8_add(s16[p / 2], i16x8_relaxed_dot_i8x16_i7x16(a, u));
-                        }
-                        let widen = |v: v128| {
-                            i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v))
-                        };
-                        let sumi = i32x4_sub(
-                            i32x4_add(widen(s16[0]), widen(s16[1])),
-                            i32x4_splat(32 * y.bsums[sub] as i32),
-                        );
-                        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-                        let sc = unsafe {
-                            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
-                            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
-                        };
-                        isum = i32x4_add(isum, i32x4_mul(sc, sumi));
-                    }
-                }
-            }
-            // SAFETY: reads the 8-byte `d`.
-            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
-            let term = f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(isum));
-            acc = f32x4_add(acc, term);
+        let sub = 8 * h + 2 * I + lq;
+        // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
+        let ya = unsafe { v128_load(y.qs.as_ptr().add(16 * sub) as *const v128) };
+        let mut s16 = [i16x8_splat(0); 2];
+        for p in 0..4 {
+            let l0 = 16 * lq + 4 * p;
+            // SAFETY: interleaved row byte x (a multiple of 4) is at 4x:
+            // 4 (64h + 32 + l0) + 16 <= 512 in `ql`, 4 (32h + l0) + 16 <=
+            // 256 in `qh`.
+            let (ql, qh) = unsafe {
+                (
+                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (I % 2) + l0)) as *const v128),
+                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128),
+                )
+            };
+            let low = if I < 2 {
+                v128_and(ql, m4)
+            } else {
+                v128_and(u16x8_shr(ql, 4), m4)
+            };
+            // Bits 2I, 2I + 1 of each byte to bits 4, 5.
+            let high = match I {
+                0 => i16x8_shl(qh, 4),
+                1 => i16x8_shl(qh, 2),
+                2 => qh,
+                _ => u16x8_shr(qh, 2),
+            };
+            let u = v128_or(low, v128_and(high, m30));
+            let a = i8x16_swizzle(ya, pattern(p));
+            s16[p / 2] = i16x8_add(s16[p / 2], i16x8_relaxed_dot_i8x16_i7x16(a, u));
         }
-        lanes(acc)
+        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
+        let sumi = i32x4_sub(
+            i32x4_add(widen(s16[0]), widen(s16[1])),
+            i32x4_splat(32 * y.bsums[sub] as i32),
+        );
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let sc = unsafe {
+            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
+            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+        };
+        i32x4_mul(sc, sumi)
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
