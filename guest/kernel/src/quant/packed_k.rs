@@ -431,62 +431,14 @@ mod simd {
             yw: &[&[i16]; T],
             acc: &mut [v128; T],
         ) {
-            let m4 = u8x16_splat(0x0f);
-            let m3 = u8x16_splat(0x03);
-            let s32 = i8x16_splat(32);
             let mut isum = [i32x4_splat(0); T];
-            // Sub-block 8h + 2i + lq: weights 128h + 32i + 16lq + 0..16,
-            // low bits from nibble i / 2 of ql[64h + 32 (i % 2) + l], high
-            // bits from bits 2i.. of qh[32h + l].
+            // Integer sums, exact in any order.
             for h in 0..2 {
-                for i in 0..4 {
-                    for lq in 0..2 {
-                        let mut s = [i32x4_splat(0); T];
-                        for p in 0..4 {
-                            let l0 = 16 * lq + 4 * p;
-                            // SAFETY: interleaved row byte x (a multiple of
-                            // 4) is at 4x: 4 (64h + 32 + l0) + 16 <= 512 in
-                            // `ql`, 4 (32h + l0) + 16 <= 256 in `qh`;
-                            // activation offsets 128h + 32i + l0 + 4 <= 256
-                            // in vector block `b` (the caller's assert).
-                            unsafe {
-                                let ql =
-                                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (i % 2) + l0))
-                                        as *const v128);
-                                let qh =
-                                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128);
-                                let low = if i < 2 {
-                                    v128_and(ql, m4)
-                                } else {
-                                    u8x16_shr(ql, 4)
-                                };
-                                let high = v128_and(u8x16_shr(qh, 2 * i as u32), m3);
-                                let q = i8x16_sub(v128_or(low, i8x16_shl(high, 4)), s32);
-                                let (w0, w1) =
-                                    (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
-                                for t in 0..T {
-                                    let yp =
-                                        yw[t].as_ptr().add(256 * b + 128 * h + 32 * i + 16 * lq);
-                                    s[t] = i32x4_add(
-                                        s[t],
-                                        i32x4_add(
-                                            dot_pair_lane(w0, yp, 4 * p),
-                                            dot_pair_lane(w1, yp, 4 * p + 2),
-                                        ),
-                                    );
-                                }
-                            }
-                        }
-                        let sub = 8 * h + 2 * i + lq;
-                        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-                        let sc = unsafe {
-                            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
-                            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
-                        };
-                        for t in 0..T {
-                            isum[t] = i32x4_add(isum[t], i32x4_mul(sc, s[t]));
-                        }
-                    }
+                for lq in 0..2 {
+                    q6_k_sub_i16::<T, 0>(bx, b, yw, h, lq, &mut isum);
+                    q6_k_sub_i16::<T, 1>(bx, b, yw, h, lq, &mut isum);
+                    q6_k_sub_i16::<T, 2>(bx, b, yw, h, lq, &mut isum);
+                    q6_k_sub_i16::<T, 3>(bx, b, yw, h, lq, &mut isum);
                 }
             }
             // SAFETY: reads the 8-byte `d`.
@@ -528,6 +480,71 @@ mod simd {
             }
         }
         acc.map(lanes)
+    }
+
+    /// Sub-block `8h + 2I + lq` of a Q6_K group block (weights 128h + 32I +
+    /// 16lq + 0..16; low bits from nibble I / 2 of ql[64h + 32 (I % 2) + l],
+    /// high bits from bits 2I, 2I + 1 of qh[32h + l]) as i16 weights dotted
+    /// with `T` vectors, each row's scale times its sum added to `isum`. `I`
+    /// a constant, so every shift is: the high bits move to bits 4, 5 by a
+    /// 16-bit shift (the bits it carries across a byte are masked off).
+    #[inline(always)]
+    fn q6_k_sub_i16<const T: usize, const I: usize>(
+        bx: &BlockQ6_Kx4,
+        b: usize,
+        yw: &[&[i16]; T],
+        h: usize,
+        lq: usize,
+        isum: &mut [v128; T],
+    ) {
+        let m4 = u8x16_splat(0x0f);
+        let m30 = u8x16_splat(0x30);
+        let s32 = i8x16_splat(32);
+        let mut s = [i32x4_splat(0); T];
+        for p in 0..4 {
+            let l0 = 16 * lq + 4 * p;
+            // SAFETY: interleaved row byte x (a multiple of 4) is at 4x:
+            // 4 (64h + 32 + l0) + 16 <= 512 in `ql`, 4 (32h + l0) + 16 <=
+            // 256 in `qh`; activation offsets 128h + 32I + l0 + 4 <= 256 in
+            // vector block `b` (the caller's assert).
+            unsafe {
+                let ql =
+                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (I % 2) + l0)) as *const v128);
+                let qh = v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128);
+                let low = if I < 2 {
+                    v128_and(ql, m4)
+                } else {
+                    v128_and(u16x8_shr(ql, 4), m4)
+                };
+                let high = match I {
+                    0 => i16x8_shl(qh, 4),
+                    1 => i16x8_shl(qh, 2),
+                    2 => qh,
+                    _ => u16x8_shr(qh, 2),
+                };
+                let q = i8x16_sub(v128_or(low, v128_and(high, m30)), s32);
+                let (w0, w1) = (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
+                for t in 0..T {
+                    let yp = yw[t].as_ptr().add(256 * b + 128 * h + 32 * I + 16 * lq);
+                    s[t] = i32x4_add(
+                        s[t],
+                        i32x4_add(
+                            dot_pair_lane(w0, yp, 4 * p),
+                            dot_pair_lane(w1, yp, 4 * p + 2),
+                        ),
+                    );
+                }
+            }
+        }
+        let sub = 8 * h + 2 * I + lq;
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let sc = unsafe {
+            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
+            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+        };
+        for t in 0..T {
+            isum[t] = i32x4_add(isum[t], i32x4_mul(sc, s[t]));
+        }
     }
 
     /// A Q5_0 group block as codes `u`: per part `k`, the low nibbles with
