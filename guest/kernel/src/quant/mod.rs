@@ -265,26 +265,15 @@ pub(crate) fn f32x4_lanes(v: core::arch::wasm32::v128) -> [f32; 4] {
 #[inline(always)]
 pub(crate) unsafe fn splat_lane<P>(p: *const P, j: usize) -> core::arch::wasm32::v128 {
     use core::arch::wasm32::*;
+    // Bytes 4j..4j + 4, four times.
     const fn lane(j: u8) -> [u8; 16] {
-        let b = 4 * j;
-        [
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-            b,
-            b + 1,
-            b + 2,
-            b + 3,
-        ]
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            out[i] = 4 * j + (i % 4) as u8;
+            i += 1;
+        }
+        out
     }
     static LANES: [[u8; 16]; 4] = [lane(0), lane(1), lane(2), lane(3)];
     let v = v128_load(p as *const v128);

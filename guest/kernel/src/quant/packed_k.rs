@@ -482,6 +482,38 @@ mod simd {
         acc.map(lanes)
     }
 
+    /// The 6-bit codes (0..=63; the weight is the code less 32) of a Q6_K
+    /// group block's sub-block `2I + lq` of half `h`, at byte `l0` (`16lq +
+    /// 4p`) of the half: 4 rows x 4 weights, interleaved two at a time. Low
+    /// bits from nibble I / 2 of ql[64h + 32 (I % 2) + l], high bits from
+    /// bits 2I, 2I + 1 of qh[32h + l]. `I` a constant, so every shift is an
+    /// immediate 16-bit one: the high bits move to bits 4, 5 (the bits it
+    /// carries across a byte are masked off with the rest).
+    ///
+    /// # Safety
+    /// `h < 2`, `l0 + 4 <= 32`: interleaved row byte x (a multiple of 4)
+    /// is at 4x, 4 (64h + 32 + l0) + 16 <= 512 in `ql`, 4 (32h + l0) + 16
+    /// <= 256 in `qh`.
+    #[inline(always)]
+    unsafe fn q6_k_codes<const I: usize>(bx: &BlockQ6_Kx4, h: usize, l0: usize) -> v128 {
+        let m4 = u8x16_splat(0x0f);
+        let m30 = u8x16_splat(0x30);
+        let ql = v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (I % 2) + l0)) as *const v128);
+        let qh = v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128);
+        let low = if I < 2 {
+            v128_and(ql, m4)
+        } else {
+            v128_and(u16x8_shr(ql, 4), m4)
+        };
+        let high = match I {
+            0 => i16x8_shl(qh, 4),
+            1 => i16x8_shl(qh, 2),
+            2 => qh,
+            _ => u16x8_shr(qh, 2),
+        };
+        v128_or(low, v128_and(high, m30))
+    }
+
     /// Sub-block `8h + 2I + lq` of a Q6_K group block (weights 128h + 32I +
     /// 16lq + 0..16; low bits from nibble I / 2 of ql[64h + 32 (I % 2) + l],
     /// high bits from bits 2I, 2I + 1 of qh[32h + l]) as i16 weights dotted
@@ -497,32 +529,15 @@ mod simd {
         lq: usize,
         isum: &mut [v128; T],
     ) {
-        let m4 = u8x16_splat(0x0f);
-        let m30 = u8x16_splat(0x30);
         let s32 = i8x16_splat(32);
         let mut s = [i32x4_splat(0); T];
         for p in 0..4 {
             let l0 = 16 * lq + 4 * p;
-            // SAFETY: interleaved row byte x (a multiple of 4) is at 4x:
-            // 4 (64h + 32 + l0) + 16 <= 512 in `ql`, 4 (32h + l0) + 16 <=
-            // 256 in `qh`; activation offsets 128h + 32I + l0 + 4 <= 256 in
-            // vector block `b` (the caller's assert).
+            // SAFETY: h < 2 and l0 + 4 <= 32 (`q6_k_codes`); activation
+            // offsets 128h + 32I + l0 + 4 <= 256 in vector block `b` (the
+            // caller's assert).
             unsafe {
-                let ql =
-                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (I % 2) + l0)) as *const v128);
-                let qh = v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128);
-                let low = if I < 2 {
-                    v128_and(ql, m4)
-                } else {
-                    v128_and(u16x8_shr(ql, 4), m4)
-                };
-                let high = match I {
-                    0 => i16x8_shl(qh, 4),
-                    1 => i16x8_shl(qh, 2),
-                    2 => qh,
-                    _ => u16x8_shr(qh, 2),
-                };
-                let q = i8x16_sub(v128_or(low, v128_and(high, m30)), s32);
+                let q = i8x16_sub(q6_k_codes::<I>(bx, h, l0), s32);
                 let (w0, w1) = (i16x8_extend_low_i8x16(q), i16x8_extend_high_i8x16(q));
                 for t in 0..T {
                     let yp = yw[t].as_ptr().add(256 * b + 128 * h + 32 * I + 16 * lq);
@@ -888,36 +903,14 @@ mod simd {
                 j + 3,
             )
         };
-        let m4 = u8x16_splat(0x0f);
-        let m30 = u8x16_splat(0x30);
         let sub = 8 * h + 2 * I + lq;
         // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
         let ya = unsafe { v128_load(y.qs.as_ptr().add(16 * sub) as *const v128) };
         let mut s16 = [i16x8_splat(0); 2];
         for p in 0..4 {
             let l0 = 16 * lq + 4 * p;
-            // SAFETY: interleaved row byte x (a multiple of 4) is at 4x:
-            // 4 (64h + 32 + l0) + 16 <= 512 in `ql`, 4 (32h + l0) + 16 <=
-            // 256 in `qh`.
-            let (ql, qh) = unsafe {
-                (
-                    v128_load(bx.ql.as_ptr().add(4 * (64 * h + 32 * (I % 2) + l0)) as *const v128),
-                    v128_load(bx.qh.as_ptr().add(4 * (32 * h + l0)) as *const v128),
-                )
-            };
-            let low = if I < 2 {
-                v128_and(ql, m4)
-            } else {
-                v128_and(u16x8_shr(ql, 4), m4)
-            };
-            // Bits 2I, 2I + 1 of each byte to bits 4, 5.
-            let high = match I {
-                0 => i16x8_shl(qh, 4),
-                1 => i16x8_shl(qh, 2),
-                2 => qh,
-                _ => u16x8_shr(qh, 2),
-            };
-            let u = v128_or(low, v128_and(high, m30));
+            // SAFETY: h < 2 and l0 + 4 <= 32.
+            let u = unsafe { q6_k_codes::<I>(bx, h, l0) };
             let a = i8x16_swizzle(ya, pattern(p));
             s16[p / 2] = i16x8_add(s16[p / 2], i16x8_relaxed_dot_i8x16_i7x16(a, u));
         }
