@@ -463,7 +463,14 @@ impl QActs {
         // Only while the pairs (4 * cols i16) fit L1 beside the weights
         // streaming past: for the 5.7 GB model's 4032- and 10752-column
         // rows the splat loads are faster (decode 2.27 vs 2.0 tokens/s).
-        if n == 1 && cols <= PAIRS_MAX_COLS && matches!(A::TYPE, GgmlType::Q8_0 | GgmlType::Q8_1) {
+        // Q8_1 activations feed Q4_1 weights only, whose relaxed-SIMD
+        // one-vector dot does not read them.
+        let readers = match A::TYPE {
+            GgmlType::Q8_0 => true,
+            GgmlType::Q8_1 => !cfg!(target_feature = "relaxed-simd"),
+            _ => false,
+        };
+        if n == 1 && cols <= PAIRS_MAX_COLS && readers {
             let mut pairs = std::mem::take(&mut self.pairs);
             pairs.reserve(4 * cols);
             for p in self.wide.chunks_exact(2) {

@@ -71,6 +71,29 @@ pub trait PackKind: QuantKind {
     }
 }
 
+/// [`PackKind::dot1`] of this module's types: [`simd::dot1_pairs`] in the
+/// wasm32 builds that also satisfy `$cfg` (given the pairs), else the
+/// default's [`PackKind::dot4_sums`].
+macro_rules! dot1_pairs_where {
+    ($cfg:meta) => {
+        #[inline(always)]
+        fn dot1(
+            g: &[Self::Group],
+            y: &[Self::Act],
+            yw: &[i16],
+            yp: &[i16],
+            ys: &[i32],
+        ) -> [f32; ROWS] {
+            #[cfg(all(target_arch = "wasm32", target_feature = "simd128", $cfg))]
+            if !yp.is_empty() {
+                return simd::dot1_pairs::<Self>(g, y, yp);
+            }
+            let _ = yp;
+            Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
+        }
+    };
+}
+
 /// Q4_0, 4 rows.
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
 #[repr(C)]
@@ -153,20 +176,8 @@ impl PackKind for Q4_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
-    #[inline(always)]
-    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
-        // The relaxed build's one-vector block (`block_relaxed1`) is faster.
-        #[cfg(all(
-            target_arch = "wasm32",
-            target_feature = "simd128",
-            not(target_feature = "relaxed-simd")
-        ))]
-        if !yp.is_empty() {
-            return simd::dot1_pairs::<Self>(g, y, yp);
-        }
-        let _ = yp;
-        Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
-    }
+    // The relaxed build's one-vector block (`block_relaxed1`) is faster.
+    dot1_pairs_where!(not(target_feature = "relaxed-simd"));
 }
 
 impl PackKind for Q4_1 {
@@ -199,20 +210,8 @@ impl PackKind for Q4_1 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
-    #[inline(always)]
-    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
-        // The relaxed build's one-vector block (`block_relaxed1`) is faster.
-        #[cfg(all(
-            target_arch = "wasm32",
-            target_feature = "simd128",
-            not(target_feature = "relaxed-simd")
-        ))]
-        if !yp.is_empty() {
-            return simd::dot1_pairs::<Self>(g, y, yp);
-        }
-        let _ = yp;
-        Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
-    }
+    // The relaxed build's one-vector block (`block_relaxed1`) is faster.
+    dot1_pairs_where!(not(target_feature = "relaxed-simd"));
 }
 
 impl PackKind for Q8_0 {
@@ -239,21 +238,7 @@ impl PackKind for Q8_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
-    #[inline(always)]
-    fn dot1(
-        g: &[Self::Group],
-        y: &[Self::Act],
-        yw: &[i16],
-        yp: &[i16],
-        _ys: &[i32],
-    ) -> [f32; ROWS] {
-        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        if !yp.is_empty() {
-            return simd::dot1_pairs::<Self>(g, y, yp);
-        }
-        let _ = yp;
-        dot4_impl::<Self, 1>(g, [y], [yw])[0]
-    }
+    dot1_pairs_where!(target_feature = "simd128");
 }
 
 /// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with

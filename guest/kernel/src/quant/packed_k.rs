@@ -514,12 +514,9 @@ mod simd {
         v128_or(low, v128_and(high, m30))
     }
 
-    /// Sub-block `8h + 2I + lq` of a Q6_K group block (weights 128h + 32I +
-    /// 16lq + 0..16; low bits from nibble I / 2 of ql[64h + 32 (I % 2) + l],
-    /// high bits from bits 2I, 2I + 1 of qh[32h + l]) as i16 weights dotted
-    /// with `T` vectors, each row's scale times its sum added to `isum`. `I`
-    /// a constant, so every shift is: the high bits move to bits 4, 5 by a
-    /// 16-bit shift (the bits it carries across a byte are masked off).
+    /// Sub-block `8h + 2I + lq` of a Q6_K group block (its codes from
+    /// [`q6_k_codes`]) as i16 weights dotted with `T` vectors, each row's
+    /// scale times its sum added to `isum`.
     #[inline(always)]
     fn q6_k_sub_i16<const T: usize, const I: usize>(
         bx: &BlockQ6_Kx4,
@@ -872,12 +869,9 @@ mod simd {
         lanes(acc)
     }
 
-    /// Sub-block `8h + 2I + lq` of a Q6_K group block (weights 128h + 32I +
-    /// 16lq + 0..16; low bits from nibble I / 2 of ql[64h + 32 (I % 2) + l],
-    /// high bits from bits 2I, 2I + 1 of qh[32h + l]) against one vector:
-    /// each row's scale times its integer sum. `I` a constant, so every
-    /// shift is: the high bits move to bits 4, 5 by a 16-bit shift (the
-    /// bits it carries across a byte are masked off with the rest).
+    /// Sub-block `8h + 2I + lq` of a Q6_K group block (its codes from
+    /// [`q6_k_codes`]) against one vector: each row's scale times its
+    /// integer sum.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn q6_k_sub<const I: usize>(bx: &BlockQ6_Kx4, y: &Q8_KAct, h: usize, lq: usize) -> v128 {
