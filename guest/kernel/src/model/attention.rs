@@ -9,8 +9,14 @@
 //!   tokens or more): q in f32, q·k in f32, softmax weights in f32 and the
 //!   weighted sum of values accumulated in f32.
 //!
+//! The cache holds f16 bits ([`super::forward::KvCache`]); both kernels
+//! widen the rows they read to f32 ([`widen_f16`], exact), so they compute
+//! on the same values as llama.cpp's f16 cache.
+//!
 //! The scalar functions are the reference; the simd128 paths give the same
 //! bits (tested as wasm32).
+
+use half::f16;
 
 /// `x` rounded to the nearest f16 value (ties to even), as f32: what
 /// storing it in an f16 and reading it back gives, without a conversion
@@ -52,10 +58,11 @@ pub(super) fn queries_per_pass(g: usize) -> usize {
 }
 
 /// Where one pass of [`attend_batch`] reads its keys and values: the layer's
-/// cache rows (`kv_dim` wide) and the kv head's offset `kvh` in them.
+/// cache rows (`kv_dim` f16 values wide) and the kv head's offset `kvh` in
+/// them.
 pub(super) struct KvHead<'a> {
-    pub k: &'a [f32],
-    pub v: &'a [f32],
+    pub k: &'a [u16],
+    pub v: &'a [u16],
     pub kv_dim: usize,
     pub kvh: usize,
 }
@@ -74,6 +81,88 @@ pub(super) struct Scratch {
     vw: Vec<f64>,
     /// (LANES, positions) [`attend_batch_f32`]'s scores, then weights.
     w: Vec<f32>,
+    /// (head_dim) [`attend_batch`]'s key row of a position widened to f32.
+    kf: Vec<f32>,
+    /// (head_dim) [`attend_batch`]'s value row of a position widened to f32.
+    vf: Vec<f32>,
+    /// [`attend_batch_f32`]'s widened rows, kept from pass to pass of one
+    /// kv head: its keys and values at positions `wide.lo..wide.hi`,
+    /// (positions, head_dim) each.
+    kw: Vec<f32>,
+    vw32: Vec<f32>,
+    wide: Option<Widened>,
+}
+
+/// Which rows [`Scratch::kw`] and [`Scratch::vw32`] hold.
+#[derive(Clone, Copy, PartialEq)]
+struct Widened {
+    /// The cache's key rows (their address), their width, the kv head's
+    /// offset in them and its width.
+    k: usize,
+    kv_dim: usize,
+    kvh: usize,
+    hd: usize,
+    lo: usize,
+    hi: usize,
+}
+
+impl Scratch {
+    /// Drop the widened rows kept for [`attend_batch_f32`]: call before
+    /// the passes of another kv head or layer, and after the cache rows
+    /// changed (every new batch).
+    pub fn forget(&mut self) {
+        self.wide = None;
+    }
+
+    /// Rows `lo..hi` of `kv`'s keys and values widened into `kw` and
+    /// `vw32` (reusing rows kept since the last [`Scratch::forget`] for
+    /// the same kv head); returns the position of their first row.
+    fn widen_rows(&mut self, kv: &KvHead, hd: usize, lo: usize, hi: usize) -> usize {
+        let (from, start) = match self.wide {
+            Some(w)
+                if (w.k, w.kv_dim, w.kvh, w.hd)
+                    == (kv.k.as_ptr() as usize, kv.kv_dim, kv.kvh, hd)
+                    && w.lo <= lo =>
+            {
+                (w.hi.max(lo), w.lo)
+            }
+            _ => (lo, lo),
+        };
+        let end = hi.max(from);
+        let need = (end - start) * hd;
+        if self.kw.len() < need {
+            self.kw.resize(need, 0.0);
+            self.vw32.resize(need, 0.0);
+        }
+        for t in from..end {
+            let (row, at) = (t * kv.kv_dim + kv.kvh, (t - start) * hd);
+            widen_f16(&mut self.kw[at..at + hd], &kv.k[row..row + hd]);
+            widen_f16(&mut self.vw32[at..at + hd], &kv.v[row..row + hd]);
+        }
+        self.wide = Some(Widened {
+            k: kv.k.as_ptr() as usize,
+            kv_dim: kv.kv_dim,
+            kvh: kv.kvh,
+            hd,
+            lo: start,
+            hi: end,
+        });
+        start
+    }
+}
+
+/// `dst[i]` = the f16 of bits `src[i]`, as f32 (exact: every f16 is an
+/// f32). In simd128 8 values per step, with the bits of the scalar
+/// conversion (tested as wasm32 on every f16).
+pub(super) fn widen_f16(dst: &mut [f32], src: &[u16]) {
+    assert_eq!(dst.len(), src.len());
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let done = simd::widen_f16(dst, src);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let done = 0;
+    for (d, &h) in dst[done..].iter_mut().zip(&src[done..]) {
+        *d = f16::from_bits(h).to_f32();
+    }
 }
 
 /// [`attend_f16`] for `g` (1..=HEADS) consecutive query heads of `hd`
@@ -100,6 +189,8 @@ pub(super) fn attend_batch(
 ) {
     let (n, at) = lanes(hd, g, q, stride, ts, sc, f16r);
     sc.vw.resize(hd, 0.0);
+    sc.kf.resize(hd, 0.0);
+    sc.vf.resize(hd, 0.0);
     let acc = &mut sc.acc[..n * hd];
     acc.fill(0.0);
     let mut m = [f32::NEG_INFINITY; LANES];
@@ -107,10 +198,12 @@ pub(super) fn attend_batch(
     let (t_lo, t_hi) = positions(ts);
     for t in t_lo..t_hi {
         let row = t * kv.kv_dim + kv.kvh;
-        let kr = &kv.k[row..row + hd];
+        let kr = &mut sc.kf[..hd];
+        widen_f16(kr, &kv.k[row..row + hd]);
         let scores = scores::of(&sc.qh, n, hd, kr);
-        let vr = &kv.v[row..row + hd];
-        for (w, &x) in sc.vw.iter_mut().zip(vr) {
+        let vr = &mut sc.vf[..hd];
+        widen_f16(vr, &kv.v[row..row + hd]);
+        for (w, &x) in sc.vw.iter_mut().zip(vr.iter()) {
             *w = f64::from(x);
         }
         for (l, o) in acc.chunks_exact_mut(hd).enumerate() {
@@ -177,9 +270,11 @@ pub(super) fn attend_batch_f32(
     }
     // 1. Every lane's scaled (soft-capped) q·k at every position of the
     //    pass; each lane then reads only its own range.
+    // The rows widened to f32 once for the passes of this kv head.
+    let base = sc.widen_rows(kv, hd, t_lo, t_hi);
     for t in t_lo..t_hi {
-        let row = t * kv.kv_dim + kv.kvh;
-        let s = scores::of(&sc.qh, n, hd, &kv.k[row..row + hd]);
+        let at = (t - base) * hd;
+        let s = scores::of(&sc.qh, n, hd, &sc.kw[at..at + hd]);
         for (l, &x) in s.iter().enumerate().take(n) {
             sc.w[l * span + t - t_lo] = scaled(x, scale, softcap);
         }
@@ -190,7 +285,7 @@ pub(super) fn attend_batch_f32(
         let w = &mut sc.w[l * span + r.start - t_lo..l * span + r.end - t_lo];
         let inv = softmax_weights(w);
         let o = &mut out[at(l)..at(l) + hd];
-        weighted_values(o, w, kv, r.start);
+        weighted_values(o, w, &sc.vw32, hd, (r.start - base) * hd);
         for x in o.iter_mut() {
             *x *= inv;
         }
@@ -257,24 +352,28 @@ fn softmax_weights(w: &mut [f32]) -> f32 {
     }
 }
 
-/// `o[i] = sum over positions t0.. of w[t - t0] * v[t][i]`, each sum from
+/// `o[i] = sum over k of w[k] * v[base + k * stride + i]`, each sum from
 /// 0.0 in position order with every product rounded (the scalar reference;
 /// simd128 runs 16 values per pass with the same operations per lane).
 #[inline(always)]
-fn weighted_values(o: &mut [f32], w: &[f32], kv: &KvHead, t0: usize) {
-    let hd = o.len();
-    let row = |t: usize| &kv.v[t * kv.kv_dim + kv.kvh..t * kv.kv_dim + kv.kvh + hd];
+fn weighted_values(o: &mut [f32], w: &[f32], v: &[f32], stride: usize, base: usize) {
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    let done = simd::weighted_values(o, w, kv.v, kv.kv_dim, kv.kvh + t0 * kv.kv_dim);
+    let done = simd::weighted_values(o, w, v, stride, base);
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     let done = 0;
     for (i, oi) in o.iter_mut().enumerate().skip(done) {
         let mut a = 0f32;
         for (k, &p) in w.iter().enumerate() {
-            a += p * row(t0 + k)[i];
+            a += p * v[base + k * stride + i];
         }
         *oi = a;
     }
+}
+
+/// The f16 of bits `h`, as f32: what a reference reads from the cache.
+#[cfg(test)]
+fn f32_of(h: u16) -> f32 {
+    f16::from_bits(h).to_f32()
 }
 
 /// One query head of [`attend_batch_f32`], in plain scalar code: its
@@ -293,15 +392,16 @@ fn attend_f32_reference(
     let mut w: Vec<f32> = ts
         .clone()
         .map(|t| {
-            let kr = &kv.k[t * kv.kv_dim + kv.kvh..t * kv.kv_dim + kv.kvh + hd];
-            scaled(dot_in_order(q, kr), scale, softcap)
+            let at = t * kv.kv_dim + kv.kvh;
+            let kr: Vec<f32> = kv.k[at..at + hd].iter().map(|&h| f32_of(h)).collect();
+            scaled(dot_in_order(q, &kr), scale, softcap)
         })
         .collect();
     let inv = softmax_weights(&mut w);
     for (i, o) in out.iter_mut().enumerate() {
         let mut a = 0f32;
         for (k, t) in ts.clone().enumerate() {
-            a += w[k] * kv.v[t * kv.kv_dim + kv.kvh + i];
+            a += w[k] * f32_of(kv.v[t * kv.kv_dim + kv.kvh + i]);
         }
         *o = a * inv;
     }
@@ -322,8 +422,8 @@ fn attend_f32_reference(
 #[allow(clippy::too_many_arguments)]
 fn attend_f16(
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[u16],
+    v: &[u16],
     kv_dim: usize,
     kvh: usize,
     ts: std::ops::Range<usize>,
@@ -340,8 +440,13 @@ fn attend_f16(
     let mut sum = 0f32;
     out.fill(0.0);
     for t in ts {
-        let kr = &k[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        let s = scaled(dot_in_order(qh, kr), scale, softcap);
+        let row = |c: &[u16]| -> Vec<f32> {
+            c[t * kv_dim + kvh..t * kv_dim + kvh + hd]
+                .iter()
+                .map(|&h| f32_of(h))
+                .collect()
+        };
+        let s = scaled(dot_in_order(qh, &row(k)), scale, softcap);
         let mut ms = 1.0f32;
         let mut vs = 1.0f32;
         if s > m {
@@ -355,8 +460,7 @@ fn attend_f16(
         } else {
             vs = (s - m).exp();
         }
-        let vr = &v[t * kv_dim + kvh..t * kv_dim + kvh + hd];
-        add_scaled_f16_scalar(out, vr, vs);
+        add_scaled_f16_scalar(out, &row(v), vs);
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
@@ -542,6 +646,41 @@ fn add_scaled_f16_scalar(out: &mut [f32], v: &[f32], vs: f32) {
 mod simd {
     use super::{add_scaled_f16_one, f16r};
     use core::arch::wasm32::*;
+
+    /// [`super::widen_f16`] for the first `dst.len() / 8 * 8` values (the
+    /// count is returned). A value's bits sign-extended, shifted left 13
+    /// and masked are the sign, exponent and mantissa of the f32 2^-112
+    /// times the f16 (an f32 subnormal for an f16 subnormal), so one
+    /// multiply by 2^112 gives the f16 exactly. Infinities and NaNs (the
+    /// f16 exponent all ones), checked per 8 values, take f32's all-ones
+    /// exponent instead, keeping the sign and mantissa.
+    pub fn widen_f16(dst: &mut [f32], src: &[u16]) -> usize {
+        let n = dst.len().min(src.len()) / 8 * 8;
+        let scale = f32x4_splat(f32::from_bits((127 + 112) << 23));
+        let mask = u32x4_splat(0x8fff_e000);
+        let exp16 = u16x8_splat(0x7c00);
+        let exp32 = u32x4_splat(0x0f80_0000);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 8 <= n, inside both slices.
+            unsafe {
+                let h = v128_load(src.as_ptr().add(i) as *const v128);
+                let special = v128_any_true(i16x8_eq(v128_and(h, exp16), exp16));
+                let halves = [i32x4_extend_low_i16x8(h), i32x4_extend_high_i16x8(h)];
+                for (j, x) in halves.into_iter().enumerate() {
+                    let y = v128_and(i32x4_shl(x, 13), mask);
+                    let mut f = f32x4_mul(y, scale);
+                    if special {
+                        let all_ones = i32x4_eq(v128_and(y, exp32), exp32);
+                        f = v128_bitselect(v128_or(y, u32x4_splat(0x7f80_0000)), f, all_ones);
+                    }
+                    v128_store(dst.as_mut_ptr().add(i + 4 * j) as *mut v128, f);
+                }
+            }
+            i += 8;
+        }
+        n
+    }
 
     /// [`f16r`] of 4 lanes, without a branch: a lane of exponent e (at
     /// least f16's smallest normal exponent, -14) is rounded to a multiple
@@ -742,8 +881,12 @@ mod tests {
             (r as f32 / u32::MAX as f32) * 2.0 - 1.0
         };
         let q: Vec<f32> = (0..hd).map(|_| 3.0 * rnd()).collect();
-        let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
-        let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+        let k: Vec<u16> = (0..n * kv_dim)
+            .map(|_| f16::from_f32(rnd()).to_bits())
+            .collect();
+        let v: Vec<u16> = (0..n * kv_dim)
+            .map(|_| f16::from_f32(rnd()).to_bits())
+            .collect();
         let (mut qh, mut out) = (vec![0f32; hd], vec![0f32; hd]);
         let scale = 0.125;
         attend_f16(
@@ -791,7 +934,7 @@ mod tests {
             .map(|t| {
                 q.iter()
                     .zip(&kv.k[at(t)..at(t) + hd])
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                    .map(|(a, &b)| f64::from(*a) * f64::from(f32_of(b)))
                     .sum::<f64>()
                     * f64::from(scale)
             })
@@ -802,7 +945,7 @@ mod tests {
             .map(|d| {
                 ts.clone()
                     .zip(&s)
-                    .map(|(t, x)| (x - m).exp() / z * f64::from(kv.v[at(t) + d]))
+                    .map(|(t, x)| (x - m).exp() / z * f64::from(f32_of(kv.v[at(t) + d])))
                     .sum()
             })
             .collect()
@@ -838,8 +981,12 @@ mod tests {
         for (hd, n_kv) in [(64, 2), (70, 1), (8, 3), (256, 1)] {
             let kv_dim = hd * n_kv;
             let n = 80;
-            let k: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
-            let v: Vec<f32> = (0..n * kv_dim).map(|_| f16r(rnd())).collect();
+            let k: Vec<u16> = (0..n * kv_dim)
+                .map(|_| f16::from_f32(rnd()).to_bits())
+                .collect();
+            let v: Vec<u16> = (0..n * kv_dim)
+                .map(|_| f16::from_f32(rnd()).to_bits())
+                .collect();
             let kv = KvHead {
                 k: &k,
                 v: &v,
@@ -862,6 +1009,7 @@ mod tests {
                             .map(|pos| w.map_or(0, |w: usize| (pos + 1).saturating_sub(w))..pos + 1)
                             .collect();
                         let mut got = vec![7f32; nq * stride];
+                        sc.forget();
                         kernel(hd, g, &q, stride, &ts, &kv, 0.125, cap, &mut sc, &mut got);
                         for (i, r) in ts.iter().enumerate() {
                             for j in 0..g {
@@ -918,6 +1066,83 @@ mod tests {
             }
             want
         });
+    }
+
+    #[test]
+    fn the_prompt_kernel_reuses_rows_across_passes_until_forgotten() {
+        // The passes of a batch as the forward pass runs them (forget once,
+        // then passes of growing causal or sliding ranges), then the cache
+        // rows rewritten and the batch run again after a forget: every
+        // (query, head) has its reference's bits each time.
+        let mut next = stream(4);
+        let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
+        let (hd, kv_dim, kvh, g, n) = (64, 128, 64, 3, 70);
+        let mut k: Vec<u16> = (0..n * kv_dim)
+            .map(|_| f16::from_f32(rnd()).to_bits())
+            .collect();
+        let mut v: Vec<u16> = (0..n * kv_dim)
+            .map(|_| f16::from_f32(rnd()).to_bits())
+            .collect();
+        let stride = g * hd;
+        let q: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
+        let mut sc = Scratch::default();
+        for round in 0..2 {
+            for window in [None, Some(7)] {
+                let kv = KvHead {
+                    k: &k,
+                    v: &v,
+                    kv_dim,
+                    kvh,
+                };
+                let per_pass = queries_per_pass(g);
+                let mut got = vec![0f32; n * stride];
+                sc.forget();
+                for i0 in (0..n).step_by(per_pass) {
+                    let nq = per_pass.min(n - i0);
+                    let ts: Vec<_> = (i0..i0 + nq)
+                        .map(|p| window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1)
+                        .collect();
+                    attend_batch_f32(
+                        hd,
+                        g,
+                        &q[i0 * stride..],
+                        stride,
+                        &ts,
+                        &kv,
+                        0.125,
+                        None,
+                        &mut sc,
+                        &mut got[i0 * stride..],
+                    );
+                }
+                for p in 0..n {
+                    let r = window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1;
+                    for j in 0..g {
+                        let at = p * stride + j * hd;
+                        let mut want = vec![0f32; hd];
+                        attend_f32_reference(
+                            &q[at..at + hd],
+                            &kv,
+                            r.clone(),
+                            0.125,
+                            None,
+                            &mut want,
+                        );
+                        let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(
+                            bits(&got[at..at + hd]),
+                            bits(&want),
+                            "round {round} {window:?} query {p} head {j}"
+                        );
+                    }
+                }
+            }
+            // New contents at the same addresses (a rewound session).
+            k.iter_mut()
+                .for_each(|h| *h = f16::from_f32(rnd()).to_bits());
+            v.iter_mut()
+                .for_each(|h| *h = f16::from_f32(rnd()).to_bits());
+        }
     }
 
     #[test]
@@ -979,6 +1204,28 @@ mod tests {
                 assert!(a.iter().filter(|x| x.is_infinite()).count() == 1);
                 let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&b), "overflow at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn widening_is_exact_on_every_f16() {
+        // Every f16 bit pattern, at every lane of the simd128 path (as
+        // wasm32) and in the scalar tail: the f32 of its value (NaN: a NaN
+        // of the same sign).
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        for skip in [0, 3, 5] {
+            let src = &all[skip..];
+            let mut got = vec![0f32; src.len()];
+            widen_f16(&mut got, src);
+            for (&h, g) in src.iter().zip(&got) {
+                let want = f16::from_bits(h).to_f32();
+                if want.is_nan() {
+                    assert!(g.is_nan(), "{h:#06x}: {g}");
+                    assert_eq!(g.is_sign_negative(), h & 0x8000 != 0, "{h:#06x}");
+                } else {
+                    assert_eq!(g.to_bits(), want.to_bits(), "{h:#06x}: {g:e} != {want:e}");
+                }
             }
         }
     }

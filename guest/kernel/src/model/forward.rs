@@ -9,27 +9,32 @@
 //! share this one code path. Matmuls take quantized activations (`QActs`), as
 //! llama.cpp does, for speed and for parity with its arithmetic.
 
-use super::attention::{self, attend_batch, f16r, KvHead, HEADS};
+use super::attention::{self, attend_batch, KvHead, HEADS};
 use super::config::{Config, FfnAct, RopeStyle, Yarn};
 use super::residency::LayerCache;
 use super::weights::{BlockWeights, HeadWeights, LayerData, Mat};
 use crate::quant::{self, QActs, QTensor};
 use crate::store::ByteSource;
 use crate::{Error, Result};
+use half::f16;
 use std::rc::Rc;
 
 /// Tokens evaluated per internal batch (bounds scratch memory).
 pub const UBATCH: usize = 32;
 
-/// Key/value cache of one session: f32 slots holding f16-rounded values,
-/// the values of llama.cpp's default f16 cache.
+/// Key/value cache of one session in f16, llama.cpp's default cache type:
+/// each value is stored as the bits of its nearest f16 (2 bytes), and the
+/// attention kernels widen rows back to f32 as they read them.
 pub struct KvCache {
-    /// Per layer: (n_ctx, kv_dim)
-    pub k: Vec<Vec<f32>>,
-    /// Per layer: (n_ctx, kv_dim)
-    pub v: Vec<Vec<f32>>,
+    /// Per layer: (n_ctx, kv_dim) f16 bits
+    pub k: Vec<Vec<u16>>,
+    /// Per layer: (n_ctx, kv_dim) f16 bits
+    pub v: Vec<Vec<u16>>,
     pub n_ctx: usize,
 }
+
+/// Bytes of one cached value (an f16).
+const KV_VALUE_BYTES: u64 = 2;
 
 impl KvCache {
     /// A cache of `n_ctx` positions for `c`.
@@ -37,7 +42,7 @@ impl KvCache {
         let per_layer = n_ctx.checked_mul(c.kv_dim()).ok_or_else(|| {
             Error::OutOfMemory(format!("KV cache of {n_ctx} positions overflows"))
         })?;
-        let bytes = (per_layer as u64) * 8 * c.n_layers as u64;
+        let bytes = (n_ctx as u64).saturating_mul(Self::bytes_per_position(c));
         let mut k = Vec::new();
         let mut v = Vec::new();
         for _ in 0..c.n_layers {
@@ -47,9 +52,9 @@ impl KvCache {
         Ok(KvCache { k, v, n_ctx })
     }
 
-    /// Bytes one position takes (K and V of every layer, f32 slots).
+    /// Bytes one position takes (K and V of every layer).
     pub fn bytes_per_position(c: &Config) -> u64 {
-        c.kv_dim() as u64 * 8 * c.n_layers as u64
+        c.kv_dim() as u64 * 2 * KV_VALUE_BYTES * c.n_layers as u64
     }
 
     /// Bytes held.
@@ -57,13 +62,14 @@ impl KvCache {
         self.k
             .iter()
             .chain(self.v.iter())
-            .map(|l| l.len() as u64 * 4)
+            .map(|l| l.len() as u64 * KV_VALUE_BYTES)
             .sum()
     }
 }
 
-/// A zeroed f32 buffer, or `OutOfMemory` instead of an allocation abort.
-fn try_zeroed(n: usize, total: u64) -> Result<Vec<f32>> {
+/// A zeroed buffer of f16 bits, or `OutOfMemory` instead of an allocation
+/// abort.
+fn try_zeroed(n: usize, total: u64) -> Result<Vec<u16>> {
     let mut v = Vec::new();
     v.try_reserve_exact(n).map_err(|_| {
         Error::OutOfMemory(format!(
@@ -71,7 +77,7 @@ fn try_zeroed(n: usize, total: u64) -> Result<Vec<f32>> {
             total >> 20
         ))
     })?;
-    v.resize(n, 0.0);
+    v.resize(n, 0);
     Ok(v)
 }
 
@@ -543,9 +549,8 @@ fn attn_partial(
     }
 
     // 3. RoPE on q and k (this layer's base and scale); store k, v at
-    //    their positions. (Kept in f32: rounding them to f16 as
-    //    llama.cpp's cache does moved far-tail log-probabilities further
-    //    from llama.cpp's, not closer.)
+    //    their positions, rounded to f16 (ties to even) as llama.cpp's
+    //    default cache stores them.
     //    With an attention temperature (mistral3), q is then scaled by
     //    position.
     let base_scale = c.rope_of(l);
@@ -575,13 +580,13 @@ fn attn_partial(
             .iter_mut()
             .zip(&s.k[i * kv_dim..(i + 1) * kv_dim])
         {
-            *d = f16r(x);
+            *d = f16::from_f32(x).to_bits();
         }
         for (d, &x) in kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
             .iter_mut()
             .zip(&s.v[i * kv_dim..(i + 1) * kv_dim])
         {
-            *d = f16r(x);
+            *d = f16::from_f32(x).to_bits();
         }
     }
 
@@ -606,6 +611,7 @@ fn attn_partial(
             g += 1;
         }
         let per_pass = attention::queries_per_pass(g);
+        s.attn.forget();
         for i0 in (0..n).step_by(per_pass) {
             let nq = per_pass.min(n - i0);
             let mut ts: [std::ops::Range<usize>; attention::LANES] = Default::default();

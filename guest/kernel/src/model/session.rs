@@ -74,10 +74,7 @@ impl Session {
                 "n_ctx {n_ctx} is too large (max 1048576)"
             )));
         }
-        // K and V, f32, every layer.
-        let kv_bytes = (n_ctx as u64)
-            .saturating_mul(model.cfg.kv_dim() as u64)
-            .saturating_mul(8 * model.cfg.n_layers as u64);
+        let kv_bytes = (n_ctx as u64).saturating_mul(KvCache::bytes_per_position(&model.cfg));
         model.check_kv_budget(kv_bytes)?;
         Ok(Session {
             kv: KvCache::new(&model.cfg, n_ctx)?,

@@ -286,8 +286,8 @@ fn kv_cache_counts_against_max_memory() {
         ..LoadOptions::default()
     };
     let m = load(&bytes, &opts);
-    // 4096 positions x kv_dim 32 x (K + V) x 4 bytes x 5 layers = 5 MiB.
-    let r = Session::new(&m, 4096);
+    // 8192 positions x kv_dim 32 x (K + V) x 2 bytes (f16) x 5 layers = 5 MiB.
+    let r = Session::new(&m, 8192);
     assert!(
         matches!(&r, Err(Error::OutOfMemory(e)) if e.contains("KV cache") && e.contains("4194304")),
         "{:?}",
@@ -296,7 +296,7 @@ fn kv_cache_counts_against_max_memory() {
     assert!(Session::new(&m, 256).is_ok());
     // Without a budget only the host's memory cap applies.
     let m = load(&bytes, &LoadOptions::default());
-    assert!(Session::new(&m, 4096).is_ok());
+    assert!(Session::new(&m, 8192).is_ok());
 }
 
 #[test]
