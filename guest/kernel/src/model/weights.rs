@@ -720,6 +720,18 @@ struct Streamed<'a> {
 /// against it, large enough that the per-call cost stays small.
 pub const STREAM_CHUNK: usize = 256 * 1024;
 
+/// Rows of a streamed chunk of rows of `row_bytes`: as many whole groups of
+/// [`quant::GROUP_ROWS`] as fit in [`STREAM_CHUNK`], at least one group. The
+/// kernels take rows a group at a time (packed or side by side) and the
+/// rows left over one at a time: a chunk that ended inside a group left
+/// every chunk a row or two for those slower single-row dots (the scalar
+/// reference in a packed chunk), 2 of the 22 rows of a 10752-column Q8_0
+/// chunk.
+fn chunk_rows(row_bytes: usize) -> usize {
+    let g = quant::GROUP_ROWS;
+    (STREAM_CHUNK / row_bytes.max(1) / g * g).max(g)
+}
+
 /// Batches of at least this many vectors repack each streamed chunk.
 const PACK_BATCH: usize = 2;
 
@@ -772,7 +784,7 @@ impl<'a> Mat<'a> {
         };
         let (rows, n) = (self.q.rows, x.n());
         let row_bytes = self.row_bytes();
-        let chunk_rows = (STREAM_CHUNK / row_bytes.max(1)).max(1);
+        let chunk_rows = chunk_rows(row_bytes);
         let mut tmp = if n > 1 {
             vec![0f32; n * chunk_rows.min(rows)]
         } else {

@@ -565,6 +565,11 @@ fn check_shapes(out: &[f32], w: &QTensor, x: &QActs) {
 /// [`STREAM_CHUNK`]: crate::model::weights::STREAM_CHUNK
 const IN_CACHE: usize = crate::model::weights::STREAM_CHUNK;
 
+/// Rows the matmul kernels take together: a packed group, the rows of a
+/// one-vector [`QuantKind::vec_dot4`]. Rows past the last whole group take
+/// one-row dots.
+pub const GROUP_ROWS: usize = packed::ROWS;
+
 /// Columns up to which one activation vector gets its
 /// [`packed::PackKind::dot1`] pairs (16 KB of them).
 const PAIRS_MAX_COLS: usize = 2048;

@@ -1525,3 +1525,40 @@ fn q8_0_decode_same_bits_in_every_build() {
     }
     assert_eq!(h, 0x1d09_e97f_8e12_b425, "hash {h:#x}");
 }
+
+/// Prompt (32 vectors) Q8_0 matmuls on packed streamed-chunk shapes of the
+/// 5.7 GB model (60 x 4032, 20 x 10752) against a resident 1536 x 1536:
+/// the median of 9 runs, activations quantized once, as GMAC/s.
+#[test]
+#[ignore]
+fn bench_q8_0_chunk_batch() {
+    let mut rng = Lcg(11);
+    let ty = GgmlType::Q8_0;
+    let n = 32;
+    for (rows, cols) in [(60, 4032), (20, 10752), (1536, 1536)] {
+        let data = random_matrix(ty, rows, cols, &mut rng);
+        let p = packed_copy(ty, rows, cols, &data);
+        let pw = QTensor {
+            packed: true,
+            ..QTensor::new(ty, rows, cols, &p).unwrap()
+        };
+        let mut a = QActs::new();
+        a.quantize(ty, &rng.vec(n * cols, 1.0), n, cols);
+        let mut out = vec![0f32; n * rows];
+        let iters = (200_000_000 / (rows * cols * n)).max(1);
+        let mut runs: Vec<f64> = (0..9)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                for _ in 0..iters {
+                    matmul(&mut out, &pw, &a);
+                }
+                (rows * cols * n * iters) as f64 / t.elapsed().as_nanos() as f64
+            })
+            .collect();
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "{ty} {rows}x{cols} n={n} packed: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+            runs[4], runs[0], runs[8]
+        );
+    }
+}
