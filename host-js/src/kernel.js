@@ -186,6 +186,7 @@ export function loadOptions(model, o = {}) {
     maxMemory: BigInt(o.maxMemory ?? 0),
     cacheLayers: o.cacheLayers ?? 0,
     cachePolicy: o.cachePolicy ?? 'pinned',
+    kvCache: o.kvCache ?? 'f16',
   };
 }
 

@@ -54,3 +54,23 @@ describe('SmolLM2 golden cases: JS host = native host, and the fixture rule', ()
     });
   }
 });
+
+describe('an f32 KV cache (kvCache: "f32"): JS host = native host with --kv-cache f32', () => {
+  test('the first plain-prompt case', async () => {
+    requireFile(MODEL, 'run `cargo xtask fetch` or set WASM_CHORD_SMOLLM2');
+    requireFile(NATIVE_BIN, 'run `cargo xtask build` or set WASM_CHORD_BIN');
+    const c = GOLDEN.cases.find((x) => !x.messages);
+    const inference = await kernel(new NodeFileStore());
+    const model = inference.Model.load(loadOptions(MODEL, { kvCache: 'f32' }));
+    const session = model.newSession(0);
+    const ours = [];
+    const options = generateOptions({ maxTokens: N, ignoreEos: true, sampling: { temperature: 0 } });
+    generate(session, model.tokenize(c.prompt, true, true), options, (p) => { ours.push(p.token); });
+    session[Symbol.dispose]();
+    model[Symbol.dispose]();
+    const native = runCli('native', ['run', '-m', MODEL, '-n', String(N), '--temp', '0', '--ignore-eos', '--json', '--kv-cache', 'f32', '-p', c.prompt]);
+    assert.equal(native.status, 0, native.stderr);
+    assert.deepEqual(ours, parseJsonRun(native.stdout).tokens.map((t) => t.token), 'JS tokens = native tokens');
+    assert.equal(ours.length, N);
+  });
+});

@@ -38,8 +38,8 @@ pub use interrupt::Canceller;
 pub use kernel::{default_cache_dir, Kernel, KernelOptions, DEFAULT_MAX_GUEST_MEMORY};
 pub use runtime::{
     CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, GenerationStats,
-    LoadOptions, Model, ModelInfo, Piece, PieceLogprobs, Residency, Runtime, Sampling, Session,
-    ShardInfo, ShardSpec, Step, TensorTypeCount, TokenLogprob, TokenScore,
+    KvCacheType, LoadOptions, Model, ModelInfo, Piece, PieceLogprobs, Residency, Runtime, Sampling,
+    Session, ShardInfo, ShardSpec, Step, TensorTypeCount, TokenLogprob, TokenScore,
 };
 pub use shards::Sharded;
 pub use store::{

@@ -22,9 +22,9 @@ use crate::state::{HostState, MemoryTracker};
 use crate::store::{ModelStore, SourceCounters, StoreStats};
 
 pub use wit::{
-    CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, LoadOptions, ModelInfo,
-    Piece, PieceLogprobs, Residency, Sampling, ShardInfo, ShardSpec, Step, TensorTypeCount,
-    TokenLogprob, TokenScore,
+    CachePolicy, CacheStats, ChatMessage, FileSummary, GenerateOptions, KvCacheType, LoadOptions,
+    ModelInfo, Piece, PieceLogprobs, Residency, Sampling, ShardInfo, ShardSpec, Step,
+    TensorTypeCount, TokenLogprob, TokenScore,
 };
 
 impl Default for Sampling {
@@ -64,6 +64,7 @@ impl LoadOptions {
             max_memory: 0,
             cache_layers: 0,
             cache_policy: CachePolicy::Pinned,
+            kv_cache: KvCacheType::F16,
         }
     }
 }

@@ -386,6 +386,16 @@ impl std::fmt::Display for TeacherForced {
 /// every step with the golden file: is our top-1 llama.cpp's greedy token, and
 /// how far are our log-probabilities of llama.cpp's top-5 from its own.
 /// Panics when the CLI fails or prints something malformed.
+/// A tag of extra CLI arguments for a scratch directory's name: runs of
+/// the same model with other arguments get a directory of their own
+/// (tests run in parallel).
+fn arg_tag(extra: &[&str]) -> String {
+    extra
+        .iter()
+        .map(|a| format!("-{}", a.trim_start_matches('-')))
+        .collect()
+}
+
 pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
     teacher_forced_ctx(model, golden, None)
 }
@@ -407,7 +417,8 @@ pub fn teacher_forced_with(
 ) -> TeacherForced {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
-    let dir = tmp_dir(&format!("teacher-{stem}{ctx_tag}"));
+    let extra_tag = arg_tag(extra);
+    let dir = tmp_dir(&format!("teacher-{stem}{ctx_tag}{extra_tag}"));
     let mut r = TeacherForced {
         steps: 0,
         same_top1: 0,
@@ -550,7 +561,8 @@ pub fn greedy_parity_with(
 ) -> GreedyParity {
     let stem = model.file_stem().unwrap_or_default().to_string_lossy();
     let ctx_tag = n_ctx.map_or(String::new(), |n| format!("-ctx{n}"));
-    let dir = tmp_dir(&format!("greedy-{stem}{ctx_tag}"));
+    let extra_tag = arg_tag(extra);
+    let dir = tmp_dir(&format!("greedy-{stem}{ctx_tag}{extra_tag}"));
     let mut r = GreedyParity {
         cases: golden.cases.len(),
         ..Default::default()

@@ -140,6 +140,20 @@ fn gemma3_teacher_forced_matches_llama_cpp_greedy() {
     }
 }
 
+#[test]
+fn gemma3_teacher_forced_with_an_f32_kv_cache() {
+    // As coverage.rs's kv_f32 tests: the goldens are llama.cpp's f16-cache
+    // numbers, so the far tail is held to 1.5. Measured: top-1 97.5%,
+    // median 0.0805, max 1.15 (python step 12, an entry at logprob -5.5);
+    // the default f16 cache in the same run: 98.1%, 0.0734, 0.63.
+    let golden = Golden::load(GOLDEN);
+    let scored = teacher_forced_with(&gemma3(), &golden, None, &["--kv-cache", "f32"]);
+    eprintln!("gemma3 --kv-cache f32: {scored}");
+    if let Err(e) = scored.check(90.0, 0.15, 1.5) {
+        panic!("gemma3 teacher-forced, f32 cache: {e}");
+    }
+}
+
 /// llama.cpp's teacher-forced log-probabilities on a prompt longer than the
 /// sliding window (see the fixture's `made_with`).
 #[derive(Deserialize)]

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
 use crate::wasm_chord::runtime::inference::{
-    CachePolicy, CacheStats, Error as KernelError, LoadOptions, Model, Residency,
+    CachePolicy, CacheStats, Error as KernelError, KvCacheType, LoadOptions, Model, Residency,
 };
 use crate::wasm_chord::runtime::layer_store::{StoreError, StoreStats};
 
@@ -40,6 +40,18 @@ pub struct LoadArgs {
     /// Which layers a streamed cache keeps.
     #[arg(long, value_enum, default_value_t = PolicyArg::Pinned)]
     cache_policy: PolicyArg,
+    /// What the KV cache stores: f16 (2 bytes per value, llama.cpp's default
+    /// and its attention arithmetic, so its scores) or f32 (4 bytes per
+    /// value, as llama.cpp's --cache-type-k/-v f32: attention in f32 for
+    /// every token, closer to exact math and faster in long contexts)
+    #[arg(long, value_enum, default_value_t = KvCacheArg::F16)]
+    kv_cache: KvCacheArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KvCacheArg {
+    F16,
+    F32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -89,6 +101,10 @@ impl LoadArgs {
             cache_policy: match self.cache_policy {
                 PolicyArg::Pinned => CachePolicy::Pinned,
                 PolicyArg::Lru => CachePolicy::Lru,
+            },
+            kv_cache: match self.kv_cache {
+                KvCacheArg::F16 => KvCacheType::F16,
+                KvCacheArg::F32 => KvCacheType::F32,
             },
         })
     }

@@ -169,6 +169,10 @@ fn load_model(
             wit::CachePolicy::Lru => k::model::Policy::Lru,
         },
         shard,
+        kv_type: match options.kv_cache {
+            wit::KvCacheType::F16 => k::model::KvType::F16,
+            wit::KvCacheType::F32 => k::model::KvType::F32,
+        },
     };
     let model = k::model::Model::load(Box::new(source), &opts).map_err(err)?;
     Ok(wit::Model::new(ModelRes {

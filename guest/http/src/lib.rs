@@ -49,7 +49,8 @@ use api::{finish_reason, parse_body, usage, ApiError, ChatRequest, Plan};
 wit_bindgen::generate!({ world: "cli", path: "../../wit" });
 
 use wasm_chord::runtime::inference::{
-    CachePolicy, Error as KernelError, Generation, LoadOptions, Model, Residency, Session,
+    CachePolicy, Error as KernelError, Generation, KvCacheType, LoadOptions, Model, Residency,
+    Session,
 };
 use wasm_chord::runtime::layer_store::StoreError;
 
@@ -151,6 +152,7 @@ fn with_model<T>(
                 max_memory: 0,
                 cache_layers: 0,
                 cache_policy: CachePolicy::Pinned,
+                kv_cache: KvCacheType::F16,
             })
             .map_err(|e| {
                 ApiError::server(format!(

@@ -26,11 +26,20 @@ use clap::Parser;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use crate::{Kernel, KernelOptions, LoadOptions, PieceLogprobs, Residency, TokenLogprob};
+use crate::{
+    Kernel, KernelOptions, KvCacheType, LoadOptions, PieceLogprobs, Residency, TokenLogprob,
+};
 use api::{
     parse_body, usage, ApiError, ChatRequest, CompletionRequest, Plan, PromptField, Respond,
 };
 use pool::{Event, Job, Pool, Prompt, Work};
+
+/// `--kv-cache`'s values.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KvCacheArg {
+    F16,
+    F32,
+}
 
 /// `wasm-chord serve`'s command line.
 #[derive(Debug, Parser)]
@@ -83,6 +92,11 @@ pub struct ServeArgs {
     /// Layers each streamed cache keeps (0: as many as the memory budget allows).
     #[arg(long, value_name = "N", default_value_t = 0, requires = "stream")]
     pub cache_layers: u32,
+    /// What each instance's KV cache stores: f16 (2 bytes per value,
+    /// llama.cpp's default and its attention arithmetic) or f32 (4 bytes per
+    /// value: attention in f32, faster in long contexts, twice the memory).
+    #[arg(long, value_enum, value_name = "TYPE", default_value_t = KvCacheArg::F16)]
+    pub kv_cache: KvCacheArg,
     /// The model's name in the API (default: the file name without `.gguf`).
     #[arg(long, value_name = "NAME")]
     pub alias: Option<String>,
@@ -161,6 +175,10 @@ fn serve(a: ServeArgs, max_guest_memory: Option<u64>) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let started = Instant::now();
     let mut load = LoadOptions::new(a.model.to_string_lossy().into_owned());
+    load.kv_cache = match a.kv_cache {
+        KvCacheArg::F16 => KvCacheType::F16,
+        KvCacheArg::F32 => KvCacheType::F32,
+    };
     if a.stream {
         load.residency = Residency::Streaming;
         load.cache_layers = a.cache_layers;

@@ -11,7 +11,9 @@
 //!
 //! The cache holds f16 bits ([`super::forward::KvCache`]); both kernels
 //! widen the rows they read to f32 ([`widen_f16`], exact), so they compute
-//! on the same values as llama.cpp's f16 cache.
+//! on the same values as llama.cpp's f16 cache. An f32 cache
+//! ([`super::forward::KvType::F32`]) is read as it is, by
+//! [`attend_batch_f32`] only.
 //!
 //! The scalar functions are the reference; the simd128 paths give the same
 //! bits (tested as wasm32).
@@ -57,12 +59,47 @@ pub(super) fn queries_per_pass(g: usize) -> usize {
     }
 }
 
+/// A layer's cached keys or values: f16 bits or f32.
+#[derive(Clone, Copy)]
+pub(super) enum KvRows<'a> {
+    F16(&'a [u16]),
+    F32(&'a [f32]),
+}
+
+impl KvRows<'_> {
+    /// Values `at..at + dst.len()` as f32 into `dst`.
+    #[inline(always)]
+    fn widen_into(&self, at: usize, dst: &mut [f32]) {
+        match self {
+            KvRows::F16(h) => widen_f16(dst, &h[at..at + dst.len()]),
+            KvRows::F32(x) => dst.copy_from_slice(&x[at..at + dst.len()]),
+        }
+    }
+
+    /// Value `at` as f32 (for the references).
+    #[cfg(test)]
+    fn get(&self, at: usize) -> f32 {
+        match self {
+            KvRows::F16(h) => f32_of(h[at]),
+            KvRows::F32(x) => x[at],
+        }
+    }
+
+    /// Where the rows are (to recognize them again).
+    fn addr(&self) -> usize {
+        match self {
+            KvRows::F16(h) => h.as_ptr() as usize,
+            KvRows::F32(x) => x.as_ptr() as usize,
+        }
+    }
+}
+
 /// Where one pass of [`attend_batch`] reads its keys and values: the layer's
-/// cache rows (`kv_dim` f16 values wide) and the kv head's offset `kvh` in
+/// cache rows (`kv_dim` values wide) and the kv head's offset `kvh` in
 /// them.
 pub(super) struct KvHead<'a> {
-    pub k: &'a [u16],
-    pub v: &'a [u16],
+    pub k: KvRows<'a>,
+    pub v: KvRows<'a>,
     pub kv_dim: usize,
     pub kvh: usize,
 }
@@ -120,8 +157,7 @@ impl Scratch {
     fn widen_rows(&mut self, kv: &KvHead, hd: usize, lo: usize, hi: usize) -> usize {
         let (from, start) = match self.wide {
             Some(w)
-                if (w.k, w.kv_dim, w.kvh, w.hd)
-                    == (kv.k.as_ptr() as usize, kv.kv_dim, kv.kvh, hd)
+                if (w.k, w.kv_dim, w.kvh, w.hd) == (kv.k.addr(), kv.kv_dim, kv.kvh, hd)
                     && w.lo <= lo =>
             {
                 (w.hi.max(lo), w.lo)
@@ -136,11 +172,11 @@ impl Scratch {
         }
         for t in from..end {
             let (row, at) = (t * kv.kv_dim + kv.kvh, (t - start) * hd);
-            widen_f16(&mut self.kw[at..at + hd], &kv.k[row..row + hd]);
-            widen_f16(&mut self.vw32[at..at + hd], &kv.v[row..row + hd]);
+            kv.k.widen_into(row, &mut self.kw[at..at + hd]);
+            kv.v.widen_into(row, &mut self.vw32[at..at + hd]);
         }
         self.wide = Some(Widened {
-            k: kv.k.as_ptr() as usize,
+            k: kv.k.addr(),
             kv_dim: kv.kv_dim,
             kvh: kv.kvh,
             hd,
@@ -200,10 +236,10 @@ pub(super) fn attend_batch(
     for t in t_lo..t_hi {
         let row = t * kv.kv_dim + kv.kvh;
         let kr = &mut sc.kf[..hd];
-        widen_f16(kr, &kv.k[row..row + hd]);
+        kv.k.widen_into(row, kr);
         let scores = scores::of(&sc.qh, n, hd, kr);
         let vr = &mut sc.vf[..hd];
-        widen_f16(vr, &kv.v[row..row + hd]);
+        kv.v.widen_into(row, vr);
         for (w, &x) in sc.vw.iter_mut().zip(vr.iter()) {
             *w = f64::from(x);
         }
@@ -263,19 +299,33 @@ pub(super) fn attend_batch_f32(
     sc: &mut Scratch,
     out: &mut [f32],
 ) {
-    let (n, at) = lanes(hd, g, q, stride, ts, sc, |x| x);
+    let (n, lane) = lanes(hd, g, q, stride, ts, sc, |x| x);
     let (t_lo, t_hi) = positions(ts);
     let span = t_hi - t_lo;
     if sc.w.len() < LANES * span {
         sc.w.resize(LANES * span, 0.0);
     }
+    // The rows in f32: an f32 cache's own, or f16 rows widened once for
+    // the passes of this kv head. Row t starts at `at(t)` of `kr`, `vr`.
+    let (direct, base) = match (kv.k, kv.v) {
+        (KvRows::F32(_), KvRows::F32(_)) => (true, 0),
+        _ => (false, sc.widen_rows(kv, hd, t_lo, t_hi)),
+    };
+    let (kr, vr, row_stride): (&[f32], &[f32], usize) = match (kv.k, kv.v, direct) {
+        (KvRows::F32(k), KvRows::F32(v), true) => (k, v, kv.kv_dim),
+        _ => (&sc.kw, &sc.vw32, hd),
+    };
+    let at = |t: usize| {
+        if direct {
+            t * kv.kv_dim + kv.kvh
+        } else {
+            (t - base) * hd
+        }
+    };
     // 1. Every lane's scaled (soft-capped) q·k at every position of the
     //    pass; each lane then reads only its own range.
-    // The rows widened to f32 once for the passes of this kv head.
-    let base = sc.widen_rows(kv, hd, t_lo, t_hi);
     for t in t_lo..t_hi {
-        let at = (t - base) * hd;
-        let s = scores::of(&sc.qh, n, hd, &sc.kw[at..at + hd]);
+        let s = scores::of(&sc.qh, n, hd, &kr[at(t)..at(t) + hd]);
         for (l, &x) in s.iter().enumerate().take(n) {
             sc.w[l * span + t - t_lo] = scaled(x, scale, softcap);
         }
@@ -285,8 +335,8 @@ pub(super) fn attend_batch_f32(
         let r = ts[l / g].clone();
         let w = &mut sc.w[l * span + r.start - t_lo..l * span + r.end - t_lo];
         let inv = softmax_weights(w);
-        let o = &mut out[at(l)..at(l) + hd];
-        weighted_values(o, w, &sc.vw32, hd, (r.start - base) * hd);
+        let o = &mut out[lane(l)..lane(l) + hd];
+        weighted_values(o, w, vr, row_stride, at(r.start));
         for x in o.iter_mut() {
             *x *= inv;
         }
@@ -394,7 +444,7 @@ fn attend_f32_reference(
         .clone()
         .map(|t| {
             let at = t * kv.kv_dim + kv.kvh;
-            let kr: Vec<f32> = kv.k[at..at + hd].iter().map(|&h| f32_of(h)).collect();
+            let kr: Vec<f32> = (at..at + hd).map(|i| kv.k.get(i)).collect();
             scaled(dot_in_order(q, &kr), scale, softcap)
         })
         .collect();
@@ -402,7 +452,7 @@ fn attend_f32_reference(
     for (i, o) in out.iter_mut().enumerate() {
         let mut a = 0f32;
         for (k, t) in ts.clone().enumerate() {
-            a += w[k] * f32_of(kv.v[t * kv.kv_dim + kv.kvh + i]);
+            a += w[k] * kv.v.get(t * kv.kv_dim + kv.kvh + i);
         }
         *o = a * inv;
     }
@@ -923,8 +973,8 @@ mod tests {
         );
         // Exact softmax attention in f64 over positions 3..n.
         let kv = KvHead {
-            k: &k,
-            v: &v,
+            k: KvRows::F16(&k),
+            v: KvRows::F16(&v),
             kv_dim,
             kvh,
         };
@@ -953,8 +1003,8 @@ mod tests {
             .clone()
             .map(|t| {
                 q.iter()
-                    .zip(&kv.k[at(t)..at(t) + hd])
-                    .map(|(a, &b)| f64::from(*a) * f64::from(f32_of(b)))
+                    .zip(at(t)..at(t) + hd)
+                    .map(|(a, i)| f64::from(*a) * f64::from(kv.k.get(i)))
                     .sum::<f64>()
                     * f64::from(scale)
             })
@@ -965,7 +1015,7 @@ mod tests {
             .map(|d| {
                 ts.clone()
                     .zip(&s)
-                    .map(|(t, x)| (x - m).exp() / z * f64::from(f32_of(kv.v[at(t) + d])))
+                    .map(|(t, x)| (x - m).exp() / z * f64::from(kv.v.get(at(t) + d)))
                     .sum()
             })
             .collect()
@@ -992,8 +1042,9 @@ mod tests {
     /// queries, head sizes 64, 70, 8 and 256, with and without soft-capping,
     /// causal and sliding-window ranges per query: every (query, head) has
     /// the bits of `want(q, kv, positions, softcap)` (as wasm32: the simd128
-    /// lanes), and the places of other heads in `out` stay untouched.
-    fn check_batches(seed: u64, kernel: Kernel, want: &mut Reference) {
+    /// lanes), and the places of other heads in `out` stay untouched. The
+    /// cache holds f16, or with `f32_cache` unrounded f32.
+    fn check_batches(seed: u64, kernel: Kernel, want: &mut Reference, f32_cache: bool) {
         let mut next = stream(seed);
         let mut rnd = || (next() as f32 / u32::MAX as f32 - 0.5) * 6.0;
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
@@ -1001,15 +1052,19 @@ mod tests {
         for (hd, n_kv) in [(64, 2), (70, 1), (8, 3), (256, 1)] {
             let kv_dim = hd * n_kv;
             let n = 80;
-            let k: Vec<u16> = (0..n * kv_dim)
-                .map(|_| f16::from_f32(rnd()).to_bits())
-                .collect();
-            let v: Vec<u16> = (0..n * kv_dim)
-                .map(|_| f16::from_f32(rnd()).to_bits())
-                .collect();
+            let k32: Vec<f32> = (0..n * kv_dim).map(|_| rnd()).collect();
+            let v32: Vec<f32> = (0..n * kv_dim).map(|_| rnd()).collect();
+            let half =
+                |x: &[f32]| -> Vec<u16> { x.iter().map(|&x| f16::from_f32(x).to_bits()).collect() };
+            let (k16, v16) = (half(&k32), half(&v32));
+            let (k, v) = if f32_cache {
+                (KvRows::F32(&k32), KvRows::F32(&v32))
+            } else {
+                (KvRows::F16(&k16), KvRows::F16(&v16))
+            };
             let kv = KvHead {
-                k: &k,
-                v: &v,
+                k,
+                v,
                 kv_dim,
                 kvh: hd * (n_kv - 1),
             };
@@ -1053,14 +1108,22 @@ mod tests {
     #[test]
     fn a_batch_gives_each_query_and_head_its_bits() {
         // attend_batch against attend_f16 per (query, head).
-        check_batches(1, attend_batch, &mut |q, kv, r, cap| {
-            let hd = q.len();
-            let (mut qh, mut want) = (vec![0f32; hd], vec![0f32; hd]);
-            attend_f16(
-                q, kv.k, kv.v, kv.kv_dim, kv.kvh, r, 0.125, cap, &mut qh, &mut want,
-            );
-            want
-        });
+        check_batches(
+            1,
+            attend_batch,
+            &mut |q, kv, r, cap| {
+                let hd = q.len();
+                let (mut qh, mut want) = (vec![0f32; hd], vec![0f32; hd]);
+                let (KvRows::F16(k), KvRows::F16(v)) = (kv.k, kv.v) else {
+                    unreachable!("an f16 cache")
+                };
+                attend_f16(
+                    q, k, v, kv.kv_dim, kv.kvh, r, 0.125, cap, &mut qh, &mut want,
+                );
+                want
+            },
+            false,
+        );
     }
 
     #[test]
@@ -1069,23 +1132,31 @@ mod tests {
         // (as wasm32 also its 16- and 4-value passes and scalar tail), and
         // without soft-capping within f32 rounding of exact softmax
         // attention in f64.
-        check_batches(3, attend_batch_f32, &mut |q, kv, r, cap| {
-            let mut want = vec![0f32; q.len()];
-            attend_f32_reference(q, kv, r.clone(), 0.125, cap, &mut want);
-            if cap.is_none() {
-                for (d, (o, exact)) in want
-                    .iter()
-                    .zip(exact_attention(q, kv, r, 0.125))
-                    .enumerate()
-                {
-                    assert!(
-                        (f64::from(*o) - exact).abs() < 1e-4,
-                        "dim {d}: {o} vs {exact}"
-                    );
-                }
-            }
-            want
-        });
+        // Both with an f16 cache and with an f32 one (read in place).
+        for (seed, f32_cache) in [(3, false), (5, true)] {
+            check_batches(
+                seed,
+                attend_batch_f32,
+                &mut |q, kv, r, cap| {
+                    let mut want = vec![0f32; q.len()];
+                    attend_f32_reference(q, kv, r.clone(), 0.125, cap, &mut want);
+                    if cap.is_none() {
+                        for (d, (o, exact)) in want
+                            .iter()
+                            .zip(exact_attention(q, kv, r, 0.125))
+                            .enumerate()
+                        {
+                            assert!(
+                                (f64::from(*o) - exact).abs() < 1e-4,
+                                "dim {d}: {o} vs {exact}"
+                            );
+                        }
+                    }
+                    want
+                },
+                f32_cache,
+            );
+        }
     }
 
     #[test]
@@ -1109,8 +1180,8 @@ mod tests {
         for round in 0..2 {
             for window in [None, Some(7)] {
                 let kv = KvHead {
-                    k: &k,
-                    v: &v,
+                    k: KvRows::F16(&k),
+                    v: KvRows::F16(&v),
                     kv_dim,
                     kvh,
                 };

@@ -22,39 +22,125 @@ use std::rc::Rc;
 /// Tokens evaluated per internal batch (bounds scratch memory).
 pub const UBATCH: usize = 32;
 
-/// Key/value cache of one session in f16, llama.cpp's default cache type:
-/// each value is stored as the bits of its nearest f16 (2 bytes), and the
-/// attention kernels widen rows back to f32 as they read them.
-pub struct KvCache {
-    /// Per layer: (n_ctx, kv_dim) f16 bits
-    pub k: Vec<Vec<u16>>,
-    /// Per layer: (n_ctx, kv_dim) f16 bits
-    pub v: Vec<Vec<u16>>,
-    pub n_ctx: usize,
+/// What a session's KV cache stores per value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KvType {
+    /// The nearest f16 (2 bytes), llama.cpp's default cache type. Attention
+    /// then follows llama.cpp's two flash-attention kernels (see
+    /// [`attention`]), so scores match llama.cpp's.
+    #[default]
+    F16,
+    /// The f32 value itself (4 bytes), as llama.cpp's `--cache-type-k f32
+    /// --cache-type-v f32`. Every token's attention then runs the f32
+    /// kernel ([`attention::attend_batch_f32`]): closer to exact math,
+    /// several times faster than the f16 emulation in long contexts,
+    /// further from llama.cpp's default numbers.
+    F32,
 }
 
-/// Bytes of one cached value (an f16).
-const KV_VALUE_BYTES: u64 = 2;
+impl KvType {
+    /// Bytes of one cached value.
+    pub fn bytes(self) -> u64 {
+        match self {
+            KvType::F16 => 2,
+            KvType::F32 => 4,
+        }
+    }
+}
+
+/// One layer's keys or values, (n_ctx, kv_dim).
+pub enum KvStore {
+    /// f16 bits ([`KvType::F16`]).
+    F16(Vec<u16>),
+    /// f32 values ([`KvType::F32`]).
+    F32(Vec<f32>),
+}
+
+impl KvStore {
+    /// `n` zeroed values of `ty`, or `OutOfMemory` (naming the cache's
+    /// `total` bytes) instead of an allocation abort.
+    fn zeroed(ty: KvType, n: usize, total: u64) -> Result<KvStore> {
+        let oom = |_| {
+            Error::OutOfMemory(format!(
+                "cannot allocate the KV cache ({} MiB)",
+                total >> 20
+            ))
+        };
+        Ok(match ty {
+            KvType::F16 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(oom)?;
+                v.resize(n, 0u16);
+                KvStore::F16(v)
+            }
+            KvType::F32 => {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(oom)?;
+                v.resize(n, 0f32);
+                KvStore::F32(v)
+            }
+        })
+    }
+
+    /// Values `at..at + src.len()` set from `src` (rounded to f16 in an f16
+    /// store, ties to even, as llama.cpp stores them).
+    fn store(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvStore::F16(d) => {
+                for (d, &x) in d[at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(x).to_bits();
+                }
+            }
+            KvStore::F32(d) => d[at..at + src.len()].copy_from_slice(src),
+        }
+    }
+
+    /// The values, for the attention kernels.
+    fn rows(&self) -> attention::KvRows<'_> {
+        match self {
+            KvStore::F16(d) => attention::KvRows::F16(d),
+            KvStore::F32(d) => attention::KvRows::F32(d),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            KvStore::F16(d) => d.len(),
+            KvStore::F32(d) => d.len(),
+        }
+    }
+}
+
+/// Key/value cache of one session, in f16 (llama.cpp's default cache type)
+/// or f32 ([`KvType`]).
+pub struct KvCache {
+    /// Per layer: (n_ctx, kv_dim)
+    pub k: Vec<KvStore>,
+    /// Per layer: (n_ctx, kv_dim)
+    pub v: Vec<KvStore>,
+    pub n_ctx: usize,
+    pub ty: KvType,
+}
 
 impl KvCache {
-    /// A cache of `n_ctx` positions for `c`.
-    pub fn new(c: &Config, n_ctx: usize) -> Result<KvCache> {
+    /// A cache of `n_ctx` positions of `ty` for `c`.
+    pub fn new(c: &Config, n_ctx: usize, ty: KvType) -> Result<KvCache> {
         let per_layer = n_ctx.checked_mul(c.kv_dim()).ok_or_else(|| {
             Error::OutOfMemory(format!("KV cache of {n_ctx} positions overflows"))
         })?;
-        let bytes = (n_ctx as u64).saturating_mul(Self::bytes_per_position(c));
+        let bytes = (n_ctx as u64).saturating_mul(Self::bytes_per_position(c, ty));
         let mut k = Vec::new();
         let mut v = Vec::new();
         for _ in 0..c.n_layers {
-            k.push(try_zeroed(per_layer, bytes)?);
-            v.push(try_zeroed(per_layer, bytes)?);
+            k.push(KvStore::zeroed(ty, per_layer, bytes)?);
+            v.push(KvStore::zeroed(ty, per_layer, bytes)?);
         }
-        Ok(KvCache { k, v, n_ctx })
+        Ok(KvCache { k, v, n_ctx, ty })
     }
 
     /// Bytes one position takes (K and V of every layer).
-    pub fn bytes_per_position(c: &Config) -> u64 {
-        c.kv_dim() as u64 * 2 * KV_VALUE_BYTES * c.n_layers as u64
+    pub fn bytes_per_position(c: &Config, ty: KvType) -> u64 {
+        c.kv_dim() as u64 * 2 * ty.bytes() * c.n_layers as u64
     }
 
     /// Bytes held.
@@ -62,23 +148,9 @@ impl KvCache {
         self.k
             .iter()
             .chain(self.v.iter())
-            .map(|l| l.len() as u64 * KV_VALUE_BYTES)
+            .map(|l| l.len() as u64 * self.ty.bytes())
             .sum()
     }
-}
-
-/// A zeroed buffer of f16 bits, or `OutOfMemory` instead of an allocation
-/// abort.
-fn try_zeroed(n: usize, total: u64) -> Result<Vec<u16>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| {
-        Error::OutOfMemory(format!(
-            "cannot allocate the KV cache ({} MiB)",
-            total >> 20
-        ))
-    })?;
-    v.resize(n, 0);
-    Ok(v)
 }
 
 /// Scratch buffers of the forward pass (llama2.c's `RunState`).
@@ -576,18 +648,8 @@ fn attn_partial(
                 .iter_mut()
                 .for_each(|v| *v *= f);
         }
-        for (d, &x) in kv.k[l][pos * kv_dim..(pos + 1) * kv_dim]
-            .iter_mut()
-            .zip(&s.k[i * kv_dim..(i + 1) * kv_dim])
-        {
-            *d = f16::from_f32(x).to_bits();
-        }
-        for (d, &x) in kv.v[l][pos * kv_dim..(pos + 1) * kv_dim]
-            .iter_mut()
-            .zip(&s.v[i * kv_dim..(i + 1) * kv_dim])
-        {
-            *d = f16::from_f32(x).to_bits();
-        }
+        kv.k[l].store(pos * kv_dim, &s.k[i * kv_dim..(i + 1) * kv_dim]);
+        kv.v[l].store(pos * kv_dim, &s.v[i * kv_dim..(i + 1) * kv_dim]);
     }
 
     // 4. Causal grouped-query attention: head h reads kv head h / (n_head / n_head_kv)
@@ -598,8 +660,8 @@ fn attn_partial(
     //    for all of them).
     let window = c.window(l);
     let kv_l = |kvh: usize| KvHead {
-        k: &kv.k[l],
-        v: &kv.v[l],
+        k: kv.k[l].rows(),
+        v: kv.v[l].rows(),
         kv_dim,
         kvh: kvh * hd,
     };
@@ -619,7 +681,8 @@ fn attn_partial(
                 *r = window.map_or(0, |w| (pos + 1).saturating_sub(w))..pos + 1;
             }
             let a = i0 * q_dim + h * hd;
-            let attend = if s.prompt_attention {
+            // An f32 cache has no f16 kernel to follow: always the f32 one.
+            let attend = if s.prompt_attention || kv.ty == KvType::F32 {
                 attention::attend_batch_f32
             } else {
                 attend_batch

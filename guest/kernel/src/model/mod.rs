@@ -12,6 +12,7 @@ mod vocab_only;
 pub mod weights;
 
 pub use config::Config;
+pub use forward::KvType;
 pub use residency::{CacheStats, Policy};
 pub use session::{
     GenerateOptions, Generation, Piece, PieceLogprobs, Session, Step, StopReason, TokenLogprob,
@@ -54,6 +55,8 @@ pub struct LoadOptions {
     pub policy: Policy,
     /// Load one shard of a tensor-parallel split (None: the whole model).
     pub shard: Option<shard::ShardSpec>,
+    /// What the sessions' KV caches store (f16 by default, as llama.cpp).
+    pub kv_type: KvType,
 }
 
 impl Default for LoadOptions {
@@ -64,6 +67,7 @@ impl Default for LoadOptions {
             cache_layers: 0,
             policy: Policy::Pinned,
             shard: None,
+            kv_type: KvType::F16,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Model {
     weights_cap: u64,
     /// What this instance holds of the model (all of it unless loaded as a shard).
     pub shard: shard::ShardSlice,
+    /// What its sessions' KV caches store.
+    kv_type: KvType,
 }
 
 impl Model {
@@ -288,7 +294,13 @@ impl Model {
             max_memory: opts.max_memory,
             weights_cap,
             shard: slice,
+            kv_type: opts.kv_type,
         })
+    }
+
+    /// What the sessions' KV caches store ([`LoadOptions::kv_type`]).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
     }
 
     /// Bytes of the load's memory budget left for a KV cache (`None`: the

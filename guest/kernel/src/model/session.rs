@@ -42,7 +42,7 @@ fn default_n_ctx(model: &Model) -> Result<usize> {
     let Some(budget) = model.kv_budget() else {
         return Ok(n);
     };
-    let per_position = KvCache::bytes_per_position(&model.cfg);
+    let per_position = KvCache::bytes_per_position(&model.cfg, model.kv_type());
     let fit = usize::try_from(budget / per_position.max(1)).unwrap_or(usize::MAX);
     if fit >= n {
         return Ok(n);
@@ -74,10 +74,11 @@ impl Session {
                 "n_ctx {n_ctx} is too large (max 1048576)"
             )));
         }
-        let kv_bytes = (n_ctx as u64).saturating_mul(KvCache::bytes_per_position(&model.cfg));
+        let kv_bytes =
+            (n_ctx as u64).saturating_mul(KvCache::bytes_per_position(&model.cfg, model.kv_type()));
         model.check_kv_budget(kv_bytes)?;
         Ok(Session {
-            kv: KvCache::new(&model.cfg, n_ctx)?,
+            kv: KvCache::new(&model.cfg, n_ctx, model.kv_type())?,
             state: State::default(),
             tokens: Vec::new(),
             pending: Vec::new(),

@@ -51,6 +51,7 @@ impl Model {
                 ff: 0..0,
                 vocab: 0..0,
             },
+            kv_type: Default::default(),
         })
     }
 }
