@@ -448,6 +448,25 @@ mod simd {
             assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
         }
         let mut acc = [f32x4_splat(0.0); T];
+        // One vector (decode) in the relaxed build: `block_relaxed1`, whose
+        // activations are one register shuffle per 16 weights (the relaxed
+        // block's splat loads and row shuffles per vector measured slower
+        // than the i16 dots for decode: 76 vs 90 tokens/s).
+        #[cfg(target_feature = "relaxed-simd")]
+        if T == 1 && K::RELAXED {
+            let c = relaxed1_masks();
+            let mut pairs = g.chunks_exact(2);
+            let mut b = 0;
+            for p in pairs.by_ref() {
+                block_relaxed1::<K>(&p[0], &y[0][b], &mut acc[0], &c);
+                block_relaxed1::<K>(&p[1], &y[0][b + 1], &mut acc[0], &c);
+                b += 2;
+            }
+            if let [bx] = pairs.remainder() {
+                block_relaxed1::<K>(bx, &y[0][b], &mut acc[0], &c);
+            }
+            return acc.map(lanes);
+        }
         if T == 1 {
             let mut pairs = g.chunks_exact(2);
             let mut b = 0;
@@ -479,15 +498,9 @@ mod simd {
         acc: &mut [v128; T],
     ) {
         // Several vectors (prompts, batches): the relaxed block, 11% faster
-        // for prompts. One (decode): `block_relaxed1`, whose activations are
-        // one register shuffle per 16 weights (the relaxed block's splat
-        // loads and row shuffles per vector measured slower than the i16
-        // dots for decode: 76 vs 90 tokens/s).
+        // for prompts (one vector takes `block_relaxed1` in `dot4_impl`).
         #[cfg(target_feature = "relaxed-simd")]
-        if K::RELAXED {
-            if T == 1 {
-                return block_relaxed1::<K>(bx, &y[0][b], &mut acc[0]);
-            }
+        if K::RELAXED && T > 1 {
             return block_relaxed::<K, T>(bx, b, y, acc);
         }
         let mut s = [[i32x4_splat(0); 2]; T];
@@ -601,9 +614,15 @@ mod simd {
     /// 8 pair sums of a lane at most 30720: exact in i16 on every host. The
     /// lanes `r` and `r + 4` then hold row `r`'s two halves: `sumi` is the
     /// exact integer sum, the term that of [`block`].
+    ///
+    /// `c` are [`relaxed1_masks`]: the column shuffles are swizzles by
+    /// those values, not constant shuffles, because V8 rebuilds a v128
+    /// constant at every use inside a loop (four instructions each) where
+    /// a value defined before the loop stays in a register; wasmtime
+    /// compiles either to one `pshufb`.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn block_relaxed1<K: Simd4>(bx: &K::Group, y: &K::Act, acc: &mut v128) {
+    fn block_relaxed1<K: Simd4>(bx: &K::Group, y: &K::Act, acc: &mut v128, c: &[v128; 5]) {
         let qs = K::qs(y).as_ptr();
         let p = K::nibbles(bx);
         // SAFETY: 32 activation bytes, 64 bytes of quants.
@@ -619,28 +638,17 @@ mod simd {
                 ],
             )
         };
-        // Columns 4k, 4k + 1 for 4 rows, then 4k + 2, 4k + 3.
-        macro_rules! cols {
-            ($v:expr, $a:literal, $b:literal, $c:literal, $d:literal) => {
-                i8x16_shuffle::<$a, $b, $a, $b, $a, $b, $a, $b, $c, $d, $c, $d, $c, $d, $c, $d>(
-                    $v, $v,
-                )
-            };
-        }
-        let m = u8x16_splat(0x0f);
+        // Columns 4k, 4k + 1 for 4 rows, then 4k + 2, 4k + 3 (indices all
+        // below 16: every host's relaxed swizzle gives the same bytes).
+        let cols = |v: v128, k: usize| i8x16_relaxed_swizzle(v, c[k]);
+        let m = c[4];
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
         // One half (the low or the high nibbles of all 4 parts) against the
         // activations `a` (y0 or y1).
         let half = |w: [v128; 4], a: v128| {
             i16x8_add(
-                i16x8_add(
-                    dot(w[0], cols!(a, 0, 1, 2, 3)),
-                    dot(w[1], cols!(a, 4, 5, 6, 7)),
-                ),
-                i16x8_add(
-                    dot(w[2], cols!(a, 8, 9, 10, 11)),
-                    dot(w[3], cols!(a, 12, 13, 14, 15)),
-                ),
+                i16x8_add(dot(w[0], cols(a, 0)), dot(w[1], cols(a, 1))),
+                i16x8_add(dot(w[2], cols(a, 2)), dot(w[3], cols(a, 3))),
             )
         };
         let s0 = half(q.map(|v| v128_and(v, m)), y0);
@@ -653,6 +661,19 @@ mod simd {
         // SAFETY: reads `bx`.
         let (d, m) = unsafe { K::scales(bx) };
         *acc = f32x4_add(*acc, K::term(d, m, sumi, y));
+    }
+
+    /// [`block_relaxed1`]'s byte shuffles (columns 4k, 4k + 1 for 4 rows,
+    /// then 4k + 2, 4k + 3, for k = 0..4) and its nibble mask, as values
+    /// the compiler cannot fold back into constants.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn relaxed1_masks() -> [v128; 5] {
+        let col = |k: u8| {
+            let (a, b, c, d) = (4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3);
+            u8x16(a, b, a, b, a, b, a, b, c, d, c, d, c, d, c, d)
+        };
+        core::hint::black_box([col(0), col(1), col(2), col(3), u8x16_splat(0x0f)])
     }
 
     /// `sumi` less `K::BIAS` times the sum of the block's 32 activations
