@@ -381,11 +381,6 @@ impl std::fmt::Display for TeacherForced {
     }
 }
 
-/// Score each case's prompt + llama.cpp's greedy tokens teacher-forced with
-/// `wasm-chord perplexity -m MODEL --tokens F --json --top-k 50` and compare
-/// every step with the golden file: is our top-1 llama.cpp's greedy token, and
-/// how far are our log-probabilities of llama.cpp's top-5 from its own.
-/// Panics when the CLI fails or prints something malformed.
 /// A tag of extra CLI arguments for a scratch directory's name: runs of
 /// the same model with other arguments get a directory of their own
 /// (tests run in parallel).
@@ -396,6 +391,11 @@ fn arg_tag(extra: &[&str]) -> String {
         .collect()
 }
 
+/// Score each case's prompt + llama.cpp's greedy tokens teacher-forced with
+/// `wasm-chord perplexity -m MODEL --tokens F --json --top-k 50` and compare
+/// every step with the golden file: is our top-1 llama.cpp's greedy token, and
+/// how far are our log-probabilities of llama.cpp's top-5 from its own.
+/// Panics when the CLI fails or prints something malformed.
 pub fn teacher_forced(model: &Path, golden: &Golden) -> TeacherForced {
     teacher_forced_ctx(model, golden, None)
 }

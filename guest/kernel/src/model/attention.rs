@@ -18,6 +18,7 @@
 //! The scalar functions are the reference; the simd128 paths give the same
 //! bits (tested as wasm32).
 
+#[cfg(test)]
 use half::f16;
 
 /// `x` rounded to the nearest f16 value (ties to even), as f32: what
@@ -198,7 +199,7 @@ pub(super) fn widen_f16(dst: &mut [f32], src: &[u16]) {
     #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
     let done = 0;
     for (d, &h) in dst[done..].iter_mut().zip(&src[done..]) {
-        *d = f16::from_bits(h).to_f32();
+        *d = crate::quant::f16_to_f32(h);
     }
 }
 
@@ -307,21 +308,14 @@ pub(super) fn attend_batch_f32(
     }
     // The rows in f32: an f32 cache's own, or f16 rows widened once for
     // the passes of this kv head. Row t starts at `at(t)` of `kr`, `vr`.
-    let (direct, base) = match (kv.k, kv.v) {
-        (KvRows::F32(_), KvRows::F32(_)) => (true, 0),
-        _ => (false, sc.widen_rows(kv, hd, t_lo, t_hi)),
-    };
-    let (kr, vr, row_stride): (&[f32], &[f32], usize) = match (kv.k, kv.v, direct) {
-        (KvRows::F32(k), KvRows::F32(v), true) => (k, v, kv.kv_dim),
-        _ => (&sc.kw, &sc.vw32, hd),
-    };
-    let at = |t: usize| {
-        if direct {
-            t * kv.kv_dim + kv.kvh
-        } else {
-            (t - base) * hd
+    let (kr, vr, row_stride, t0, off): (&[f32], &[f32], usize, usize, usize) = match (kv.k, kv.v) {
+        (KvRows::F32(k), KvRows::F32(v)) => (k, v, kv.kv_dim, 0, kv.kvh),
+        _ => {
+            let t0 = sc.widen_rows(kv, hd, t_lo, t_hi);
+            (&sc.kw, &sc.vw32, hd, t0, 0)
         }
     };
+    let at = |t: usize| (t - t0) * row_stride + off;
     // 1. Every lane's scaled (soft-capped) q·k at every position of the
     //    pass; each lane then reads only its own range.
     for t in t_lo..t_hi {
@@ -717,17 +711,13 @@ mod simd {
     use core::arch::wasm32::*;
 
     /// [`super::widen_f16`] for the first `dst.len() / 8 * 8` values (the
-    /// count is returned). A value's bits sign-extended, shifted left 13
-    /// and masked are the sign, exponent and mantissa of the f32 2^-112
-    /// times the f16 (an f32 subnormal for an f16 subnormal), so one
-    /// multiply by 2^112 gives the f16 exactly. Infinities and NaNs (the
-    /// f16 exponent all ones), checked per 8 values, take f32's all-ones
-    /// exponent instead, keeping the sign and mantissa.
+    /// count is returned): [`crate::quant::f16x4_finite`] per 4 values;
+    /// infinities and NaNs (the f16 exponent all ones), checked per 8
+    /// values, take f32's all-ones exponent instead, keeping the sign and
+    /// mantissa (as [`crate::quant::f16_to_f32`]).
     #[inline(always)]
     pub fn widen_f16(dst: &mut [f32], src: &[u16]) -> usize {
         let n = dst.len().min(src.len()) / 8 * 8;
-        let scale = f32x4_splat(f32::from_bits((127 + 112) << 23));
-        let mask = u32x4_splat(0x8fff_e000);
         let exp16 = u16x8_splat(0x7c00);
         let exp32 = u32x4_splat(0x0f80_0000);
         let mut i = 0;
@@ -738,9 +728,10 @@ mod simd {
                 let special = v128_any_true(i16x8_eq(v128_and(h, exp16), exp16));
                 let halves = [i32x4_extend_low_i16x8(h), i32x4_extend_high_i16x8(h)];
                 for (j, x) in halves.into_iter().enumerate() {
-                    let y = v128_and(i32x4_shl(x, 13), mask);
-                    let mut f = f32x4_mul(y, scale);
+                    let mut f = crate::quant::f16x4_finite(x);
                     if special {
+                        // Sign, exponent and mantissa at f32's places.
+                        let y = v128_and(i32x4_shl(x, 13), u32x4_splat(0x8fff_ffff));
                         let all_ones = i32x4_eq(v128_and(y, exp32), exp32);
                         f = v128_bitselect(v128_or(y, u32x4_splat(0x7f80_0000)), f, all_ones);
                     }

@@ -60,25 +60,20 @@ impl KvStore {
     /// `n` zeroed values of `ty`, or `OutOfMemory` (naming the cache's
     /// `total` bytes) instead of an allocation abort.
     fn zeroed(ty: KvType, n: usize, total: u64) -> Result<KvStore> {
-        let oom = |_| {
-            Error::OutOfMemory(format!(
-                "cannot allocate the KV cache ({} MiB)",
-                total >> 20
-            ))
-        };
+        fn zeros<T: Clone + Default>(n: usize, total: u64) -> Result<Vec<T>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                Error::OutOfMemory(format!(
+                    "cannot allocate the KV cache ({} MiB)",
+                    total >> 20
+                ))
+            })?;
+            v.resize(n, T::default());
+            Ok(v)
+        }
         Ok(match ty {
-            KvType::F16 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(oom)?;
-                v.resize(n, 0u16);
-                KvStore::F16(v)
-            }
-            KvType::F32 => {
-                let mut v = Vec::new();
-                v.try_reserve_exact(n).map_err(oom)?;
-                v.resize(n, 0f32);
-                KvStore::F32(v)
-            }
+            KvType::F16 => KvStore::F16(zeros(n, total)?),
+            KvType::F32 => KvStore::F32(zeros(n, total)?),
         })
     }
 

@@ -280,6 +280,32 @@ pub(crate) unsafe fn splat_lane<P>(p: *const P, j: usize) -> core::arch::wasm32:
     i8x16_swizzle(v, v128_load(LANES[j & 3].as_ptr() as *const v128))
 }
 
+/// 4 finite f16, given as their bits sign-extended to i32 lanes, to f32
+/// exactly (the bits of [`f16_to_f32`]): shifted left by 13, a lane holds
+/// the sign in bit 31 and the f16 exponent and mantissa in bits 13..28
+/// (bits 28..31, copies of the sign, are cleared), i.e. the value times
+/// 2^-112 as an f32 (a subnormal for an f16 subnormal); the multiply by
+/// 2^112 is exact. An infinity or NaN comes out finite: callers rule them
+/// out or mend those lanes.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn f16x4_finite(h: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
+    f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+}
+
+/// [`f16x4_finite`] of the 4 f16 at `p` (scales, which packing checks
+/// finite).
+///
+/// # Safety
+/// `p` must point to 8 readable bytes.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) unsafe fn load_f16x4(p: *const [u8; 2]) -> core::arch::wasm32::v128 {
+    f16x4_finite(core::arch::wasm32::i32x4_load_extend_i16x4(p as *const i16))
+}
+
 /// Little-endian f16 bytes to f32.
 #[inline(always)]
 pub fn f16_le(b: [u8; 2]) -> f32 {

@@ -267,6 +267,7 @@ use simd::dot4_impl;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
     use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ8_0x4, PackKind, ROWS};
+    use crate::quant::load_f16x4;
     use crate::quant::q4_0::Q4_0;
     use crate::quant::q4_1::Q4_1;
     use crate::quant::q8::{Q8_0Act, Q8_1Act, Q8_0};
@@ -734,22 +735,6 @@ mod simd {
             w,
             crate::quant::splat_lane(base.add(off / 8 * 8), off % 8 / 2),
         )
-    }
-
-    /// 4 finite f16 at `p` to f32, exactly (the bits of
-    /// [`crate::quant::f16_to_f32`]): sign-extended to 32 bits and shifted
-    /// left by 13, a lane holds the sign in bit 31 and the f16 exponent and
-    /// mantissa in bits 13..28 (bits 28..31 are copies of the sign, cleared),
-    /// i.e. the value times 2^-112 as an f32; the multiply by 2^112 is exact.
-    /// Only for scales without Inf/NaN, which packing checks.
-    ///
-    /// # Safety
-    /// `p` must point to 8 readable bytes.
-    #[inline(always)]
-    unsafe fn load_f16x4(p: *const [u8; 2]) -> v128 {
-        let h = i32x4_load_extend_i16x4(p as *const i16);
-        let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
-        f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
     }
 
     /// The 4 rows' results (ROWS = 4 lanes).

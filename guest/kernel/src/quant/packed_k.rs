@@ -221,6 +221,7 @@ use simd::dot4_impl;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
     use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ6_Kx4, PackKind, ROWS};
+    use crate::quant::load_f16x4;
     use crate::quant::q4_k::Q4_K;
     use crate::quant::q5_0::Q5_0;
     use crate::quant::q6_k::Q6_K;
@@ -946,18 +947,6 @@ mod simd {
             w,
             crate::quant::splat_lane(base.add(off / 8 * 8), off % 8 / 2),
         )
-    }
-
-    /// 4 finite f16 at `p` to f32, exactly (the bits of
-    /// [`crate::quant::f16_to_f32`]); see `packed::simd::load_f16x4`.
-    ///
-    /// # Safety
-    /// `p` must point to 8 readable bytes.
-    #[inline(always)]
-    unsafe fn load_f16x4(p: *const [u8; 2]) -> v128 {
-        let h = i32x4_load_extend_i16x4(p as *const i16);
-        let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
-        f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
     }
 
     /// The 4 rows' results (ROWS = 4 lanes).
