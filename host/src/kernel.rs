@@ -181,12 +181,19 @@ impl Kernel {
 /// free: the compiled code checks the epoch at every loop iteration and
 /// function entry, and the launcher's app measured 1.25x the CPU time with
 /// it (SmolLM2 Q4_1 `bench -p 128 -n 64`, user time 4.13 vs 3.33 s).
+/// `WASM_CHORD_PERFMAP=1` in the environment: a perf map of the compiled
+/// code, for `perf report`.
 pub(crate) fn new_engine_with(interruptible: bool) -> Result<Engine, HostError> {
     let mut config = Config::new();
     config.cranelift_opt_level(wasmtime::OptLevel::Speed);
     config.wasm_simd(true);
     config.wasm_relaxed_simd(true);
     config.epoch_interruption(interruptible);
+    // For profiling with `perf` (docs/kernel-codegen.md): the compiled
+    // functions' names in /tmp/perf-PID.map.
+    if std::env::var_os("WASM_CHORD_PERFMAP").is_some_and(|v| v == "1") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     Engine::new(&config)
         .map_err(|e| HostError::Kernel(format!("cannot create the wasmtime engine: {e}")))
 }

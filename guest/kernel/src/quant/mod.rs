@@ -77,8 +77,8 @@ pub trait QuantKind {
     /// [`QuantKind::vec_dot`] of four rows `x` with the same `y` (a decode
     /// mat-vec, 4 rows at a time): each result has the bits of
     /// [`QuantKind::vec_dot_scalar`] of its row. `yw`: `y`'s quants widened
-    /// to i16 ([`QActs`] keeps them for the 8-bit activation types). `ysm`:
-    /// `y`'s [`q8::SignMag`] operands, or empty (Q8_0 activations of one
+    /// to i16 ([`QActs`] keeps them for the 8-bit activation types). `ypn`:
+    /// `y`'s [`q8::PosNeg`] operands, or empty (Q8_0 activations of one
     /// vector in the relaxed-SIMD build only). `in_cache`: whether the rows
     /// are assumed in cache ([`IN_CACHE`]), which suits other orders of
     /// reading them.
@@ -86,7 +86,7 @@ pub trait QuantKind {
         x: [&[Self::Block]; 4],
         y: &[Self::Act],
         _yw: &[i16],
-        _ysm: &[q8::SignMag],
+        _ypn: &[q8::PosNeg],
         _in_cache: bool,
     ) -> [f32; 4] {
         x.map(|x| Self::vec_dot(x, y))
@@ -224,19 +224,6 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(v.to_bits() | (((h & 0x8000) as u32) << 16))
 }
 
-/// [`f16_to_f32`] of four f16 (`h`: one per u32 lane, upper halves zero),
-/// lane by lane with its operations: the same bits, Inf and NaN included.
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-#[inline(always)]
-pub(crate) fn f16x4_to_f32x4(h: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
-    use core::arch::wasm32::*;
-    let mag = i32x4_shl(v128_and(h, u32x4_splat(0x7fff)), 13);
-    let v = f32x4_mul(mag, f32x4_splat(f32::from_bits(0x7780_0000)));
-    let special = i32x4_eq(v128_and(h, u32x4_splat(0x7c00)), u32x4_splat(0x7c00));
-    let v = v128_bitselect(v128_or(mag, u32x4_splat(0x7f80_0000)), v, special);
-    v128_or(v, i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
-}
-
 /// The four f32 lanes of `v`, in order.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
@@ -293,6 +280,22 @@ pub(crate) fn f16x4_finite(h: core::arch::wasm32::v128) -> core::arch::wasm32::v
     use core::arch::wasm32::*;
     let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
     f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)))
+}
+
+/// [`f16_to_f32`] of four f16 given as [`f16x4_finite`] takes them (bits
+/// sign-extended to i32 lanes), Inf and NaN included: the finite
+/// conversion, with the lanes whose exponent is all ones replaced by the
+/// f32 infinity or NaN of the same sign and (shifted) payload, as
+/// [`f16_to_f32`] makes them: its bits, lane by lane (tests).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn f16x4_any(h: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let bits = v128_and(i32x4_shl(h, 13), u32x4_splat(0x8fff_ffff));
+    let finite = f32x4_mul(bits, f32x4_splat(f32::from_bits(0x7780_0000)));
+    let exp = u32x4_splat(0x7c00);
+    let special = i32x4_eq(v128_and(h, exp), exp);
+    v128_bitselect(v128_or(bits, u32x4_splat(0x7f80_0000)), finite, special)
 }
 
 /// [`f16x4_finite`] of the 4 f16 at `p` (scales, which packing checks
@@ -397,8 +400,8 @@ pub struct QActs {
     /// vector), for the packed dots whose weights are offset (Q5_0's).
     sums: Vec<i32>,
     /// For one Q8_0 activation vector (decode) in the relaxed-SIMD build:
-    /// each block's [`q8::SignMag`] operands, for the Q8_0 weight dots.
-    signs: Vec<q8::SignMag>,
+    /// each block's [`q8::PosNeg`] operands, for the Q8_0 weight dots.
+    split: Vec<q8::PosNeg>,
     /// For one 8-bit activation vector (decode) of at most
     /// [`PAIRS_MAX_COLS`] columns: its quants as i16 with each column pair
     /// repeated four times, for the [`packed`] dots (else empty).
@@ -423,7 +426,7 @@ impl QActs {
             buf: Vec::new(),
             wide: Vec::new(),
             sums: Vec::new(),
-            signs: Vec::new(),
+            split: Vec::new(),
             pairs: Vec::new(),
         }
     }
@@ -469,15 +472,15 @@ impl QActs {
             }
             self.sums = sums;
         }
-        self.signs.clear();
+        self.split.clear();
         if A::TYPE == GgmlType::Q8_0 && n == 1 && cfg!(target_feature = "relaxed-simd") {
-            let mut signs = std::mem::take(&mut self.signs);
-            signs.extend(
+            let mut split = std::mem::take(&mut self.split);
+            split.extend(
                 self.vec::<q8::Q8_0Act>(0)
                     .iter()
-                    .map(|b| q8::SignMag::new(&b.qs)),
+                    .map(|b| q8::PosNeg::new(&b.qs)),
             );
-            self.signs = signs;
+            self.split = split;
         }
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
@@ -534,10 +537,10 @@ impl QActs {
         &self.sums[b * nb..(b + 1) * nb]
     }
 
-    /// The [`q8::SignMag`] operands of vector 0, if computed (one Q8_0
+    /// The [`q8::PosNeg`] operands of vector 0, if computed (one Q8_0
     /// vector in the relaxed-SIMD build); else empty.
-    fn signs(&self) -> &[q8::SignMag] {
-        &self.signs
+    fn split(&self) -> &[q8::PosNeg] {
+        &self.split
     }
 
     /// Number of vectors.
@@ -629,7 +632,7 @@ fn matmul_kind<K: QuantKind>(
                     [row(r0), row(r0 + 1), row(r0 + 2), row(r0 + 3)],
                     y,
                     yw,
-                    x.signs(),
+                    x.split(),
                     in_cache,
                 ));
                 r0 += 4;

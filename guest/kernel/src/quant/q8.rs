@@ -69,34 +69,29 @@ fn amax(x: &[f32]) -> f32 {
     }
 }
 
-/// A Q8_0 activation block's quants as the operands of the relaxed-SIMD
-/// "sign trick" (decode dots of Q8_0 weights): `x * y = (sign(y) * x) * |y|`,
-/// with `|y|` (0..=127, a valid 7-bit operand of
-/// `i32x4.relaxed_dot_i8x16_i7x16_add_s`, whose result is then exact and the
-/// same on every engine) and `sign(y) * x = (x ^ neg) - neg`, `neg` = -1
-/// (all ones) where `y < 0`, else 0. Computed once per activation vector
-/// ([`super::QActs`]).
-///
-/// The one product this gets wrong is `x = -128` with `y < 0` (`-128`
-/// negated wraps to `-128`): the dots using it only run on weights known to
-/// hold no -128 (checked as the dot reads them, or when packing).
+/// A Q8_0 activation block's quants split by sign, the operands of the
+/// relaxed-SIMD decode dots of Q8_0 weights ([`vec_dot4_split`]):
+/// `y = pos - neg` with `pos = max(y, 0)` and `neg = max(-y, 0)`, both in
+/// 0..=127: valid 7-bit operands of `i16x8.relaxed_dot_i8x16_i7x16_s`, whose
+/// results are then exact and the same on every engine, with the weights
+/// (any i8, -128 included) as the signed operand. Computed once per
+/// activation vector ([`super::QActs`]).
 #[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
 #[repr(C)]
-pub struct SignMag {
-    /// `|y|` per quant (0..=127).
-    pub mag: [i8; QK8],
-    /// -1 where `y < 0`, else 0.
+pub struct PosNeg {
+    /// `max(y, 0)` per quant.
+    pub pos: [i8; QK8],
+    /// `max(-y, 0)` per quant.
     pub neg: [i8; QK8],
 }
 
-impl SignMag {
-    /// The operands of the quants `qs` (each in -127..=127).
-    pub fn new(qs: &[i8; QK8]) -> SignMag {
-        SignMag {
-            // `min`: a valid 7-bit operand even for a -128 no quantizer
-            // of ours writes.
-            mag: qs.map(|q| q.unsigned_abs().min(127) as i8),
-            neg: qs.map(|q| if q < 0 { -1 } else { 0 }),
+impl PosNeg {
+    /// The operands of the quants `qs` (each in -127..=127, as every
+    /// quantizer of ours writes them; a -128 would be taken as -127).
+    pub fn new(qs: &[i8; QK8]) -> PosNeg {
+        PosNeg {
+            pos: qs.map(|q| q.max(0)),
+            neg: qs.map(|q| -(q.max(-127).min(0))),
         }
     }
 }
@@ -280,14 +275,14 @@ impl QuantKind for Q8_0 {
         x: [&[BlockQ8_0]; 4],
         y: &[Q8_0Act],
         yw: &[i16],
-        ysm: &[SignMag],
+        ypn: &[PosNeg],
         in_cache: bool,
     ) -> [f32; 4] {
         use core::arch::wasm32::*;
         let n = y.len();
         assert!(x.iter().all(|r| r.len() == n), "row lengths");
         assert_eq!(yw.len(), QK8 * n, "widened activations");
-        assert!(ysm.is_empty() || ysm.len() == n, "sign operands");
+        assert!(ypn.is_empty() || ypn.len() == n, "split operands");
         // SAFETY (both closures): reads the 32 i16 of block `b` of `yw`
         // (asserted above).
         let yv = |b: usize| -> [v128; 4] {
@@ -298,10 +293,8 @@ impl QuantKind for Q8_0 {
         };
         if in_cache {
             #[cfg(target_feature = "relaxed-simd")]
-            if !ysm.is_empty() {
-                if let Some(r) = vec_dot4_sign(x, y, ysm) {
-                    return r;
-                }
+            if !ypn.is_empty() {
+                return vec_dot4_split(x, y, ypn);
             }
             return side4(x, y, |b| {
                 let yv = yv(b);
@@ -420,63 +413,54 @@ fn add_terms4(
         i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
         i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
     );
-    let h = u32x4(
-        u16::from_le_bytes(d[0]) as u32,
-        u16::from_le_bytes(d[1]) as u32,
-        u16::from_le_bytes(d[2]) as u32,
-        u16::from_le_bytes(d[3]) as u32,
+    // Sign-extended: the lanes `f16x4_finite` takes.
+    let h = i32x4(
+        i16::from_le_bytes(d[0]) as i32,
+        i16::from_le_bytes(d[1]) as i32,
+        i16::from_le_bytes(d[2]) as i32,
+        i16::from_le_bytes(d[3]) as i32,
     );
-    let d = super::f16x4_to_f32x4(h);
+    let d = super::f16x4_any(h);
     f32x4_add(
         acc,
         f32x4_mul(f32x4_mul(d, f32x4_splat(yd)), f32x4_convert_i32x4(sumi)),
     )
 }
 
-/// [`QuantKind::vec_dot4`] of Q8_0 with relaxed SIMD and the sign trick of
-/// [`SignMag`]: per 16 quants `x` of a row, `(x ^ neg) - neg` (= `sign(y) *
-/// x` unless `x = -128` and `y < 0`) dotted with `|y|` by
-/// `i16x8.relaxed_dot_i8x16_i7x16_s` (`|y| <= 127`: a valid 7-bit operand,
-/// so the result is exact and the same on every engine; a pair sum is at
-/// most 2 * 128 * 127 = 32512 in magnitude, no i16 overflow or saturation)
-/// and widened pairwise to i32 (a block's 4 partial sums are at most
-/// 8 * 128 * 127 = 130048 each). The block's float part is that of the i16
-/// dots ([`add_terms4`]): the same bits.
+/// [`QuantKind::vec_dot4`] of Q8_0 with relaxed SIMD and the activations
+/// split by sign ([`PosNeg`]): per 16 quants `x` of a row,
+/// `i16x8.relaxed_dot_i8x16_i7x16_s(x, pos) - i16x8.relaxed_dot_i8x16_i7x16_s(x, neg)`,
+/// widened pairwise to i32. Each dot's lane is a sum of two products of an
+/// i8 and a 7-bit operand, at most 2 * 128 * 127 = 32512 in magnitude: exact
+/// in i16 (no saturation) and the same on every engine; their difference
+/// is `x[j] y[j] + x[j+1] y[j+1]`, within the same bound, so the wrapping
+/// i16 subtraction is exact too. A block's 4 partial sums per row are then
+/// at most 8 * 128 * 127 in magnitude, and its float part is that of the
+/// i16 dots ([`add_terms4`]): the scalar reference's bits, for any quants.
 ///
 /// The four rows are read side by side ([`side4`]): rows in cache only.
-/// From cache 1.2x faster than the span order with the i16 dots (60 x
-/// 4096: 21.5 vs 18.1 GMAC/s), about half of it the sign trick (the i16
-/// dots side by side: 20.3).
-///
-/// Returns `None` if any quant of the rows is -128 (the caller then runs
-/// the i16 dots): the minimum is taken of the very registers dotted, so
-/// `Some` proves every product exact, whatever wrote the bytes and when
-/// (a streamed chunk is checked as it is used; nothing is remembered).
+/// (It replaced a "sign trick", `sign(y) * x` against `|y|`, which needed
+/// a check for -128 weights on every block and cost more vector
+/// instructions per weight: 60 x 4096 from cache, see `bench_q8_0_decode`.)
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
 #[inline(always)]
-pub(super) fn vec_dot4_sign(
-    x: [&[BlockQ8_0]; 4],
-    y: &[Q8_0Act],
-    ysm: &[SignMag],
-) -> Option<[f32; 4]> {
+pub(super) fn vec_dot4_split(x: [&[BlockQ8_0]; 4], y: &[Q8_0Act], ypn: &[PosNeg]) -> [f32; 4] {
     use core::arch::wasm32::*;
-    assert_eq!(ysm.len(), y.len());
-    let mut lo = i8x16_splat(0);
-    let out = side4(x, y, |b| {
-        let sm = &ysm[b];
-        // SAFETY: each load reads 16 of the 32 bytes of `mag` or `neg`;
+    assert_eq!(ypn.len(), y.len());
+    side4(x, y, |b| {
+        let pn = &ypn[b];
+        // SAFETY: each load reads 16 of the 32 bytes of `pos` or `neg`;
         // wasm loads have no alignment requirement.
-        let (a0, a1, n0, n1) = unsafe {
-            let (ap, np) = (sm.mag.as_ptr(), sm.neg.as_ptr());
+        let (p0, p1, n0, n1) = unsafe {
+            let (pp, np) = (pn.pos.as_ptr(), pn.neg.as_ptr());
             (
-                v128_load(ap as *const v128),
-                v128_load(ap.add(16) as *const v128),
+                v128_load(pp as *const v128),
+                v128_load(pp.add(16) as *const v128),
                 v128_load(np as *const v128),
                 v128_load(np.add(16) as *const v128),
             )
         };
-        // (Array `map`s here were left as calls by the compiler.)
-        let mut row = |r: usize| {
+        let row = |r: usize| {
             // SAFETY: each load reads 16 of the 32 bytes of `qs`.
             let (x0, x1) = unsafe {
                 let xp = x[r][b].qs.as_ptr();
@@ -485,15 +469,19 @@ pub(super) fn vec_dot4_sign(
                     v128_load(xp.add(16) as *const v128),
                 )
             };
-            lo = i8x16_min(lo, i8x16_min(x0, x1));
-            let s0 = i8x16_sub(v128_xor(x0, n0), n0);
-            let s1 = i8x16_sub(v128_xor(x1, n1), n1);
+            let d0 = i16x8_sub(
+                i16x8_relaxed_dot_i8x16_i7x16(x0, p0),
+                i16x8_relaxed_dot_i8x16_i7x16(x0, n0),
+            );
+            let d1 = i16x8_sub(
+                i16x8_relaxed_dot_i8x16_i7x16(x1, p1),
+                i16x8_relaxed_dot_i8x16_i7x16(x1, n1),
+            );
             i32x4_add(
-                i32x4_extadd_pairwise_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s0, a0)),
-                i32x4_extadd_pairwise_i16x8(i16x8_relaxed_dot_i8x16_i7x16(s1, a1)),
+                i32x4_extadd_pairwise_i16x8(d0),
+                i32x4_extadd_pairwise_i16x8(d1),
             )
         };
         [row(0), row(1), row(2), row(3)]
-    });
-    (!v128_any_true(i8x16_eq(lo, i8x16_splat(i8::MIN)))).then_some(out)
+    })
 }

@@ -103,6 +103,32 @@ fn f16_conversion_is_exact() {
     }
 }
 
+/// The four-lane conversion of the Q8_0 decode dots' scales has the scalar
+/// conversion's bits for every f16, in every lane (as wasm32).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[test]
+fn f16x4_any_is_f16_to_f32() {
+    use core::arch::wasm32::*;
+    for h in (0..=u16::MAX).step_by(4) {
+        let hs: [u16; 4] = std::array::from_fn(|k| h + k as u16);
+        let lanes = i32x4(
+            hs[0] as i16 as i32,
+            hs[1] as i16 as i32,
+            hs[2] as i16 as i32,
+            hs[3] as i16 as i32,
+        );
+        let got = f32x4_lanes(super::f16x4_any(lanes));
+        for k in 0..4 {
+            assert_eq!(
+                got[k].to_bits(),
+                f16_to_f32(hs[k]).to_bits(),
+                "{:#x} in lane {k}",
+                hs[k]
+            );
+        }
+    }
+}
+
 #[test]
 fn vec_dot_types_match_ggml() {
     use GgmlType::*;
@@ -947,7 +973,13 @@ fn bench_matmul_output() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(262144);
-    let (ty, cols) = (GgmlType::Q8_0, 640);
+    // `Q8COLS=4032 Q8ROWS=49152`: the output layer of the padded 5.7 GB
+    // SmolLM2 (`make_padded_gguf.py`).
+    let cols: usize = std::env::var("Q8COLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(640);
+    let ty = GgmlType::Q8_0;
     let data = random_matrix(ty, rows, cols, &mut rng);
     let p = packed_copy(ty, rows, cols, &data);
     let w = QTensor::new(ty, rows, cols, &data).unwrap();
@@ -1408,8 +1440,8 @@ fn q8_0_rows(rows: usize, nb: usize, q: impl Fn(usize) -> i8) -> Vec<u8> {
 /// activations that quantize to all +127, all -127, alternating +-127, or
 /// random (negative ones included); rows of 1, 2 and 3 spans of the
 /// simd128 dot (32 blocks), row counts with a tail. Every row has the bits
-/// of the scalar reference, unpacked and packed, for one vector (the
-/// relaxed-SIMD sign trick, which must refuse rows with -128) and two.
+/// of the scalar reference, unpacked and packed, for one vector (in the
+/// relaxed-SIMD build the split dot, [`q8::vec_dot4_split`]) and two.
 #[test]
 fn q8_0_decode_extreme_quants() {
     let mut state = 0x853c_49e6_748f_ea9bu64;
@@ -1455,13 +1487,12 @@ fn q8_0_decode_extreme_quants() {
     }
 }
 
-/// The relaxed-SIMD sign-trick dot serves rows without -128 (with the
-/// scalar reference's bits, negative activations included) and refuses any
-/// rows holding a -128, wherever it is: with a negative activation there
-/// the trick's product would be wrong.
+/// The relaxed-SIMD split dot (activations split by sign) has the scalar
+/// reference's bits on rows with negative activations and with -128
+/// weights anywhere (the sign trick it replaced had to refuse those).
 #[cfg(target_feature = "relaxed-simd")]
 #[test]
-fn q8_0_sign_trick_refuses_minus_128() {
+fn q8_0_split_dot_serves_minus_128() {
     let mut rng = Lcg(22);
     let nb = 40;
     let cols = 32 * nb;
@@ -1471,28 +1502,34 @@ fn q8_0_sign_trick_refuses_minus_128() {
     a.quantize(GgmlType::Q8_0, &x, 1, cols);
     let y = a.vec::<q8::Q8_0Act>(0);
     assert!(y.iter().any(|b| b.qs.iter().any(|&q| q < 0)));
-    let ysm = a.signs();
+    let ypn = a.split();
     assert_eq!(
-        ysm.len(),
+        ypn.len(),
         nb,
-        "the relaxed build computes the sign operands"
+        "the relaxed build computes the split operands"
     );
     let dot = |data: &[u8]| {
         let blocks: &[q8::BlockQ8_0] = bytemuck::cast_slice(data);
         let rows: [&[q8::BlockQ8_0]; 4] = std::array::from_fn(|r| &blocks[r * nb..(r + 1) * nb]);
         let want = rows.map(|r| q8::Q8_0::vec_dot_scalar(r, y).to_bits());
-        (
-            q8::vec_dot4_sign(rows, y, ysm).map(|o| o.map(f32::to_bits)),
-            want,
-        )
+        (q8::vec_dot4_split(rows, y, ypn).map(f32::to_bits), want)
     };
     let (got, want) = dot(&data);
-    assert_eq!(got, Some(want), "served");
+    assert_eq!(got, want);
+    let mut d = data.clone();
     for (r, b, j) in [(0, 0, 0), (1, 17, 31), (2, 39, 16), (3, 20, 5)] {
-        let mut d = data.clone();
         d[(r * nb + b) * 34 + 2 + j] = 0x80;
-        assert_eq!(dot(&d).0, None, "row {r} block {b} quant {j}: refused");
+        let (got, want) = dot(&d);
+        assert_eq!(got, want, "-128 at row {r} block {b} quant {j}");
     }
+    // Every quant of every row -128, against activations of both signs.
+    for r in 0..4 {
+        for b in 0..nb {
+            d[(r * nb + b) * 34 + 2..(r * nb + b + 1) * 34].fill(0x80);
+        }
+    }
+    let (got, want) = dot(&d);
+    assert_eq!(got, want, "all -128");
 }
 
 /// One Q8_0 decode mat-vec, unpacked and packed, has the same bits in every
