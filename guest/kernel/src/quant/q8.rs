@@ -91,7 +91,7 @@ impl PosNeg {
     pub fn new(qs: &[i8; QK8]) -> PosNeg {
         PosNeg {
             pos: qs.map(|q| q.max(0)),
-            neg: qs.map(|q| -(q.max(-127).min(0))),
+            neg: qs.map(|q| -q.clamp(-127, 0)),
         }
     }
 }
