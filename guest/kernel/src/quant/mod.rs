@@ -406,6 +406,10 @@ pub struct QActs {
     /// [`PAIRS_MAX_COLS`] columns: its quants as i16 with each column pair
     /// repeated four times, for the [`packed`] dots (else empty).
     pairs: Vec<i16>,
+    /// For one Q8_0 activation vector (decode) of at most
+    /// [`QUADS_MAX_COLS`] columns in the relaxed-SIMD build: [`q8_quads`]
+    /// of its [`q8::PosNeg`] operands, for the packed Q8_0 dots (else empty).
+    quads: Vec<i8>,
 }
 
 impl Default for QActs {
@@ -428,6 +432,7 @@ impl QActs {
             sums: Vec::new(),
             split: Vec::new(),
             pairs: Vec::new(),
+            quads: Vec::new(),
         }
     }
 
@@ -482,6 +487,12 @@ impl QActs {
             );
             self.split = split;
         }
+        self.quads.clear();
+        if !self.split.is_empty() && cols <= QUADS_MAX_COLS {
+            let mut quads = std::mem::take(&mut self.quads);
+            q8_quads(&self.split, &mut quads);
+            self.quads = quads;
+        }
         match A::TYPE {
             GgmlType::Q8_0 => self.widen(|b: &q8::Q8_0Act| b.qs),
             GgmlType::Q8_1 => self.widen(|b: &q8::Q8_1Act| b.qs),
@@ -492,11 +503,11 @@ impl QActs {
         // Only while the pairs (4 * cols i16) fit L1 beside the weights
         // streaming past: for the 5.7 GB model's 4032- and 10752-column
         // rows the splat loads are faster (decode 2.27 vs 2.0 tokens/s).
-        // Q8_1 activations feed Q4_1 weights only, whose relaxed-SIMD
-        // one-vector dot does not read them.
+        // Q8_0 activations feed Q4_0 weights, Q8_1 ones Q4_1 weights,
+        // whose relaxed-SIMD one-vector dots do not read them (packed Q8_0
+        // weights take the `quads`, Q5_0 ones neither).
         let readers = match A::TYPE {
-            GgmlType::Q8_0 => true,
-            GgmlType::Q8_1 => !cfg!(target_feature = "relaxed-simd"),
+            GgmlType::Q8_0 | GgmlType::Q8_1 => !cfg!(target_feature = "relaxed-simd"),
             _ => false,
         };
         if n == 1 && cols <= PAIRS_MAX_COLS && readers {
@@ -602,6 +613,30 @@ pub const GROUP_ROWS: usize = packed::ROWS;
 /// Columns up to which one activation vector gets its
 /// [`packed::PackKind::dot1`] pairs (16 KB of them).
 const PAIRS_MAX_COLS: usize = 2048;
+
+/// Columns up to which one Q8_0 activation vector gets its quads for the
+/// packed Q8_0 decode dot (8 bytes per column: 16 KB). With 4032 columns
+/// (32 KB, most of L1) the dot ran at half the speed of the i16 one.
+const QUADS_MAX_COLS: usize = 2048;
+
+/// The operands of the relaxed-SIMD packed Q8_0 decode dot
+/// (`packed::simd::dot1_q8_split`) from a vector's [`q8::PosNeg`]: per
+/// block, for each quad `c` of 4 columns, `pos[4c..4c + 4]` four times
+/// (16 bytes, one per row of a packed group), the 8 quads, then the same
+/// of `neg`: 256 bytes.
+pub(crate) fn q8_quads(split: &[q8::PosNeg], out: &mut Vec<i8>) {
+    out.clear();
+    out.reserve(256 * split.len());
+    for pn in split {
+        for half in [&pn.pos, &pn.neg] {
+            for quad in half.chunks_exact(4) {
+                for _ in 0..packed::ROWS {
+                    out.extend_from_slice(quad);
+                }
+            }
+        }
+    }
+}
 
 /// Rows per tile when several vectors are multiplied.
 const ROW_TILE: usize = 8;
@@ -713,7 +748,7 @@ fn dot4_into<K: packed::PackKind, const T: usize>(
     let ys: [&[i32]; T] = std::array::from_fn(|t| x.sums(b + t));
     if T == 1 && x.n == 1 {
         let at = b * rows + g * ROWS;
-        out[at..at + ROWS].copy_from_slice(&K::dot1(group, y[0], yw[0], &x.pairs, ys[0]));
+        out[at..at + ROWS].copy_from_slice(&K::dot1(group, y[0], yw[0], &x.pairs, &x.quads, ys[0]));
         return T;
     }
     for (t, o) in K::dot4_sums(group, y, yw, ys).iter().enumerate() {

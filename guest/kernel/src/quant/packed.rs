@@ -6,9 +6,11 @@
 //! `rows % 4` tail rows in the GGUF layout. A group is `nb` (blocks per row)
 //! group blocks; group block `b` holds block `b` of its 4 rows: their f16
 //! scales (and Q4_1's minimums) side by side, then their quants interleaved
-//! two bytes at a time (`qs[8 c + 2 r + e]` = row `r`'s `qs[2 c + e]`). The
-//! packed bytes take exactly the space of the rows they replace, so packing
-//! is done in place.
+//! two bytes at a time (`qs[8 c + 2 r + e]` = row `r`'s `qs[2 c + e]`);
+//! Q8_0's four bytes at a time (`qs[16 c + 4 r + e]` = row `r`'s
+//! `qs[4 c + e]`, [`interleave4`]), which its dots take a quad of columns at
+//! a time ([`simd::dot4_q8`], [`simd::dot1_q8_split`]). The packed bytes take
+//! exactly the space of the rows they replace, so packing is done in place.
 //!
 //! With the activations extended to i16 once per matmul, each 8 weights
 //! widened to i16 (two columns of four rows) meet a splat of the two
@@ -62,11 +64,20 @@ pub trait PackKind: QuantKind {
     /// One vector (decode): [`PackKind::dot4_sums`] for `T = 1`, given also
     /// `yp`, the vector's quants as i16 with each column pair repeated four
     /// times (`4 * BLOCK` per block, empty if not computed), which the
-    /// simd128 dots of this module load whole where they would splat; the
+    /// simd128 dots of this module load whole where they would splat, and
+    /// `yq`, its Q8_0 quants split by sign with each column quad repeated
+    /// four times ([`super::QActs`], relaxed SIMD only, else empty); the
     /// same bits.
     #[inline(always)]
-    fn dot1(g: &[Self::Group], y: &[Self::Act], yw: &[i16], yp: &[i16], ys: &[i32]) -> [f32; ROWS] {
-        let _ = yp;
+    fn dot1(
+        g: &[Self::Group],
+        y: &[Self::Act],
+        yw: &[i16],
+        yp: &[i16],
+        yq: &[i8],
+        ys: &[i32],
+    ) -> [f32; ROWS] {
+        let _ = (yp, yq);
         Self::dot4_sums::<1>(g, [y], [yw], [ys])[0]
     }
 }
@@ -82,6 +93,7 @@ macro_rules! dot1_pairs_where {
             y: &[Self::Act],
             yw: &[i16],
             yp: &[i16],
+            _yq: &[i8],
             ys: &[i32],
         ) -> [f32; ROWS] {
             #[cfg(all(target_arch = "wasm32", target_feature = "simd128", $cfg))]
@@ -138,6 +150,28 @@ pub(super) fn interleave<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS])
             out[8 * c + 2 * r] = row[2 * c];
             out[8 * c + 2 * r + 1] = row[2 * c + 1];
         }
+    }
+    out
+}
+
+/// Interleave 4 rows' quant bytes four at a time (Q8_0's layout:
+/// `qs[16 c + 4 r + e]` = row `r`'s `qs[4 c + e]`).
+pub(super) fn interleave4<const N: usize, const M: usize>(rows: [&[u8; N]; ROWS]) -> [u8; M] {
+    debug_assert_eq!(M, N * ROWS);
+    let mut out = [0u8; M];
+    for c in 0..N / 4 {
+        for (r, row) in rows.iter().enumerate() {
+            out[16 * c + 4 * r..16 * c + 4 * r + 4].copy_from_slice(&row[4 * c..4 * c + 4]);
+        }
+    }
+    out
+}
+
+/// Lane `r`'s bytes of [`interleave4`]d quants.
+pub(super) fn deinterleave4<const N: usize, const M: usize>(qs: &[u8; M], r: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    for c in 0..N / 4 {
+        out[4 * c..4 * c + 4].copy_from_slice(&qs[16 * c + 4 * r..16 * c + 4 * r + 4]);
     }
     out
 }
@@ -219,7 +253,7 @@ impl PackKind for Q8_0 {
     fn pack(rows: [&BlockQ8_0; ROWS]) -> BlockQ8_0x4 {
         BlockQ8_0x4 {
             d: rows.map(|b| b.d),
-            qs: interleave(rows.map(|b| bytemuck::cast_ref::<_, [u8; 32]>(&b.qs))),
+            qs: interleave4(rows.map(|b| bytemuck::cast_ref::<_, [u8; 32]>(&b.qs))),
         }
     }
     fn finite(b: &BlockQ8_0) -> bool {
@@ -228,7 +262,7 @@ impl PackKind for Q8_0 {
     fn unpack(g: &BlockQ8_0x4, r: usize) -> BlockQ8_0 {
         BlockQ8_0 {
             d: g.d[r],
-            qs: bytemuck::cast(deinterleave::<32, 128>(&g.qs, r)),
+            qs: bytemuck::cast(deinterleave4::<32, 128>(&g.qs, r)),
         }
     }
     fn dot4<const T: usize>(
@@ -236,9 +270,27 @@ impl PackKind for Q8_0 {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return simd::dot4_q8::<T>(g, y, yw);
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         dot4_impl::<Self, T>(g, y, yw)
     }
-    dot1_pairs_where!(target_feature = "simd128");
+    #[inline(always)]
+    fn dot1(
+        g: &[Self::Group],
+        y: &[Self::Act],
+        yw: &[i16],
+        _yp: &[i16],
+        yq: &[i8],
+        _ys: &[i32],
+    ) -> [f32; ROWS] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        if !yq.is_empty() {
+            return simd::dot1_q8_split(g, y, yq);
+        }
+        let _ = yq;
+        Self::dot4::<1>(g, [y], [yw])[0]
+    }
 }
 
 /// The scalar [`PackKind::dot4`]: each lane's row unpacked and dotted with
@@ -270,7 +322,7 @@ mod simd {
     use crate::quant::load_f16x4;
     use crate::quant::q4_0::Q4_0;
     use crate::quant::q4_1::Q4_1;
-    use crate::quant::q8::{Q8_0Act, Q8_1Act, Q8_0};
+    use crate::quant::q8::{Q8_0Act, Q8_1Act};
     use core::arch::wasm32::*;
 
     /// The SIMD parts of a packed type.
@@ -383,47 +435,6 @@ mod simd {
         #[cfg(target_feature = "relaxed-simd")]
         #[inline(always)]
         fn nibbles(g: &BlockQ4_1x4) -> *const u8 {
-            g.qs.as_ptr()
-        }
-    }
-
-    impl Simd4 for Q8_0 {
-        #[inline(always)]
-        unsafe fn weights(g: &BlockQ8_0x4, k: usize) -> ([v128; 4], [usize; 4]) {
-            let q0 = v128_load(g.qs.as_ptr().add(32 * k) as *const v128);
-            let q1 = v128_load(g.qs.as_ptr().add(32 * k + 16) as *const v128);
-            (
-                [
-                    i16x8_extend_low_i8x16(q0),
-                    i16x8_extend_high_i8x16(q0),
-                    i16x8_extend_low_i8x16(q1),
-                    i16x8_extend_high_i8x16(q1),
-                ],
-                [8 * k, 8 * k + 2, 8 * k + 4, 8 * k + 6],
-            )
-        }
-        #[inline(always)]
-        unsafe fn scales(g: &BlockQ8_0x4) -> (v128, v128) {
-            (load_f16x4(g.d.as_ptr()), f32x4_splat(0.0))
-        }
-        #[inline(always)]
-        fn term(d: v128, _m: v128, sumi: v128, y: &Q8_0Act) -> v128 {
-            f32x4_mul(f32x4_mul(d, f32x4_splat(y.d)), f32x4_convert_i32x4(sumi))
-        }
-        // Signed 8-bit weights are no 7-bit operand (|-128| is not either):
-        // Q8_0 keeps the i16 dots.
-        #[cfg(target_feature = "relaxed-simd")]
-        const RELAXED: bool = false;
-        #[cfg(target_feature = "relaxed-simd")]
-        const BIAS: i32 = 0;
-        #[cfg(target_feature = "relaxed-simd")]
-        #[inline(always)]
-        fn qs(y: &Q8_0Act) -> &[i8; 32] {
-            &y.qs
-        }
-        #[cfg(target_feature = "relaxed-simd")]
-        #[inline(always)]
-        fn nibbles(g: &BlockQ8_0x4) -> *const u8 {
             g.qs.as_ptr()
         }
     }
@@ -698,6 +709,8 @@ mod simd {
     /// each column pair's activations loaded whole from `yp` (the pair
     /// repeated four times, a v128 per pair) rather than splat from the
     /// vector's i16 quants: a load the dot can take as its memory operand.
+    /// (Q4_0 and Q4_1 in the simd128 build only.)
+    #[cfg(not(target_feature = "relaxed-simd"))]
     #[inline(always)]
     pub fn dot1_pairs<K: Simd4>(g: &[K::Group], y: &[K::Act], yp: &[i16]) -> [f32; ROWS] {
         assert!(y.len() == g.len() && yp.len() == 128 * g.len());
@@ -735,6 +748,128 @@ mod simd {
             w,
             crate::quant::splat_lane(base.add(off / 8 * 8), off % 8 / 2),
         )
+    }
+
+    /// [`PackKind::dot4`] of Q8_0 (quants interleaved four bytes at a
+    /// time): per 16 bytes (4 rows x 4 columns, a quad), the weights
+    /// widened to i16 once for all `T` vectors (rows 0-1 low, 2-3 high),
+    /// each vector's quad of i16 activations in both halves of a register
+    /// (a whole load and one shuffle), `i32x4.dot_i16x8_s` giving each
+    /// row's two column pairs; at the block's end the pairs of a row are
+    /// added (exact integers: at most 32 * 128 * 127) and the term is the
+    /// scalar reference's, `(d_x * d_y) * sumi`, lane by lane: its bits.
+    /// The quad splat takes one shuffle where the two-byte layout took one
+    /// per column pair.
+    #[inline(always)]
+    pub fn dot4_q8<const T: usize>(
+        g: &[BlockQ8_0x4],
+        y: [&[Q8_0Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        for t in 0..T {
+            assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
+        }
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            let mut lo = [i32x4_splat(0); T];
+            let mut hi = [i32x4_splat(0); T];
+            let mut quads = |c2: usize| {
+                // SAFETY: `c2 < 4`: quads 2 c2 and 2 c2 + 1 are bytes
+                // 32 c2..32 c2 + 32 of the 128 of `qs`, and i16
+                // 32 b + 8 c2..+ 8 of `yw[t]` (32 per block, asserted).
+                unsafe {
+                    let q = bx.qs.as_ptr().add(32 * c2);
+                    let w0 = v128_load(q as *const v128);
+                    let w1 = v128_load(q.add(16) as *const v128);
+                    let (l0, h0) = (i16x8_extend_low_i8x16(w0), i16x8_extend_high_i8x16(w0));
+                    let (l1, h1) = (i16x8_extend_low_i8x16(w1), i16x8_extend_high_i8x16(w1));
+                    for t in 0..T {
+                        let a = v128_load(yw[t].as_ptr().add(32 * b + 8 * c2) as *const v128);
+                        let a0 = i64x2_shuffle::<0, 0>(a, a);
+                        let a1 = i64x2_shuffle::<1, 1>(a, a);
+                        lo[t] = i32x4_add(
+                            lo[t],
+                            i32x4_add(i32x4_dot_i16x8(l0, a0), i32x4_dot_i16x8(l1, a1)),
+                        );
+                        hi[t] = i32x4_add(
+                            hi[t],
+                            i32x4_add(i32x4_dot_i16x8(h0, a0), i32x4_dot_i16x8(h1, a1)),
+                        );
+                    }
+                }
+            };
+            // (Not unrolled, as in `dot1_q8_split`.)
+            let mut c2 = 0;
+            while c2 < 4 {
+                quads(c2);
+                c2 += core::hint::black_box(1);
+            }
+            // SAFETY: reads `bx`'s 4 scales, finite (checked when packing).
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            for t in 0..T {
+                let sumi = i32x4_add(
+                    i32x4_shuffle::<0, 2, 4, 6>(lo[t], hi[t]),
+                    i32x4_shuffle::<1, 3, 5, 7>(lo[t], hi[t]),
+                );
+                acc[t] = f32x4_add(
+                    acc[t],
+                    f32x4_mul(
+                        f32x4_mul(d, f32x4_splat(y[t][b].d)),
+                        f32x4_convert_i32x4(sumi),
+                    ),
+                );
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// One vector's [`PackKind::dot1`] of Q8_0 with relaxed SIMD, the
+    /// activations split by sign as in [`crate::quant::q8::PosNeg`] and laid
+    /// out by [`crate::quant::q8_quads`] (per block 8 quads of `max(y, 0)`,
+    /// then 8 of `max(-y, 0)`, each 4 bytes repeated for the 4 rows): per 16
+    /// bytes of weights, `relaxed_dot(x, pos) - relaxed_dot(x, neg)` (i16
+    /// lanes: a row's column pair; both dots exact with a 7-bit operand,
+    /// each lane and their difference at most 32512 in magnitude) widened
+    /// pairwise: the four rows' sums of the quad, lane by lane. The term is
+    /// [`dot4_q8`]'s: the same bits.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn dot1_q8_split(g: &[BlockQ8_0x4], y: &[Q8_0Act], yq: &[i8]) -> [f32; ROWS] {
+        assert!(y.len() == g.len() && yq.len() == 256 * g.len());
+        let mut acc = f32x4_splat(0.0);
+        for (b, bx) in g.iter().enumerate() {
+            // SAFETY: 16 c < 128 bytes of `qs`; 256 bytes of `yq` per block
+            // (asserted).
+            let quad = |c: usize| unsafe {
+                let w = v128_load(bx.qs.as_ptr().add(16 * c) as *const v128);
+                let a = yq.as_ptr().add(256 * b + 16 * c);
+                let p = v128_load(a as *const v128);
+                let n = v128_load(a.add(128) as *const v128);
+                i32x4_extadd_pairwise_i16x8(i16x8_sub(
+                    i16x8_relaxed_dot_i8x16_i7x16(w, p),
+                    i16x8_relaxed_dot_i8x16_i7x16(w, n),
+                ))
+            };
+            // A loop the compiler does not unroll: unrolled, all 24 loads
+            // were scheduled first and spilled (measured slower).
+            let (mut s0, mut s1) = (i32x4_splat(0), i32x4_splat(0));
+            let mut c = 0;
+            while c < 8 {
+                s0 = i32x4_add(s0, quad(c));
+                s1 = i32x4_add(s1, quad(c + 1));
+                c += core::hint::black_box(2);
+            }
+            // SAFETY: reads `bx`'s 4 scales, finite (checked when packing).
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            acc = f32x4_add(
+                acc,
+                f32x4_mul(
+                    f32x4_mul(d, f32x4_splat(y[b].d)),
+                    f32x4_convert_i32x4(i32x4_add(s0, s1)),
+                ),
+            );
+        }
+        lanes(acc)
     }
 
     /// The 4 rows' results (ROWS = 4 lanes).
