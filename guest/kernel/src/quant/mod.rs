@@ -598,7 +598,7 @@ fn check_shapes(out: &[f32], w: &QTensor, x: &QActs) {
 /// cache, as a streamed chunk (at most [`STREAM_CHUNK`] bytes, just copied
 /// in by the host) is: the Q8_0 decode dots then read 4 rows side by side,
 /// from cache 1.12x faster than row by row (simd128; relaxed SIMD with the
-/// sign trick 1.2x: 60 x 4096, 256 KB: 21 vs 17.5 GMAC/s) but from DRAM
+/// activations split by sign 1.4x: 60 x 4096, 256 KB: 25 vs 17.5 GMAC/s) but from DRAM
 /// 3.5x slower (262144 x 640: 4.6 vs 16.1 GMAC/s), as the hardware
 /// prefetcher loses track.
 ///

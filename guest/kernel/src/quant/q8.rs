@@ -268,8 +268,8 @@ impl QuantKind for Q8_0 {
     /// order ([`add_terms4`]), so every row has its bits.
     ///
     /// Rows in cache are read side by side ([`side4`]), in the
-    /// relaxed-SIMD build given `ysm` first with the sign trick
-    /// ([`vec_dot4_sign`]), which gives up on rows holding a -128 quant.
+    /// relaxed-SIMD build given `ypn` with the activations split by sign
+    /// ([`vec_dot4_split`]).
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     fn vec_dot4(
         x: [&[BlockQ8_0]; 4],
