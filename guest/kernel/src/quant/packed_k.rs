@@ -655,7 +655,11 @@ mod simd {
     }
 
     /// One group block, `T` vectors: the codes shuffled to 4 rows x 4
-    /// columns once, each vector's 4 activations splat.
+    /// columns once (8 registers), then vector by vector its 32
+    /// activations loaded whole and each 4 of them broadcast by a shuffle
+    /// (one instruction; a splat load is two in wasmtime's x64 code), the
+    /// vector's term finished before the next one (a vector at a time keeps
+    /// every value in a register).
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn q5_0_relaxed_block<const T: usize>(
@@ -671,30 +675,43 @@ mod simd {
         fn rows(q: v128) -> v128 {
             i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
         }
-        let mut lo = [i16x8_splat(0); T];
-        let mut hi = [i16x8_splat(0); T];
-        let codes = q5_0_codes(bx);
-        for (k, &(wl, wh)) in codes.iter().enumerate() {
-            let (wl, wh) = (rows(wl), rows(wh));
-            for t in 0..T {
-                let qs = y[t][b].qs.as_ptr();
-                // SAFETY: columns 4k..4k+4 and 16+4k..16+4k+4 of 32.
-                let (a0, a1) = unsafe {
-                    (
-                        v128_load32_splat(qs.add(4 * k) as *const u32),
-                        v128_load32_splat(qs.add(16 + 4 * k) as *const u32),
-                    )
-                };
-                lo[t] = i16x8_add(lo[t], i16x8_relaxed_dot_i8x16_i7x16(a0, wl));
-                hi[t] = i16x8_add(hi[t], i16x8_relaxed_dot_i8x16_i7x16(a1, wh));
-            }
-        }
+        let codes = q5_0_codes(bx).map(|(wl, wh)| (rows(wl), rows(wh)));
         // SAFETY: reads the 8-byte `d`.
         let d = unsafe { load_f16x4(bx.d.as_ptr()) };
         let one = i16x8_splat(1);
         for t in 0..T {
+            let qs = y[t][b].qs.as_ptr();
+            // SAFETY: the 32 quants.
+            let (y0, y1) = unsafe {
+                (
+                    v128_load(qs as *const v128),
+                    v128_load(qs.add(16) as *const v128),
+                )
+            };
+            let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+            // Columns 4k..4k + 4 (and 16 + 4k..) in every 32-bit lane.
+            let lo = i16x8_add(
+                i16x8_add(
+                    dot(codes[0].0, i32x4_shuffle::<0, 0, 0, 0>(y0, y0)),
+                    dot(codes[1].0, i32x4_shuffle::<1, 1, 1, 1>(y0, y0)),
+                ),
+                i16x8_add(
+                    dot(codes[2].0, i32x4_shuffle::<2, 2, 2, 2>(y0, y0)),
+                    dot(codes[3].0, i32x4_shuffle::<3, 3, 3, 3>(y0, y0)),
+                ),
+            );
+            let hi = i16x8_add(
+                i16x8_add(
+                    dot(codes[0].1, i32x4_shuffle::<0, 0, 0, 0>(y1, y1)),
+                    dot(codes[1].1, i32x4_shuffle::<1, 1, 1, 1>(y1, y1)),
+                ),
+                i16x8_add(
+                    dot(codes[2].1, i32x4_shuffle::<2, 2, 2, 2>(y1, y1)),
+                    dot(codes[3].1, i32x4_shuffle::<3, 3, 3, 3>(y1, y1)),
+                ),
+            );
             // Adjacent i16 lanes are one row's.
-            let sumi = i32x4_add(i32x4_dot_i16x8(lo[t], one), i32x4_dot_i16x8(hi[t], one));
+            let sumi = i32x4_add(i32x4_dot_i16x8(lo, one), i32x4_dot_i16x8(hi, one));
             let sumi = i32x4_sub(sumi, i32x4_splat(16 * ys[t][b]));
             let term = f32x4_mul(
                 f32x4_mul(d, f32x4_splat(y[t][b].d)),
