@@ -774,21 +774,51 @@ mod simd {
         let m4 = u8x16_splat(0x0f);
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
-        for p in 0..8 {
-            // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`.
-            let q = unsafe { v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128) };
-            let (wl, wh) = (rows(v128_and(q, m4)), rows(u8x16_shr(q, 4)));
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        // Parts 4h..4h + 4: their nibbles shuffled once (8 registers), then
+        // a vector at a time, its 16 activations of those columns (and the
+        // 16 of the high nibbles') loaded whole and broadcast 4 at a time by
+        // a shuffle (a splat load is two instructions in wasmtime's x64
+        // code).
+        for h in 0..2 {
+            let w: [(v128, v128); 4] = std::array::from_fn(|i| {
+                // SAFETY: 16 bytes at 128k + 16 (4h + i) < 512 of `qs`.
+                let q = unsafe {
+                    v128_load(bx.qs.as_ptr().add(128 * k + 16 * (4 * h + i)) as *const v128)
+                };
+                (rows(v128_and(q, m4)), rows(u8x16_shr(q, 4)))
+            });
             for t in 0..T {
                 let qs = y[t][b].qs.as_ptr();
-                // SAFETY: columns 64k + 4p + 0..4 and + 32 of 256.
-                let (a0, a1) = unsafe {
+                // SAFETY: columns 64k + 16h + 0..16 and + 32 of 256.
+                let (y0, y1) = unsafe {
                     (
-                        v128_load32_splat(qs.add(64 * k + 4 * p) as *const u32),
-                        v128_load32_splat(qs.add(64 * k + 32 + 4 * p) as *const u32),
+                        v128_load(qs.add(64 * k + 16 * h) as *const v128),
+                        v128_load(qs.add(64 * k + 32 + 16 * h) as *const v128),
                     )
                 };
-                lo[t] = i16x8_add(lo[t], i16x8_relaxed_dot_i8x16_i7x16(a0, wl));
-                hi[t] = i16x8_add(hi[t], i16x8_relaxed_dot_i8x16_i7x16(a1, wh));
+                let l = i16x8_add(
+                    i16x8_add(
+                        dot(w[0].0, i32x4_shuffle::<0, 0, 0, 0>(y0, y0)),
+                        dot(w[1].0, i32x4_shuffle::<1, 1, 1, 1>(y0, y0)),
+                    ),
+                    i16x8_add(
+                        dot(w[2].0, i32x4_shuffle::<2, 2, 2, 2>(y0, y0)),
+                        dot(w[3].0, i32x4_shuffle::<3, 3, 3, 3>(y0, y0)),
+                    ),
+                );
+                let hh = i16x8_add(
+                    i16x8_add(
+                        dot(w[0].1, i32x4_shuffle::<0, 0, 0, 0>(y1, y1)),
+                        dot(w[1].1, i32x4_shuffle::<1, 1, 1, 1>(y1, y1)),
+                    ),
+                    i16x8_add(
+                        dot(w[2].1, i32x4_shuffle::<2, 2, 2, 2>(y1, y1)),
+                        dot(w[3].1, i32x4_shuffle::<3, 3, 3, 3>(y1, y1)),
+                    ),
+                );
+                lo[t] = i16x8_add(lo[t], l);
+                hi[t] = i16x8_add(hi[t], hh);
             }
         }
         // Adjacent i16 lanes are one row's.
