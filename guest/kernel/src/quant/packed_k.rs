@@ -199,14 +199,19 @@ impl PackKind for Q6_K {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
-        // One vector (decode): relaxed SIMD. Several: the simd128 dots, which
-        // measured faster than relaxed ones splatting each vector's
-        // activations (0.72x vs 0.65x of the unpacked batched dots).
+        // Relaxed SIMD: one vector (decode) and several (the codes of a
+        // sub-block made once for all of them, each vector's activations
+        // shuffled in register).
         #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        if T == 1 {
-            let one = simd::q6_k_relaxed1(g, y[0]);
-            return std::array::from_fn(|_| one);
+        {
+            let _ = yw;
+            if T == 1 {
+                let one = simd::q6_k_relaxed1(g, y[0]);
+                return std::array::from_fn(|_| one);
+            }
+            simd::q6_k_relaxed::<T>(g, y)
         }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
         dot4_impl::<Self, T>(g, y, yw)
     }
 }
@@ -915,6 +920,105 @@ mod simd {
             acc = f32x4_add(acc, term);
         }
         lanes(acc)
+    }
+
+    /// [`PackKind::dot4`] of Q6_K for several vectors with relaxed SIMD:
+    /// per sub-block, its codes (0..=63, valid 7-bit operands) made once,
+    /// then each vector's sums as [`q6_k_sub`] makes them for one: the same
+    /// integers, so the same bits.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn q6_k_relaxed<const T: usize>(g: &[BlockQ6_Kx4], y: [&[Q8_KAct]; T]) -> [[f32; ROWS]; T] {
+        assert!(y.iter().all(|y| y.len() == g.len()));
+        let mut acc = [f32x4_splat(0.0); T];
+        for (b, bx) in g.iter().enumerate() {
+            let mut isum = [i32x4_splat(0); T];
+            for h in 0..2 {
+                for lq in 0..2 {
+                    q6_k_sub_t::<T, 0>(bx, b, &y, h, lq, &mut isum);
+                    q6_k_sub_t::<T, 1>(bx, b, &y, h, lq, &mut isum);
+                    q6_k_sub_t::<T, 2>(bx, b, &y, h, lq, &mut isum);
+                    q6_k_sub_t::<T, 3>(bx, b, &y, h, lq, &mut isum);
+                }
+            }
+            // SAFETY: reads the 8-byte `d`.
+            let d = unsafe { load_f16x4(bx.d.as_ptr()) };
+            for t in 0..T {
+                let term = f32x4_mul(
+                    f32x4_mul(d, f32x4_splat(y[t][b].d)),
+                    f32x4_convert_i32x4(isum[t]),
+                );
+                acc[t] = f32x4_add(acc[t], term);
+            }
+        }
+        acc.map(lanes)
+    }
+
+    /// [`q6_k_sub`] for `T` vectors (block `b` of each): the 4 parts' codes
+    /// and the scales made once, each row's scale times its integer sum
+    /// added to `isum[t]`.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q6_k_sub_t<const T: usize, const I: usize>(
+        bx: &BlockQ6_Kx4,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        h: usize,
+        lq: usize,
+        isum: &mut [v128; T],
+    ) {
+        let sub = 8 * h + 2 * I + lq;
+        // SAFETY: h < 2 and 16 lq + 4p + 4 <= 32.
+        let u: [v128; 4] =
+            std::array::from_fn(|p| unsafe { q6_k_codes::<I>(bx, h, 16 * lq + 4 * p) });
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let sc = unsafe {
+            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
+            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+        };
+        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
+        for t in 0..T {
+            let yt = &y[t][b];
+            // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
+            let ya = unsafe { v128_load(yt.qs.as_ptr().add(16 * sub) as *const v128) };
+            // Activation bytes 4p, 4p + 1 in lanes 0..8, 4p + 2, 4p + 3 in
+            // 8..16 (indices below 16: the same bytes on every engine).
+            let a = |p: usize| i8x16_relaxed_swizzle(ya, q6_k_pattern(p));
+            let dot = |p: usize| i16x8_relaxed_dot_i8x16_i7x16(a(p), u[p]);
+            let s0 = i16x8_add(dot(0), dot(1));
+            let s1 = i16x8_add(dot(2), dot(3));
+            let sumi = i32x4_sub(
+                i32x4_add(widen(s0), widen(s1)),
+                i32x4_splat(32 * yt.bsums[sub] as i32),
+            );
+            isum[t] = i32x4_add(isum[t], i32x4_mul(sc, sumi));
+        }
+    }
+
+    /// The byte shuffle of part `p` of a Q6_K sub-block's activations:
+    /// bytes 4p, 4p + 1 in lanes 0..8, 4p + 2, 4p + 3 in lanes 8..16.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q6_k_pattern(p: usize) -> v128 {
+        let j = 4 * p as u8;
+        u8x16(
+            j,
+            j + 1,
+            j,
+            j + 1,
+            j,
+            j + 1,
+            j,
+            j + 1,
+            j + 2,
+            j + 3,
+            j + 2,
+            j + 3,
+            j + 2,
+            j + 3,
+            j + 2,
+            j + 3,
+        )
     }
 
     /// Sub-block `8h + 2I + lq` of a Q6_K group block (its codes from
