@@ -717,6 +717,7 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
                     1 => dot4_into::<K, 1>(out, rows, group, g, x, b),
                     2 => dot4_into::<K, 2>(out, rows, group, g, x, b),
                     3 => dot4_into::<K, 3>(out, rows, group, g, x, b),
+                    8.. if K::WIDE_TILE => dot4_into::<K, 8>(out, rows, group, g, x, b),
                     _ => dot4_into::<K, 4>(out, rows, group, g, x, b),
                 };
             }

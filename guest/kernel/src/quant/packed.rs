@@ -49,6 +49,12 @@ pub trait PackKind: QuantKind {
         y: [&[Self::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T];
+    /// Whether [`PackKind::dot4`] is run for 8 vectors at a time where
+    /// there are 8 (else at most 4): its weights' decoding is then shared
+    /// by more vectors, which pays where each vector's work keeps to few
+    /// registers (the relaxed k-quant and Q5_0 dots, vector at a time:
+    /// 1.03-1.10x at 8 vectors) and costs where it does not (Q4_0 0.85x).
+    const WIDE_TILE: bool = false;
     /// [`PackKind::dot4`] given also each vector's block sums of quants
     /// (`ys[t]`: one per block for Q8_0 activations, else empty), which
     /// dots of offset weights use; the same bits.

@@ -67,6 +67,7 @@ fn q5_0_byte(k: usize, i: usize) -> (usize, usize) {
 }
 
 impl PackKind for Q5_0 {
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ5_0x4;
     fn pack(rows: [&BlockQ5_0; ROWS]) -> BlockQ5_0x4 {
         let mut qh = [0u8; 16];
@@ -132,6 +133,7 @@ impl PackKind for Q5_0 {
 }
 
 impl PackKind for Q4_K {
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ4_Kx4;
     fn pack(rows: [&BlockQ4_K; ROWS]) -> BlockQ4_Kx4 {
         BlockQ4_Kx4 {
@@ -168,6 +170,7 @@ impl PackKind for Q4_K {
 }
 
 impl PackKind for Q6_K {
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ6_Kx4;
     fn pack(rows: [&BlockQ6_K; ROWS]) -> BlockQ6_Kx4 {
         let mut scales = [0i8; 64];

@@ -1082,8 +1082,10 @@ fn packed_matmul_bit_identical_to_scalar() {
         for rows in [1, 3, 4, 5, 7, 8, 13, 64] {
             let cols = unit(ty) * 9;
             let data = random_matrix(ty, rows, cols, &mut rng);
-            // 6 = one batch of 4 vectors and one of 2.
-            for n in [1, 3, 6] {
+            // 6 = one batch of 4 vectors and one of 2; 11 = 8 (the wide
+            // tiles of the relaxed k-quant and Q5_0 dots) + 3, else 4 + 4 + 3;
+            // 37 = a full tile of 32 vectors, then 5.
+            for n in [1, 3, 6, 11, 37] {
                 let x = rng.vec(n * cols, 3.0);
                 check_packed(ty, rows, cols, &data, &x, n);
             }
