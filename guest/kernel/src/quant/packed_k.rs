@@ -696,28 +696,7 @@ mod simd {
                     v128_load(qs.add(16) as *const v128),
                 )
             };
-            let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
-            // Columns 4k..4k + 4 (and 16 + 4k..) in every 32-bit lane.
-            let lo = i16x8_add(
-                i16x8_add(
-                    dot(codes[0].0, i32x4_shuffle::<0, 0, 0, 0>(y0, y0)),
-                    dot(codes[1].0, i32x4_shuffle::<1, 1, 1, 1>(y0, y0)),
-                ),
-                i16x8_add(
-                    dot(codes[2].0, i32x4_shuffle::<2, 2, 2, 2>(y0, y0)),
-                    dot(codes[3].0, i32x4_shuffle::<3, 3, 3, 3>(y0, y0)),
-                ),
-            );
-            let hi = i16x8_add(
-                i16x8_add(
-                    dot(codes[0].1, i32x4_shuffle::<0, 0, 0, 0>(y1, y1)),
-                    dot(codes[1].1, i32x4_shuffle::<1, 1, 1, 1>(y1, y1)),
-                ),
-                i16x8_add(
-                    dot(codes[2].1, i32x4_shuffle::<2, 2, 2, 2>(y1, y1)),
-                    dot(codes[3].1, i32x4_shuffle::<3, 3, 3, 3>(y1, y1)),
-                ),
-            );
+            let (lo, hi) = quads4(&codes, y0, y1);
             // Adjacent i16 lanes are one row's.
             let sumi = i32x4_add(i32x4_dot_i16x8(lo, one), i32x4_dot_i16x8(hi, one));
             let sumi = i32x4_sub(sumi, i32x4_splat(16 * ys[t][b]));
@@ -727,6 +706,33 @@ mod simd {
             );
             acc[t] = f32x4_add(acc[t], term);
         }
+    }
+
+    /// Four parts of codes (each 4 rows x 4 columns, shuffled by `rows`;
+    /// `.0` against the activations `y0`, `.1` against `y1`) dotted with
+    /// those activations, 4 columns broadcast per part by a shuffle (one
+    /// instruction, where a splat load is two in wasmtime's x64 code):
+    /// the i16 pair sums of each row, added over the 4 parts.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn quads4(w: &[(v128, v128); 4], y0: v128, y1: v128) -> (v128, v128) {
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        let half = |w: [v128; 4], y: v128| {
+            i16x8_add(
+                i16x8_add(
+                    dot(w[0], i32x4_shuffle::<0, 0, 0, 0>(y, y)),
+                    dot(w[1], i32x4_shuffle::<1, 1, 1, 1>(y, y)),
+                ),
+                i16x8_add(
+                    dot(w[2], i32x4_shuffle::<2, 2, 2, 2>(y, y)),
+                    dot(w[3], i32x4_shuffle::<3, 3, 3, 3>(y, y)),
+                ),
+            )
+        };
+        (
+            half([w[0].0, w[1].0, w[2].0, w[3].0], y0),
+            half([w[0].1, w[1].1, w[2].1, w[3].1], y1),
+        )
     }
 
     /// [`PackKind::dot4`] of Q4_K with relaxed SIMD: the nibbles (0..=15) as
@@ -782,7 +788,6 @@ mod simd {
         let m4 = u8x16_splat(0x0f);
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
-        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
         // Parts 4h..4h + 4: their nibbles shuffled once (8 registers), then
         // a vector at a time, its 16 activations of those columns (and the
         // 16 of the high nibbles') loaded whole and broadcast 4 at a time by
@@ -805,26 +810,7 @@ mod simd {
                         v128_load(qs.add(64 * k + 32 + 16 * h) as *const v128),
                     )
                 };
-                let l = i16x8_add(
-                    i16x8_add(
-                        dot(w[0].0, i32x4_shuffle::<0, 0, 0, 0>(y0, y0)),
-                        dot(w[1].0, i32x4_shuffle::<1, 1, 1, 1>(y0, y0)),
-                    ),
-                    i16x8_add(
-                        dot(w[2].0, i32x4_shuffle::<2, 2, 2, 2>(y0, y0)),
-                        dot(w[3].0, i32x4_shuffle::<3, 3, 3, 3>(y0, y0)),
-                    ),
-                );
-                let hh = i16x8_add(
-                    i16x8_add(
-                        dot(w[0].1, i32x4_shuffle::<0, 0, 0, 0>(y1, y1)),
-                        dot(w[1].1, i32x4_shuffle::<1, 1, 1, 1>(y1, y1)),
-                    ),
-                    i16x8_add(
-                        dot(w[2].1, i32x4_shuffle::<2, 2, 2, 2>(y1, y1)),
-                        dot(w[3].1, i32x4_shuffle::<3, 3, 3, 3>(y1, y1)),
-                    ),
-                );
+                let (l, hh) = quads4(&w, y0, y1);
                 lo[t] = i16x8_add(lo[t], l);
                 hi[t] = i16x8_add(hi[t], hh);
             }
