@@ -830,28 +830,7 @@ mod simd {
     #[inline(always)]
     fn q4_k_half1(bx: &BlockQ4_Kx4, y: &Q8_KAct, k: usize) -> (v128, v128) {
         let m4 = u8x16_splat(0x0f);
-        // Activation bytes 4j, 4j + 1 in lanes 0..8, 4j + 2, 4j + 3 in 8..16.
-        let pattern = |j: u8| {
-            let j = 4 * j;
-            u8x16(
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-            )
-        };
+        let pattern = |j: u8| pair_pattern(j as usize);
         let qs = y.qs.as_ptr();
         // SAFETY: columns 64k..64k + 64 of 256.
         let ya = unsafe {
@@ -972,7 +951,7 @@ mod simd {
             let ya = unsafe { v128_load(yt.qs.as_ptr().add(16 * sub) as *const v128) };
             // Activation bytes 4p, 4p + 1 in lanes 0..8, 4p + 2, 4p + 3 in
             // 8..16 (indices below 16: the same bytes on every engine).
-            let a = |p: usize| i8x16_relaxed_swizzle(ya, q6_k_pattern(p));
+            let a = |p: usize| i8x16_relaxed_swizzle(ya, pair_pattern(p));
             let dot = |p: usize| i16x8_relaxed_dot_i8x16_i7x16(a(p), u[p]);
             let s0 = i16x8_add(dot(0), dot(1));
             let s1 = i16x8_add(dot(2), dot(3));
@@ -984,11 +963,12 @@ mod simd {
         }
     }
 
-    /// The byte shuffle of part `p` of a Q6_K sub-block's activations:
-    /// bytes 4p, 4p + 1 in lanes 0..8, 4p + 2, 4p + 3 in lanes 8..16.
+    /// The byte shuffle of part `p` of 16 activations into the relaxed
+    /// one-vector dots' arrangement: bytes 4p, 4p + 1 in lanes 0..8,
+    /// 4p + 2, 4p + 3 in lanes 8..16.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn q6_k_pattern(p: usize) -> v128 {
+    fn pair_pattern(p: usize) -> v128 {
         let j = 4 * p as u8;
         u8x16(
             j,
@@ -1016,28 +996,7 @@ mod simd {
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn q6_k_sub<const I: usize>(bx: &BlockQ6_Kx4, y: &Q8_KAct, h: usize, lq: usize) -> v128 {
-        // Activation bytes 4j, 4j + 1 in lanes 0..8, 4j + 2, 4j + 3 in 8..16.
-        let pattern = |j: usize| {
-            let j = 4 * j as u8;
-            u8x16(
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j,
-                j + 1,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-                j + 2,
-                j + 3,
-            )
-        };
+        let pattern = pair_pattern;
         let sub = 8 * h + 2 * I + lq;
         // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
         let ya = unsafe { v128_load(y.qs.as_ptr().add(16 * sub) as *const v128) };
