@@ -523,6 +523,16 @@ mod simd {
         v128_or(low, v128_and(high, m30))
     }
 
+    /// The 4 rows' i8 scales of sub-block `sub` (< 16) of a Q6_K group
+    /// block, as i32 lanes.
+    #[inline(always)]
+    fn q6_k_scales(bx: &BlockQ6_Kx4, sub: usize) -> v128 {
+        assert!(sub < 16);
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let v = unsafe { v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32) };
+        i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
+    }
+
     /// Sub-block `8h + 2I + lq` of a Q6_K group block (its codes from
     /// [`q6_k_codes`]) as i16 weights dotted with `T` vectors, each row's
     /// scale times its sum added to `isum`.
@@ -558,11 +568,7 @@ mod simd {
             }
         }
         let sub = 8 * h + 2 * I + lq;
-        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-        let sc = unsafe {
-            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
-            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
-        };
+        let sc = q6_k_scales(bx, sub);
         for t in 0..T {
             isum[t] = i32x4_add(isum[t], i32x4_mul(sc, s[t]));
         }
@@ -939,11 +945,7 @@ mod simd {
         // SAFETY: h < 2 and 16 lq + 4p + 4 <= 32.
         let u: [v128; 4] =
             std::array::from_fn(|p| unsafe { q6_k_codes::<I>(bx, h, 16 * lq + 4 * p) });
-        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-        let sc = unsafe {
-            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
-            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
-        };
+        let sc = q6_k_scales(bx, sub);
         let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
         for t in 0..T {
             let yt = &y[t][b];
@@ -1013,11 +1015,7 @@ mod simd {
             i32x4_add(widen(s16[0]), widen(s16[1])),
             i32x4_splat(32 * y.bsums[sub] as i32),
         );
-        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-        let sc = unsafe {
-            let v = v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32);
-            i32x4_extend_low_i16x8(i16x8_extend_low_i8x16(v))
-        };
+        let sc = q6_k_scales(bx, sub);
         i32x4_mul(sc, sumi)
     }
 
