@@ -708,11 +708,22 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
     let rb = nb * std::mem::size_of::<K::Block>();
     let groups: &[K::Group] = bytemuck::cast_slice(&w.data[..full * rb]);
     let tail: &[K::Block] = bytemuck::cast_slice(&w.data[full * rb..]);
+    // The rows past the last whole group, for vectors `v0..v1`: the scalar
+    // reference dot.
+    let tail_rows = |out: &mut [f32], v0: usize, v1: usize| {
+        for b in v0..v1 {
+            let y = x.vec::<K::Act>(b);
+            for r in full..rows {
+                let t = &tail[(r - full) * nb..(r - full + 1) * nb];
+                out[b * rows + r] = K::vec_dot_scalar(t, y);
+            }
+        }
+    };
     // One vector through the relaxed Q8_0 split dot (an output layer, most
     // often out of cache): the groups of the two halves of the matrix
     // alternately, two streams from memory, which that dot reads faster
-    // than one (Gemma-3's 262144 x 640 output 6.8 -> 6.2 ms; the wider
-    // rows' i16 dot and four streams measured slower).
+    // than one (Gemma-3's 262144 x 640 output 6.7-6.8 -> 6.3-6.5 ms; the
+    // wider rows' i16 dot and four streams measured slower).
     if K::TYPE == GgmlType::Q8_0 && x.n == 1 && !x.quads.is_empty() {
         let ng = groups.len() / nb.max(1);
         let half = ng / 2;
@@ -724,11 +735,7 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
         for g in 2 * half..ng {
             dot4_into::<K, 1>(out, rows, &groups[g * nb..(g + 1) * nb], g, x, 0);
         }
-        let y = x.vec::<K::Act>(0);
-        for r in full..rows {
-            let t = &tail[(r - full) * nb..(r - full + 1) * nb];
-            out[r] = K::vec_dot_scalar(t, y);
-        }
+        tail_rows(out, 0, 1);
         return;
     }
     for v0 in (0..x.n).step_by(VEC_TILE) {
@@ -745,13 +752,7 @@ fn matmul_packed<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &QActs) {
                 };
             }
         }
-        for b in v0..v1 {
-            let y = x.vec::<K::Act>(b);
-            for r in full..rows {
-                let t = &tail[(r - full) * nb..(r - full + 1) * nb];
-                out[b * rows + r] = K::vec_dot_scalar(t, y);
-            }
-        }
+        tail_rows(out, v0, v1);
     }
 }
 
