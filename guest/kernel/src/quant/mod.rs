@@ -854,13 +854,7 @@ pub fn packable(ty: GgmlType, data: &[u8]) -> bool {
 /// alone) for a type without one, or for a tensor with an Inf or NaN
 /// scale. The packed tensor is used through a [`QTensor`] with `packed: true`.
 pub fn pack_in_place(ty: GgmlType, data: &mut [u8], rows: usize, cols: usize) -> bool {
-    if !packable(ty, data) {
-        return false;
-    }
-    packed::with_pack!(ty, K => {
-        packed::pack_kind::<K>(data, rows, cols / K::BLOCK);
-        true
-    }, false)
+    packed::with_pack!(ty, K => packed::pack_kind::<K>(data, rows, cols / K::BLOCK), false)
 }
 
 fn unsupported(ty: GgmlType) -> ! {

@@ -35,6 +35,16 @@ pub trait PackKind: QuantKind {
     type Group: Pod;
     /// Group block from block `b` of each of 4 rows.
     fn pack(rows: [&Self::Block; ROWS]) -> Self::Group;
+    /// Group blocks `out` (`nb` of them) from 4 rows of `nb` blocks each
+    /// (`rows`, side by side): [`PackKind::pack`] of each column of blocks.
+    #[inline(always)]
+    fn pack_rows(rows: &[Self::Block], out: &mut [Self::Group]) {
+        let nb = out.len();
+        assert_eq!(rows.len(), ROWS * nb, "pack_rows: 4 rows of nb blocks");
+        for (b, o) in out.iter_mut().enumerate() {
+            *o = Self::pack(std::array::from_fn(|r| &rows[r * nb + b]));
+        }
+    }
     /// Whether every f16 scale (and minimum) of `b` is finite.
     fn finite(b: &Self::Block) -> bool;
     /// The block of lane `r` of `g`.
@@ -262,6 +272,12 @@ impl PackKind for Q8_0 {
             qs: interleave4(rows.map(|b| bytemuck::cast_ref::<_, [u8; 32]>(&b.qs))),
         }
     }
+    // A 4x4 transpose of 32-bit lanes per 16 bytes of the 4 rows.
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    #[inline(always)]
+    fn pack_rows(rows: &[BlockQ8_0], out: &mut [BlockQ8_0x4]) {
+        simd::pack_q8_0(rows, out)
+    }
     fn finite(b: &BlockQ8_0) -> bool {
         finite(b.d)
     }
@@ -328,7 +344,7 @@ mod simd {
     use crate::quant::load_f16x4;
     use crate::quant::q4_0::Q4_0;
     use crate::quant::q4_1::Q4_1;
-    use crate::quant::q8::{Q8_0Act, Q8_1Act};
+    use crate::quant::q8::{BlockQ8_0, Q8_0Act, Q8_1Act};
     use core::arch::wasm32::*;
 
     /// The SIMD parts of a packed type.
@@ -756,6 +772,34 @@ mod simd {
         )
     }
 
+    /// [`PackKind::pack_rows`] of Q8_0: per group block, the 4 rows'
+    /// scales side by side, then each 16 bytes of the 4 rows transposed as
+    /// a 4x4 matrix of 32-bit lanes ([`super::interleave4`]'s layout).
+    pub fn pack_q8_0(rows: &[BlockQ8_0], out: &mut [BlockQ8_0x4]) {
+        let nb = out.len();
+        assert_eq!(rows.len(), ROWS * nb, "pack_rows: 4 rows of nb blocks");
+        for (b, o) in out.iter_mut().enumerate() {
+            let r: [&BlockQ8_0; ROWS] = std::array::from_fn(|i| &rows[i * nb + b]);
+            o.d = r.map(|x| x.d);
+            for h in 0..2 {
+                // SAFETY: bytes 16 h..16 h + 16 of each row's 32 quants, and
+                // 64 h..64 h + 64 of the group's 128.
+                unsafe {
+                    let v = r.map(|x| v128_load(x.qs.as_ptr().add(16 * h) as *const v128));
+                    let t0 = i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]);
+                    let t1 = i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]);
+                    let t2 = i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]);
+                    let t3 = i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]);
+                    let q = o.qs.as_mut_ptr().add(64 * h) as *mut v128;
+                    v128_store(q, i64x2_shuffle::<0, 2>(t0, t1));
+                    v128_store(q.add(1), i64x2_shuffle::<1, 3>(t0, t1));
+                    v128_store(q.add(2), i64x2_shuffle::<0, 2>(t2, t3));
+                    v128_store(q.add(3), i64x2_shuffle::<1, 3>(t2, t3));
+                }
+            }
+        }
+    }
+
     /// [`PackKind::dot4`] of Q8_0 (quants interleaved four bytes at a
     /// time): per 16 bytes (4 rows x 4 columns, a quad), the weights
     /// widened to i16 once for all `T` vectors (rows 0-1 low, 2-3 high),
@@ -928,16 +972,41 @@ pub fn has_layout(ty: crate::ggml_type::GgmlType) -> bool {
 /// Packs `rows` rows of `nb` blocks of `K` (`data`, GGUF layout) in place.
 /// Every scale must be finite ([`PackKind::finite`]: the packed dots
 /// convert scales assuming so; [`super::pack_in_place`] checks).
-pub(crate) fn pack_kind<K: PackKind>(data: &mut [u8], rows: usize, nb: usize) {
+pub(crate) fn pack_kind<K: PackKind>(data: &mut [u8], rows: usize, nb: usize) -> bool {
     let rb = nb * std::mem::size_of::<K::Block>();
     assert_eq!(data.len(), rows * rb, "packed tensor size");
+    let full = rows / ROWS * ROWS * rb;
+    let tail: &[K::Block] = bytemuck::cast_slice(&data[full..]);
+    if !tail.iter().all(K::finite) {
+        return false;
+    }
+    let mut tmp = vec![0u8; ROWS * rb];
+    for (i, chunk) in data[..full].chunks_exact_mut(ROWS * rb).enumerate() {
+        tmp.copy_from_slice(chunk);
+        let blocks: &[K::Block] = bytemuck::cast_slice(&tmp);
+        // Checked here, while the rows are in cache, rather than in a pass
+        // of its own; a refusal unpacks the groups already packed.
+        if !blocks.iter().all(K::finite) {
+            unpack_kind::<K>(&mut data[..i * ROWS * rb], nb);
+            return false;
+        }
+        K::pack_rows(blocks, bytemuck::cast_slice_mut(chunk));
+    }
+    true
+}
+
+/// Undoes [`pack_kind`] on `data`, whole groups of 4 rows of `nb` blocks.
+fn unpack_kind<K: PackKind>(data: &mut [u8], nb: usize) {
+    let rb = nb * std::mem::size_of::<K::Block>();
     let mut tmp = vec![0u8; ROWS * rb];
     for chunk in data.chunks_exact_mut(ROWS * rb) {
         tmp.copy_from_slice(chunk);
-        let blocks: &[K::Block] = bytemuck::cast_slice(&tmp);
-        let out: &mut [K::Group] = bytemuck::cast_slice_mut(chunk);
-        for (b, o) in out.iter_mut().enumerate() {
-            *o = K::pack(std::array::from_fn(|r| &blocks[r * nb + b]));
+        let groups: &[K::Group] = bytemuck::cast_slice(&tmp);
+        let blocks: &mut [K::Block] = bytemuck::cast_slice_mut(chunk);
+        for (b, g) in groups.iter().enumerate() {
+            for r in 0..ROWS {
+                blocks[r * nb + b] = K::unpack(g, r);
+            }
         }
     }
 }

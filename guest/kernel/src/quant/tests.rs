@@ -1093,6 +1093,14 @@ fn packed_matmul_bit_identical_to_scalar() {
     }
 }
 
+/// Blocks of a tensor of `rows` (9) rows of `nb` blocks where a test puts
+/// an Inf/NaN scale: in the first group of 4 rows, in the second (which
+/// [`pack_in_place`] meets after packing the first) and in the tail row.
+fn bad_scale_blocks(rows: usize, nb: usize) -> [usize; 3] {
+    assert_eq!(rows, 9, "two groups of 4 rows and a tail row");
+    [nb + 1, 4 * nb + 2, 8 * nb + nb - 1]
+}
+
 /// Extreme quants and finite scales (f16 subnormals, the largest f16,
 /// signed zeros) keep the same bits through the packed path; a tensor with
 /// an Inf or NaN scale is left unpacked.
@@ -1123,15 +1131,19 @@ fn packed_matmul_extreme_bytes() {
                 blk[3] ^= 0x40;
             }
         }
-        for bad in [0x7c00u16, 0xfc00, 0x7e00] {
-            let mut d = data.clone();
-            d[ty.type_size() * 5..][..2].copy_from_slice(&bad.to_le_bytes());
-            let before = d.clone();
-            assert!(
-                !pack_in_place(ty, &mut d, rows, cols),
-                "{ty}: packed an Inf/NaN scale"
-            );
-            assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+        // In the first group of 4 rows, in the second (after one was
+        // packed), and in the tail row.
+        for at in bad_scale_blocks(rows, cols / 32) {
+            for bad in [0x7c00u16, 0xfc00, 0x7e00] {
+                let mut d = data.clone();
+                d[ty.type_size() * at..][..2].copy_from_slice(&bad.to_le_bytes());
+                let before = d.clone();
+                assert!(
+                    !pack_in_place(ty, &mut d, rows, cols),
+                    "{ty}: packed an Inf/NaN scale in block {at}"
+                );
+                assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+            }
         }
         let x = rng.vec(2 * cols, 1.0);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
@@ -1375,15 +1387,17 @@ fn packed_k_matmul_random_bytes() {
             }
         }
         for &o in scales {
-            for bad in [0x7c00u16, 0xfc00, 0x7e00] {
-                let mut d = data.clone();
-                d[ty.type_size() * 5 + o..][..2].copy_from_slice(&bad.to_le_bytes());
-                let before = d.clone();
-                assert!(
-                    !pack_in_place(ty, &mut d, rows, cols),
-                    "{ty}: packed an Inf/NaN scale at {o}"
-                );
-                assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+            for at in bad_scale_blocks(rows, cols / ty.block_size()) {
+                for bad in [0x7c00u16, 0xfc00, 0x7e00] {
+                    let mut d = data.clone();
+                    d[ty.type_size() * at + o..][..2].copy_from_slice(&bad.to_le_bytes());
+                    let before = d.clone();
+                    assert!(
+                        !pack_in_place(ty, &mut d, rows, cols),
+                        "{ty}: packed an Inf/NaN scale at {o} of block {at}"
+                    );
+                    assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+                }
             }
         }
         // 33: past a tile of vectors.
