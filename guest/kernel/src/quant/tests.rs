@@ -1586,32 +1586,55 @@ fn q8_0_decode_same_bits_in_every_build() {
 #[ignore]
 fn bench_q8_0_chunk_batch() {
     let mut rng = Lcg(11);
-    let ty = GgmlType::Q8_0;
-    let n = 32;
     for (rows, cols) in [(60, 4032), (20, 10752), (1536, 1536)] {
-        let data = random_matrix(ty, rows, cols, &mut rng);
-        let p = packed_copy(ty, rows, cols, &data);
-        let pw = QTensor {
-            packed: true,
-            ..QTensor::new(ty, rows, cols, &p).unwrap()
-        };
-        let mut a = QActs::new();
-        a.quantize(ty, &rng.vec(n * cols, 1.0), n, cols);
-        let mut out = vec![0f32; n * rows];
-        let iters = (200_000_000 / (rows * cols * n)).max(1);
-        let mut runs: Vec<f64> = (0..9)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                for _ in 0..iters {
-                    matmul(&mut out, &pw, &a);
-                }
-                (rows * cols * n * iters) as f64 / t.elapsed().as_nanos() as f64
-            })
-            .collect();
-        runs.sort_by(f64::total_cmp);
-        println!(
-            "{ty} {rows}x{cols} n={n} packed: median {:.2} GMAC/s (min {:.2}, max {:.2})",
-            runs[4], runs[0], runs[8]
-        );
+        bench_packed_batch(GgmlType::Q8_0, rows, cols, 32, &mut rng);
     }
+}
+
+/// Prompt (32 vectors) matmuls of Gemma-3-270M Q4_K_M's packed types and
+/// shapes (Q5_0 for the 640-column matrices, Q4_K and Q6_K for the
+/// 2048-column FFN down): the median of 9 runs, as GMAC/s.
+#[test]
+#[ignore]
+fn bench_gemma_batch() {
+    let mut rng = Lcg(12);
+    for (ty, rows, cols) in [
+        (GgmlType::Q5_0, 2048, 640),
+        (GgmlType::Q4_K, 640, 2048),
+        (GgmlType::Q6_K, 640, 2048),
+    ] {
+        if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
+            continue;
+        }
+        bench_packed_batch(ty, rows, cols, 32, &mut rng);
+    }
+}
+
+/// Prints the median speed of 9 runs of packed `ty` matmuls (`rows` x
+/// `cols`, `n` vectors, activations quantized once).
+fn bench_packed_batch(ty: GgmlType, rows: usize, cols: usize, n: usize, rng: &mut Lcg) {
+    let data = random_matrix(ty, rows, cols, rng);
+    let p = packed_copy(ty, rows, cols, &data);
+    let pw = QTensor {
+        packed: true,
+        ..QTensor::new(ty, rows, cols, &p).unwrap()
+    };
+    let mut a = QActs::new();
+    a.quantize(vec_dot_type(ty), &rng.vec(n * cols, 1.0), n, cols);
+    let mut out = vec![0f32; n * rows];
+    let iters = (200_000_000 / (rows * cols * n)).max(1);
+    let mut runs: Vec<f64> = (0..9)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            for _ in 0..iters {
+                matmul(&mut out, &pw, &a);
+            }
+            (rows * cols * n * iters) as f64 / t.elapsed().as_nanos() as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    println!(
+        "{ty} {rows}x{cols} n={n} packed: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+        runs[4], runs[0], runs[8]
+    );
 }
