@@ -897,9 +897,14 @@ mod simd {
     }
 
     /// [`PackKind::dot4`] of Q6_K for several vectors with relaxed SIMD:
-    /// per sub-block, its codes (0..=63, valid 7-bit operands) made once,
-    /// then each vector's sums as [`q6_k_sub`] makes them for one: the same
-    /// integers, so the same bits.
+    /// per sub-block, its codes (0..=63, valid 7-bit operands) made once
+    /// and shuffled to 4 columns per row, then each vector's 4-column
+    /// quads broadcast by a shuffle: a row's i16 sums land in two adjacent
+    /// lanes, which `i32x4.dot_i16x8_s` against the row's scale (in both
+    /// lanes) adds and scales in one step. The `- 32 * bsums` part of each
+    /// sub-block's sum is taken once per block for all 16 sub-blocks
+    /// ([`q6_k_bsums`]). The same integers as the scalar reference, so the
+    /// same bits.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     pub fn q6_k_relaxed<const T: usize>(g: &[BlockQ6_Kx4], y: [&[Q8_KAct]; T]) -> [[f32; ROWS]; T] {
@@ -915,6 +920,7 @@ mod simd {
                     q6_k_sub_t::<T, 3>(bx, b, &y, h, lq, &mut isum);
                 }
             }
+            q6_k_bsums::<T>(bx, b, &y, &mut isum);
             // SAFETY: reads the 8-byte `d`.
             let d = unsafe { load_f16x4(bx.d.as_ptr()) };
             for t in 0..T {
@@ -928,9 +934,11 @@ mod simd {
         acc.map(lanes)
     }
 
-    /// [`q6_k_sub`] for `T` vectors (block `b` of each): the 4 parts' codes
-    /// and the scales made once, each row's scale times its integer sum
-    /// added to `isum[t]`.
+    /// Sub-block `8h + 2I + lq` of Q6_K group block `bx` against `T`
+    /// vectors (block `b` of each), without the `- 32 * bsums` part: each
+    /// row's scale times its sum of codes times activations, added to
+    /// `isum[t]`. A pair sum is at most 2 * 63 * 127 = 16002 in magnitude,
+    /// two pairs per i16 lane at most 32004: exact on every host.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn q6_k_sub_t<const T: usize, const I: usize>(
@@ -941,27 +949,116 @@ mod simd {
         lq: usize,
         isum: &mut [v128; T],
     ) {
+        // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
+        // [r0 c0..c4, r1 c0..c4, ..].
+        #[inline(always)]
+        fn rows(q: v128) -> v128 {
+            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
+        }
         let sub = 8 * h + 2 * I + lq;
         // SAFETY: h < 2 and 16 lq + 4p + 4 <= 32.
         let u: [v128; 4] =
-            std::array::from_fn(|p| unsafe { q6_k_codes::<I>(bx, h, 16 * lq + 4 * p) });
-        let sc = q6_k_scales(bx, sub);
-        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
+            std::array::from_fn(|p| rows(unsafe { q6_k_codes::<I>(bx, h, 16 * lq + 4 * p) }));
+        // Row r's scale in i16 lanes 2r and 2r + 1.
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let sc = unsafe { v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32) };
+        let sc = i16x8_extend_low_i8x16(i8x16_shuffle::<
+            0,
+            0,
+            1,
+            1,
+            2,
+            2,
+            3,
+            3,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        >(sc, sc));
         for t in 0..T {
-            let yt = &y[t][b];
             // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
-            let ya = unsafe { v128_load(yt.qs.as_ptr().add(16 * sub) as *const v128) };
-            // Activation bytes 4p, 4p + 1 in lanes 0..8, 4p + 2, 4p + 3 in
-            // 8..16 (indices below 16: the same bytes on every engine).
-            let a = |p: usize| i8x16_relaxed_swizzle(ya, pair_pattern(p));
-            let dot = |p: usize| i16x8_relaxed_dot_i8x16_i7x16(a(p), u[p]);
-            let s0 = i16x8_add(dot(0), dot(1));
-            let s1 = i16x8_add(dot(2), dot(3));
-            let sumi = i32x4_sub(
-                i32x4_add(widen(s0), widen(s1)),
-                i32x4_splat(32 * yt.bsums[sub] as i32),
+            let ya = unsafe { v128_load(y[t][b].qs.as_ptr().add(16 * sub) as *const v128) };
+            let dot = |a: v128, u: v128| i16x8_relaxed_dot_i8x16_i7x16(a, u);
+            let s0 = i16x8_add(
+                dot(i32x4_shuffle::<0, 0, 0, 0>(ya, ya), u[0]),
+                dot(i32x4_shuffle::<1, 1, 1, 1>(ya, ya), u[1]),
             );
-            isum[t] = i32x4_add(isum[t], i32x4_mul(sc, sumi));
+            let s1 = i16x8_add(
+                dot(i32x4_shuffle::<2, 2, 2, 2>(ya, ya), u[2]),
+                dot(i32x4_shuffle::<3, 3, 3, 3>(ya, ya), u[3]),
+            );
+            isum[t] = i32x4_add(
+                isum[t],
+                i32x4_add(i32x4_dot_i16x8(s0, sc), i32x4_dot_i16x8(s1, sc)),
+            );
+        }
+    }
+
+    /// `isum[t] -= 32 * sum over sub-blocks s of scale(r, s) * bsums[s]`
+    /// (each row's lane) for block `b` of each of `T` vectors: the codes'
+    /// offset, taken once per block. The scales of sub-blocks 2k, 2k + 1
+    /// are paired per row (i16) once, then met by the vector's two block
+    /// sums (one i32 lane of `bsums`) in `i32x4.dot_i16x8_s`. At most
+    /// 16 * 128 * 4064 in magnitude: exact in i32.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q6_k_bsums<const T: usize>(
+        bx: &BlockQ6_Kx4,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        isum: &mut [v128; T],
+    ) {
+        // SAFETY: the 64 bytes of `scales`.
+        let s: [v128; 4] = std::array::from_fn(|j| unsafe {
+            v128_load(bx.scales.as_ptr().add(16 * j) as *const v128)
+        });
+        // Pair k: [r0 s2k, r0 s2k+1, r1 s2k, ..] as i16.
+        let pair = |k: usize| {
+            let v = s[k / 2];
+            i16x8_extend_low_i8x16(if k % 2 == 0 {
+                i8x16_shuffle::<0, 4, 1, 5, 2, 6, 3, 7, 0, 0, 0, 0, 0, 0, 0, 0>(v, v)
+            } else {
+                i8x16_shuffle::<8, 12, 9, 13, 10, 14, 11, 15, 0, 0, 0, 0, 0, 0, 0, 0>(v, v)
+            })
+        };
+        let p: [v128; 8] = std::array::from_fn(pair);
+        for t in 0..T {
+            let bs = y[t][b].bsums.as_ptr();
+            // SAFETY: the 16 i16 of `bsums`.
+            let (b0, b1) = unsafe {
+                (
+                    v128_load(bs as *const v128),
+                    v128_load(bs.add(8) as *const v128),
+                )
+            };
+            let c = i32x4_add(
+                i32x4_add(
+                    i32x4_add(
+                        i32x4_dot_i16x8(p[0], i32x4_shuffle::<0, 0, 0, 0>(b0, b0)),
+                        i32x4_dot_i16x8(p[1], i32x4_shuffle::<1, 1, 1, 1>(b0, b0)),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(p[2], i32x4_shuffle::<2, 2, 2, 2>(b0, b0)),
+                        i32x4_dot_i16x8(p[3], i32x4_shuffle::<3, 3, 3, 3>(b0, b0)),
+                    ),
+                ),
+                i32x4_add(
+                    i32x4_add(
+                        i32x4_dot_i16x8(p[4], i32x4_shuffle::<0, 0, 0, 0>(b1, b1)),
+                        i32x4_dot_i16x8(p[5], i32x4_shuffle::<1, 1, 1, 1>(b1, b1)),
+                    ),
+                    i32x4_add(
+                        i32x4_dot_i16x8(p[6], i32x4_shuffle::<2, 2, 2, 2>(b1, b1)),
+                        i32x4_dot_i16x8(p[7], i32x4_shuffle::<3, 3, 3, 3>(b1, b1)),
+                    ),
+                ),
+            );
+            isum[t] = i32x4_sub(isum[t], i32x4_shl(c, 5));
         }
     }
 
