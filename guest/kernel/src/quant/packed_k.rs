@@ -1020,7 +1020,7 @@ mod simd {
         // Pair k: [r0 s2k, r0 s2k+1, r1 s2k, ..] as i16.
         let pair = |k: usize| {
             let v = s[k / 2];
-            i16x8_extend_low_i8x16(if k % 2 == 0 {
+            i16x8_extend_low_i8x16(if k.is_multiple_of(2) {
                 i8x16_shuffle::<0, 4, 1, 5, 2, 6, 3, 7, 0, 0, 0, 0, 0, 0, 0, 0>(v, v)
             } else {
                 i8x16_shuffle::<8, 12, 9, 13, 10, 14, 11, 15, 0, 0, 0, 0, 0, 0, 0, 0>(v, v)
