@@ -313,32 +313,61 @@ mod simd {
         }
     }
 
-    /// A Q4_K group block's per-row scales (`lane(k, false)`: sub-block
-    /// `k`'s of the 4 rows, a lane each) and mins (`lane(k, true)`), and each
-    /// vector's min sums: over sub-blocks, its two bsums times the min (exact).
+    /// A Q4_K group block's per-row scales (`lane(k)`: sub-block `k`'s of
+    /// the 4 rows, a lane each), and each vector's min sums: over
+    /// sub-blocks, its two bsums times the min (exact integers: at most
+    /// 8 * 63 * 4064 in magnitude).
     #[inline(always)]
     fn q4_k_mins<const T: usize>(
         bx: &BlockQ4_Kx4,
         b: usize,
         y: &[&[Q8_KAct]; T],
-    ) -> (impl Fn(usize, bool) -> v128, [v128; T]) {
+    ) -> (impl Fn(usize) -> v128, [v128; T]) {
         let sm = bx.scales.map(|s| scales_mins_k4(&s));
-        let lane = move |k: usize, min: bool| {
-            let v = |r: usize| {
-                let (sc, m) = &sm[r];
-                (if min { m[k] } else { sc[k] }) as i32
-            };
+        let lane = move |k: usize| {
+            let v = |r: usize| sm[r].0[k] as i32;
             i32x4(v(0), v(1), v(2), v(3))
         };
-        let mut summ = [i32x4_splat(0); T];
-        for k in 0..8 {
-            let m = lane(k, true);
-            for t in 0..T {
-                let bs = &y[t][b].bsums;
-                let s = bs[2 * k] as i32 + bs[2 * k + 1] as i32;
-                summ[t] = i32x4_add(summ[t], i32x4_mul(m, i32x4_splat(s)));
-            }
-        }
+        // Pair j: each row's mins of sub-blocks 2j and 2j + 1 as i16, side
+        // by side.
+        let mp: [v128; 4] = std::array::from_fn(|j| {
+            let m = |r: usize, e: usize| sm[r].1[2 * j + e] as i16;
+            i16x8(
+                m(0, 0),
+                m(0, 1),
+                m(1, 0),
+                m(1, 1),
+                m(2, 0),
+                m(2, 1),
+                m(3, 0),
+                m(3, 1),
+            )
+        });
+        let one = i16x8_splat(1);
+        let summ = std::array::from_fn(|t| {
+            let bs = y[t][b].bsums.as_ptr();
+            // SAFETY: the 16 i16 of `bsums`.
+            let (b0, b1) = unsafe {
+                (
+                    v128_load(bs as *const v128),
+                    v128_load(bs.add(8) as *const v128),
+                )
+            };
+            // Sub-block k's two bsums added (at most 2 * 16 * 127 in
+            // magnitude, so the narrowing keeps them), then pair j of them
+            // (one i32 lane) against the mins of pair j.
+            let s = i16x8_narrow_i32x4(i32x4_dot_i16x8(b0, one), i32x4_dot_i16x8(b1, one));
+            i32x4_add(
+                i32x4_add(
+                    i32x4_dot_i16x8(mp[0], i32x4_shuffle::<0, 0, 0, 0>(s, s)),
+                    i32x4_dot_i16x8(mp[1], i32x4_shuffle::<1, 1, 1, 1>(s, s)),
+                ),
+                i32x4_add(
+                    i32x4_dot_i16x8(mp[2], i32x4_shuffle::<2, 2, 2, 2>(s, s)),
+                    i32x4_dot_i16x8(mp[3], i32x4_shuffle::<3, 3, 3, 3>(s, s)),
+                ),
+            )
+        });
         (lane, summ)
     }
 
@@ -424,7 +453,7 @@ mod simd {
                         }
                     }
                 }
-                let scales = (lane(2 * k, false), lane(2 * k + 1, false));
+                let scales = (lane(2 * k), lane(2 * k + 1));
                 q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
             q4_k_term(bx, b, y, &isum, &summ, acc);
@@ -767,7 +796,7 @@ mod simd {
                 } else {
                     q4_k_half::<T>(bx, b, &y, k)
                 };
-                let scales = (lane(2 * k, false), lane(2 * k + 1, false));
+                let scales = (lane(2 * k), lane(2 * k + 1));
                 q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
             q4_k_term(bx, b, &y, &isum, &summ, &mut acc);
