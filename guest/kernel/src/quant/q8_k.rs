@@ -36,32 +36,12 @@ impl ActBlock for Q8_KAct {
     /// ggml's `quantize_row_q8_K_ref`: the value of largest magnitude, with
     /// its sign, maps to -127.
     fn quantize(x: &[f32], out: &mut [Self]) {
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-            let mut amax = 0f32;
-            let mut max = 0f32;
-            for &v in xb {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
-            if amax == 0.0 {
-                *o = Q8_KAct {
-                    d: 0.0,
-                    qs: [0; QK_K],
-                    bsums: [0; QK_K / 16],
-                };
-                continue;
-            }
-            let iscale = -127.0 / max;
-            for (q, &v) in o.qs.iter_mut().zip(xb) {
-                *q = nearest_int(iscale * v).min(127) as i8;
-            }
-            for (s, q) in o.bsums.iter_mut().zip(o.qs.chunks_exact(16)) {
-                *s = q.iter().map(|&q| q as i16).sum();
-            }
-            o.d = 1.0 / iscale;
+            simd::quantize_block(xb.try_into().unwrap(), o);
         }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        quantize_scalar(x, out);
     }
 
     fn dequantize(b: &[Self], out: &mut [f32]) {
@@ -70,6 +50,100 @@ impl ActBlock for Q8_KAct {
                 *v = blk.d * q as f32;
             }
         }
+    }
+}
+
+/// [`Q8_KAct`]'s quantizer, ggml's `quantize_row_q8_K_ref` as written
+/// (the reference of the simd128 one, which gives the same bytes).
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
+pub(crate) fn quantize_scalar(x: &[f32], out: &mut [Q8_KAct]) {
+    for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
+        let mut amax = 0f32;
+        let mut max = 0f32;
+        for &v in xb {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            *o = Q8_KAct {
+                d: 0.0,
+                qs: [0; QK_K],
+                bsums: [0; QK_K / 16],
+            };
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in o.qs.iter_mut().zip(xb) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        for (s, q) in o.bsums.iter_mut().zip(o.qs.chunks_exact(16)) {
+            *s = q.iter().map(|&q| q as i16).sum();
+        }
+        o.d = 1.0 / iscale;
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod simd {
+    use super::{Q8_KAct, QK_K};
+    use core::arch::wasm32::*;
+
+    /// [`super::quantize_scalar`] of one block, 4 values at a time: the
+    /// same operations per value. The largest magnitude by `f32x4.pmax`
+    /// (which, like the scalar `>`, passes over NaN), the value it came
+    /// from the first one of that magnitude (as the scalar loop keeps the
+    /// first), each quant `f32x4.nearest` (round half to even, as
+    /// `round_ties_even`) converted with saturation and NaN to 0 (as `as
+    /// i32`); quants are within -127..=127, so the narrowings keep them.
+    pub(super) fn quantize_block(xb: &[f32; QK_K], o: &mut Q8_KAct) {
+        // SAFETY: 4 f32 at 4 i < 256 of `xb`.
+        let at = |i: usize| unsafe { v128_load(xb.as_ptr().add(4 * i) as *const v128) };
+        let mut m = f32x4_splat(0.0);
+        for i in 0..QK_K / 4 {
+            m = f32x4_pmax(m, f32x4_abs(at(i)));
+        }
+        let m = f32x4_pmax(m, i32x4_shuffle::<2, 3, 0, 1>(m, m));
+        let m = f32x4_pmax(m, i32x4_shuffle::<1, 0, 3, 2>(m, m));
+        let amax = f32x4_extract_lane::<0>(m);
+        if amax == 0.0 {
+            *o = Q8_KAct {
+                d: 0.0,
+                qs: [0; QK_K],
+                bsums: [0; QK_K / 16],
+            };
+            return;
+        }
+        let mut max = amax;
+        for i in 0..QK_K / 4 {
+            let hit = i32x4_bitmask(f32x4_eq(f32x4_abs(at(i)), m));
+            if hit != 0 {
+                max = xb[4 * i + hit.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let sc = f32x4_splat(iscale);
+        let q = |i: usize| {
+            i32x4_min(
+                i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(sc, at(i)))),
+                i32x4_splat(127),
+            )
+        };
+        for g in 0..QK_K / 16 {
+            let v = i8x16_narrow_i16x8(
+                i16x8_narrow_i32x4(q(4 * g), q(4 * g + 1)),
+                i16x8_narrow_i32x4(q(4 * g + 2), q(4 * g + 3)),
+            );
+            // SAFETY: 16 bytes at 16 g < 256 of `qs`.
+            unsafe { v128_store(o.qs.as_mut_ptr().add(16 * g) as *mut v128, v) };
+            let s = i32x4_extadd_pairwise_i16x8(i16x8_extadd_pairwise_i8x16(v));
+            let s = i32x4_add(s, i32x4_shuffle::<2, 3, 0, 1>(s, s));
+            let s = i32x4_add(s, i32x4_shuffle::<1, 0, 3, 2>(s, s));
+            o.bsums[g] = i32x4_extract_lane::<0>(s) as i16;
+        }
+        o.d = 1.0 / iscale;
     }
 }
 

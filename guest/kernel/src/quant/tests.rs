@@ -103,6 +103,44 @@ fn f16_conversion_is_exact() {
     }
 }
 
+/// Q8_K activation quantization (simd128 as wasm32) gives the scalar
+/// reference's bytes: random blocks, a magnitude held by two values of
+/// opposite sign (the first one's sign wins), rounding ties, all zero
+/// (both signs), NaN and infinite values.
+#[test]
+fn q8_k_quantize_matches_scalar() {
+    let mut rng = Lcg(21);
+    let mut blocks: Vec<Vec<f32>> = (0..16).map(|i| rng.vec(256, 0.5 + i as f32)).collect();
+    for (a, b) in [(-5.0, 5.0), (5.0, -5.0)] {
+        let mut v = rng.vec(256, 1.0);
+        v[7] = a;
+        v[200] = b;
+        blocks.push(v);
+    }
+    // Products on .5: iscale is -1 with 127 the largest magnitude.
+    let mut ties: Vec<f32> = (0..256).map(|i| (i as f32 - 128.0) * 0.5).collect();
+    ties[255] = -127.0;
+    blocks.push(ties);
+    blocks.push(vec![0.0; 256]);
+    blocks.push(vec![-0.0; 256]);
+    blocks.push(vec![f32::NAN; 256]);
+    for (i, special) in [(3, f32::NAN), (50, f32::INFINITY), (60, f32::NEG_INFINITY)] {
+        let mut v = rng.vec(256, 1.0);
+        v[i] = special;
+        v[i + 100] = f32::NAN;
+        blocks.push(v);
+    }
+    let x = blocks.concat();
+    let n = x.len() / 256;
+    let mut got = vec![q8_k::Q8_KAct::zeroed(); n];
+    let mut want = vec![q8_k::Q8_KAct::zeroed(); n];
+    <q8_k::Q8_KAct as ActBlock>::quantize(&x, &mut got);
+    q8_k::quantize_scalar(&x, &mut want);
+    for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(bytemuck::bytes_of(g), bytemuck::bytes_of(w), "block {b}");
+    }
+}
+
 /// The four-lane conversion of the Q8_0 decode dots' scales has the scalar
 /// conversion's bits for every f16, in every lane (as wasm32).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
