@@ -356,6 +356,45 @@ fn gelu_with(table: &[f32; 1 << 16], x: f32) -> f32 {
     table[half::f16::from_f32(x).to_bits() as usize]
 }
 
+/// `g[i] = gelu(g[i]) * u[i]` (the gated FFN), four values at a time in
+/// the simd128 builds (the f16 rounding of the index in SIMD, the table
+/// read per lane): the same bits as the scalar loop (tests).
+fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    assert_eq!(g.len(), u.len(), "gelu_mul: lengths");
+    let table = gelu_table();
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    let done = {
+        use core::arch::wasm32::*;
+        let n4 = g.len() / 4 * 4;
+        for (gc, uc) in g[..n4].chunks_exact_mut(4).zip(u[..n4].chunks_exact(4)) {
+            // SAFETY: 4 f32 in each chunk.
+            let (x, y) = unsafe {
+                (
+                    v128_load(gc.as_ptr() as *const v128),
+                    v128_load(uc.as_ptr() as *const v128),
+                )
+            };
+            let h = crate::quant::f32x4_to_f16(x);
+            let t = f32x4(
+                table[u32x4_extract_lane::<0>(h) as usize & 0xffff],
+                table[u32x4_extract_lane::<1>(h) as usize & 0xffff],
+                table[u32x4_extract_lane::<2>(h) as usize & 0xffff],
+                table[u32x4_extract_lane::<3>(h) as usize & 0xffff],
+            );
+            let r = v128_bitselect(f32x4_splat(0.0), t, f32x4_le(x, f32x4_splat(-10.0)));
+            let r = v128_bitselect(x, r, f32x4_ge(x, f32x4_splat(10.0)));
+            // SAFETY: as above.
+            unsafe { v128_store(gc.as_mut_ptr() as *mut v128, f32x4_mul(r, y)) };
+        }
+        n4
+    };
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    let done = 0;
+    for (g, &u) in g[done..].iter_mut().zip(&u[done..]) {
+        *g = gelu_with(table, *g) * u;
+    }
+}
+
 /// [`gelu_ref`] of each f16 value (by its bits), built on first use.
 fn gelu_table() -> &'static [f32; 1 << 16] {
     static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
@@ -728,13 +767,10 @@ fn ffn_partial(c: &Config, s: &mut State, w: &BlockWeights, n: usize) -> Result<
     );
     mat_mul(&mut s.hb, &w.w_gate, &s.xb, n, &mut s.acts)?;
     mat_mul_again(&mut s.hb2, &w.w_up, &s.xb, n, &mut s.acts)?;
-    let gate_up = s.hb[..n * c.n_ff].iter_mut().zip(&s.hb2[..n * c.n_ff]);
+    let (g, u) = (&mut s.hb[..n * c.n_ff], &s.hb2[..n * c.n_ff]);
     match c.ffn_act {
-        FfnAct::Silu => gate_up.for_each(|(g, &u)| *g = silu(*g) * u),
-        FfnAct::GeluTanh => {
-            let table = gelu_table();
-            gate_up.for_each(|(g, &u)| *g = gelu_with(table, *g) * u)
-        }
+        FfnAct::Silu => g.iter_mut().zip(u).for_each(|(g, &u)| *g = silu(*g) * u),
+        FfnAct::GeluTanh => gelu_mul(g, u),
     }
     mat_mul(&mut s.xb2, &w.w_down, &s.hb, n, &mut s.acts)
 }
@@ -903,6 +939,48 @@ mod tests {
         }
         assert_eq!(gelu(-10.0), 0.0);
         assert_eq!(gelu(12.5), 12.5);
+    }
+
+    #[test]
+    fn gelu_mul_has_the_bits_of_the_scalar_loop() {
+        // Around the clamps, f16 rounding ties and subnormals, NaN and
+        // infinities, and a length that leaves a tail.
+        let mut g: Vec<f32> = vec![
+            -10.0,
+            -9.999_999,
+            10.0,
+            9.999_999,
+            -10.000_001,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            1e-8,
+            -3e-6,
+            6.1e-5,
+            1.000_488_3,
+            -2.001_953,
+        ];
+        let mut x = 0x1234_5678u32;
+        for _ in 0..4000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            g.push((x as f32 / u32::MAX as f32 - 0.5) * 24.0);
+        }
+        g.push(3.0);
+        let u: Vec<f32> = (0..g.len()).map(|i| 0.25 + (i % 7) as f32 - 3.0).collect();
+        let want: Vec<u32> = g
+            .iter()
+            .zip(&u)
+            .map(|(&g, &u)| (gelu(g) * u).to_bits())
+            .collect();
+        let mut got = g.clone();
+        gelu_mul(&mut got, &u);
+        for (i, (a, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bits(), *w, "at {i}: gelu({}) * {}", g[i], u[i]);
+        }
     }
 
     #[test]

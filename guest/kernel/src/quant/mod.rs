@@ -309,6 +309,44 @@ pub(crate) unsafe fn load_f16x4(p: *const [u8; 2]) -> core::arch::wasm32::v128 {
     f16x4_finite(core::arch::wasm32::i32x4_load_extend_i16x4(p as *const i16))
 }
 
+/// [`f32_to_f16_le`] of 4 f32 lanes, as the f16 bits in i32 lanes (round
+/// to nearest even; the bits of `half::f16::from_f32` for every input,
+/// tests): a normal result by rebiasing the exponent and adding the
+/// rounding increment to the f32 bits (a carry into the exponent is the
+/// correct rounding up), a subnormal or zero by one f32 addition of 0.5,
+/// which rounds the value onto the f16 subnormal grid in its low bits;
+/// beyond the f16 range infinity, and NaN as `half` makes it (quiet, the
+/// top of its payload kept).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn f32x4_to_f16(x: core::arch::wasm32::v128) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let sign = u32x4_shr(v128_and(x, u32x4_splat(0x8000_0000)), 16);
+    let a = v128_and(x, u32x4_splat(0x7fff_ffff));
+    // |x| >= 2^-14: the exponent rebiased (-112 << 23), then the bits
+    // rounded to 10 mantissa bits, ties to even.
+    let odd = v128_and(u32x4_shr(a, 13), u32x4_splat(1));
+    let normal = u32x4_shr(i32x4_add(i32x4_add(a, u32x4_splat(0xc800_0fff)), odd), 13);
+    // |x| < 2^-14: 0.5 + |x| puts the f16 subnormal's mantissa, rounded
+    // by the addition, in the low bits.
+    let half = f32x4_splat(0.5);
+    let sub = i32x4_sub(f32x4_add(a, half), half);
+    let r = v128_bitselect(sub, normal, u32x4_lt(a, u32x4_splat(113 << 23)));
+    // |x| >= 65536 (infinity included) overflows; rounding already makes
+    // 65520..65536 infinite.
+    let r = v128_bitselect(
+        u32x4_splat(0x7c00),
+        r,
+        u32x4_ge(a, u32x4_splat(0x4780_0000)),
+    );
+    let nan = v128_or(
+        u32x4_splat(0x7e00),
+        u32x4_shr(v128_and(a, u32x4_splat(0x007f_ffff)), 13),
+    );
+    let r = v128_bitselect(nan, r, u32x4_gt(a, u32x4_splat(0x7f80_0000)));
+    v128_or(r, sign)
+}
+
 /// Little-endian f16 bytes to f32.
 #[inline(always)]
 pub fn f16_le(b: [u8; 2]) -> f32 {

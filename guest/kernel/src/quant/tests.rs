@@ -103,6 +103,38 @@ fn f16_conversion_is_exact() {
     }
 }
 
+/// The four-lane f32 -> f16 rounding has `half`'s bits for f32 patterns
+/// across the whole range (every 509th pattern and the neighbours of
+/// every f16 boundary and rounding tie), as wasm32.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[test]
+fn f32x4_to_f16_is_halfs_rounding() {
+    use core::arch::wasm32::*;
+    let mut xs: Vec<u32> = (0..=u32::MAX / 509).map(|k| k * 509).collect();
+    for h in 0..=u16::MAX {
+        // The f32 of each f16 and of the midpoint above it, and their
+        // neighbours.
+        let f = f16_to_f32(h).to_bits();
+        for b in [f, f.wrapping_add(1 << 12)] {
+            xs.extend([b.wrapping_sub(1), b, b.wrapping_add(1)]);
+        }
+    }
+    for c in xs.chunks_exact(4) {
+        let v = u32x4(c[0], c[1], c[2], c[3]);
+        let got = crate::quant::f32x4_to_f16(v);
+        let got = [
+            u32x4_extract_lane::<0>(got),
+            u32x4_extract_lane::<1>(got),
+            u32x4_extract_lane::<2>(got),
+            u32x4_extract_lane::<3>(got),
+        ];
+        for k in 0..4 {
+            let want = half::f16::from_f32(f32::from_bits(c[k])).to_bits() as u32;
+            assert_eq!(got[k], want, "{:#010x}", c[k]);
+        }
+    }
+}
+
 /// Q8_K activation quantization (simd128 as wasm32) gives the scalar
 /// reference's bytes: random blocks, a magnitude held by two values of
 /// opposite sign (the first one's sign wins), rounding ties, all zero
