@@ -790,10 +790,12 @@ impl<'a> Mat<'a> {
         } else {
             Vec::new()
         };
+        // A batch's chunks repacked into here.
+        let mut packed_buf = Vec::new();
         for r0 in (0..rows).step_by(chunk_rows) {
             let k = chunk_rows.min(rows - r0);
             let want = k * row_bytes;
-            let mut bytes = s.src.load_layer(
+            let bytes = s.src.load_layer(
                 s.layer,
                 &[ByteRange {
                     offset: s.offset + (r0 * row_bytes) as u64,
@@ -810,11 +812,14 @@ impl<'a> Mat<'a> {
             // For a batch, repacked for the fast kernels while the chunk is
             // in cache (types without a packed layout stay as they are); a
             // single vector is faster on the bytes as they came.
-            let packed =
-                n >= PACK_BATCH && quant::pack_in_place(self.q.ty, &mut bytes, k, self.q.cols);
+            let packed = n >= PACK_BATCH && {
+                packed_buf.resize(want, 0);
+                quant::pack_into(self.q.ty, &bytes, &mut packed_buf, k, self.q.cols)
+            };
+            let data = if packed { &packed_buf[..] } else { &bytes[..] };
             let w = QTensor {
                 packed,
-                ..QTensor::new(self.q.ty, k, self.q.cols, &bytes)?
+                ..QTensor::new(self.q.ty, k, self.q.cols, data)?
             };
             if n == 1 {
                 quant::matmul(&mut out[r0..r0 + k], &w, x);

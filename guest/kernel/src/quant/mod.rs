@@ -895,6 +895,14 @@ pub fn pack_in_place(ty: GgmlType, data: &mut [u8], rows: usize, cols: usize) ->
     packed::with_pack!(ty, K => packed::pack_kind::<K>(data, rows, cols / K::BLOCK), false)
 }
 
+/// [`pack_in_place`] from `src` into `dst` (of the same size), which
+/// saves the in-place repack's copy of each group of rows: returns false
+/// for a type without a packed layout or a tensor with an Inf or NaN
+/// scale, `dst` then unspecified (`src` is never changed).
+pub fn pack_into(ty: GgmlType, src: &[u8], dst: &mut [u8], rows: usize, cols: usize) -> bool {
+    packed::with_pack!(ty, K => packed::pack_kind_into::<K>(src, dst, rows, cols / K::BLOCK), false)
+}
+
 fn unsupported(ty: GgmlType) -> ! {
     panic!("quant: unsupported weight type {ty}")
 }

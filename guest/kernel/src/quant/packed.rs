@@ -995,6 +995,38 @@ pub(crate) fn pack_kind<K: PackKind>(data: &mut [u8], rows: usize, nb: usize) ->
     true
 }
 
+/// [`pack_kind`] from `src` into `dst` (the same size; no scratch copy):
+/// returns false, `dst` unspecified, if a scale is not finite.
+pub(crate) fn pack_kind_into<K: PackKind>(
+    src: &[u8],
+    dst: &mut [u8],
+    rows: usize,
+    nb: usize,
+) -> bool {
+    let rb = nb * std::mem::size_of::<K::Block>();
+    assert!(
+        src.len() == rows * rb && dst.len() == src.len(),
+        "packed tensor size"
+    );
+    let full = rows / ROWS * ROWS * rb;
+    let tail: &[K::Block] = bytemuck::cast_slice(&src[full..]);
+    if !tail.iter().all(K::finite) {
+        return false;
+    }
+    dst[full..].copy_from_slice(&src[full..]);
+    for (s, d) in src[..full]
+        .chunks_exact(ROWS * rb)
+        .zip(dst[..full].chunks_exact_mut(ROWS * rb))
+    {
+        let blocks: &[K::Block] = bytemuck::cast_slice(s);
+        if !blocks.iter().all(K::finite) {
+            return false;
+        }
+        K::pack_rows(blocks, bytemuck::cast_slice_mut(d));
+    }
+    true
+}
+
 /// Undoes [`pack_kind`] on `data`, whole groups of 4 rows of `nb` blocks.
 fn unpack_kind<K: PackKind>(data: &mut [u8], nb: usize) {
     let rb = nb * std::mem::size_of::<K::Block>();

@@ -1088,10 +1088,14 @@ const PACKED_TYPES: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8
 /// The layouts of `packed_k`.
 const PACKED_K_TYPES: &[GgmlType] = &[GgmlType::Q5_0, GgmlType::Q4_K, GgmlType::Q6_K];
 
-/// Packs `data` (`rows` x `cols` of `ty`) in place; a copy.
+/// Packs `data` (`rows` x `cols` of `ty`) in place; a copy. Packing
+/// into another buffer ([`pack_into`]) gives the same bytes.
 fn packed_copy(ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> Vec<u8> {
     let mut p = data.to_vec();
     assert!(pack_in_place(ty, &mut p, rows, cols), "{ty} packs");
+    let mut q = vec![0xa5u8; data.len()];
+    assert!(pack_into(ty, data, &mut q, rows, cols), "{ty} packs into");
+    assert_eq!(p, q, "{ty}: pack_into and pack_in_place differ");
     p
 }
 
@@ -1213,6 +1217,10 @@ fn packed_matmul_extreme_bytes() {
                     "{ty}: packed an Inf/NaN scale in block {at}"
                 );
                 assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+                assert!(
+                    !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
+                    "{ty}: packed an Inf/NaN scale into another buffer"
+                );
             }
         }
         let x = rng.vec(2 * cols, 1.0);
@@ -1467,6 +1475,14 @@ fn packed_k_matmul_random_bytes() {
                         "{ty}: packed an Inf/NaN scale at {o} of block {at}"
                     );
                     assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+                    assert!(
+                        !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
+                        "{ty}: packed an Inf/NaN scale into another buffer"
+                    );
+                    assert!(
+                        !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
+                        "{ty}: packed an Inf/NaN scale into another buffer"
+                    );
                 }
             }
         }
