@@ -1677,9 +1677,10 @@ fn bench_q8_0_chunk_batch() {
     }
 }
 
-/// Prompt (32 vectors) matmuls of Gemma-3-270M Q4_K_M's packed types and
-/// shapes (Q5_0 for the 640-column matrices, Q4_K and Q6_K for the
-/// 2048-column FFN down): the median of 9 runs, as GMAC/s.
+/// Decode (1 vector) and prompt (32 vectors) matmuls of Gemma-3-270M
+/// Q4_K_M's packed types and shapes (Q5_0 for the 640-column matrices,
+/// Q4_K and Q6_K for the 2048-column FFN down): the median of 9 runs, as
+/// GMAC/s.
 #[test]
 #[ignore]
 fn bench_gemma_batch() {
@@ -1692,7 +1693,9 @@ fn bench_gemma_batch() {
         if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
             continue;
         }
-        bench_packed_batch(ty, rows, cols, 32, &mut rng);
+        for n in [1, 32] {
+            bench_packed_batch(ty, rows, cols, n, &mut rng);
+        }
     }
 }
 
