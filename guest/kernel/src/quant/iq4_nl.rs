@@ -68,14 +68,7 @@ pub fn best_index_int8(values: &[i8; 16], x: f32) -> u8 {
 fn quantize_block(xb: &[f32], ntry: i32) -> BlockIQ4NL {
     let values = &KVALUES_IQ4NL;
     let v0 = values[0] as f32;
-    let mut amax = 0f32;
-    let mut max = 0f32;
-    for &v in xb {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = super::signed_max(xb);
     let mut out = BlockIQ4NL {
         d: f32_to_f16_le(0.0),
         qs: [0; QK4_NL / 2],

@@ -903,6 +903,20 @@ pub fn pack_into(ty: GgmlType, src: &[u8], dst: &mut [u8], rows: usize, cols: us
     packed::with_pack!(ty, K => packed::pack_kind_into::<K>(src, dst, rows, cols / K::BLOCK), false)
 }
 
+/// The largest magnitude in `x` and the value that has it, with its sign
+/// (the first such value; NaN passed over), as ggml's quantizers find them.
+#[inline(always)]
+pub(crate) fn signed_max(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 fn unsupported(ty: GgmlType) -> ! {
     panic!("quant: unsupported weight type {ty}")
 }

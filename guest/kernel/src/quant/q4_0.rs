@@ -32,14 +32,7 @@ impl QuantKind for Q4_0 {
     fn quantize(x: &[f32], out: &mut [BlockQ4_0]) {
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK4_0)) {
             // The value of largest magnitude, with its sign, maps to -8.
-            let mut amax = 0f32;
-            let mut max = 0f32;
-            for &v in xb {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
+            let (_, max) = super::signed_max(xb);
             let d = max / -8.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let q = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;

@@ -47,14 +47,7 @@ impl QuantKind for Q5_0 {
 
     fn quantize(x: &[f32], out: &mut [BlockQ5_0]) {
         for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK5_0)) {
-            let mut amax = 0f32;
-            let mut max = 0f32;
-            for &v in xb {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
+            let (_, max) = super::signed_max(xb);
             let d = max / -16.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let q = |v: f32| ((v * id + 16.5) as i8).min(31) as u32;

@@ -58,14 +58,7 @@ impl ActBlock for Q8_KAct {
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 pub(crate) fn quantize_scalar(x: &[f32], out: &mut [Q8_KAct]) {
     for (o, xb) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
-        let mut amax = 0f32;
-        let mut max = 0f32;
-        for &v in xb {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (amax, max) = super::signed_max(xb);
         if amax == 0.0 {
             *o = Q8_KAct {
                 d: 0.0,
@@ -311,14 +304,7 @@ pub(crate) fn make_qkx2_quants(
 /// weights: a symmetric scale for `L` in -nmax..nmax-1 (stored in `l` plus
 /// nmax), searched to minimize the x²-weighted error.
 pub(crate) fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    let (amax, max) = super::signed_max(x);
     if amax < GROUP_MAX_EPS {
         l.fill(0);
         return 0.0;

@@ -1167,6 +1167,21 @@ fn packed_matmul_bit_identical_to_scalar() {
     }
 }
 
+/// `d` (with an Inf or NaN scale at `at`) is refused by both packings,
+/// and packing it in place leaves it as it was.
+fn assert_refuses(ty: GgmlType, mut d: Vec<u8>, rows: usize, cols: usize, at: &str) {
+    let before = d.clone();
+    assert!(
+        !pack_in_place(ty, &mut d, rows, cols),
+        "{ty}: packed an Inf/NaN scale at {at}"
+    );
+    assert_eq!(d, before, "{ty}: refused packing changed the bytes");
+    assert!(
+        !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
+        "{ty}: packed an Inf/NaN scale at {at} into another buffer"
+    );
+}
+
 /// Blocks of a tensor of `rows` (9) rows of `nb` blocks where a test puts
 /// an Inf/NaN scale: in the first group of 4 rows, in the second (which
 /// [`pack_in_place`] meets after packing the first) and in the tail row.
@@ -1211,16 +1226,7 @@ fn packed_matmul_extreme_bytes() {
             for bad in [0x7c00u16, 0xfc00, 0x7e00] {
                 let mut d = data.clone();
                 d[ty.type_size() * at..][..2].copy_from_slice(&bad.to_le_bytes());
-                let before = d.clone();
-                assert!(
-                    !pack_in_place(ty, &mut d, rows, cols),
-                    "{ty}: packed an Inf/NaN scale in block {at}"
-                );
-                assert_eq!(d, before, "{ty}: refused packing changed the bytes");
-                assert!(
-                    !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
-                    "{ty}: packed an Inf/NaN scale into another buffer"
-                );
+                assert_refuses(ty, d, rows, cols, &format!("block {at}"));
             }
         }
         let x = rng.vec(2 * cols, 1.0);
@@ -1469,20 +1475,7 @@ fn packed_k_matmul_random_bytes() {
                 for bad in [0x7c00u16, 0xfc00, 0x7e00] {
                     let mut d = data.clone();
                     d[ty.type_size() * at + o..][..2].copy_from_slice(&bad.to_le_bytes());
-                    let before = d.clone();
-                    assert!(
-                        !pack_in_place(ty, &mut d, rows, cols),
-                        "{ty}: packed an Inf/NaN scale at {o} of block {at}"
-                    );
-                    assert_eq!(d, before, "{ty}: refused packing changed the bytes");
-                    assert!(
-                        !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
-                        "{ty}: packed an Inf/NaN scale into another buffer"
-                    );
-                    assert!(
-                        !pack_into(ty, &d, &mut vec![0; d.len()], rows, cols),
-                        "{ty}: packed an Inf/NaN scale into another buffer"
-                    );
+                    assert_refuses(ty, d, rows, cols, &format!("{o} of block {at}"));
                 }
             }
         }
