@@ -357,16 +357,7 @@ mod simd {
             // magnitude, so the narrowing keeps them), then pair j of them
             // (one i32 lane) against the mins of pair j.
             let s = i16x8_narrow_i32x4(i32x4_dot_i16x8(b0, one), i32x4_dot_i16x8(b1, one));
-            i32x4_add(
-                i32x4_add(
-                    i32x4_dot_i16x8(mp[0], i32x4_shuffle::<0, 0, 0, 0>(s, s)),
-                    i32x4_dot_i16x8(mp[1], i32x4_shuffle::<1, 1, 1, 1>(s, s)),
-                ),
-                i32x4_add(
-                    i32x4_dot_i16x8(mp[2], i32x4_shuffle::<2, 2, 2, 2>(s, s)),
-                    i32x4_dot_i16x8(mp[3], i32x4_shuffle::<3, 3, 3, 3>(s, s)),
-                ),
-            )
+            lane_dots(&mp, s)
         });
         (lane, summ)
     }
@@ -712,12 +703,6 @@ mod simd {
         ys: &[&[i32]; T],
         acc: &mut [v128; T],
     ) {
-        // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
-        // [r0 c0..c4, r1 c0..c4, ..].
-        #[inline(always)]
-        fn rows(q: v128) -> v128 {
-            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
-        }
         let codes = q5_0_codes(bx).map(|(wl, wh)| (rows(wl), rows(wh)));
         // SAFETY: reads the 8-byte `d`.
         let d = unsafe { load_f16x4(bx.d.as_ptr()) };
@@ -741,6 +726,34 @@ mod simd {
             );
             acc[t] = f32x4_add(acc[t], term);
         }
+    }
+
+    /// Interleaved codes' bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2
+    /// c3, ..] to [r0 c0..c4, r1 c0..c4, ..]: each row's 4 columns side by
+    /// side, so a dot against a broadcast quad of activations leaves a
+    /// row's sums in adjacent lanes.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn rows(q: v128) -> v128 {
+        i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
+    }
+
+    /// `sum over k of i32x4.dot_i16x8_s(p[k], lane k of s, in every
+    /// lane)`: pairs of i16 (`p[k]`) against the 4 i32 lanes of `s`, each a
+    /// pair of i16 (exact for the callers' magnitudes).
+    #[inline(always)]
+    fn lane_dots(p: &[v128], s: v128) -> v128 {
+        assert!(p.len() == 4);
+        i32x4_add(
+            i32x4_add(
+                i32x4_dot_i16x8(p[0], i32x4_shuffle::<0, 0, 0, 0>(s, s)),
+                i32x4_dot_i16x8(p[1], i32x4_shuffle::<1, 1, 1, 1>(s, s)),
+            ),
+            i32x4_add(
+                i32x4_dot_i16x8(p[2], i32x4_shuffle::<2, 2, 2, 2>(s, s)),
+                i32x4_dot_i16x8(p[3], i32x4_shuffle::<3, 3, 3, 3>(s, s)),
+            ),
+        )
     }
 
     /// Four parts of codes (each 4 rows x 4 columns, shuffled by `rows`;
@@ -816,10 +829,6 @@ mod simd {
         y: &[&[Q8_KAct]; T],
         k: usize,
     ) -> ([v128; T], [v128; T]) {
-        #[inline(always)]
-        fn rows(q: v128) -> v128 {
-            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
-        }
         let m4 = u8x16_splat(0x0f);
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
@@ -978,12 +987,6 @@ mod simd {
         lq: usize,
         isum: &mut [v128; T],
     ) {
-        // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
-        // [r0 c0..c4, r1 c0..c4, ..].
-        #[inline(always)]
-        fn rows(q: v128) -> v128 {
-            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
-        }
         let sub = 8 * h + 2 * I + lq;
         // SAFETY: h < 2 and 16 lq + 4p + 4 <= 32.
         let u: [v128; 4] =
@@ -1065,28 +1068,7 @@ mod simd {
                     v128_load(bs.add(8) as *const v128),
                 )
             };
-            let c = i32x4_add(
-                i32x4_add(
-                    i32x4_add(
-                        i32x4_dot_i16x8(p[0], i32x4_shuffle::<0, 0, 0, 0>(b0, b0)),
-                        i32x4_dot_i16x8(p[1], i32x4_shuffle::<1, 1, 1, 1>(b0, b0)),
-                    ),
-                    i32x4_add(
-                        i32x4_dot_i16x8(p[2], i32x4_shuffle::<2, 2, 2, 2>(b0, b0)),
-                        i32x4_dot_i16x8(p[3], i32x4_shuffle::<3, 3, 3, 3>(b0, b0)),
-                    ),
-                ),
-                i32x4_add(
-                    i32x4_add(
-                        i32x4_dot_i16x8(p[4], i32x4_shuffle::<0, 0, 0, 0>(b1, b1)),
-                        i32x4_dot_i16x8(p[5], i32x4_shuffle::<1, 1, 1, 1>(b1, b1)),
-                    ),
-                    i32x4_add(
-                        i32x4_dot_i16x8(p[6], i32x4_shuffle::<2, 2, 2, 2>(b1, b1)),
-                        i32x4_dot_i16x8(p[7], i32x4_shuffle::<3, 3, 3, 3>(b1, b1)),
-                    ),
-                ),
-            );
+            let c = i32x4_add(lane_dots(&p[..4], b0), lane_dots(&p[4..], b1));
             isum[t] = i32x4_sub(isum[t], i32x4_shl(c, 5));
         }
     }
