@@ -881,10 +881,7 @@ fn matmul_packed_scalar<K: packed::PackKind>(out: &mut [f32], w: &QTensor, x: &Q
 /// Whether weights `data` of type `ty` (GGUF layout, whole blocks) can be
 /// packed: the type has a packed layout and no scale is Inf or NaN.
 pub fn packable(ty: GgmlType, data: &[u8]) -> bool {
-    packed::with_pack!(ty, K => {
-        let blocks: &[<K as QuantKind>::Block] = bytemuck::cast_slice(data);
-        blocks.iter().all(<K as packed::PackKind>::finite)
-    }, false)
+    packed::with_pack!(ty, K => packed::all_finite::<K>(data), false)
 }
 
 /// Repack `rows` rows of `cols` weights of type `ty` (`data`, GGUF layout)

@@ -969,34 +969,34 @@ pub fn has_layout(ty: crate::ggml_type::GgmlType) -> bool {
     with_pack!(ty, K => { let _ = K::TYPE; true }, false)
 }
 
-/// Packs `rows` rows of `nb` blocks of `K` (`data`, GGUF layout) in place.
-/// Every scale must be finite ([`PackKind::finite`]: the packed dots
-/// convert scales assuming so; [`super::pack_in_place`] checks).
+/// Whether every scale of the blocks of `K` in `bytes` is finite
+/// ([`PackKind::finite`]: the packed dots convert scales assuming so).
+pub(crate) fn all_finite<K: PackKind>(bytes: &[u8]) -> bool {
+    bytemuck::cast_slice::<u8, K::Block>(bytes)
+        .iter()
+        .all(K::finite)
+}
+
+/// Packs `rows` rows of `nb` blocks of `K` (`data`, GGUF layout) in place,
+/// each group of 4 rows through a copy; returns false, `data` untouched,
+/// if a scale is not finite.
 pub(crate) fn pack_kind<K: PackKind>(data: &mut [u8], rows: usize, nb: usize) -> bool {
     let rb = nb * std::mem::size_of::<K::Block>();
     assert_eq!(data.len(), rows * rb, "packed tensor size");
-    let full = rows / ROWS * ROWS * rb;
-    let tail: &[K::Block] = bytemuck::cast_slice(&data[full..]);
-    if !tail.iter().all(K::finite) {
+    if !all_finite::<K>(data) {
         return false;
     }
     let mut tmp = vec![0u8; ROWS * rb];
-    for (i, chunk) in data[..full].chunks_exact_mut(ROWS * rb).enumerate() {
+    for chunk in data.chunks_exact_mut(ROWS * rb) {
         tmp.copy_from_slice(chunk);
-        let blocks: &[K::Block] = bytemuck::cast_slice(&tmp);
-        // Checked here, while the rows are in cache, rather than in a pass
-        // of its own; a refusal unpacks the groups already packed.
-        if !blocks.iter().all(K::finite) {
-            unpack_kind::<K>(&mut data[..i * ROWS * rb], nb);
-            return false;
-        }
-        K::pack_rows(blocks, bytemuck::cast_slice_mut(chunk));
+        K::pack_rows(bytemuck::cast_slice(&tmp), bytemuck::cast_slice_mut(chunk));
     }
     true
 }
 
-/// [`pack_kind`] from `src` into `dst` (the same size; no scratch copy):
-/// returns false, `dst` unspecified, if a scale is not finite.
+/// [`pack_kind`] from `src` into `dst` (the same size; no copy per group,
+/// and the scales checked while each group is in cache): returns false,
+/// `dst` unspecified, if a scale is not finite.
 pub(crate) fn pack_kind_into<K: PackKind>(
     src: &[u8],
     dst: &mut [u8],
@@ -1009,8 +1009,7 @@ pub(crate) fn pack_kind_into<K: PackKind>(
         "packed tensor size"
     );
     let full = rows / ROWS * ROWS * rb;
-    let tail: &[K::Block] = bytemuck::cast_slice(&src[full..]);
-    if !tail.iter().all(K::finite) {
+    if !all_finite::<K>(&src[full..]) {
         return false;
     }
     dst[full..].copy_from_slice(&src[full..]);
@@ -1018,29 +1017,12 @@ pub(crate) fn pack_kind_into<K: PackKind>(
         .chunks_exact(ROWS * rb)
         .zip(dst[..full].chunks_exact_mut(ROWS * rb))
     {
-        let blocks: &[K::Block] = bytemuck::cast_slice(s);
-        if !blocks.iter().all(K::finite) {
+        if !all_finite::<K>(s) {
             return false;
         }
-        K::pack_rows(blocks, bytemuck::cast_slice_mut(d));
+        K::pack_rows(bytemuck::cast_slice(s), bytemuck::cast_slice_mut(d));
     }
     true
-}
-
-/// Undoes [`pack_kind`] on `data`, whole groups of 4 rows of `nb` blocks.
-fn unpack_kind<K: PackKind>(data: &mut [u8], nb: usize) {
-    let rb = nb * std::mem::size_of::<K::Block>();
-    let mut tmp = vec![0u8; ROWS * rb];
-    for chunk in data.chunks_exact_mut(ROWS * rb) {
-        tmp.copy_from_slice(chunk);
-        let groups: &[K::Group] = bytemuck::cast_slice(&tmp);
-        let blocks: &mut [K::Block] = bytemuck::cast_slice_mut(chunk);
-        for (b, g) in groups.iter().enumerate() {
-            for r in 0..ROWS {
-                blocks[r * nb + b] = K::unpack(g, r);
-            }
-        }
-    }
 }
 
 /// Row `r` of a packed tensor of `rows` rows of `nb` blocks, as GGUF blocks.
