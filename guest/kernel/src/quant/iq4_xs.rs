@@ -172,9 +172,9 @@ impl QuantKind for IQ4_XS {
         let table = unsafe { v128_load(KVALUES_IQ4NL.as_ptr() as *const v128) };
         let mut acc = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
-            let sc = scales(bx);
+            let sc16 = super::q8_k::scales_i16(scales(bx).map(|s| s as i8 as u8), true);
             let mut isum = i32x4_splat(0);
-            for (s, &ls) in sc.iter().enumerate() {
+            for s in 0..8 {
                 // SAFETY: 16 bytes at 16s of the 128-byte `qs`, 32 bytes at
                 // 32s of the 256-byte `qs` of `by`; no alignment needed.
                 let (q, y0, y1) = unsafe {
@@ -196,7 +196,7 @@ impl QuantKind for IQ4_XS {
                     i16x8_extmul_low_i8x16(hi, y1),
                     i16x8_extmul_high_i8x16(hi, y1),
                 );
-                let s16 = i16x8_splat(ls as i16);
+                let s16 = super::q8_k::scale_lane(sc16, s);
                 isum = i32x4_add(
                     isum,
                     i32x4_add(i32x4_dot_i16x8(p0, s16), i32x4_dot_i16x8(p1, s16)),

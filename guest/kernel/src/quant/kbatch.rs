@@ -348,7 +348,8 @@ mod simd {
         let m4 = u8x16_splat(0x0f);
         let o = out.as_mut_ptr();
         let qh = simd_qh(b);
-        for k in 0..4 {
+        // Unrolled by hand, so `hbit`'s shifts are by constants.
+        let chunk = |k: usize| {
             let s = 2 * k as u32;
             for (c, &h) in qh.iter().enumerate() {
                 // SAFETY: a 16-byte load at 32k + 16c of the 128-byte `qs`;
@@ -361,7 +362,11 @@ mod simd {
                     store_scaled(o.add(64 * k + 32 + 16 * c), hi, sc[2 * k + 1] as i16, false);
                 }
             }
-        }
+        };
+        chunk(0);
+        chunk(1);
+        chunk(2);
+        chunk(3);
     }
 
     pub fn scaled_q6_k(b: &BlockQ6_K, out: &mut [i16; QK_K]) {

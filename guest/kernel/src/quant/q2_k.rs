@@ -155,7 +155,14 @@ impl QuantKind for Q2_K {
                 summs += s as i32 * (sc >> 4) as i32;
             }
             let mut isum = i32x4_splat(0);
-            for h in 0..2 {
+            // The 16 scales' low nibbles as i16, 8 per vector.
+            // SAFETY: the 16-byte `scales`; wasm loads need no alignment.
+            let scv = v128_and(
+                unsafe { v128_load(bx.scales.as_ptr() as *const v128) },
+                u8x16_splat(0x0f),
+            );
+            let sc16 = [u16x8_extend_low_u8x16(scv), u16x8_extend_high_u8x16(scv)];
+            for (h, &sch) in sc16.iter().enumerate() {
                 // SAFETY: the two halves of `qs[32h..32h + 32]`.
                 let qv = unsafe {
                     let p = bx.qs.as_ptr().add(32 * h);
@@ -174,7 +181,7 @@ impl QuantKind for Q2_K {
                         };
                         // q <= 3 and |y| <= 127: two products fit i16.
                         let p = super::q8_k::pair_dot(q, yv);
-                        let s = i16x8_splat((bx.scales[2 * i + c] & 0x0f) as i16);
+                        let s = super::q8_k::scale_lane(sch, 2 * j + c);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, s));
                     }
                 }

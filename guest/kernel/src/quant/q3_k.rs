@@ -249,7 +249,8 @@ impl QuantKind for Q3_K {
                 i32x4_dot_i16x8(b1, i16x8_extend_high_i8x16(scv)),
             );
             let mut isum = i32x4_neg(i32x4_shl(corr, 2));
-            for h in 0..2 {
+            let sc16 = [i16x8_extend_low_i8x16(scv), i16x8_extend_high_i8x16(scv)];
+            for (h, &sch) in sc16.iter().enumerate() {
                 // SAFETY: the two halves of `qs[32h..32h + 32]`.
                 let qv = unsafe {
                     let p = bx.qs.as_ptr().add(32 * h);
@@ -272,7 +273,7 @@ impl QuantKind for Q3_K {
                         };
                         // q + 4 <= 7 and |y| <= 127: two products fit i16.
                         let p = super::q8_k::pair_dot(q4, yv);
-                        let s = i16x8_splat(sc[2 * i + c] as i16);
+                        let s = super::q8_k::scale_lane(sch, 2 * j + c);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, s));
                     }
                 }

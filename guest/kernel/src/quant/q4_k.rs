@@ -104,6 +104,7 @@ impl QuantKind for Q4_K {
         for (bx, by) in x.iter().zip(y) {
             let (sc, m) = scales_mins_k4(&bx.scales);
             let summ = super::hsum_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
+            let scv = super::q8_k::scales_i16(sc, false);
             let mut isum = i32x4_splat(0);
             for k in 0..4 {
                 // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
@@ -129,8 +130,8 @@ impl QuantKind for Q4_K {
                 isum = i32x4_add(
                     isum,
                     i32x4_add(
-                        i32x4_dot_i16x8(plo, i16x8_splat(sc[2 * k] as i16)),
-                        i32x4_dot_i16x8(phi, i16x8_splat(sc[2 * k + 1] as i16)),
+                        i32x4_dot_i16x8(plo, super::q8_k::scale_lane(scv, 2 * k)),
+                        i32x4_dot_i16x8(phi, super::q8_k::scale_lane(scv, 2 * k + 1)),
                     ),
                 );
             }

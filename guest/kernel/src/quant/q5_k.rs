@@ -118,8 +118,11 @@ impl QuantKind for Q5_K {
             let (sc, m) = scales_mins_k4(&bx.scales);
             let summ = super::hsum_i32x4(super::q8_k::bsums_dot_mins(&by.bsums, &m));
             let [qh0, qh1] = simd_qh(bx);
+            let scv = super::q8_k::scales_i16(sc, false);
             let mut isum = i32x4_splat(0);
-            for k in 0..4 {
+            // Unrolled by hand (LLVM left it rolled, every fifth-bit shift
+            // then by a variable count).
+            let mut chunk = |k: usize| {
                 // SAFETY: 16-byte loads at offsets 32k, 32k + 16 of the
                 // 128-byte `qs` and 64k + 0..48 of the 256-byte `qs` of `by`;
                 // wasm loads need no alignment.
@@ -146,11 +149,15 @@ impl QuantKind for Q5_K {
                 isum = i32x4_add(
                     isum,
                     i32x4_add(
-                        i32x4_dot_i16x8(plo, i16x8_splat(sc[2 * k] as i16)),
-                        i32x4_dot_i16x8(phi, i16x8_splat(sc[2 * k + 1] as i16)),
+                        i32x4_dot_i16x8(plo, super::q8_k::scale_lane(scv, 2 * k)),
+                        i32x4_dot_i16x8(phi, super::q8_k::scale_lane(scv, 2 * k + 1)),
                     ),
                 );
-            }
+            };
+            chunk(0);
+            chunk(1);
+            chunk(2);
+            chunk(3);
             let d = f16_le(bx.d) * by.d;
             let dmin = f16_le(bx.dmin) * by.d;
             sum += d * super::hsum_i32x4(isum) as f32 - dmin * summ as f32;
@@ -174,15 +181,24 @@ pub(crate) fn simd_qh(b: &BlockQ5_K) -> [core::arch::wasm32::v128; 2] {
     }
 }
 
-/// Bit `s` (0..8) of each byte of `h`, moved to bit 4 (a fifth bit).
+/// Bit `s` (0..8) of each byte of `h`, moved to bit 4 (a fifth bit): the
+/// bit masked, then a 16-bit shift by a constant (no set bit crosses a
+/// byte). Callers unroll their loops over `s`, so the match folds away; a
+/// shift by a variable count would be a count register plus the byte-shift
+/// emulation in wasmtime's x64 code.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
 pub(crate) fn simd_hbit(h: core::arch::wasm32::v128, s: u32) -> core::arch::wasm32::v128 {
     use core::arch::wasm32::*;
-    let t = if s <= 4 {
-        i8x16_shl(h, 4 - s)
-    } else {
-        u8x16_shr(h, s - 4)
-    };
-    v128_and(t, u8x16_splat(0x10))
+    let bit = |b: u8| v128_and(h, u8x16_splat(b));
+    match s {
+        0 => i16x8_shl(bit(1), 4),
+        1 => i16x8_shl(bit(2), 3),
+        2 => i16x8_shl(bit(4), 2),
+        3 => i16x8_shl(bit(8), 1),
+        4 => bit(16),
+        5 => u16x8_shr(bit(32), 1),
+        6 => u16x8_shr(bit(64), 2),
+        _ => u16x8_shr(bit(128), 3),
+    }
 }

@@ -155,6 +155,8 @@ impl QuantKind for Q6_K {
                 i32x4_dot_i16x8(b1, i16x8_extend_high_i8x16(scv)),
             );
             let mut isum = i32x4_neg(i32x4_shl(corr, 5));
+            let sc16 = [i16x8_extend_low_i8x16(scv), i16x8_extend_high_i8x16(scv)];
+            #[allow(clippy::needless_range_loop)] // `h` also picks the quants
             for h in 0..2 {
                 for c in 0..2 {
                     for (i, q) in simd_quants(bx, h, c).into_iter().enumerate() {
@@ -163,7 +165,7 @@ impl QuantKind for Q6_K {
                         let yv = unsafe { v128_load(by.qs.as_ptr().add(off) as *const v128) };
                         // q <= 63 and |y| <= 127: two products fit i16.
                         let p = super::q8_k::pair_dot(q, yv);
-                        let sc = i16x8_splat(bx.scales[off / 16] as i16);
+                        let sc = super::q8_k::scale_lane(sc16[h], off / 16 % 8);
                         isum = i32x4_add(isum, i32x4_dot_i16x8(p, sc));
                     }
                 }

@@ -213,6 +213,48 @@ pub(crate) fn bsums_dot_mins(bsums: &[i16; 16], m: &[u8; 8]) -> core::arch::wasm
     i32x4_add(i32x4_dot_i16x8(b0, lo), i32x4_dot_i16x8(b1, hi))
 }
 
+/// Eight 8-bit scales widened to i16 lanes (`u8` codes zero-extended, `i8`
+/// ones sign-extended by the caller's choice of `signed`).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn scales_i16(sc: [u8; 8], signed: bool) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    let v = u64x2(u64::from_le_bytes(sc), 0);
+    if signed {
+        i16x8_extend_low_i8x16(v)
+    } else {
+        u16x8_extend_low_u8x16(v)
+    }
+}
+
+/// Lane `s` (< 8) of the i16 scales `sc`, in every lane: the multiplier of
+/// a sub-block's i16 pair sums in `i32x4.dot_i16x8_s`. A byte shuffle,
+/// where a splat of the scalar scale would not do: Cranelift turns the
+/// widening of a splat into a splat of the wider value, which its
+/// `pmaddwd` pattern then misses (the dot became two widenings, two
+/// `pmulld` and a `phaddd`, plus the splat's scalar extraction).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn scale_lane(sc: core::arch::wasm32::v128, s: usize) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    match s {
+        0 => i8x16_shuffle::<0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1>(sc, sc),
+        1 => i8x16_shuffle::<2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3>(sc, sc),
+        2 => i8x16_shuffle::<4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5>(sc, sc),
+        3 => i8x16_shuffle::<6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7>(sc, sc),
+        4 => i8x16_shuffle::<8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9, 8, 9>(sc, sc),
+        5 => {
+            i8x16_shuffle::<10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11, 10, 11>(sc, sc)
+        }
+        6 => {
+            i8x16_shuffle::<12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13, 12, 13>(sc, sc)
+        }
+        _ => {
+            i8x16_shuffle::<14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15, 14, 15>(sc, sc)
+        }
+    }
+}
+
 /// Packs 8 scales and 8 mins (each 0..=63) as [`scales_mins_k4`] reads them.
 pub(crate) fn pack_scales_mins_k4(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     let mut q = [0u8; 12];

@@ -926,7 +926,7 @@ fn bench_matmul() {
             packed: true,
             ..QTensor::new(ty, rows, cols, p).unwrap()
         });
-        for n in [1usize, 8] {
+        for n in [1usize, 8, 32] {
             let x = rng.vec(n * cols, 1.0);
             let mut a = QActs::new();
             let mut out = vec![0f32; n * rows];
@@ -1688,6 +1688,62 @@ fn bench_gemma_batch() {
         }
         for n in [1, 32] {
             bench_packed_batch(ty, rows, cols, n, &mut rng);
+        }
+    }
+}
+
+/// Decode (one vector) mat-vecs of the k-quant family and the other types
+/// without a 4-row layout, as a 1B model's 2048 x 2048 matrices hold them
+/// (packed where the type has a layout, as resident layers run): the
+/// median of 9 runs, as GMAC/s. `BENCH_TY=Q4_K`: that type only.
+#[test]
+#[ignore]
+fn bench_kquant_decode() {
+    let mut rng = Lcg(13);
+    for ty in [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ4_NL,
+        GgmlType::Q5_1,
+    ] {
+        if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
+            continue;
+        }
+        let (rows, cols) = (2048, 2048);
+        let data = random_matrix(ty, rows, cols, &mut rng);
+        let w = QTensor::new(ty, rows, cols, &data).unwrap();
+        let p = packed::has_layout(ty).then(|| packed_copy(ty, rows, cols, &data));
+        let pw = p.as_deref().map(|p| QTensor {
+            packed: true,
+            ..QTensor::new(ty, rows, cols, p).unwrap()
+        });
+        let mut a = QActs::new();
+        a.quantize(vec_dot_type(ty), &rng.vec(cols, 1.0), 1, cols);
+        let mut out = vec![0f32; rows];
+        let mut paths = vec![("unpacked", &w)];
+        if let Some(pw) = &pw {
+            paths.push(("packed", pw));
+        }
+        for (name, w) in paths {
+            let iters = 50;
+            let mut runs: Vec<f64> = (0..9)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    for _ in 0..iters {
+                        matmul(&mut out, w, &a);
+                    }
+                    (rows * cols * iters) as f64 / t.elapsed().as_nanos() as f64
+                })
+                .collect();
+            runs.sort_by(f64::total_cmp);
+            println!(
+                "{ty} {rows}x{cols} n=1 {name}: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+                runs[4], runs[0], runs[8]
+            );
         }
     }
 }
