@@ -13,7 +13,11 @@
 //!   [`super::packed`]. Masking plane `v` and shifting it to bit 4 gives a
 //!   part's fifth bits ready to `or` onto its nibbles: two operations.
 //! - Q4_K: the 4 `d`, the 4 `dmin`, the 4 rows' 12 scale bytes, then the
-//!   quants interleaved two bytes at a time.
+//!   quants interleaved 32 bytes at a time (`qs[128 k + 32 r + i]` is row
+//!   `r`'s `qs[32 k + i]`): each 16 bytes are one row's, as unpacked, so
+//!   the one-vector dot meets them with the activations as they are and
+//!   shares each activation load among the 4 rows; the batched dots
+//!   transpose each 4 x 16 bytes into 4 columns per row.
 //! - Q6_K: `ql` and `qh` each interleaved two bytes at a time, the 16
 //!   scales of the 4 rows transposed (`scales[4 s + r]`), then the 4 `d`.
 
@@ -64,6 +68,27 @@ const _: () = assert!(std::mem::size_of::<BlockQ6_Kx4>() == 4 * 210);
 fn q5_0_byte(k: usize, i: usize) -> (usize, usize) {
     let (c, r, e) = (i / 8, (i / 2) % ROWS, i % 2);
     (r, 4 * k + 2 * c + e)
+}
+
+/// Q4_K's quants of 4 rows, 32 bytes of each row at a time: `out[128 k +
+/// 32 r + i]` = row `r`'s `qs[32 k + i]`.
+fn interleave32(rows: [&[u8; 128]; ROWS]) -> [u8; 512] {
+    let mut out = [0u8; 512];
+    for k in 0..4 {
+        for (r, row) in rows.iter().enumerate() {
+            out[128 * k + 32 * r..128 * k + 32 * r + 32].copy_from_slice(&row[32 * k..32 * k + 32]);
+        }
+    }
+    out
+}
+
+/// Row `r`'s quants of [`interleave32`]d ones.
+fn deinterleave32(qs: &[u8; 512], r: usize) -> [u8; 128] {
+    let mut out = [0u8; 128];
+    for k in 0..4 {
+        out[32 * k..32 * k + 32].copy_from_slice(&qs[128 * k + 32 * r..128 * k + 32 * r + 32]);
+    }
+    out
 }
 
 impl PackKind for Q5_0 {
@@ -140,7 +165,7 @@ impl PackKind for Q4_K {
             d: rows.map(|b| b.d),
             dmin: rows.map(|b| b.dmin),
             scales: rows.map(|b| b.scales),
-            qs: interleave(rows.map(|b| &b.qs)),
+            qs: interleave32(rows.map(|b| &b.qs)),
         }
     }
     fn finite(b: &BlockQ4_K) -> bool {
@@ -151,7 +176,7 @@ impl PackKind for Q4_K {
             d: g.d[r],
             dmin: g.dmin[r],
             scales: g.scales[r],
-            qs: deinterleave(&g.qs, r),
+            qs: deinterleave32(&g.qs, r),
         }
     }
     fn dot4<const T: usize>(
@@ -234,7 +259,7 @@ mod simd {
     use crate::quant::q5_0::Q5_0;
     use crate::quant::q6_k::Q6_K;
     use crate::quant::q8::Q8_0Act;
-    use crate::quant::q8_k::{scales_mins_k4, Q8_KAct};
+    use crate::quant::q8_k::Q8_KAct;
     use core::arch::wasm32::*;
 
     /// One group block of a packed type.
@@ -323,26 +348,56 @@ mod simd {
         b: usize,
         y: &[&[Q8_KAct]; T],
     ) -> (impl Fn(usize) -> v128, [v128; T]) {
-        let sm = bx.scales.map(|s| scales_mins_k4(&s));
+        // The 4 rows' 12 scale bytes as u32 words w[3r + i]: row r's u0,
+        // u1, u2 of `scales_mins_k4`, gathered a word per row.
+        // SAFETY: the 48 bytes of `scales`.
+        let (l0, l1, l2) = unsafe {
+            let p = bx.scales.as_ptr() as *const u8;
+            (
+                v128_load(p as *const v128),
+                v128_load(p.add(16) as *const v128),
+                v128_load(p.add(32) as *const v128),
+            )
+        };
+        let u0 = i32x4_shuffle::<0, 1, 2, 5>(i32x4_shuffle::<0, 3, 6, 7>(l0, l1), l2);
+        let u1 = i32x4_shuffle::<0, 1, 2, 6>(i32x4_shuffle::<1, 4, 7, 7>(l0, l1), l2);
+        let u2 = i32x4_shuffle::<0, 1, 4, 7>(i32x4_shuffle::<2, 5, 4, 4>(l0, l1), l2);
+        // `scales_mins_k4` on the 4 rows at once: byte e of lane r is row
+        // r's scale (min) e (sc0, m0) or 4 + e (sc1, m1).
+        let (m3f, m0f, m03) = (
+            u32x4_splat(0x3f3f_3f3f),
+            u32x4_splat(0x0f0f_0f0f),
+            u32x4_splat(0x0303_0303),
+        );
+        let sc0 = v128_and(u0, m3f);
+        let sc1 = v128_or(
+            v128_and(u2, m0f),
+            i32x4_shl(v128_and(u32x4_shr(u0, 6), m03), 4),
+        );
+        let m0 = v128_and(u1, m3f);
+        let m1 = v128_or(
+            v128_and(u32x4_shr(u2, 4), m0f),
+            i32x4_shl(v128_and(u32x4_shr(u1, 6), m03), 4),
+        );
         let lane = move |k: usize| {
-            let v = |r: usize| sm[r].0[k] as i32;
-            i32x4(v(0), v(1), v(2), v(3))
+            let v = if k < 4 { sc0 } else { sc1 };
+            v128_and(u32x4_shr(v, 8 * (k as u32 % 4)), u32x4_splat(0xff))
         };
         // Pair j: each row's mins of sub-blocks 2j and 2j + 1 as i16, side
-        // by side.
-        let mp: [v128; 4] = std::array::from_fn(|j| {
-            let m = |r: usize, e: usize| sm[r].1[2 * j + e] as i16;
-            i16x8(
-                m(0, 0),
-                m(0, 1),
-                m(1, 0),
-                m(1, 1),
-                m(2, 0),
-                m(2, 1),
-                m(3, 0),
-                m(3, 1),
-            )
-        });
+        // by side (swizzle indices of 16 and more give 0).
+        let z = 0xff;
+        let mp = [
+            i8x16_swizzle(m0, u8x16(0, z, 1, z, 4, z, 5, z, 8, z, 9, z, 12, z, 13, z)),
+            i8x16_swizzle(
+                m0,
+                u8x16(2, z, 3, z, 6, z, 7, z, 10, z, 11, z, 14, z, 15, z),
+            ),
+            i8x16_swizzle(m1, u8x16(0, z, 1, z, 4, z, 5, z, 8, z, 9, z, 12, z, 13, z)),
+            i8x16_swizzle(
+                m1,
+                u8x16(2, z, 3, z, 6, z, 7, z, 10, z, 11, z, 14, z, 15, z),
+            ),
+        ];
         let one = i16x8_splat(1);
         let summ = std::array::from_fn(|t| {
             let bs = y[t][b].bsums.as_ptr();
@@ -402,6 +457,54 @@ mod simd {
         }
     }
 
+    /// The 4 rows' 16-byte quant runs `qs[32k + 16j..]` of a Q4_K group
+    /// block.
+    #[inline(always)]
+    fn q4_k_rows16(bx: &BlockQ4_Kx4, k: usize, j: usize) -> [v128; ROWS] {
+        assert!(k < 4 && j < 2);
+        // SAFETY: 16 bytes at 128k + 32r + 16j + 16 <= 512 of `qs`.
+        std::array::from_fn(|r| unsafe {
+            v128_load(bx.qs.as_ptr().add(128 * k + 32 * r + 16 * j) as *const v128)
+        })
+    }
+
+    /// The run `(k, j)` of a Q4_K group block as 4 vectors of 4 rows x 4
+    /// bytes, two bytes of a row at a time (vector `i`: bytes 4i..4i + 4
+    /// of the run, [r0 b0 b1, r1 b0 b1, .., r3 b0 b1, r0 b2 b3, ..]).
+    #[inline(always)]
+    fn q4_k_pairs(bx: &BlockQ4_Kx4, k: usize, j: usize) -> [v128; 4] {
+        let [r0, r1, r2, r3] = q4_k_rows16(bx, k, j);
+        let a = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(r0, r1);
+        let b = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(r2, r3);
+        let c = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(r0, r1);
+        let d = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(r2, r3);
+        [
+            i32x4_shuffle::<0, 4, 1, 5>(a, b),
+            i32x4_shuffle::<2, 6, 3, 7>(a, b),
+            i32x4_shuffle::<0, 4, 1, 5>(c, d),
+            i32x4_shuffle::<2, 6, 3, 7>(c, d),
+        ]
+    }
+
+    /// The run `(k, j)` of a Q4_K group block as 4 vectors of 4 rows x 4
+    /// bytes (vector `i`: [r0 b4i..b4i+4, r1 .., r2 .., r3 ..]), a 4 x 4
+    /// transpose of 32-bit lanes.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q4_k_quads(bx: &BlockQ4_Kx4, k: usize, j: usize) -> [v128; 4] {
+        let [r0, r1, r2, r3] = q4_k_rows16(bx, k, j);
+        let a = i32x4_shuffle::<0, 4, 1, 5>(r0, r1);
+        let b = i32x4_shuffle::<2, 6, 3, 7>(r0, r1);
+        let c = i32x4_shuffle::<0, 4, 1, 5>(r2, r3);
+        let d = i32x4_shuffle::<2, 6, 3, 7>(r2, r3);
+        [
+            i32x4_shuffle::<0, 1, 4, 5>(a, c),
+            i32x4_shuffle::<2, 3, 6, 7>(a, c),
+            i32x4_shuffle::<0, 1, 4, 5>(b, d),
+            i32x4_shuffle::<2, 3, 6, 7>(b, d),
+        ]
+    }
+
     impl SimdK for Q4_K {
         #[inline(always)]
         fn block<const T: usize>(
@@ -417,12 +520,13 @@ mod simd {
             for k in 0..4 {
                 let mut slo = [i32x4_splat(0); T];
                 let mut shi = [i32x4_splat(0); T];
+                let parts = [q4_k_pairs(bx, k, 0), q4_k_pairs(bx, k, 1)];
                 for p in 0..8 {
-                    // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`;
-                    // activation offsets 64k + 4p + 34 + 2 <= 256 in vector
-                    // block `b` (256 i16 each, the caller's assert).
+                    // SAFETY: activation offsets 64k + 4p + 34 + 2 <= 256
+                    // in vector block `b` (256 i16 each, the caller's
+                    // assert).
                     unsafe {
-                        let q = v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128);
+                        let q = parts[p / 4][p % 4];
                         let lo = v128_and(q, m4);
                         let hi = u8x16_shr(q, 4);
                         let w = [
@@ -838,13 +942,9 @@ mod simd {
         // a shuffle (a splat load is two instructions in wasmtime's x64
         // code).
         for h in 0..2 {
-            let w: [(v128, v128); 4] = std::array::from_fn(|i| {
-                // SAFETY: 16 bytes at 128k + 16 (4h + i) < 512 of `qs`.
-                let q = unsafe {
-                    v128_load(bx.qs.as_ptr().add(128 * k + 16 * (4 * h + i)) as *const v128)
-                };
-                (rows(v128_and(q, m4)), rows(u8x16_shr(q, 4)))
-            });
+            let quads = q4_k_quads(bx, k, h);
+            let w: [(v128, v128); 4] =
+                std::array::from_fn(|i| (v128_and(quads[i], m4), u8x16_shr(quads[i], 4)));
             for t in 0..T {
                 let qs = y[t][b].qs.as_ptr();
                 // SAFETY: columns 64k + 16h + 0..16 and + 32 of 256.
@@ -867,15 +967,16 @@ mod simd {
         )
     }
 
-    /// [`q4_k_half`] for one vector: the activations shuffled in register
-    /// to the nibbles' arrangement (4 rows x 2 columns, then the next 2),
-    /// so lanes `r` and `r + 4` of the i16 sums hold row `r`'s halves.
+    /// [`q4_k_half`] for one vector: each row's 32 quant bytes of chunk
+    /// `k` met by the 64 activations as they are (loaded once for the 4
+    /// rows), as the unpacked dot does; then each row's i16 sums added
+    /// up and the 4 rows' totals gathered into lanes 0..4.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn q4_k_half1(bx: &BlockQ4_Kx4, y: &Q8_KAct, k: usize) -> (v128, v128) {
         let m4 = u8x16_splat(0x0f);
-        let pattern = |j: u8| pair_pattern(j as usize);
         let qs = y.qs.as_ptr();
+        assert!(k < 4);
         // SAFETY: columns 64k..64k + 64 of 256.
         let ya = unsafe {
             [
@@ -885,19 +986,42 @@ mod simd {
                 v128_load(qs.add(64 * k + 48) as *const v128),
             ]
         };
-        let mut lo = i16x8_splat(0);
-        let mut hi = i16x8_splat(0);
-        for p in 0..8 {
-            // SAFETY: 16 bytes at 128k + 16p < 512 of `qs`.
-            let q = unsafe { v128_load(bx.qs.as_ptr().add(128 * k + 16 * p) as *const v128) };
-            let idx = pattern((p % 4) as u8);
-            let a0 = i8x16_swizzle(ya[p / 4], idx);
-            let a1 = i8x16_swizzle(ya[2 + p / 4], idx);
-            lo = i16x8_add(lo, i16x8_relaxed_dot_i8x16_i7x16(a0, v128_and(q, m4)));
-            hi = i16x8_add(hi, i16x8_relaxed_dot_i8x16_i7x16(a1, u8x16_shr(q, 4)));
-        }
-        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
-        (widen(lo), widen(hi))
+        let (q0, q1) = (q4_k_rows16(bx, k, 0), q4_k_rows16(bx, k, 1));
+        let one = i16x8_splat(1);
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        let lo: [v128; ROWS] = std::array::from_fn(|r| {
+            let s = i16x8_add(
+                dot(v128_and(q0[r], m4), ya[0]),
+                dot(v128_and(q1[r], m4), ya[1]),
+            );
+            i32x4_dot_i16x8(s, one)
+        });
+        let hi: [v128; ROWS] = std::array::from_fn(|r| {
+            let s = i16x8_add(
+                dot(u8x16_shr(q0[r], 4), ya[2]),
+                dot(u8x16_shr(q1[r], 4), ya[3]),
+            );
+            i32x4_dot_i16x8(s, one)
+        });
+        (lane_totals(lo), lane_totals(hi))
+    }
+
+    /// Lane `r` the sum of the 4 lanes of `v[r]`.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn lane_totals(v: [v128; ROWS]) -> v128 {
+        let a = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]),
+        );
+        let b = i32x4_add(
+            i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]),
+            i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]),
+        );
+        i32x4_add(
+            i32x4_shuffle::<0, 1, 4, 5>(a, b),
+            i32x4_shuffle::<2, 3, 6, 7>(a, b),
+        )
     }
 
     /// [`PackKind::dot4`] of Q6_K for one vector with relaxed SIMD: the 6-bit

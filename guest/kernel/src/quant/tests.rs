@@ -1713,7 +1713,14 @@ fn bench_kquant_decode() {
         if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
             continue;
         }
-        let (rows, cols) = (2048, 2048);
+        // `Q8ROWS` / `Q8COLS`: another shape.
+        let env = |k: &str, d: usize| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(d)
+        };
+        let (rows, cols) = (env("Q8ROWS", 2048), env("Q8COLS", 2048));
         let data = random_matrix(ty, rows, cols, &mut rng);
         let w = QTensor::new(ty, rows, cols, &data).unwrap();
         let p = packed::has_layout(ty).then(|| packed_copy(ty, rows, cols, &data));
