@@ -1035,11 +1035,14 @@ mod simd {
     /// integer sum, so the block's term is the simd128 one.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    pub fn q6_k_relaxed1(g: &[BlockQ6_Kx4], y: &[Q8_KAct]) -> [f32; ROWS] {
-        assert!(y.len() == g.len());
+    pub fn q6_k_relaxed1(g: &[BlockQ6_Kx4], ys: &[Q8_KAct]) -> [f32; ROWS] {
+        assert!(ys.len() == g.len());
         let mut acc = f32x4_splat(0.0);
-        for (bx, y) in g.iter().zip(y) {
-            let mut isum = i32x4_splat(0);
+        for (b, (bx, y)) in g.iter().zip(ys).enumerate() {
+            // The codes' offset, - 32 * scales . bsums, once per block.
+            let mut isum = [i32x4_splat(0)];
+            q6_k_bsums::<1>(bx, b, &[ys], &mut isum);
+            let [mut isum] = isum;
             // Sub-block 8h + 2I + lq ([`q6_k_sub`]); integer sums, exact in
             // any order.
             for h in 0..2 {
@@ -1116,26 +1119,7 @@ mod simd {
         let u: [v128; 4] =
             std::array::from_fn(|p| rows(unsafe { q6_k_codes::<I>(bx, h, 16 * lq + 4 * p) }));
         // Row r's scale in i16 lanes 2r and 2r + 1.
-        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
-        let sc = unsafe { v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32) };
-        let sc = i16x8_extend_low_i8x16(i8x16_shuffle::<
-            0,
-            0,
-            1,
-            1,
-            2,
-            2,
-            3,
-            3,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        >(sc, sc));
+        let sc = q6_k_scale_pairs(bx, sub);
         for t in 0..T {
             // SAFETY: the sub-block's 16 activations, 16 * sub + 16 <= 256.
             let ya = unsafe { v128_load(y[t][b].qs.as_ptr().add(16 * sub) as *const v128) };
@@ -1242,13 +1226,44 @@ mod simd {
             let a = i8x16_swizzle(ya, pattern(p));
             s16[p / 2] = i16x8_add(s16[p / 2], i16x8_relaxed_dot_i8x16_i7x16(a, u));
         }
-        let widen = |v: v128| i32x4_add(i32x4_extend_low_i16x8(v), i32x4_extend_high_i16x8(v));
-        let sumi = i32x4_sub(
-            i32x4_add(widen(s16[0]), widen(s16[1])),
-            i32x4_splat(32 * y.bsums[sub] as i32),
-        );
-        let sc = q6_k_scales(bx, sub);
-        i32x4_mul(sc, sumi)
+        // Row r's sums are in i16 lanes r and r + 4: side by side, then
+        // added and scaled by `i32x4.dot_i16x8_s` against the row's scale
+        // in both lanes (the `- 32 * bsums` offset is the caller's).
+        let adjacent =
+            |v: v128| i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(v, v);
+        let sc = q6_k_scale_pairs(bx, sub);
+        i32x4_add(
+            i32x4_dot_i16x8(adjacent(s16[0]), sc),
+            i32x4_dot_i16x8(adjacent(s16[1]), sc),
+        )
+    }
+
+    /// Row r's scale of sub-block `sub` of a Q6_K group block in i16 lanes
+    /// 2r and 2r + 1.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q6_k_scale_pairs(bx: &BlockQ6_Kx4, sub: usize) -> v128 {
+        assert!(sub < 16);
+        // SAFETY: 4 bytes at 4 sub < 64 of `scales`.
+        let sc = unsafe { v128_load32_zero(bx.scales.as_ptr().add(4 * sub) as *const u32) };
+        i16x8_extend_low_i8x16(i8x16_shuffle::<
+            0,
+            0,
+            1,
+            1,
+            2,
+            2,
+            3,
+            3,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        >(sc, sc))
     }
 
     /// `w` (4 rows x 2 columns as i16, row-major pairs) dotted with the two
