@@ -954,6 +954,10 @@ macro_rules! with_pack {
                 type $K = crate::quant::q4_k::Q4_K;
                 $body
             }
+            crate::ggml_type::GgmlType::Q5_K => {
+                type $K = crate::quant::q5_k::Q5_K;
+                $body
+            }
             crate::ggml_type::GgmlType::Q6_K => {
                 type $K = crate::quant::q6_k::Q6_K;
                 $body

@@ -1,4 +1,4 @@
-//! 4-row packed layouts (see [`super::packed`]) for Q5_0, Q4_K and Q6_K,
+//! 4-row packed layouts (see [`super::packed`]) for Q5_0, Q4_K, Q5_K and Q6_K,
 //! with the same contract: the packed bytes take the space of the rows
 //! they replace (packing is in place), the weights of a group are unpacked
 //! once for `T` activation vectors, and every row's result has the bits of
@@ -18,12 +18,15 @@
 //!   the one-vector dot meets them with the activations as they are and
 //!   shares each activation load among the 4 rows; the batched dots
 //!   transpose each 4 x 16 bytes into 4 columns per row.
+//! - Q5_K: Q4_K's layout, then the 4 rows' 32-byte `qh` one after
+//!   another (a row's 16-byte runs line up with its quants').
 //! - Q6_K: `ql` and `qh` each interleaved two bytes at a time, the 16
 //!   scales of the 4 rows transposed (`scales[4 s + r]`), then the 4 `d`.
 
 use super::packed::{deinterleave, finite, interleave, PackKind, ROWS};
 use super::q4_k::{BlockQ4_K, Q4_K};
 use super::q5_0::{BlockQ5_0, Q5_0};
+use super::q5_k::{BlockQ5_K, Q5_K};
 use super::q6_k::{BlockQ6_K, Q6_K};
 use bytemuck::{Pod, Zeroable};
 
@@ -50,6 +53,16 @@ pub struct BlockQ4_Kx4 {
     pub qs: [u8; 512],
 }
 const _: () = assert!(std::mem::size_of::<BlockQ4_Kx4>() == 4 * 144);
+
+/// Q5_K, 4 rows: Q4_K's layout, then the 4 rows' `qh` one after another.
+#[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+#[repr(C)]
+pub struct BlockQ5_Kx4 {
+    pub head: BlockQ4_Kx4,
+    /// `qh[32 r + i]`: row `r`'s `qh[i]`.
+    pub qh: [u8; 128],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5_Kx4>() == 4 * 176);
 
 /// Q6_K, 4 rows.
 #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
@@ -187,7 +200,52 @@ impl PackKind for Q4_K {
         #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
         {
             let _ = yw;
-            simd::q4_k_relaxed::<T>(g, y)
+            simd::q4_k_relaxed::<_, T>(g, y)
+        }
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+        dot4_impl::<Self, T>(g, y, yw)
+    }
+}
+
+impl PackKind for Q5_K {
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
+    type Group = BlockQ5_Kx4;
+    fn pack(rows: [&BlockQ5_K; ROWS]) -> BlockQ5_Kx4 {
+        let mut qh = [0u8; 128];
+        for (r, b) in rows.iter().enumerate() {
+            qh[32 * r..32 * r + 32].copy_from_slice(&b.qh);
+        }
+        BlockQ5_Kx4 {
+            head: BlockQ4_Kx4 {
+                d: rows.map(|b| b.d),
+                dmin: rows.map(|b| b.dmin),
+                scales: rows.map(|b| b.scales),
+                qs: interleave32(rows.map(|b| &b.qs)),
+            },
+            qh,
+        }
+    }
+    fn finite(b: &BlockQ5_K) -> bool {
+        finite(b.d) && finite(b.dmin)
+    }
+    fn unpack(g: &BlockQ5_Kx4, r: usize) -> BlockQ5_K {
+        BlockQ5_K {
+            d: g.head.d[r],
+            dmin: g.head.dmin[r],
+            scales: g.head.scales[r],
+            qh: std::array::from_fn(|i| g.qh[32 * r + i]),
+            qs: deinterleave32(&g.head.qs, r),
+        }
+    }
+    fn dot4<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+    ) -> [[f32; ROWS]; T] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        {
+            let _ = yw;
+            simd::q4_k_relaxed::<_, T>(g, y)
         }
         #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
         dot4_impl::<Self, T>(g, y, yw)
@@ -253,10 +311,11 @@ use simd::dot4_impl;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
-    use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ6_Kx4, PackKind, ROWS};
+    use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ5_Kx4, BlockQ6_Kx4, PackKind, ROWS};
     use crate::quant::load_f16x4;
     use crate::quant::q4_k::Q4_K;
     use crate::quant::q5_0::Q5_0;
+    use crate::quant::q5_k::Q5_K;
     use crate::quant::q6_k::Q6_K;
     use crate::quant::q8::Q8_0Act;
     use crate::quant::q8_k::Q8_KAct;
@@ -468,12 +527,70 @@ mod simd {
         })
     }
 
-    /// The run `(k, j)` of a Q4_K group block as 4 vectors of 4 rows x 4
-    /// bytes, two bytes of a row at a time (vector `i`: bytes 4i..4i + 4
-    /// of the run, [r0 b0 b1, r1 b0 b1, .., r3 b0 b1, r0 b2 b3, ..]).
+    /// A group block of the Q4_K shape: Q4_K's head and nibbles, and for
+    /// Q5_K the codes' fifth bits (`qh` of the 4 rows, 32 bytes each).
+    pub trait K4Group {
+        fn head(&self) -> &BlockQ4_Kx4;
+        fn qh(&self) -> Option<&[u8; 128]>;
+    }
+
+    impl K4Group for BlockQ4_Kx4 {
+        #[inline(always)]
+        fn head(&self) -> &BlockQ4_Kx4 {
+            self
+        }
+        #[inline(always)]
+        fn qh(&self) -> Option<&[u8; 128]> {
+            None
+        }
+    }
+
+    impl K4Group for BlockQ5_Kx4 {
+        #[inline(always)]
+        fn head(&self) -> &BlockQ4_Kx4 {
+            &self.head
+        }
+        #[inline(always)]
+        fn qh(&self) -> Option<&[u8; 128]> {
+            Some(&self.qh)
+        }
+    }
+
+    /// The 4 rows' 16-byte runs `qh[16j..]` of a Q5_K group block.
     #[inline(always)]
-    fn q4_k_pairs(bx: &BlockQ4_Kx4, k: usize, j: usize) -> [v128; 4] {
-        let [r0, r1, r2, r3] = q4_k_rows16(bx, k, j);
+    fn qh_rows16(qh: &[u8; 128], j: usize) -> [v128; ROWS] {
+        assert!(j < 2);
+        // SAFETY: 16 bytes at 32r + 16j + 16 <= 128.
+        std::array::from_fn(|r| unsafe {
+            v128_load(qh.as_ptr().add(32 * r + 16 * j) as *const v128)
+        })
+    }
+
+    /// Chunk `k`'s codes from nibbles `q` (the low ones are sub-block
+    /// 2k's, the high ones the next one's) and, for Q5_K, the bytes of
+    /// `qh` in the same arrangement: their bits 2k and 2k + 1 moved to
+    /// bit 4. The 16-bit shift by 2k carries bits across bytes only into
+    /// bits that the masks drop.
+    #[inline(always)]
+    fn k4_codes(q: v128, h: Option<v128>, k: usize) -> (v128, v128) {
+        let (lo, hi) = (v128_and(q, u8x16_splat(0x0f)), u8x16_shr(q, 4));
+        match h {
+            None => (lo, hi),
+            Some(h) => {
+                let hk = u16x8_shr(h, 2 * k as u32);
+                (
+                    v128_or(lo, i16x8_shl(v128_and(hk, u8x16_splat(1)), 4)),
+                    v128_or(hi, i16x8_shl(v128_and(hk, u8x16_splat(2)), 3)),
+                )
+            }
+        }
+    }
+
+    /// 4 rows' 16-byte runs as 4 vectors of 4 rows x 4 bytes, two bytes of
+    /// a row at a time (vector `i`: bytes 4i..4i + 4 of each run, [r0 b0
+    /// b1, r1 b0 b1, .., r3 b0 b1, r0 b2 b3, ..]).
+    #[inline(always)]
+    fn pairs_of([r0, r1, r2, r3]: [v128; ROWS]) -> [v128; 4] {
         let a = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(r0, r1);
         let b = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(r2, r3);
         let c = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(r0, r1);
@@ -486,13 +603,12 @@ mod simd {
         ]
     }
 
-    /// The run `(k, j)` of a Q4_K group block as 4 vectors of 4 rows x 4
-    /// bytes (vector `i`: [r0 b4i..b4i+4, r1 .., r2 .., r3 ..]), a 4 x 4
-    /// transpose of 32-bit lanes.
+    /// 4 rows' 16-byte runs as 4 vectors of 4 rows x 4 bytes (vector `i`:
+    /// [r0 b4i..b4i+4, r1 .., r2 .., r3 ..]), a 4 x 4 transpose of 32-bit
+    /// lanes.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn q4_k_quads(bx: &BlockQ4_Kx4, k: usize, j: usize) -> [v128; 4] {
-        let [r0, r1, r2, r3] = q4_k_rows16(bx, k, j);
+    fn quads_of([r0, r1, r2, r3]: [v128; ROWS]) -> [v128; 4] {
         let a = i32x4_shuffle::<0, 4, 1, 5>(r0, r1);
         let b = i32x4_shuffle::<2, 6, 3, 7>(r0, r1);
         let c = i32x4_shuffle::<0, 4, 1, 5>(r2, r3);
@@ -505,37 +621,39 @@ mod simd {
         ]
     }
 
-    impl SimdK for Q4_K {
-        #[inline(always)]
-        fn block<const T: usize>(
-            bx: &BlockQ4_Kx4,
-            b: usize,
-            y: &[&[Q8_KAct]; T],
-            yw: &[&[i16]; T],
-            acc: &mut [v128; T],
-        ) {
-            let m4 = u8x16_splat(0x0f);
-            let (lane, summ) = q4_k_mins(bx, b, y);
-            let mut isum = [i32x4_splat(0); T];
-            for k in 0..4 {
-                let mut slo = [i32x4_splat(0); T];
-                let mut shi = [i32x4_splat(0); T];
-                let parts = [q4_k_pairs(bx, k, 0), q4_k_pairs(bx, k, 1)];
-                for p in 0..8 {
-                    // SAFETY: activation offsets 64k + 4p + 34 + 2 <= 256
-                    // in vector block `b` (256 i16 each, the caller's
-                    // assert).
-                    unsafe {
-                        let q = parts[p / 4][p % 4];
-                        let lo = v128_and(q, m4);
-                        let hi = u8x16_shr(q, 4);
-                        let w = [
-                            u16x8_extend_low_u8x16(lo),
-                            u16x8_extend_high_u8x16(lo),
-                            u16x8_extend_low_u8x16(hi),
-                            u16x8_extend_high_u8x16(hi),
-                        ];
-                        for t in 0..T {
+    /// A Q4_K-shaped group block against `T` vectors with simd128's i16
+    /// pair dots: its codes two bytes of a row at a time, widened.
+    #[inline(always)]
+    fn k4_block<G: K4Group, const T: usize>(
+        bx: &G,
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        yw: &[&[i16]; T],
+        acc: &mut [v128; T],
+    ) {
+        let head = bx.head();
+        let (lane, summ) = q4_k_mins(head, b, y);
+        let mut isum = [i32x4_splat(0); T];
+        for k in 0..4 {
+            let mut slo = [i32x4_splat(0); T];
+            let mut shi = [i32x4_splat(0); T];
+            for j in 0..2 {
+                let q = pairs_of(q4_k_rows16(head, k, j));
+                let h = bx.qh().map(|qh| pairs_of(qh_rows16(qh, j)));
+                for i in 0..4 {
+                    let p = 4 * j + i;
+                    let (lo, hi) = k4_codes(q[i], h.map(|h| h[i]), k);
+                    let w = [
+                        u16x8_extend_low_u8x16(lo),
+                        u16x8_extend_high_u8x16(lo),
+                        u16x8_extend_low_u8x16(hi),
+                        u16x8_extend_high_u8x16(hi),
+                    ];
+                    for t in 0..T {
+                        // SAFETY: activation offsets 64k + 4p + 34 + 2 <=
+                        // 256 in vector block `b` (256 i16 each, the
+                        // caller's assert).
+                        unsafe {
                             let yp = yw[t].as_ptr().add(256 * b + 64 * k + 4 * p);
                             slo[t] = i32x4_add(
                                 slo[t],
@@ -548,10 +666,36 @@ mod simd {
                         }
                     }
                 }
-                let scales = (lane(2 * k), lane(2 * k + 1));
-                q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
-            q4_k_term(bx, b, y, &isum, &summ, acc);
+            let scales = (lane(2 * k), lane(2 * k + 1));
+            q4_k_add_scaled(&mut isum, scales, &slo, &shi);
+        }
+        q4_k_term(head, b, y, &isum, &summ, acc);
+    }
+
+    impl SimdK for Q4_K {
+        #[inline(always)]
+        fn block<const T: usize>(
+            bx: &BlockQ4_Kx4,
+            b: usize,
+            y: &[&[Q8_KAct]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        ) {
+            k4_block(bx, b, y, yw, acc)
+        }
+    }
+
+    impl SimdK for Q5_K {
+        #[inline(always)]
+        fn block<const T: usize>(
+            bx: &BlockQ5_Kx4,
+            b: usize,
+            y: &[&[Q8_KAct]; T],
+            yw: &[&[i16]; T],
+            acc: &mut [v128; T],
+        ) {
+            k4_block(bx, b, y, yw, acc)
         }
     }
 
@@ -895,11 +1039,14 @@ mod simd {
     /// sums, are the simd128 ones: the same float bits.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    pub fn q4_k_relaxed<const T: usize>(g: &[BlockQ4_Kx4], y: [&[Q8_KAct]; T]) -> [[f32; ROWS]; T] {
+    pub fn q4_k_relaxed<G: K4Group, const T: usize>(
+        g: &[G],
+        y: [&[Q8_KAct]; T],
+    ) -> [[f32; ROWS]; T] {
         assert!(y.iter().all(|y| y.len() == g.len()));
         let mut acc = [f32x4_splat(0.0); T];
         for (b, bx) in g.iter().enumerate() {
-            let (lane, summ) = q4_k_mins(bx, b, &y);
+            let (lane, summ) = q4_k_mins(bx.head(), b, &y);
             let mut isum = [i32x4_splat(0); T];
             for k in 0..4 {
                 // Sub-blocks 2k (low nibbles) and 2k + 1 (high), per row.
@@ -911,12 +1058,12 @@ mod simd {
                     shi[0] = h;
                     (slo, shi)
                 } else {
-                    q4_k_half::<T>(bx, b, &y, k)
+                    q4_k_half::<G, T>(bx, b, &y, k)
                 };
                 let scales = (lane(2 * k), lane(2 * k + 1));
                 q4_k_add_scaled(&mut isum, scales, &slo, &shi);
             }
-            q4_k_term(bx, b, &y, &isum, &summ, &mut acc);
+            q4_k_term(bx.head(), b, &y, &isum, &summ, &mut acc);
         }
         acc.map(lanes)
     }
@@ -927,13 +1074,12 @@ mod simd {
     /// activations, splat.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn q4_k_half<const T: usize>(
-        bx: &BlockQ4_Kx4,
+    fn q4_k_half<G: K4Group, const T: usize>(
+        bx: &G,
         b: usize,
         y: &[&[Q8_KAct]; T],
         k: usize,
     ) -> ([v128; T], [v128; T]) {
-        let m4 = u8x16_splat(0x0f);
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
         // Parts 4h..4h + 4: their nibbles shuffled once (8 registers), then
@@ -942,9 +1088,10 @@ mod simd {
         // a shuffle (a splat load is two instructions in wasmtime's x64
         // code).
         for h in 0..2 {
-            let quads = q4_k_quads(bx, k, h);
+            let quads = quads_of(q4_k_rows16(bx.head(), k, h));
+            let high = bx.qh().map(|qh| quads_of(qh_rows16(qh, h)));
             let w: [(v128, v128); 4] =
-                std::array::from_fn(|i| (v128_and(quads[i], m4), u8x16_shr(quads[i], 4)));
+                std::array::from_fn(|i| k4_codes(quads[i], high.map(|v| v[i]), k));
             for t in 0..T {
                 let qs = y[t][b].qs.as_ptr();
                 // SAFETY: columns 64k + 16h + 0..16 and + 32 of 256.
@@ -973,8 +1120,7 @@ mod simd {
     /// up and the 4 rows' totals gathered into lanes 0..4.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn q4_k_half1(bx: &BlockQ4_Kx4, y: &Q8_KAct, k: usize) -> (v128, v128) {
-        let m4 = u8x16_splat(0x0f);
+    fn q4_k_half1<G: K4Group>(bx: &G, y: &Q8_KAct, k: usize) -> (v128, v128) {
         let qs = y.qs.as_ptr();
         assert!(k < 4);
         // SAFETY: columns 64k..64k + 64 of 256.
@@ -986,23 +1132,19 @@ mod simd {
                 v128_load(qs.add(64 * k + 48) as *const v128),
             ]
         };
-        let (q0, q1) = (q4_k_rows16(bx, k, 0), q4_k_rows16(bx, k, 1));
+        let q = [q4_k_rows16(bx.head(), k, 0), q4_k_rows16(bx.head(), k, 1)];
+        let h = bx.qh().map(|qh| [qh_rows16(qh, 0), qh_rows16(qh, 1)]);
         let one = i16x8_splat(1);
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
-        let lo: [v128; ROWS] = std::array::from_fn(|r| {
-            let s = i16x8_add(
-                dot(v128_and(q0[r], m4), ya[0]),
-                dot(v128_and(q1[r], m4), ya[1]),
-            );
-            i32x4_dot_i16x8(s, one)
-        });
-        let hi: [v128; ROWS] = std::array::from_fn(|r| {
-            let s = i16x8_add(
-                dot(u8x16_shr(q0[r], 4), ya[2]),
-                dot(u8x16_shr(q1[r], 4), ya[3]),
-            );
-            i32x4_dot_i16x8(s, one)
-        });
+        let mut lo = [i32x4_splat(0); ROWS];
+        let mut hi = [i32x4_splat(0); ROWS];
+        for r in 0..ROWS {
+            let (l0, h0) = k4_codes(q[0][r], h.map(|h| h[0][r]), k);
+            let (l1, h1) = k4_codes(q[1][r], h.map(|h| h[1][r]), k);
+            // Codes <= 31, |y| <= 127: two pair sums per lane fit i16.
+            lo[r] = i32x4_dot_i16x8(i16x8_add(dot(l0, ya[0]), dot(l1, ya[1])), one);
+            hi[r] = i32x4_dot_i16x8(i16x8_add(dot(h0, ya[2]), dot(h1, ya[3])), one);
+        }
         (lane_totals(lo), lane_totals(hi))
     }
 
