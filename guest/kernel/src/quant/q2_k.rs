@@ -174,7 +174,9 @@ impl QuantKind for Q2_K {
                 for j in 0..4 {
                     let i = 4 * h + j;
                     for (c, &qc) in qv.iter().enumerate() {
-                        let q = v128_and(u8x16_shr(qc, 2 * j as u32), m3);
+                        // A 16-bit shift: the bits it carries across a
+                        // byte land where the mask drops them.
+                        let q = v128_and(u16x8_shr(qc, 2 * j as u32), m3);
                         // SAFETY: 32i + 16c + 16 <= 256, inside `by.qs`.
                         let yv = unsafe {
                             v128_load(by.qs.as_ptr().add(32 * i + 16 * c) as *const v128)

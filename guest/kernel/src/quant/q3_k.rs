@@ -216,8 +216,7 @@ impl QuantKind for Q3_K {
     fn vec_dot(x: &[BlockQ3_K], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
         let m3 = u8x16_splat(3);
-        let four = i8x16_splat(4);
-        let zero = i8x16_splat(0);
+        let four = u8x16_splat(4);
         // Integer block sums in SIMD, the float part as the scalar
         // reference does it: the same bits (so a prompt batch, see
         // `kbatch`, and one token agree).
@@ -261,12 +260,23 @@ impl QuantKind for Q3_K {
                 };
                 for j in 0..4 {
                     let i = 4 * h + j;
-                    let bit = u8x16_splat(1 << i);
                     for c in 0..2 {
-                        let low = v128_and(u8x16_shr(qv[c], 2 * j as u32), m3);
-                        // q + 4: low, plus 4 where the high bit is set.
-                        let set = v128_and(hm[c], bit);
-                        let q4 = v128_or(low, v128_and(i8x16_ne(set, zero), four));
+                        // 16-bit shifts: the bits they carry across a
+                        // byte land where the masks drop them.
+                        let low = v128_and(u16x8_shr(qv[c], 2 * j as u32), m3);
+                        // q + 4: low, plus 4 where the high bit (bit i of
+                        // the hmask byte) is set: that bit moved to bit 2.
+                        let high = match i {
+                            0 => i16x8_shl(hm[c], 2),
+                            1 => i16x8_shl(hm[c], 1),
+                            2 => hm[c],
+                            3 => u16x8_shr(hm[c], 1),
+                            4 => u16x8_shr(hm[c], 2),
+                            5 => u16x8_shr(hm[c], 3),
+                            6 => u16x8_shr(hm[c], 4),
+                            _ => u16x8_shr(hm[c], 5),
+                        };
+                        let q4 = v128_or(low, v128_and(high, four));
                         // SAFETY: 32i + 16c + 16 <= 256, inside `by.qs`.
                         let yv = unsafe {
                             v128_load(by.qs.as_ptr().add(32 * i + 16 * c) as *const v128)
