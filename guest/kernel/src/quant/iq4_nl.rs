@@ -13,6 +13,59 @@ pub const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
 ];
 
+/// The grid's magnitudes (each at most 127); its values are negative at
+/// indices 0..8, positive at 8..16.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+const KVALUES_ABS: [u8; 16] = {
+    let mut a = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        a[i] = KVALUES_IQ4NL[i].unsigned_abs();
+        i += 1;
+    }
+    a
+};
+
+/// Grid values at nibbles `nib` (each below 16) times the activations `y`,
+/// as i16 sums of two products, lane `i` those of bytes `2i` and `2i + 1`
+/// (each sum at most 2 * 127 * 127 in magnitude; the callers accumulate
+/// lanes separately in f32, so both builds pair the same products).
+/// Relaxed SIMD: the values' magnitudes (valid 7-bit operands of
+/// `i16x8.relaxed_dot_i8x16_i7x16_s`) against `y` with the values' signs
+/// moved onto it, exact since no activation is -128 (both 8-bit activation
+/// quantizers round into -127..=127); simd128: the products widened, pairs
+/// added in i32 and narrowed back (no sum saturates).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(crate) fn grid_pairs(
+    nib: core::arch::wasm32::v128,
+    y: core::arch::wasm32::v128,
+) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
+    #[cfg(target_feature = "relaxed-simd")]
+    {
+        // SAFETY: reads the 16-byte table; no alignment needed.
+        let mag = i8x16_relaxed_swizzle(
+            unsafe { v128_load(KVALUES_ABS.as_ptr() as *const v128) },
+            nib,
+        );
+        let neg = i8x16_gt(i8x16_splat(8), nib);
+        let ys = i8x16_sub(v128_xor(y, neg), neg);
+        i16x8_relaxed_dot_i8x16_i7x16(ys, mag)
+    }
+    #[cfg(not(target_feature = "relaxed-simd"))]
+    {
+        // SAFETY: reads the 16-byte table; no alignment needed.
+        let v = i8x16_swizzle(
+            unsafe { v128_load(KVALUES_IQ4NL.as_ptr() as *const v128) },
+            nib,
+        );
+        let lo = i32x4_dot_i16x8(i16x8_extend_low_i8x16(v), i16x8_extend_low_i8x16(y));
+        let hi = i32x4_dot_i16x8(i16x8_extend_high_i8x16(v), i16x8_extend_high_i8x16(y));
+        i16x8_narrow_i32x4(lo, hi)
+    }
+}
+
 /// IQ4_NL block (ggml `block_iq4_nl`): 4.5 bits per weight.
 /// `w[j] = d * KVALUES_IQ4NL[i[j]]`; index j < 16 is the low nibble of
 /// `qs[j]`, index j + 16 its high nibble (as Q4_0).
@@ -173,8 +226,6 @@ impl QuantKind for IQ4NL {
     fn vec_dot(x: &[BlockIQ4NL], y: &[Q8_0Act]) -> f32 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
-        // SAFETY: reads the 16 bytes of the table; no alignment needed.
-        let table = unsafe { v128_load(KVALUES_IQ4NL.as_ptr() as *const v128) };
         let mut acc = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
             // SAFETY: reads the 16-byte `qs` of `bx` and the two halves of
@@ -186,18 +237,9 @@ impl QuantKind for IQ4NL {
                     v128_load(by.qs.as_ptr().add(16) as *const v128),
                 )
             };
-            // Indices are 0..=15, so the swizzle is a table lookup.
-            let lo = i8x16_swizzle(table, v128_and(q, m4));
-            let hi = i8x16_swizzle(table, u8x16_shr(q, 4));
             // |k| <= 127 and |y| <= 127, so only two products fit i16.
-            let p0 = i16x8_add(
-                i16x8_extmul_low_i8x16(lo, y0),
-                i16x8_extmul_high_i8x16(lo, y0),
-            );
-            let p1 = i16x8_add(
-                i16x8_extmul_low_i8x16(hi, y1),
-                i16x8_extmul_high_i8x16(hi, y1),
-            );
+            let p0 = grid_pairs(v128_and(q, m4), y0);
+            let p1 = grid_pairs(u8x16_shr(q, 4), y1);
             let s = i32x4_add(
                 i32x4_extadd_pairwise_i16x8(p0),
                 i32x4_extadd_pairwise_i16x8(p1),

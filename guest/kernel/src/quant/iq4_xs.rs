@@ -168,8 +168,6 @@ impl QuantKind for IQ4_XS {
     fn vec_dot(x: &[BlockIQ4_XS], y: &[Q8_KAct]) -> f32 {
         use core::arch::wasm32::*;
         let m4 = u8x16_splat(0x0f);
-        // SAFETY: reads the 16-byte table.
-        let table = unsafe { v128_load(KVALUES_IQ4NL.as_ptr() as *const v128) };
         let mut acc = f32x4_splat(0.0);
         for (bx, by) in x.iter().zip(y) {
             let sc16 = super::q8_k::scales_i16(scales(bx).map(|s| s as i8 as u8), true);
@@ -185,17 +183,9 @@ impl QuantKind for IQ4_XS {
                         v128_load(yp.add(16) as *const v128),
                     )
                 };
-                let lo = i8x16_swizzle(table, v128_and(q, m4));
-                let hi = i8x16_swizzle(table, u8x16_shr(q, 4));
                 // |value| <= 127 and |y| <= 127: two products fit i16.
-                let p0 = i16x8_add(
-                    i16x8_extmul_low_i8x16(lo, y0),
-                    i16x8_extmul_high_i8x16(lo, y0),
-                );
-                let p1 = i16x8_add(
-                    i16x8_extmul_low_i8x16(hi, y1),
-                    i16x8_extmul_high_i8x16(hi, y1),
-                );
+                let p0 = super::iq4_nl::grid_pairs(v128_and(q, m4), y0);
+                let p1 = super::iq4_nl::grid_pairs(u8x16_shr(q, 4), y1);
                 let s16 = super::q8_k::scale_lane(sc16, s);
                 isum = i32x4_add(
                     isum,
