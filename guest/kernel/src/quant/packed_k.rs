@@ -104,6 +104,25 @@ fn deinterleave32(qs: &[u8; 512], r: usize) -> [u8; 128] {
     out
 }
 
+/// [`PackKind::dot4`] of the Q4_K-shaped types (Q4_K, Q5_K).
+macro_rules! k4_dot4 {
+    () => {
+        fn dot4<const T: usize>(
+            g: &[Self::Group],
+            y: [&[Self::Act]; T],
+            yw: [&[i16]; T],
+        ) -> [[f32; ROWS]; T] {
+            #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+            {
+                let _ = yw;
+                simd::q4_k_relaxed::<_, T>(g, y)
+            }
+            #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+            dot4_impl::<Self, T>(g, y, yw)
+        }
+    };
+}
+
 impl PackKind for Q5_0 {
     const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ5_0x4;
@@ -192,19 +211,7 @@ impl PackKind for Q4_K {
             qs: deinterleave32(&g.qs, r),
         }
     }
-    fn dot4<const T: usize>(
-        g: &[Self::Group],
-        y: [&[Self::Act]; T],
-        yw: [&[i16]; T],
-    ) -> [[f32; ROWS]; T] {
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        {
-            let _ = yw;
-            simd::q4_k_relaxed::<_, T>(g, y)
-        }
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-        dot4_impl::<Self, T>(g, y, yw)
-    }
+    k4_dot4!();
 }
 
 impl PackKind for Q5_K {
@@ -216,12 +223,16 @@ impl PackKind for Q5_K {
             qh[32 * r..32 * r + 32].copy_from_slice(&b.qh);
         }
         BlockQ5_Kx4 {
-            head: BlockQ4_Kx4 {
-                d: rows.map(|b| b.d),
-                dmin: rows.map(|b| b.dmin),
-                scales: rows.map(|b| b.scales),
-                qs: interleave32(rows.map(|b| &b.qs)),
-            },
+            // The same head as Q4_K's: the rows less their `qh`.
+            head: Q4_K::pack(
+                rows.map(|b| BlockQ4_K {
+                    d: b.d,
+                    dmin: b.dmin,
+                    scales: b.scales,
+                    qs: b.qs,
+                })
+                .each_ref(),
+            ),
             qh,
         }
     }
@@ -237,19 +248,7 @@ impl PackKind for Q5_K {
             qs: deinterleave32(&g.head.qs, r),
         }
     }
-    fn dot4<const T: usize>(
-        g: &[Self::Group],
-        y: [&[Self::Act]; T],
-        yw: [&[i16]; T],
-    ) -> [[f32; ROWS]; T] {
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        {
-            let _ = yw;
-            simd::q4_k_relaxed::<_, T>(g, y)
-        }
-        #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
-        dot4_impl::<Self, T>(g, y, yw)
-    }
+    k4_dot4!();
 }
 
 impl PackKind for Q6_K {
@@ -673,31 +672,24 @@ mod simd {
         q4_k_term(head, b, y, &isum, &summ, acc);
     }
 
-    impl SimdK for Q4_K {
-        #[inline(always)]
-        fn block<const T: usize>(
-            bx: &BlockQ4_Kx4,
-            b: usize,
-            y: &[&[Q8_KAct]; T],
-            yw: &[&[i16]; T],
-            acc: &mut [v128; T],
-        ) {
-            k4_block(bx, b, y, yw, acc)
-        }
+    /// [`SimdK`] of the Q4_K-shaped types: [`k4_block`].
+    macro_rules! k4_simd {
+        ($($kind:ty),*) => {$(
+            impl SimdK for $kind {
+                #[inline(always)]
+                fn block<const T: usize>(
+                    bx: &Self::Group,
+                    b: usize,
+                    y: &[&[Q8_KAct]; T],
+                    yw: &[&[i16]; T],
+                    acc: &mut [v128; T],
+                ) {
+                    k4_block(bx, b, y, yw, acc)
+                }
+            }
+        )*};
     }
-
-    impl SimdK for Q5_K {
-        #[inline(always)]
-        fn block<const T: usize>(
-            bx: &BlockQ5_Kx4,
-            b: usize,
-            y: &[&[Q8_KAct]; T],
-            yw: &[&[i16]; T],
-            acc: &mut [v128; T],
-        ) {
-            k4_block(bx, b, y, yw, acc)
-        }
-    }
+    k4_simd!(Q4_K, Q5_K);
 
     impl SimdK for Q6_K {
         #[inline(always)]

@@ -975,20 +975,11 @@ fn bench_q8_0_decode() {
         a.quantize(ty, &rng.vec(cols, 1.0), 1, cols);
         let mut out = vec![0f32; rows];
         for (name, w) in [("unpacked", &w), ("packed", &pw)] {
-            let mut runs: Vec<f64> = (0..9)
-                .map(|_| {
-                    let iters = 200;
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        matmul(&mut out, w, &a);
-                    }
-                    (rows * cols * iters) as f64 / t.elapsed().as_nanos() as f64
-                })
-                .collect();
-            runs.sort_by(f64::total_cmp);
-            println!(
-                "{ty} {rows}x{cols} n=1 {name}: median {:.2} GMAC/s (min {:.2}, max {:.2})",
-                runs[4], runs[0], runs[8]
+            print_median_gmacs(
+                &format!("{ty} {rows}x{cols} n=1 {name}"),
+                rows * cols,
+                200,
+                || matmul(&mut out, w, &a),
             );
         }
     }
@@ -1742,20 +1733,11 @@ fn bench_kquant_decode() {
             paths.push(("packed", pw));
         }
         for (name, w) in paths {
-            let iters = 50;
-            let mut runs: Vec<f64> = (0..9)
-                .map(|_| {
-                    let t = std::time::Instant::now();
-                    for _ in 0..iters {
-                        matmul(&mut out, w, &a);
-                    }
-                    (rows * cols * iters) as f64 / t.elapsed().as_nanos() as f64
-                })
-                .collect();
-            runs.sort_by(f64::total_cmp);
-            println!(
-                "{ty} {rows}x{cols} n=1 {name}: median {:.2} GMAC/s (min {:.2}, max {:.2})",
-                runs[4], runs[0], runs[8]
+            print_median_gmacs(
+                &format!("{ty} {rows}x{cols} n=1 {name}"),
+                rows * cols,
+                50,
+                || matmul(&mut out, w, &a),
             );
         }
     }
@@ -1774,18 +1756,29 @@ fn bench_packed_batch(ty: GgmlType, rows: usize, cols: usize, n: usize, rng: &mu
     a.quantize(vec_dot_type(ty), &rng.vec(n * cols, 1.0), n, cols);
     let mut out = vec![0f32; n * rows];
     let iters = (200_000_000 / (rows * cols * n)).max(1);
+    print_median_gmacs(
+        &format!("{ty} {rows}x{cols} n={n} packed"),
+        rows * cols * n,
+        iters,
+        || matmul(&mut out, &pw, &a),
+    );
+}
+
+/// Prints `label`, then the median (min, max) speed of 9 runs of `iters`
+/// calls of `f`, each `macs` multiply-adds, as GMAC/s.
+fn print_median_gmacs(label: &str, macs: usize, iters: usize, mut f: impl FnMut()) {
     let mut runs: Vec<f64> = (0..9)
         .map(|_| {
             let t = std::time::Instant::now();
             for _ in 0..iters {
-                matmul(&mut out, &pw, &a);
+                f();
             }
-            (rows * cols * n * iters) as f64 / t.elapsed().as_nanos() as f64
+            (macs * iters) as f64 / t.elapsed().as_nanos() as f64
         })
         .collect();
     runs.sort_by(f64::total_cmp);
     println!(
-        "{ty} {rows}x{cols} n={n} packed: median {:.2} GMAC/s (min {:.2}, max {:.2})",
+        "{label}: median {:.2} GMAC/s (min {:.2}, max {:.2})",
         runs[4], runs[0], runs[8]
     );
 }
