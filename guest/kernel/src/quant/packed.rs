@@ -339,7 +339,7 @@ pub(super) fn dot4_impl<K: PackKind, const T: usize>(
 use simd::dot4_impl;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod simd {
+pub(super) mod simd {
     use super::{BlockQ4_0x4, BlockQ4_1x4, BlockQ8_0x4, PackKind, ROWS};
     use crate::quant::load_f16x4;
     use crate::quant::q4_0::Q4_0;
@@ -772,6 +772,22 @@ mod simd {
         )
     }
 
+    /// 4 x 4 transpose of 32-bit lanes: lane `r` of output `i` is lane `i`
+    /// of input `r` (4 rows' 16 bytes to 4 quads of [r0, r1, r2, r3]).
+    #[inline(always)]
+    pub(crate) fn transpose4([r0, r1, r2, r3]: [v128; ROWS]) -> [v128; ROWS] {
+        let t0 = i32x4_shuffle::<0, 4, 1, 5>(r0, r1);
+        let t1 = i32x4_shuffle::<0, 4, 1, 5>(r2, r3);
+        let t2 = i32x4_shuffle::<2, 6, 3, 7>(r0, r1);
+        let t3 = i32x4_shuffle::<2, 6, 3, 7>(r2, r3);
+        [
+            i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
+            i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
+            i32x4_shuffle::<0, 1, 4, 5>(t2, t3),
+            i32x4_shuffle::<2, 3, 6, 7>(t2, t3),
+        ]
+    }
+
     /// [`PackKind::pack_rows`] of Q8_0: per group block, the 4 rows'
     /// scales side by side, then each 16 bytes of the 4 rows transposed as
     /// a 4x4 matrix of 32-bit lanes ([`super::interleave4`]'s layout).
@@ -786,15 +802,10 @@ mod simd {
                 // 64 h..64 h + 64 of the group's 128.
                 unsafe {
                     let v = r.map(|x| v128_load(x.qs.as_ptr().add(16 * h) as *const v128));
-                    let t0 = i32x4_shuffle::<0, 4, 1, 5>(v[0], v[1]);
-                    let t1 = i32x4_shuffle::<0, 4, 1, 5>(v[2], v[3]);
-                    let t2 = i32x4_shuffle::<2, 6, 3, 7>(v[0], v[1]);
-                    let t3 = i32x4_shuffle::<2, 6, 3, 7>(v[2], v[3]);
                     let q = o.qs.as_mut_ptr().add(64 * h) as *mut v128;
-                    v128_store(q, i64x2_shuffle::<0, 2>(t0, t1));
-                    v128_store(q.add(1), i64x2_shuffle::<1, 3>(t0, t1));
-                    v128_store(q.add(2), i64x2_shuffle::<0, 2>(t2, t3));
-                    v128_store(q.add(3), i64x2_shuffle::<1, 3>(t2, t3));
+                    for (i, t) in transpose4(v).into_iter().enumerate() {
+                        v128_store(q.add(i), t);
+                    }
                 }
             }
         }

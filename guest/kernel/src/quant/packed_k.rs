@@ -312,6 +312,8 @@ use simd::dot4_impl;
 mod simd {
     use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ5_Kx4, BlockQ6_Kx4, PackKind, ROWS};
     use crate::quant::load_f16x4;
+    #[cfg(target_feature = "relaxed-simd")]
+    use crate::quant::packed::simd::transpose4;
     use crate::quant::q4_k::Q4_K;
     use crate::quant::q5_0::Q5_0;
     use crate::quant::q5_k::Q5_K;
@@ -599,24 +601,6 @@ mod simd {
             i32x4_shuffle::<2, 6, 3, 7>(a, b),
             i32x4_shuffle::<0, 4, 1, 5>(c, d),
             i32x4_shuffle::<2, 6, 3, 7>(c, d),
-        ]
-    }
-
-    /// 4 rows' 16-byte runs as 4 vectors of 4 rows x 4 bytes (vector `i`:
-    /// [r0 b4i..b4i+4, r1 .., r2 .., r3 ..]), a 4 x 4 transpose of 32-bit
-    /// lanes.
-    #[cfg(target_feature = "relaxed-simd")]
-    #[inline(always)]
-    fn quads_of([r0, r1, r2, r3]: [v128; ROWS]) -> [v128; 4] {
-        let a = i32x4_shuffle::<0, 4, 1, 5>(r0, r1);
-        let b = i32x4_shuffle::<2, 6, 3, 7>(r0, r1);
-        let c = i32x4_shuffle::<0, 4, 1, 5>(r2, r3);
-        let d = i32x4_shuffle::<2, 6, 3, 7>(r2, r3);
-        [
-            i32x4_shuffle::<0, 1, 4, 5>(a, c),
-            i32x4_shuffle::<2, 3, 6, 7>(a, c),
-            i32x4_shuffle::<0, 1, 4, 5>(b, d),
-            i32x4_shuffle::<2, 3, 6, 7>(b, d),
         ]
     }
 
@@ -1080,8 +1064,8 @@ mod simd {
         // a shuffle (a splat load is two instructions in wasmtime's x64
         // code).
         for h in 0..2 {
-            let quads = quads_of(q4_k_rows16(bx.head(), k, h));
-            let high = bx.qh().map(|qh| quads_of(qh_rows16(qh, h)));
+            let quads = transpose4(q4_k_rows16(bx.head(), k, h));
+            let high = bx.qh().map(|qh| transpose4(qh_rows16(qh, h)));
             let w: [(v128, v128); 4] =
                 std::array::from_fn(|i| k4_codes(quads[i], high.map(|v| v[i]), k));
             for t in 0..T {
