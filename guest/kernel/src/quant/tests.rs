@@ -1689,10 +1689,11 @@ fn bench_gemma_batch() {
     }
 }
 
-/// Decode (one vector) mat-vecs of the k-quant family and the other types
-/// without a 4-row layout, as a 1B model's 2048 x 2048 matrices hold them
-/// (packed where the type has a layout, as resident layers run): the
-/// median of 9 runs, as GMAC/s. `BENCH_TY=Q4_K`: that type only.
+/// Decode (one vector) mat-vecs of every quantized type, as a 1B model's
+/// 2048 x 2048 matrices hold them (also packed where the type has a
+/// layout, as resident layers run): the median of 9 runs, as GMAC/s.
+/// `BENCH_TY=Q4_K`: that type only; `Q8ROWS=16384 Q8COLS=4096`: a matrix
+/// beyond the last-level cache, read from memory as a large model's are.
 #[test]
 #[ignore]
 fn bench_kquant_decode() {
@@ -1706,6 +1707,10 @@ fn bench_kquant_decode() {
         GgmlType::IQ4_XS,
         GgmlType::IQ4_NL,
         GgmlType::Q5_1,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
     ] {
         if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
             continue;
