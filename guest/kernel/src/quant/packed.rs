@@ -226,6 +226,23 @@ impl PackKind for Q4_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
+    // One vector in the relaxed build: the activations' block sums given
+    // (they undo the nibbles' offset of 8), not summed again per group.
+    #[inline(always)]
+    fn dot4_sums<const T: usize>(
+        g: &[Self::Group],
+        y: [&[Self::Act]; T],
+        yw: [&[i16]; T],
+        ys: [&[i32]; T],
+    ) -> [[f32; ROWS]; T] {
+        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+        if T == 1 && ys[0].len() == g.len() {
+            let one = simd::relaxed1::<Self>(g, y[0], ys[0]);
+            return std::array::from_fn(|_| one);
+        }
+        let _ = ys;
+        Self::dot4(g, y, yw)
+    }
     // The relaxed build's one-vector block (`block_relaxed1`) is faster.
     dot1_pairs_where!(not(target_feature = "relaxed-simd"));
 }
@@ -488,18 +505,8 @@ pub(super) mod simd {
         // than the i16 dots for decode: 76 vs 90 tokens/s).
         #[cfg(target_feature = "relaxed-simd")]
         if T == 1 && K::RELAXED {
-            let c = relaxed1_masks();
-            let mut pairs = g.chunks_exact(2);
-            let mut b = 0;
-            for p in pairs.by_ref() {
-                block_relaxed1::<K>(&p[0], &y[0][b], &mut acc[0], &c);
-                block_relaxed1::<K>(&p[1], &y[0][b + 1], &mut acc[0], &c);
-                b += 2;
-            }
-            if let [bx] = pairs.remainder() {
-                block_relaxed1::<K>(bx, &y[0][b], &mut acc[0], &c);
-            }
-            return acc.map(lanes);
+            let one = relaxed1::<K>(g, y[0], &[]);
+            return std::array::from_fn(|_| one);
         }
         if T == 1 {
             let mut pairs = g.chunks_exact(2);
@@ -518,6 +525,30 @@ pub(super) mod simd {
             }
         }
         acc.map(lanes)
+    }
+
+    /// [`dot4_impl`] for one vector in the relaxed build, two blocks per
+    /// loop step; `ys`, if not empty, the vector's block sums of quants
+    /// (one per block), which [`block_relaxed1`] then takes rather than
+    /// summing the activations again.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub fn relaxed1<K: Simd4>(g: &[K::Group], y: &[K::Act], ys: &[i32]) -> [f32; ROWS] {
+        assert!(y.len() == g.len() && (ys.is_empty() || ys.len() == g.len()));
+        let c = relaxed1_masks();
+        let mut acc = f32x4_splat(0.0);
+        let ysum = |b: usize| ys.get(b).copied();
+        let mut pairs = g.chunks_exact(2);
+        let mut b = 0;
+        for p in pairs.by_ref() {
+            block_relaxed1::<K>(&p[0], &y[b], ysum(b), &mut acc, &c);
+            block_relaxed1::<K>(&p[1], &y[b + 1], ysum(b + 1), &mut acc, &c);
+            b += 2;
+        }
+        if let [bx] = pairs.remainder() {
+            block_relaxed1::<K>(bx, &y[b], ysum(b), &mut acc, &c);
+        }
+        lanes(acc)
     }
 
     /// Block `b` (`bx`) of [`dot4_impl`]: its term added to `acc`.
@@ -656,7 +687,13 @@ pub(super) mod simd {
     /// compiles either to one `pshufb`.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn block_relaxed1<K: Simd4>(bx: &K::Group, y: &K::Act, acc: &mut v128, c: &[v128; 5]) {
+    fn block_relaxed1<K: Simd4>(
+        bx: &K::Group,
+        y: &K::Act,
+        ysum: Option<i32>,
+        acc: &mut v128,
+        c: &[v128; 5],
+    ) {
         let qs = K::qs(y).as_ptr();
         let p = K::nibbles(bx);
         // SAFETY: 32 activation bytes, 64 bytes of quants.
@@ -687,14 +724,28 @@ pub(super) mod simd {
         };
         let s0 = half(q.map(|v| v128_and(v, m)), y0);
         let s1 = half(q.map(|v| u8x16_shr(v, 4)), y1);
-        let s = i16x8_add(s0, s1);
-        let mut sumi = i32x4_add(i32x4_extend_low_i16x8(s), i32x4_extend_high_i16x8(s));
+        let mut sumi = row_sums(i16x8_add(s0, s1));
         if K::BIAS != 0 {
-            sumi = unbias::<K>(sumi, y0, y1);
+            sumi = match ysum {
+                Some(ys) => i32x4_sub(sumi, i32x4_splat(K::BIAS * ys)),
+                None => unbias::<K>(sumi, y0, y1),
+            };
         }
         // SAFETY: reads `bx`.
         let (d, m) = unsafe { K::scales(bx) };
         *acc = f32x4_add(*acc, K::term(d, m, sumi, y));
+    }
+
+    /// The i32 sums of i16 lanes `r` and `r + 4` of `v`, in lane `r`: the
+    /// lanes side by side, then added pairwise (`pmaddwd` against ones in
+    /// wasmtime's x64 code): two instructions, where widening both halves
+    /// and adding them takes four.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    pub(crate) fn row_sums(v: v128) -> v128 {
+        i32x4_extadd_pairwise_i16x8(i8x16_shuffle::<
+            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
+        >(v, v))
     }
 
     /// [`block_relaxed1`]'s byte shuffles (columns 4k, 4k + 1 for 4 rows,

@@ -314,6 +314,8 @@ mod simd {
     use crate::quant::load_f16x4;
     #[cfg(target_feature = "relaxed-simd")]
     use crate::quant::packed::simd::transpose4;
+    #[cfg(target_feature = "relaxed-simd")]
+    use crate::quant::packed::simd::row_sums;
     use crate::quant::q4_k::Q4_K;
     use crate::quant::q5_0::Q5_0;
     use crate::quant::q5_k::Q5_K;
@@ -904,10 +906,7 @@ mod simd {
                 dot(w[3].1, cols!(y1, 12, 13, 14, 15)),
             ),
         );
-        let sumi = i32x4_add(
-            i32x4_add(i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo)),
-            i32x4_add(i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)),
-        );
+        let sumi = i32x4_add(row_sums(lo), row_sums(hi));
         let sumi = i32x4_sub(sumi, i32x4_splat(16 * ys));
         // SAFETY: reads the 8-byte `d`.
         let d = unsafe { load_f16x4(bx.d.as_ptr()) };
