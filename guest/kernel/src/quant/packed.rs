@@ -744,7 +744,22 @@ pub(super) mod simd {
     #[inline(always)]
     pub(crate) fn row_sums(v: v128) -> v128 {
         i32x4_extadd_pairwise_i16x8(i8x16_shuffle::<
-            0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15,
+            0,
+            1,
+            8,
+            9,
+            2,
+            3,
+            10,
+            11,
+            4,
+            5,
+            12,
+            13,
+            6,
+            7,
+            14,
+            15,
         >(v, v))
     }
 

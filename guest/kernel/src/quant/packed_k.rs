@@ -313,9 +313,9 @@ mod simd {
     use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ5_Kx4, BlockQ6_Kx4, PackKind, ROWS};
     use crate::quant::load_f16x4;
     #[cfg(target_feature = "relaxed-simd")]
-    use crate::quant::packed::simd::transpose4;
-    #[cfg(target_feature = "relaxed-simd")]
     use crate::quant::packed::simd::row_sums;
+    #[cfg(target_feature = "relaxed-simd")]
+    use crate::quant::packed::simd::transpose4;
     use crate::quant::q4_k::Q4_K;
     use crate::quant::q5_0::Q5_0;
     use crate::quant::q5_k::Q5_K;

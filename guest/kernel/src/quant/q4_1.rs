@@ -110,4 +110,53 @@ impl QuantKind for Q4_1 {
         }
         sum
     }
+
+    /// Four rows in cache with relaxed SIMD, read side by side, as Q4_0's
+    /// ([`super::q4_0`]): the nibbles against the activations (no offset:
+    /// the minimum's term `m * s` is the block's float part), each lane at
+    /// most 2 * 2 * 15 * 128 in magnitude, exact in i16; the float part
+    /// that of [`QuantKind::vec_dot_scalar`], lane by lane: the same bits.
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    fn vec_dot4(
+        x: [&[BlockQ4_1]; 4],
+        y: &[Q8_1Act],
+        _yw: &[i16],
+        _ypn: &[super::q8::PosNeg],
+        in_cache: bool,
+    ) -> [f32; 4] {
+        use super::q8::{f16s4, row_totals4};
+        use core::arch::wasm32::*;
+        assert!(x.iter().all(|r| r.len() == y.len()));
+        if !in_cache {
+            return x.map(|x| Self::vec_dot(x, y));
+        }
+        let m4 = u8x16_splat(0x0f);
+        let mut acc = f32x4_splat(0.0);
+        for (b, by) in y.iter().enumerate() {
+            // SAFETY: the two halves of the 32-byte `qs` of block `b`.
+            let (y0, y1) = unsafe {
+                let p = by.qs.as_ptr();
+                (
+                    v128_load(p as *const v128),
+                    v128_load(p.add(16) as *const v128),
+                )
+            };
+            let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+            let row = |r: usize| {
+                // SAFETY: the 16-byte `qs` of block `b` of row `r`.
+                let q = unsafe { v128_load(x[r][b].qs.as_ptr() as *const v128) };
+                let s = i16x8_add(dot(v128_and(q, m4), y0), dot(u8x16_shr(q, 4), y1));
+                i32x4_extadd_pairwise_i16x8(s)
+            };
+            let sumi = row_totals4([row(0), row(1), row(2), row(3)]);
+            let d = f16s4([x[0][b].d, x[1][b].d, x[2][b].d, x[3][b].d]);
+            let m = f16s4([x[0][b].m, x[1][b].m, x[2][b].m, x[3][b].m]);
+            let term = f32x4_add(
+                f32x4_mul(f32x4_mul(d, f32x4_splat(by.d)), f32x4_convert_i32x4(sumi)),
+                f32x4_mul(m, f32x4_splat(by.s)),
+            );
+            acc = f32x4_add(acc, term);
+        }
+        super::f32x4_lanes(acc)
+    }
 }

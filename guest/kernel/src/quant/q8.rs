@@ -296,15 +296,20 @@ impl QuantKind for Q8_0 {
             if !ypn.is_empty() {
                 return vec_dot4_split(x, y, ypn);
             }
-            return side4(x, y, |b| {
-                let yv = yv(b);
-                [
-                    part_i16(&x[0][b], &yv),
-                    part_i16(&x[1][b], &yv),
-                    part_i16(&x[2][b], &yv),
-                    part_i16(&x[3][b], &yv),
-                ]
-            });
+            return side4(
+                x,
+                y,
+                |b| b.d,
+                |b| {
+                    let yv = yv(b);
+                    [
+                        part_i16(&x[0][b], &yv),
+                        part_i16(&x[1][b], &yv),
+                        part_i16(&x[2][b], &yv),
+                        part_i16(&x[3][b], &yv),
+                    ]
+                },
+            );
         }
         // Memory order: a span of blocks of row 0, then of row 1, .., so
         // that the rows are read as one stream (four rows read side by side,
@@ -368,18 +373,21 @@ fn part_i16(bx: &BlockQ8_0, yv: &[core::arch::wasm32::v128; 4]) -> core::arch::w
 /// (no round trip through memory). From cache 1.12x faster than the span
 /// order with the i16 dots (60 x 4096: 20.3 vs 18.1 GMAC/s), from DRAM 3.5x
 /// slower, the hardware prefetcher losing track: for rows in cache only.
+/// Also for the other weight types dotted against Q8_0 activations, whose
+/// block's scale `d` gives (Q4_0's).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 #[inline(always)]
-fn side4(
-    x: [&[BlockQ8_0]; 4],
+pub(super) fn side4<B>(
+    x: [&[B]; 4],
     y: &[Q8_0Act],
+    d: impl Fn(&B) -> [u8; 2],
     mut int: impl FnMut(usize) -> [core::arch::wasm32::v128; 4],
 ) -> [f32; 4] {
     use core::arch::wasm32::*;
     assert!(x.iter().all(|r| r.len() == y.len()));
     let mut acc = f32x4_splat(0.0);
     for (b, by) in y.iter().enumerate() {
-        let d = [x[0][b].d, x[1][b].d, x[2][b].d, x[3][b].d];
+        let d = [d(&x[0][b]), d(&x[1][b]), d(&x[2][b]), d(&x[3][b])];
         acc = add_terms4(acc, int(b), d, by.d);
     }
     super::f32x4_lanes(acc)
@@ -399,8 +407,20 @@ fn add_terms4(
     yd: f32,
 ) -> core::arch::wasm32::v128 {
     use core::arch::wasm32::*;
+    let sumi = row_totals4(s);
+    let d = f16s4(d);
+    f32x4_add(
+        acc,
+        f32x4_mul(f32x4_mul(d, f32x4_splat(yd)), f32x4_convert_i32x4(sumi)),
+    )
+}
+
+/// Lane r: the sum of the 4 lanes of `s[r]`.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(super) fn row_totals4(s: [core::arch::wasm32::v128; 4]) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
     let [s0, s1, s2, s3] = s;
-    // Lane r: row r's block sum.
     let t0 = i32x4_add(
         i32x4_shuffle::<0, 4, 1, 5>(s0, s1),
         i32x4_shuffle::<2, 6, 3, 7>(s0, s1),
@@ -409,10 +429,17 @@ fn add_terms4(
         i32x4_shuffle::<0, 4, 1, 5>(s2, s3),
         i32x4_shuffle::<2, 6, 3, 7>(s2, s3),
     );
-    let sumi = i32x4_add(
+    i32x4_add(
         i32x4_shuffle::<0, 1, 4, 5>(t0, t1),
         i32x4_shuffle::<2, 3, 6, 7>(t0, t1),
-    );
+    )
+}
+
+/// The f16 values `d` (any: subnormal, Inf, NaN) as f32 lanes.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+pub(super) fn f16s4(d: [[u8; 2]; 4]) -> core::arch::wasm32::v128 {
+    use core::arch::wasm32::*;
     // Sign-extended: the lanes `f16x4_finite` takes.
     let h = i32x4(
         i16::from_le_bytes(d[0]) as i32,
@@ -420,11 +447,7 @@ fn add_terms4(
         i16::from_le_bytes(d[2]) as i32,
         i16::from_le_bytes(d[3]) as i32,
     );
-    let d = super::f16x4_any(h);
-    f32x4_add(
-        acc,
-        f32x4_mul(f32x4_mul(d, f32x4_splat(yd)), f32x4_convert_i32x4(sumi)),
-    )
+    super::f16x4_any(h)
 }
 
 /// [`QuantKind::vec_dot4`] of Q8_0 with relaxed SIMD and the activations
@@ -447,41 +470,46 @@ fn add_terms4(
 pub(super) fn vec_dot4_split(x: [&[BlockQ8_0]; 4], y: &[Q8_0Act], ypn: &[PosNeg]) -> [f32; 4] {
     use core::arch::wasm32::*;
     assert_eq!(ypn.len(), y.len());
-    side4(x, y, |b| {
-        let pn = &ypn[b];
-        // SAFETY: each load reads 16 of the 32 bytes of `pos` or `neg`;
-        // wasm loads have no alignment requirement.
-        let (p0, p1, n0, n1) = unsafe {
-            let (pp, np) = (pn.pos.as_ptr(), pn.neg.as_ptr());
-            (
-                v128_load(pp as *const v128),
-                v128_load(pp.add(16) as *const v128),
-                v128_load(np as *const v128),
-                v128_load(np.add(16) as *const v128),
-            )
-        };
-        let row = |r: usize| {
-            // SAFETY: each load reads 16 of the 32 bytes of `qs`.
-            let (x0, x1) = unsafe {
-                let xp = x[r][b].qs.as_ptr();
+    side4(
+        x,
+        y,
+        |b| b.d,
+        |b| {
+            let pn = &ypn[b];
+            // SAFETY: each load reads 16 of the 32 bytes of `pos` or `neg`;
+            // wasm loads have no alignment requirement.
+            let (p0, p1, n0, n1) = unsafe {
+                let (pp, np) = (pn.pos.as_ptr(), pn.neg.as_ptr());
                 (
-                    v128_load(xp as *const v128),
-                    v128_load(xp.add(16) as *const v128),
+                    v128_load(pp as *const v128),
+                    v128_load(pp.add(16) as *const v128),
+                    v128_load(np as *const v128),
+                    v128_load(np.add(16) as *const v128),
                 )
             };
-            let d0 = i16x8_sub(
-                i16x8_relaxed_dot_i8x16_i7x16(x0, p0),
-                i16x8_relaxed_dot_i8x16_i7x16(x0, n0),
-            );
-            let d1 = i16x8_sub(
-                i16x8_relaxed_dot_i8x16_i7x16(x1, p1),
-                i16x8_relaxed_dot_i8x16_i7x16(x1, n1),
-            );
-            i32x4_add(
-                i32x4_extadd_pairwise_i16x8(d0),
-                i32x4_extadd_pairwise_i16x8(d1),
-            )
-        };
-        [row(0), row(1), row(2), row(3)]
-    })
+            let row = |r: usize| {
+                // SAFETY: each load reads 16 of the 32 bytes of `qs`.
+                let (x0, x1) = unsafe {
+                    let xp = x[r][b].qs.as_ptr();
+                    (
+                        v128_load(xp as *const v128),
+                        v128_load(xp.add(16) as *const v128),
+                    )
+                };
+                let d0 = i16x8_sub(
+                    i16x8_relaxed_dot_i8x16_i7x16(x0, p0),
+                    i16x8_relaxed_dot_i8x16_i7x16(x0, n0),
+                );
+                let d1 = i16x8_sub(
+                    i16x8_relaxed_dot_i8x16_i7x16(x1, p1),
+                    i16x8_relaxed_dot_i8x16_i7x16(x1, n1),
+                );
+                i32x4_add(
+                    i32x4_extadd_pairwise_i16x8(d0),
+                    i32x4_extadd_pairwise_i16x8(d1),
+                )
+            };
+            [row(0), row(1), row(2), row(3)]
+        },
+    )
 }
