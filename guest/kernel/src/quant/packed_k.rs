@@ -308,6 +308,9 @@ use super::packed::dot4_impl;
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 use simd::dot4_impl;
 
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+pub(super) use simd::q4_k_rows_dot4;
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
     use super::{BlockQ4_Kx4, BlockQ5_0x4, BlockQ5_Kx4, BlockQ6_Kx4, PackKind, ROWS};
@@ -410,8 +413,13 @@ mod simd {
         b: usize,
         y: &[&[Q8_KAct]; T],
     ) -> (impl Fn(usize) -> v128, [v128; T]) {
-        // The 4 rows' 12 scale bytes as u32 words w[3r + i]: row r's u0,
-        // u1, u2 of `scales_mins_k4`, gathered a word per row.
+        q4_k_mins_of(q4_k_words(bx), b, y)
+    }
+
+    /// The 4 rows' 12 scale bytes of a Q4_K group block as u32 words: lane
+    /// r of word i is row r's u_i of `scales_mins_k4`.
+    #[inline(always)]
+    fn q4_k_words(bx: &BlockQ4_Kx4) -> [v128; 3] {
         // SAFETY: the 48 bytes of `scales`.
         let (l0, l1, l2) = unsafe {
             let p = bx.scales.as_ptr() as *const u8;
@@ -421,9 +429,20 @@ mod simd {
                 v128_load(p.add(32) as *const v128),
             )
         };
-        let u0 = i32x4_shuffle::<0, 1, 2, 5>(i32x4_shuffle::<0, 3, 6, 7>(l0, l1), l2);
-        let u1 = i32x4_shuffle::<0, 1, 2, 6>(i32x4_shuffle::<1, 4, 7, 7>(l0, l1), l2);
-        let u2 = i32x4_shuffle::<0, 1, 4, 7>(i32x4_shuffle::<2, 5, 4, 4>(l0, l1), l2);
+        [
+            i32x4_shuffle::<0, 1, 2, 5>(i32x4_shuffle::<0, 3, 6, 7>(l0, l1), l2),
+            i32x4_shuffle::<0, 1, 2, 6>(i32x4_shuffle::<1, 4, 7, 7>(l0, l1), l2),
+            i32x4_shuffle::<0, 1, 4, 7>(i32x4_shuffle::<2, 5, 4, 4>(l0, l1), l2),
+        ]
+    }
+
+    /// [`q4_k_mins`] from the 4 rows' scale words ([`q4_k_words`]).
+    #[inline(always)]
+    fn q4_k_mins_of<const T: usize>(
+        [u0, u1, u2]: [v128; 3],
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+    ) -> (impl Fn(usize) -> v128, [v128; T]) {
         // `scales_mins_k4` on the 4 rows at once: byte e of lane r is row
         // r's scale (min) e (sc0, m0) or 4 + e (sc1, m1).
         let (m3f, m0f, m03) = (
@@ -508,7 +527,20 @@ mod simd {
         acc: &mut [v128; T],
     ) {
         // SAFETY: reads the 8-byte `d` and `dmin`.
-        let (d, dmin) = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
+        let dm = unsafe { (load_f16x4(bx.d.as_ptr()), load_f16x4(bx.dmin.as_ptr())) };
+        q4_k_term_of(dm, b, y, isum, summ, acc);
+    }
+
+    /// [`q4_k_term`] given the 4 rows' `d` and `dmin` as f32 lanes.
+    #[inline(always)]
+    fn q4_k_term_of<const T: usize>(
+        (d, dmin): (v128, v128),
+        b: usize,
+        y: &[&[Q8_KAct]; T],
+        isum: &[v128; T],
+        summ: &[v128; T],
+        acc: &mut [v128; T],
+    ) {
         for t in 0..T {
             let yd = f32x4_splat(y[t][b].d);
             let term = f32x4_sub(
@@ -557,6 +589,109 @@ mod simd {
         fn qh(&self) -> Option<&[u8; 128]> {
             Some(&self.qh)
         }
+    }
+
+    /// What the one-vector Q4_K/Q5_K dot ([`q4_k_block1`]) reads of a
+    /// block of 4 rows: a packed group block's, or 4 unpacked rows' in
+    /// cache ([`Q4KRows`]).
+    #[cfg(target_feature = "relaxed-simd")]
+    pub trait K4Rows {
+        /// The rows' 12 scale bytes as [`q4_k_words`] gives them.
+        fn words(&self) -> [v128; 3];
+        /// The rows' `d` and `dmin` as f32 lanes (finite: checked by the
+        /// caller).
+        fn d_dmin(&self) -> (v128, v128);
+        /// The rows' 16-byte quant runs `qs[32k + 16j..]`.
+        fn rows16(&self, k: usize, j: usize) -> [v128; ROWS];
+        /// Q5_K: the rows' 16-byte runs `qh[16j..]`.
+        fn qh16(&self, j: usize) -> Option<[v128; ROWS]>;
+    }
+
+    #[cfg(target_feature = "relaxed-simd")]
+    impl<G: K4Group> K4Rows for G {
+        #[inline(always)]
+        fn words(&self) -> [v128; 3] {
+            q4_k_words(self.head())
+        }
+        #[inline(always)]
+        fn d_dmin(&self) -> (v128, v128) {
+            let h = self.head();
+            // SAFETY: reads the 8-byte `d` and `dmin`.
+            unsafe { (load_f16x4(h.d.as_ptr()), load_f16x4(h.dmin.as_ptr())) }
+        }
+        #[inline(always)]
+        fn rows16(&self, k: usize, j: usize) -> [v128; ROWS] {
+            q4_k_rows16(self.head(), k, j)
+        }
+        #[inline(always)]
+        fn qh16(&self, j: usize) -> Option<[v128; ROWS]> {
+            self.qh().map(|qh| qh_rows16(qh, j))
+        }
+    }
+
+    /// Block `b` of 4 unpacked Q4_K rows (a streamed chunk's, in cache),
+    /// for the packed one-vector dot. Each row's 16-byte head (`d` and
+    /// `dmin` in one word, then the 3 scale words) transposed is the 4
+    /// rows' words.
+    #[cfg(target_feature = "relaxed-simd")]
+    pub struct Q4KRows<'a>(pub [&'a crate::quant::q4_k::BlockQ4_K; ROWS]);
+
+    #[cfg(target_feature = "relaxed-simd")]
+    impl Q4KRows<'_> {
+        #[inline(always)]
+        fn heads(&self) -> [v128; ROWS] {
+            // SAFETY: the first 16 of a block's 144 bytes.
+            transpose4(self.0.map(|b| unsafe {
+                v128_load(b as *const crate::quant::q4_k::BlockQ4_K as *const v128)
+            }))
+        }
+    }
+
+    #[cfg(target_feature = "relaxed-simd")]
+    impl K4Rows for Q4KRows<'_> {
+        #[inline(always)]
+        fn words(&self) -> [v128; 3] {
+            let [_, u0, u1, u2] = self.heads();
+            [u0, u1, u2]
+        }
+        #[inline(always)]
+        fn d_dmin(&self) -> (v128, v128) {
+            let [dd, ..] = self.heads();
+            // Each f16 sign-extended in its lane, as `f16x4_finite` takes.
+            (
+                crate::quant::f16x4_finite(i32x4_shr(i32x4_shl(dd, 16), 16)),
+                crate::quant::f16x4_finite(i32x4_shr(dd, 16)),
+            )
+        }
+        #[inline(always)]
+        fn rows16(&self, k: usize, j: usize) -> [v128; ROWS] {
+            assert!(k < 4 && j < 2);
+            // SAFETY: 16 bytes at 32k + 16j + 16 <= 128 of `qs`.
+            std::array::from_fn(|r| unsafe {
+                v128_load(self.0[r].qs.as_ptr().add(32 * k + 16 * j) as *const v128)
+            })
+        }
+        #[inline(always)]
+        fn qh16(&self, _j: usize) -> Option<[v128; ROWS]> {
+            None
+        }
+    }
+
+    /// [`QuantKind::vec_dot4`](crate::quant::QuantKind::vec_dot4) of 4
+    /// unpacked Q4_K rows in cache with finite scales: block by block, the
+    /// packed one-vector dot ([`q4_k_block1`]) on the rows as they are,
+    /// its terms those of the scalar reference, added in its order.
+    #[cfg(target_feature = "relaxed-simd")]
+    pub fn q4_k_rows_dot4(
+        x: [&[crate::quant::q4_k::BlockQ4_K]; ROWS],
+        y: &[Q8_KAct],
+    ) -> [f32; ROWS] {
+        assert!(x.iter().all(|r| r.len() == y.len()));
+        let mut acc = f32x4_splat(0.0);
+        for (b, by) in y.iter().enumerate() {
+            q4_k_block1(&Q4KRows(x.map(|r| &r[b])), by, &mut acc);
+        }
+        lanes(acc)
     }
 
     /// The 4 rows' 16-byte runs `qh[16j..]` of a Q5_K group block.
@@ -1028,6 +1163,8 @@ mod simd {
             let mut isum = [i32x4_splat(0); T];
             for k in 0..4 {
                 // Sub-blocks 2k (low nibbles) and 2k + 1 (high), per row.
+                // (T = 1 as `q4_k_block1`, which written as a call here
+                // made the 1.8 B Q4_K_M decode 12% slower: code layout.)
                 let (slo, shi) = if T == 1 {
                     let (l, h) = q4_k_half1(bx, &y[0][b], k);
                     let mut slo = [i32x4_splat(0); T];
@@ -1098,7 +1235,7 @@ mod simd {
     /// up and the 4 rows' totals gathered into lanes 0..4.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn q4_k_half1<G: K4Group>(bx: &G, y: &Q8_KAct, k: usize) -> (v128, v128) {
+    fn q4_k_half1<G: K4Rows>(bx: &G, y: &Q8_KAct, k: usize) -> (v128, v128) {
         let qs = y.qs.as_ptr();
         assert!(k < 4);
         // SAFETY: columns 64k..64k + 64 of 256.
@@ -1110,8 +1247,8 @@ mod simd {
                 v128_load(qs.add(64 * k + 48) as *const v128),
             ]
         };
-        let q = [q4_k_rows16(bx.head(), k, 0), q4_k_rows16(bx.head(), k, 1)];
-        let h = bx.qh().map(|qh| [qh_rows16(qh, 0), qh_rows16(qh, 1)]);
+        let q = [bx.rows16(k, 0), bx.rows16(k, 1)];
+        let h = bx.qh16(0).zip(bx.qh16(1)).map(|(a, b)| [a, b]);
         let one = i16x8_splat(1);
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
         let mut lo = [i32x4_splat(0); ROWS];
@@ -1124,6 +1261,24 @@ mod simd {
             hi[r] = i32x4_dot_i16x8(i16x8_add(dot(h0, ya[2]), dot(h1, ya[3])), one);
         }
         (lane_totals(lo), lane_totals(hi))
+    }
+
+    /// One block of 4 rows against one vector (`y`: its block): the
+    /// rows' mins and scales, the 4 chunks' nibble sums
+    /// ([`q4_k_half1`]), and the term added to `acc`.
+    #[cfg(target_feature = "relaxed-simd")]
+    #[inline(always)]
+    fn q4_k_block1<G: K4Rows>(bx: &G, y: &Q8_KAct, acc: &mut v128) {
+        let ys = [std::slice::from_ref(y)];
+        let (lane, summ) = q4_k_mins_of(bx.words(), 0, &ys);
+        let mut isum = [i32x4_splat(0)];
+        for k in 0..4 {
+            let (l, h) = q4_k_half1(bx, y, k);
+            q4_k_add_scaled(&mut isum, (lane(2 * k), lane(2 * k + 1)), &[l], &[h]);
+        }
+        let mut a = [*acc];
+        q4_k_term_of(bx.d_dmin(), 0, &ys, &isum, &summ, &mut a);
+        *acc = a[0];
     }
 
     /// Lane `r` the sum of the 4 lanes of `v[r]`.

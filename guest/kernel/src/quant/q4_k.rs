@@ -141,4 +141,24 @@ impl QuantKind for Q4_K {
         }
         sum
     }
+
+    /// Four rows in cache (a streamed chunk) with relaxed SIMD: the packed
+    /// one-vector dot on the rows as they are
+    /// ([`super::packed_k::q4_k_rows_dot4`]), the same bits. Rows with an
+    /// Inf or NaN scale (which that dot does not convert) and rows not in
+    /// cache keep the row-by-row dot.
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    fn vec_dot4(
+        x: [&[BlockQ4_K]; 4],
+        y: &[Q8_KAct],
+        _yw: &[i16],
+        _ypn: &[super::q8::PosNeg],
+        in_cache: bool,
+    ) -> [f32; 4] {
+        use super::packed::PackKind;
+        if !in_cache || !x.iter().all(|r| r.iter().all(<Self as PackKind>::finite)) {
+            return x.map(|x| Self::vec_dot(x, y));
+        }
+        super::packed_k::q4_k_rows_dot4(x, y)
+    }
 }
