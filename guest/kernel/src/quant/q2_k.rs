@@ -150,17 +150,25 @@ impl QuantKind for Q2_K {
         // `kbatch`, and one token agree).
         let mut sum = 0f32;
         for (bx, by) in x.iter().zip(y) {
-            let mut summs = 0i32;
-            for (&s, &sc) in by.bsums.iter().zip(&bx.scales) {
-                summs += s as i32 * (sc >> 4) as i32;
-            }
+            // SAFETY: the 16-byte `scales` and the 16 i16 `bsums`; wasm
+            // loads need no alignment.
+            let (sc, b0, b1) = unsafe {
+                let bs = by.bsums.as_ptr();
+                (
+                    v128_load(bx.scales.as_ptr() as *const v128),
+                    v128_load(bs as *const v128),
+                    v128_load(bs.add(8) as *const v128),
+                )
+            };
+            // The mins (high nibbles) times the bsums: exact integers.
+            let mins = u8x16_shr(sc, 4);
+            let summs = super::hsum_i32x4(i32x4_add(
+                i32x4_dot_i16x8(b0, u16x8_extend_low_u8x16(mins)),
+                i32x4_dot_i16x8(b1, u16x8_extend_high_u8x16(mins)),
+            ));
             let mut isum = i32x4_splat(0);
             // The 16 scales' low nibbles as i16, 8 per vector.
-            // SAFETY: the 16-byte `scales`; wasm loads need no alignment.
-            let scv = v128_and(
-                unsafe { v128_load(bx.scales.as_ptr() as *const v128) },
-                u8x16_splat(0x0f),
-            );
+            let scv = v128_and(sc, u8x16_splat(0x0f));
             let sc16 = [u16x8_extend_low_u8x16(scv), u16x8_extend_high_u8x16(scv)];
             for (h, &sch) in sc16.iter().enumerate() {
                 // SAFETY: the two halves of `qs[32h..32h + 32]`.
