@@ -106,16 +106,11 @@ impl QuantKind for Q4_0 {
     }
 
     /// Four rows in cache (a streamed chunk) with relaxed SIMD, read side by
-    /// side ([`super::q8::side4`]): a block's nibbles (0..=15) are the 7-bit
-    /// operand of `i16x8.relaxed_dot_i8x16_i7x16_s` against its activations,
-    /// and the offset of 8 comes off lane by lane as 8 times the
-    /// activations' pair sums (the same dot against ones, made once for the
-    /// 4 rows). Each dot's lane is at most 2 * 15 * 128 = 3840 in
-    /// magnitude, a lane's whole sum at most 2 * 3840 + 8 * 512: exact in
-    /// i16 on every engine, so the block sums are the scalar reference's
-    /// integers and [`super::q8::side4`] adds their terms in its order: the
-    /// same bits. Rows not in cache keep the row-by-row dot (four streams
-    /// side by side lose the hardware prefetcher, as for Q8_0).
+    /// side ([`super::q8::side4_codes`]): the nibbles (0..=15) against the
+    /// activations, the offset of 8 taken off lane by lane: the scalar
+    /// reference's integers and bits. Rows not in cache keep the
+    /// row-by-row dot (four streams side by side lose the hardware
+    /// prefetcher, as for Q8_0).
     #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
     fn vec_dot4(
         x: [&[BlockQ4_0]; 4],
@@ -129,29 +124,15 @@ impl QuantKind for Q4_0 {
             return x.map(|x| Self::vec_dot(x, y));
         }
         let m4 = u8x16_splat(0x0f);
-        let ones = i8x16_splat(1);
-        super::q8::side4(
+        super::q8::side4_codes(
             x,
             y,
             |b| b.d,
-            |b| {
-                // SAFETY: the two halves of the 32-byte `qs` of block `b`.
-                let (y0, y1) = unsafe {
-                    let p = y[b].qs.as_ptr();
-                    (
-                        v128_load(p as *const v128),
-                        v128_load(p.add(16) as *const v128),
-                    )
-                };
-                let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
-                let bias = i16x8_shl(i16x8_add(dot(ones, y0), dot(ones, y1)), 3);
-                let row = |r: usize| {
-                    // SAFETY: the 16-byte `qs` of block `b` of row `r`.
-                    let q = unsafe { v128_load(x[r][b].qs.as_ptr() as *const v128) };
-                    let s = i16x8_add(dot(v128_and(q, m4), y0), dot(u8x16_shr(q, 4), y1));
-                    i32x4_extadd_pairwise_i16x8(i16x8_sub(s, bias))
-                };
-                [row(0), row(1), row(2), row(3)]
+            3,
+            |bx| {
+                // SAFETY: the block's 16-byte `qs`.
+                let q = unsafe { v128_load(bx.qs.as_ptr() as *const v128) };
+                [v128_and(q, m4), u8x16_shr(q, 4)]
             },
         )
     }

@@ -138,10 +138,9 @@ impl QuantKind for Q5_0 {
     }
 
     /// Four rows in cache with relaxed SIMD, read side by side, as Q4_0's
-    /// ([`super::q4_0`]): the 5-bit codes (0..=31) against the activations,
-    /// less 16 times their pair sums. A dot's lane is at most 2 * 31 * 128
-    /// = 7936 in magnitude, a lane's whole sum at most 2 * 7936 + 16 * 512:
-    /// exact in i16, the scalar reference's integers and bits.
+    /// ([`super::q8::side4_codes`]): the 5-bit codes (0..=31) against the
+    /// activations, the offset of 16 taken off lane by lane: the scalar
+    /// reference's integers and bits.
     #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
     fn vec_dot4(
         x: [&[BlockQ5_0]; 4],
@@ -156,45 +155,29 @@ impl QuantKind for Q5_0 {
         }
         let m4 = u8x16_splat(0x0f);
         let b4 = u8x16_splat(0x10);
-        let ones = i8x16_splat(1);
         // Byte k of a half tests bit k % 8 of its qh byte.
         let bits = u8x16(1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128);
-        super::q8::side4(
+        super::q8::side4_codes(
             x,
             y,
             |b| b.d,
-            |b| {
-                // SAFETY: the two halves of the 32-byte `qs` of block `b`.
-                let (y0, y1) = unsafe {
-                    let p = y[b].qs.as_ptr();
+            4,
+            |bx| {
+                // SAFETY: the block's 16-byte `qs` and 4-byte `qh`.
+                let (q, h) = unsafe {
                     (
-                        v128_load(p as *const v128),
-                        v128_load(p.add(16) as *const v128),
+                        v128_load(bx.qs.as_ptr() as *const v128),
+                        v128_load32_zero(bx.qh.as_ptr() as *const u32),
                     )
                 };
-                let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
-                let bias = i16x8_shl(i16x8_add(dot(ones, y0), dot(ones, y1)), 4);
-                let row = |r: usize| {
-                    let bx = &x[r][b];
-                    // SAFETY: the 16-byte `qs` and the 4-byte `qh` of the block.
-                    let (q, h) = unsafe {
-                        (
-                            v128_load(bx.qs.as_ptr() as *const v128),
-                            v128_load32_zero(bx.qh.as_ptr() as *const u32),
-                        )
-                    };
-                    // The fifth bits, at bit 4 of each weight's byte.
-                    let fifth = |h: v128| v128_and(i8x16_eq(v128_and(h, bits), bits), b4);
-                    let h_lo =
-                        i8x16_shuffle::<0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1>(h, h);
-                    let h_hi =
-                        i8x16_shuffle::<2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3>(h, h);
-                    let lo = v128_or(v128_and(q, m4), fifth(h_lo));
-                    let hi = v128_or(u8x16_shr(q, 4), fifth(h_hi));
-                    let s = i16x8_add(dot(lo, y0), dot(hi, y1));
-                    i32x4_extadd_pairwise_i16x8(i16x8_sub(s, bias))
-                };
-                [row(0), row(1), row(2), row(3)]
+                // The fifth bits, at bit 4 of each weight's byte.
+                let fifth = |h: v128| v128_and(i8x16_eq(v128_and(h, bits), bits), b4);
+                let h_lo = i8x16_shuffle::<0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1>(h, h);
+                let h_hi = i8x16_shuffle::<2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3>(h, h);
+                [
+                    v128_or(v128_and(q, m4), fifth(h_lo)),
+                    v128_or(u8x16_shr(q, 4), fifth(h_hi)),
+                ]
             },
         )
     }

@@ -393,6 +393,46 @@ pub(super) fn side4<B>(
     super::f32x4_lanes(acc)
 }
 
+/// [`side4`] for weights stored as unsigned codes (at most 127) with an
+/// offset of `2^log2_off` (the weight is `code - 2^log2_off`; Q4_0: 8,
+/// Q5_0: 16), in the relaxed build: `codes(block)` gives a block's codes
+/// for its 32 weights (two halves of 16), the 7-bit operand of
+/// `i16x8.relaxed_dot_i8x16_i7x16_s` against the activations, and the
+/// offset comes off lane by lane as `2^log2_off` times the activations'
+/// pair sums (one dot against ones for the 4 rows). With codes at most 31
+/// a lane is at most 2 * 2 * 31 * 128 + 16 * 2 * 2 * 128 in magnitude:
+/// exact in i16 on every engine, so the block sums are the scalar
+/// reference's integers.
+#[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+#[inline(always)]
+pub(super) fn side4_codes<B>(
+    x: [&[B]; 4],
+    y: &[Q8_0Act],
+    d: impl Fn(&B) -> [u8; 2],
+    log2_off: u32,
+    codes: impl Fn(&B) -> [core::arch::wasm32::v128; 2],
+) -> [f32; 4] {
+    use core::arch::wasm32::*;
+    let ones = i8x16_splat(1);
+    side4(x, y, d, |b| {
+        // SAFETY: the two halves of the 32-byte `qs` of block `b`.
+        let (y0, y1) = unsafe {
+            let p = y[b].qs.as_ptr();
+            (
+                v128_load(p as *const v128),
+                v128_load(p.add(16) as *const v128),
+            )
+        };
+        let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
+        let off = i16x8_shl(i16x8_add(dot(ones, y0), dot(ones, y1)), log2_off);
+        let row = |r: usize| {
+            let [lo, hi] = codes(&x[r][b]);
+            i32x4_extadd_pairwise_i16x8(i16x8_sub(i16x8_add(dot(lo, y0), dot(hi, y1)), off))
+        };
+        [row(0), row(1), row(2), row(3)]
+    })
+}
+
 /// The float part of a block of [`QuantKind::vec_dot4`]: `acc` (lane r: row
 /// r's sum so far) plus, lane by lane, `(d_r * yd) * sumi_r` with the f32
 /// operations of [`QuantKind::vec_dot_scalar`] in its order; `s[r]`: 4
