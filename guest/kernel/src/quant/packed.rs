@@ -226,8 +226,8 @@ impl PackKind for Q4_0 {
     ) -> [[f32; ROWS]; T] {
         dot4_impl::<Self, T>(g, y, yw)
     }
-    // One vector in the relaxed build: the activations' block sums given
-    // (they undo the nibbles' offset of 8), not summed again per group.
+    // The relaxed build's dots take the activations' block sums (they undo
+    // the nibbles' offset of 8) rather than summing them again per group.
     #[inline(always)]
     fn dot4_sums<const T: usize>(
         g: &[Self::Group],
@@ -235,13 +235,13 @@ impl PackKind for Q4_0 {
         yw: [&[i16]; T],
         ys: [&[i32]; T],
     ) -> [[f32; ROWS]; T] {
-        #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-        if T == 1 && ys[0].len() == g.len() {
-            let one = simd::relaxed1::<Self>(g, y[0], ys[0]);
-            return std::array::from_fn(|_| one);
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        return simd::dot4_impl_ys::<Self, T>(g, y, yw, ys);
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+        {
+            let _ = ys;
+            Self::dot4(g, y, yw)
         }
-        let _ = ys;
-        Self::dot4(g, y, yw)
     }
     // The relaxed build's one-vector block (`block_relaxed1`) is faster.
     dot1_pairs_where!(not(target_feature = "relaxed-simd"));
@@ -495,8 +495,22 @@ pub(super) mod simd {
         y: [&[K::Act]; T],
         yw: [&[i16]; T],
     ) -> [[f32; ROWS]; T] {
+        dot4_impl_ys::<K, T>(g, y, yw, [&[]; T])
+    }
+
+    /// [`dot4_impl`] given also each vector's block sums of quants (`ys[t]`:
+    /// one per block, or empty), which the relaxed blocks of offset
+    /// nibbles (Q4_0's) take rather than summing the activations again.
+    #[inline(always)]
+    pub fn dot4_impl_ys<K: Simd4, const T: usize>(
+        g: &[K::Group],
+        y: [&[K::Act]; T],
+        yw: [&[i16]; T],
+        ys: [&[i32]; T],
+    ) -> [[f32; ROWS]; T] {
         for t in 0..T {
             assert!(y[t].len() == g.len() && yw[t].len() == 32 * g.len());
+            assert!(ys[t].is_empty() || ys[t].len() == g.len());
         }
         let mut acc = [f32x4_splat(0.0); T];
         // One vector (decode) in the relaxed build: `block_relaxed1`, whose
@@ -505,23 +519,23 @@ pub(super) mod simd {
         // than the i16 dots for decode: 76 vs 90 tokens/s).
         #[cfg(target_feature = "relaxed-simd")]
         if T == 1 && K::RELAXED {
-            let one = relaxed1::<K>(g, y[0], &[]);
+            let one = relaxed1::<K>(g, y[0], ys[0]);
             return std::array::from_fn(|_| one);
         }
         if T == 1 {
             let mut pairs = g.chunks_exact(2);
             let mut b = 0;
             for p in pairs.by_ref() {
-                block::<K, T>(&p[0], b, &y, &yw, &mut acc);
-                block::<K, T>(&p[1], b + 1, &y, &yw, &mut acc);
+                block::<K, T>(&p[0], b, &y, &yw, &ys, &mut acc);
+                block::<K, T>(&p[1], b + 1, &y, &yw, &ys, &mut acc);
                 b += 2;
             }
             if let [bx] = pairs.remainder() {
-                block::<K, T>(bx, b, &y, &yw, &mut acc);
+                block::<K, T>(bx, b, &y, &yw, &ys, &mut acc);
             }
         } else {
             for (b, bx) in g.iter().enumerate() {
-                block::<K, T>(bx, b, &y, &yw, &mut acc);
+                block::<K, T>(bx, b, &y, &yw, &ys, &mut acc);
             }
         }
         acc.map(lanes)
@@ -560,14 +574,16 @@ pub(super) mod simd {
         b: usize,
         y: &[&[K::Act]; T],
         yw: &[&[i16]; T],
+        ys: &[&[i32]; T],
         acc: &mut [v128; T],
     ) {
         // Several vectors (prompts, batches): the relaxed block, 11% faster
         // for prompts (one vector takes `block_relaxed1` in `dot4_impl`).
         #[cfg(target_feature = "relaxed-simd")]
         if K::RELAXED && T > 1 {
-            return block_relaxed::<K, T>(bx, b, y, acc);
+            return block_relaxed::<K, T>(bx, b, y, ys, acc);
         }
+        let _ = ys;
         let mut s = [[i32x4_splat(0); 2]; T];
         let mut part = |k: usize| {
             // SAFETY: `weights` reads `bx`; the activation offsets are
@@ -621,6 +637,7 @@ pub(super) mod simd {
         bx: &K::Group,
         b: usize,
         y: &[&[K::Act]; T],
+        ys: &[&[i32]; T],
         acc: &mut [v128; T],
     ) {
         // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
@@ -655,7 +672,9 @@ pub(super) mod simd {
         let (d, m) = unsafe { K::scales(bx) };
         for t in 0..T {
             let mut sumi = i32x4_extadd_pairwise_i16x8(s[t]);
-            if K::BIAS != 0 {
+            if K::BIAS != 0 && !ys[t].is_empty() {
+                sumi = i32x4_sub(sumi, i32x4_splat(K::BIAS * ys[t][b]));
+            } else if K::BIAS != 0 {
                 let qs = K::qs(&y[t][b]).as_ptr();
                 // SAFETY: 32 bytes.
                 let (y0, y1) = unsafe {

@@ -1667,6 +1667,29 @@ fn bench_q8_0_chunk_batch() {
     }
 }
 
+/// Prompt (32 vectors) matmuls of every type with a packed layout, packed,
+/// 2048 x 2048: the median of 9 runs, as GMAC/s. `BENCH_TY=Q4_0`: that
+/// type only.
+#[test]
+#[ignore]
+fn bench_packed_prompt() {
+    let mut rng = Lcg(14);
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+    ] {
+        if std::env::var("BENCH_TY").is_ok_and(|t| t != ty.to_string()) {
+            continue;
+        }
+        bench_packed_batch(ty, 2048, 2048, 32, &mut rng);
+    }
+}
+
 /// Decode (1 vector) and prompt (32 vectors) matmuls of Gemma-3-270M
 /// Q4_K_M's packed types and shapes (Q5_0 for the 640-column matrices,
 /// Q4_K and Q6_K for the 2048-column FFN down): the median of 9 runs, as
