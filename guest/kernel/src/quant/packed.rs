@@ -203,6 +203,9 @@ pub(super) fn deinterleave<const N: usize, const M: usize>(qs: &[u8; M], r: usiz
 }
 
 impl PackKind for Q4_0 {
+    // 8 vectors per pass in the relaxed build: its block works a vector
+    // at a time, so the codes' decoding is shared by more of them.
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ4_0x4;
     fn pack(rows: [&BlockQ4_0; ROWS]) -> BlockQ4_0x4 {
         BlockQ4_0x4 {
@@ -248,6 +251,9 @@ impl PackKind for Q4_0 {
 }
 
 impl PackKind for Q4_1 {
+    // 8 vectors per pass in the relaxed build: its block works a vector
+    // at a time, so the codes' decoding is shared by more of them.
+    const WIDE_TILE: bool = cfg!(target_feature = "relaxed-simd");
     type Group = BlockQ4_1x4;
     fn pack(rows: [&BlockQ4_1; ROWS]) -> BlockQ4_1x4 {
         let mut dm = [[0u8; 2]; 2 * ROWS];
@@ -621,16 +627,17 @@ pub(super) mod simd {
         }
     }
 
-    /// [`block`] with relaxed SIMD for nibble weights: each 16 bytes of
-    /// nibbles (4 rows x 4 columns after a byte shuffle) dotted pairwise with
-    /// 4 i8 activations, splat, by `i16x8.relaxed_dot_i8x16_i7x16_s` with the
-    /// nibbles (0..=15) as the 7-bit operand, summed in i16 (lanes `2r`,
-    /// `2r + 1` hold row `r`'s column pairs), widened once per block. A pair
-    /// sum is at most 2 * 128 * 15 = 3840 in magnitude, the 8 of a lane
-    /// (4 parts, low and high) at most 30720: exact in i16 on every host, so
-    /// the block's `sumi` (less `BIAS` times the activations' sum) is the
-    /// simd128 one: the same float bits. (The i16 sums save the `i32x4`
-    /// dot's widening per part: faster prompts, measured end to end.)
+    /// [`block`] with relaxed SIMD for nibble weights, a vector at a time
+    /// (as Q5_0's): the block's nibbles (0..=15, the 7-bit operand of
+    /// `i16x8.relaxed_dot_i8x16_i7x16_s`) shuffled to 4 rows x 4 columns
+    /// once ([`crate::quant::packed_k::rows`], 8 registers), then per
+    /// vector its 32 activations loaded whole and each 4 broadcast by a
+    /// shuffle ([`crate::quant::packed_k::quads4`]), the vector's term
+    /// finished before the next. A pair sum is at most 2 * 15 * 128 =
+    /// 3840 in magnitude, the 4 parts of a lane at most 15360: exact in
+    /// i16 on every host, so the block's `sumi` (less `BIAS` times the
+    /// activations' sum, `ys` if given) is the simd128 one: the same float
+    /// bits.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
     fn block_relaxed<K: Simd4, const T: usize>(
@@ -640,50 +647,33 @@ pub(super) mod simd {
         ys: &[&[i32]; T],
         acc: &mut [v128; T],
     ) {
-        // Bytes [r0 c0 c1, r1 c0 c1, .., r3 c0 c1 | r0 c2 c3, ..] to
-        // [r0 c0..c4, r1 c0..c4, ..].
-        #[inline(always)]
-        fn rows(q: v128) -> v128 {
-            i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
-        }
-        let mut s = [i16x8_splat(0); T];
-        for k in 0..4 {
+        use crate::quant::packed_k::{quads4, rows};
+        let m4 = u8x16_splat(0x0f);
+        let codes: [(v128, v128); 4] = std::array::from_fn(|k| {
             // SAFETY: the block's quants are 64 bytes (4 parts of 16).
             let q = unsafe { v128_load(K::nibbles(bx).add(16 * k) as *const v128) };
-            let lo = rows(v128_and(q, u8x16_splat(0x0f)));
-            let hi = rows(u8x16_shr(q, 4));
-            for t in 0..T {
-                let qs = K::qs(&y[t][b]).as_ptr();
-                // SAFETY: columns 4k..4k+4 and 16+4k..16+4k+4 of 32.
-                let (a0, a1) = unsafe {
-                    (
-                        v128_load32_splat(qs.add(4 * k) as *const u32),
-                        v128_load32_splat(qs.add(16 + 4 * k) as *const u32),
-                    )
-                };
-                let p = i16x8_add(
-                    i16x8_relaxed_dot_i8x16_i7x16(a0, lo),
-                    i16x8_relaxed_dot_i8x16_i7x16(a1, hi),
-                );
-                s[t] = i16x8_add(s[t], p);
-            }
-        }
+            (rows(v128_and(q, m4)), rows(u8x16_shr(q, 4)))
+        });
         // SAFETY: reads `bx`.
         let (d, m) = unsafe { K::scales(bx) };
+        let one = i16x8_splat(1);
         for t in 0..T {
-            let mut sumi = i32x4_extadd_pairwise_i16x8(s[t]);
-            if K::BIAS != 0 && !ys[t].is_empty() {
-                sumi = i32x4_sub(sumi, i32x4_splat(K::BIAS * ys[t][b]));
-            } else if K::BIAS != 0 {
-                let qs = K::qs(&y[t][b]).as_ptr();
-                // SAFETY: 32 bytes.
-                let (y0, y1) = unsafe {
-                    (
-                        v128_load(qs as *const v128),
-                        v128_load(qs.add(16) as *const v128),
-                    )
+            let qs = K::qs(&y[t][b]).as_ptr();
+            // SAFETY: the 32 quants.
+            let (y0, y1) = unsafe {
+                (
+                    v128_load(qs as *const v128),
+                    v128_load(qs.add(16) as *const v128),
+                )
+            };
+            let (lo, hi) = quads4(&codes, y0, y1);
+            // Adjacent i16 lanes are one row's.
+            let mut sumi = i32x4_add(i32x4_dot_i16x8(lo, one), i32x4_dot_i16x8(hi, one));
+            if K::BIAS != 0 {
+                sumi = match ys[t].get(b) {
+                    Some(&s) => i32x4_sub(sumi, i32x4_splat(K::BIAS * s)),
+                    None => unbias::<K>(sumi, y0, y1),
                 };
-                sumi = unbias::<K>(sumi, y0, y1);
             }
             acc[t] = f32x4_add(acc[t], K::term(d, m, sumi, &y[t][b]));
         }

@@ -309,7 +309,7 @@ use super::packed::dot4_impl;
 use simd::dot4_impl;
 
 #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
-pub(super) use simd::q4_k_rows_dot4;
+pub(super) use simd::{q4_k_rows_dot4, quads4, rows};
 
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod simd {
@@ -1095,7 +1095,7 @@ mod simd {
     /// row's sums in adjacent lanes.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn rows(q: v128) -> v128 {
+    pub(crate) fn rows(q: v128) -> v128 {
         i8x16_shuffle::<0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15>(q, q)
     }
 
@@ -1124,7 +1124,7 @@ mod simd {
     /// the i16 pair sums of each row, added over the 4 parts.
     #[cfg(target_feature = "relaxed-simd")]
     #[inline(always)]
-    fn quads4(w: &[(v128, v128); 4], y0: v128, y1: v128) -> (v128, v128) {
+    pub(crate) fn quads4(w: &[(v128, v128); 4], y0: v128, y1: v128) -> (v128, v128) {
         let dot = |w: v128, a: v128| i16x8_relaxed_dot_i8x16_i7x16(a, w);
         let half = |w: [v128; 4], y: v128| {
             i16x8_add(
