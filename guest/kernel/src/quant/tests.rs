@@ -1801,7 +1801,7 @@ fn print_median_gmacs(label: &str, macs: usize, iters: usize, mut f: impl FnMut(
             for _ in 0..iters {
                 f();
             }
-            (macs * iters) as f64 / t.elapsed().as_nanos() as f64
+            macs as f64 * iters as f64 / t.elapsed().as_nanos() as f64
         })
         .collect();
     runs.sort_by(f64::total_cmp);
