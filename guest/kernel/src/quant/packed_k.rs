@@ -1165,18 +1165,17 @@ mod simd {
                 // Sub-blocks 2k (low nibbles) and 2k + 1 (high), per row.
                 // (T = 1 as `q4_k_block1`, which written as a call here
                 // made the 1.8 B Q4_K_M decode 12% slower: code layout.)
-                let (slo, shi) = if T == 1 {
+                let scales = (lane(2 * k), lane(2 * k + 1));
+                if T == 1 {
                     let (l, h) = q4_k_half1(bx, &y[0][b], k);
                     let mut slo = [i32x4_splat(0); T];
                     let mut shi = [i32x4_splat(0); T];
                     slo[0] = l;
                     shi[0] = h;
-                    (slo, shi)
+                    q4_k_add_scaled(&mut isum, scales, &slo, &shi);
                 } else {
-                    q4_k_half::<G, T>(bx, b, &y, k)
-                };
-                let scales = (lane(2 * k), lane(2 * k + 1));
-                q4_k_add_scaled(&mut isum, scales, &slo, &shi);
+                    q4_k_half::<G, T>(bx, b, &y, k, scales, &mut isum);
+                }
             }
             q4_k_term(bx.head(), b, &y, &isum, &summ, &mut acc);
         }
@@ -1194,7 +1193,9 @@ mod simd {
         b: usize,
         y: &[&[Q8_KAct]; T],
         k: usize,
-    ) -> ([v128; T], [v128; T]) {
+        scales: (v128, v128),
+        isum: &mut [v128; T],
+    ) {
         let mut lo = [i16x8_splat(0); T];
         let mut hi = [i16x8_splat(0); T];
         // Parts 4h..4h + 4: their nibbles shuffled once (8 registers), then
@@ -1221,12 +1222,18 @@ mod simd {
                 hi[t] = i16x8_add(hi[t], hh);
             }
         }
-        // Adjacent i16 lanes are one row's.
-        let one = i16x8_splat(1);
-        (
-            lo.map(|v| i32x4_dot_i16x8(v, one)),
-            hi.map(|v| i32x4_dot_i16x8(v, one)),
-        )
+        // Adjacent i16 lanes are one row's: `i32x4.dot_i16x8_s` against the
+        // row's scale in both of its i16 lanes adds and scales them in one
+        // instruction (at most 2 * 31744 * 63 in magnitude: exact), where
+        // adding against ones and then an `i32x4.mul` took two.
+        let pair = |s: v128| v128_or(s, i32x4_shl(s, 16));
+        let (s0, s1) = (pair(scales.0), pair(scales.1));
+        for t in 0..T {
+            isum[t] = i32x4_add(
+                isum[t],
+                i32x4_add(i32x4_dot_i16x8(lo[t], s0), i32x4_dot_i16x8(hi[t], s1)),
+            );
+        }
     }
 
     /// [`q4_k_half`] for one vector: each row's 32 quant bytes of chunk
