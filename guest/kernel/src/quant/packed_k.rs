@@ -630,20 +630,24 @@ mod simd {
     }
 
     /// Block `b` of 4 unpacked Q4_K rows (a streamed chunk's, in cache),
-    /// for the packed one-vector dot. Each row's 16-byte head (`d` and
-    /// `dmin` in one word, then the 3 scale words) transposed is the 4
-    /// rows' words.
+    /// for the packed one-vector dot: the rows, and their 16-byte heads
+    /// (`d` and `dmin` in one word, then the 3 scale words) transposed
+    /// once, which are the 4 rows' words.
     #[cfg(target_feature = "relaxed-simd")]
-    pub struct Q4KRows<'a>(pub [&'a crate::quant::q4_k::BlockQ4_K; ROWS]);
+    pub struct Q4KRows<'a> {
+        rows: [&'a crate::quant::q4_k::BlockQ4_K; ROWS],
+        heads: [v128; ROWS],
+    }
 
     #[cfg(target_feature = "relaxed-simd")]
-    impl Q4KRows<'_> {
+    impl<'a> Q4KRows<'a> {
         #[inline(always)]
-        fn heads(&self) -> [v128; ROWS] {
+        fn new(rows: [&'a crate::quant::q4_k::BlockQ4_K; ROWS]) -> Self {
             // SAFETY: the first 16 of a block's 144 bytes.
-            transpose4(self.0.map(|b| unsafe {
+            let heads = transpose4(rows.map(|b| unsafe {
                 v128_load(b as *const crate::quant::q4_k::BlockQ4_K as *const v128)
-            }))
+            }));
+            Q4KRows { rows, heads }
         }
     }
 
@@ -651,12 +655,12 @@ mod simd {
     impl K4Rows for Q4KRows<'_> {
         #[inline(always)]
         fn words(&self) -> [v128; 3] {
-            let [_, u0, u1, u2] = self.heads();
+            let [_, u0, u1, u2] = self.heads;
             [u0, u1, u2]
         }
         #[inline(always)]
         fn d_dmin(&self) -> (v128, v128) {
-            let [dd, ..] = self.heads();
+            let dd = self.heads[0];
             // Each f16 sign-extended in its lane, as `f16x4_finite` takes.
             (
                 crate::quant::f16x4_finite(i32x4_shr(i32x4_shl(dd, 16), 16)),
@@ -668,7 +672,7 @@ mod simd {
             assert!(k < 4 && j < 2);
             // SAFETY: 16 bytes at 32k + 16j + 16 <= 128 of `qs`.
             std::array::from_fn(|r| unsafe {
-                v128_load(self.0[r].qs.as_ptr().add(32 * k + 16 * j) as *const v128)
+                v128_load(self.rows[r].qs.as_ptr().add(32 * k + 16 * j) as *const v128)
             })
         }
         #[inline(always)]
@@ -689,7 +693,7 @@ mod simd {
         assert!(x.iter().all(|r| r.len() == y.len()));
         let mut acc = f32x4_splat(0.0);
         for (b, by) in y.iter().enumerate() {
-            q4_k_block1(&Q4KRows(x.map(|r| &r[b])), by, &mut acc);
+            q4_k_block1(&Q4KRows::new(x.map(|r| &r[b])), by, &mut acc);
         }
         lanes(acc)
     }
